@@ -1,0 +1,747 @@
+"""PyTorch frontend: trace an ``nn.Module`` with torch.fx and lower it to a ChannelGraph.
+
+Tracing runs on an eval-mode copy (the caller's model is never touched): first
+``torch.fx.symbolic_trace``; where that fails, ``torch.export`` (its graph module
+is lowered the same way, with an ATen op table); where both fail, a
+:class:`TraceError` naming the module and the source line. Shapes come from
+running the traced graph on the example inputs (``ShapeProp``).
+
+Lowering maps each FX node to a neutral op (:mod:`frontends.graph`): module
+calls by module class, functions and methods by target. Module parameters and
+``get_attr`` tensors become constant values named by their state-dict path. A
+node the tables do not know becomes ``kind="unknown"``, never a guess.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import operator
+import os
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.fx
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
+
+from frontends.errors import TraceError, UnsupportedModelError
+from frontends.graph import ChannelGraph, Op, Value
+
+log = logging.getLogger(__name__)
+
+__all__ = ["TracedModel", "trace", "lower", "load_torch"]
+
+
+@dataclass
+class TracedModel:
+    gm: torch.fx.GraphModule
+    graph: ChannelGraph
+    node_values: dict[str, list[str]]  # FX node name -> value names (several for tuples)
+    method: str  # "symbolic_trace" or "torch.export"
+    example_inputs: tuple = ()
+    notes: list[str] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------
+# tracing
+
+
+def _user_frame(exc: BaseException) -> str | None:
+    """The innermost traceback frame outside torch: where the model's code failed."""
+    torch_dir = os.path.dirname(torch.__file__)
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    frames = traceback.extract_tb(exc.__traceback__)
+    user = [f for f in frames if not f.filename.startswith(torch_dir) and not f.filename.startswith(here)]
+    if not user:
+        return None
+    f = user[-1]
+    line = f" `{f.line.strip()}`" if f.line else ""
+    return f"{f.filename}:{f.lineno} in {f.name}{line}"
+
+
+def _failing_module(model: nn.Module, exc: BaseException) -> str | None:
+    """Name of the submodule whose forward raised, from the traceback's code objects."""
+    codes = {}
+    for name, mod in model.named_modules():
+        fwd = getattr(type(mod), "forward", None)
+        code = getattr(fwd, "__code__", None)
+        if code is not None:
+            codes.setdefault((code.co_filename, code.co_firstlineno), name or type(mod).__name__)
+    tb = exc.__traceback__
+    found = None
+    while tb is not None:
+        code = tb.tb_frame.f_code
+        key = (code.co_filename, code.co_firstlineno)
+        if key in codes and code.co_name == "forward":
+            found = f"{codes[key]} ({type(tb.tb_frame.f_locals.get('self')).__name__})"
+        tb = tb.tb_next
+    return found
+
+
+def _shape_prop(gm: torch.fx.GraphModule, inputs: Sequence[Any]) -> None:
+    try:
+        with torch.no_grad():
+            ShapeProp(gm).propagate(*inputs)
+    except Exception as exc:  # wrong input shape, dtype, ...
+        where = _user_frame(exc)
+        raise UnsupportedModelError(
+            f"the model does not run on the example inputs ({_describe(inputs)}): "
+            f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}" + (f" at {where}" if where else "")
+        ) from exc
+
+
+def _describe(inputs: Sequence[Any]) -> str:
+    parts = []
+    for x in inputs:
+        parts.append(f"tensor{tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__)
+    return ", ".join(parts) or "no inputs"
+
+
+def trace(model: nn.Module, example_inputs: Sequence[Any]) -> tuple[torch.fx.GraphModule, str]:
+    """Trace an eval-mode copy of ``model``. Returns (graph module, method)."""
+    if not isinstance(model, nn.Module):
+        raise UnsupportedModelError(f"expected a torch.nn.Module, got {type(model).__name__}")
+    for x in example_inputs:
+        if not isinstance(x, torch.Tensor):
+            raise UnsupportedModelError(
+                f"example_inputs must be tensors; got {type(x).__name__} (pass a tuple of tensors, e.g. (x,))"
+            )
+    work = copy.deepcopy(model).eval()
+    try:
+        gm = torch.fx.symbolic_trace(work)
+        method = "symbolic_trace"
+    except Exception as fx_exc:
+        log.info("symbolic_trace failed (%s); trying torch.export", fx_exc)
+        try:
+            ep = torch.export.export(work, tuple(example_inputs), strict=False)
+            gm = ep.module()
+            method = "torch.export"
+        except Exception as ex_exc:
+            where = _user_frame(fx_exc) or _user_frame(ex_exc)
+            module = _failing_module(work, fx_exc) or _failing_module(work, ex_exc)
+            first = str(fx_exc).strip().splitlines()[0] if str(fx_exc).strip() else type(fx_exc).__name__
+            msg = f"cannot trace {type(model).__name__}"
+            if module:
+                msg += f": module {module}"
+            if where:
+                msg += f" at {where}"
+            msg += f": {first} (torch.export also failed: {type(ex_exc).__name__})"
+            raise TraceError(msg, module=module, location=where) from fx_exc
+    _shape_prop(gm, example_inputs)
+    return gm, method
+
+
+# ---------------------------------------------------------------------------
+# lowering tables
+
+UNARY_MODULES = (
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish, nn.Sigmoid,
+    nn.Tanh, nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Softplus, nn.Softsign, nn.Tanhshrink,
+    nn.LogSigmoid, nn.Hardshrink, nn.Softshrink, nn.Threshold, nn.RReLU,
+    nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout, nn.Identity,
+)  # fmt: skip
+
+_UNARY_FN_NAMES = {
+    "relu", "relu_", "relu6", "leaky_relu", "leaky_relu_", "elu", "elu_", "selu", "celu", "gelu", "silu", "mish",
+    "sigmoid", "sigmoid_", "tanh", "tanh_", "hardswish", "hardsigmoid", "hardtanh", "hardtanh_", "softplus",
+    "softsign", "logsigmoid", "dropout", "dropout1d", "dropout2d", "dropout3d", "alpha_dropout",
+    "feature_alpha_dropout", "clamp", "clamp_", "clip", "clamp_min", "clamp_max", "abs", "neg", "exp", "log",
+    "sqrt", "rsqrt", "sin", "cos", "erf", "square", "reciprocal", "sign", "floor", "ceil", "round",
+    "contiguous", "clone", "detach", "float", "half", "double", "bfloat16", "to", "type_as", "pow",
+    "__pow__", "nan_to_num", "log1p", "expm1", "tanhshrink", "hardshrink", "softshrink", "threshold",
+    "relu6_", "silu_", "hardswish_", "gelu_", "requires_grad_", "identity",
+}  # fmt: skip
+_BINARY_FN_NAMES = {
+    "add", "sub", "mul", "truediv", "div", "iadd", "isub", "imul", "itruediv", "add_", "sub_", "mul_", "div_",
+    "maximum", "minimum", "where", "rsub", "radd", "true_divide", "multiply", "subtract", "divide", "fmax", "fmin",
+    "floordiv", "floor_divide", "remainder", "mod", "atan2", "hypot", "lerp", "addcmul",
+}  # fmt: skip
+_REDUCE_FN = {"mean": "mean", "sum": "sum", "amax": "max", "amin": "min", "nansum": "sum", "nanmean": "mean",
+              "std": "std", "var": "var", "prod": "prod", "logsumexp": "logsumexp", "norm": "norm"}  # fmt: skip
+_POOL_FN = {
+    "max_pool1d": 1, "max_pool2d": 2, "max_pool3d": 3, "avg_pool1d": 1, "avg_pool2d": 2, "avg_pool3d": 3,
+    "adaptive_avg_pool1d": 1, "adaptive_avg_pool2d": 2, "adaptive_avg_pool3d": 3, "adaptive_max_pool1d": 1,
+    "adaptive_max_pool2d": 2, "adaptive_max_pool3d": 3, "lp_pool1d": 1, "lp_pool2d": 2, "lp_pool3d": 3,
+    "max_pool2d_with_indices": 2,
+}  # fmt: skip
+_SAFE_NON_TENSOR = {"size", "dim", "numel", "getattr", "ndimension", "nelement", "_assert", "__len__", "len",
+                    "sym_size", "sym_numel", "_assert_tensor_metadata", "_assert_scalar"}  # fmt: skip
+
+
+def _fn_name(node: torch.fx.Node) -> str:
+    t = node.target
+    if node.op == "call_method":
+        return str(t)
+    if isinstance(t, torch._ops.OpOverload):
+        return t._schema.name.split("::")[-1] + ("" if t._overloadname == "default" else "")
+    if isinstance(t, torch._ops.OpOverloadPacket):
+        return t._qualified_op_name.split("::")[-1]
+    return getattr(t, "__name__", str(t))
+
+
+def _target_label(node: torch.fx.Node, gm: torch.fx.GraphModule) -> str:
+    if node.op == "call_module":
+        return type(gm.get_submodule(str(node.target))).__name__
+    if node.op == "call_method":
+        return f"Tensor.{node.target}"
+    t = node.target
+    if isinstance(t, (torch._ops.OpOverload, torch._ops.OpOverloadPacket)):
+        return str(t)
+    mod = getattr(t, "__module__", None) or ""
+    name = getattr(t, "__name__", str(t))
+    if mod in ("_operator", "operator"):
+        return f"operator.{name}"
+    if mod.startswith("torch.nn.functional"):
+        return f"F.{name}"
+    if mod.startswith("torch"):
+        return f"torch.{name}"
+    return f"{mod}.{name}" if mod else name
+
+
+class _Lowering:
+    def __init__(self, gm: torch.fx.GraphModule) -> None:
+        self.gm = gm
+        self.graph = ChannelGraph("torch")
+        self.node_values: dict[str, list[str]] = {}
+        self.params = {id(p) for p in gm.parameters()}
+
+    # -- values ---------------------------------------------------------------
+    def _meta_values(self, node: torch.fx.Node) -> list[tuple[tuple[int, ...] | None, str | None]]:
+        tm = node.meta.get("tensor_meta")
+        if tm is None and "val" in node.meta:  # torch.export graphs
+            val = node.meta["val"]
+            if isinstance(val, torch.Tensor):
+                return [(tuple(int(s) for s in val.shape), str(val.dtype))]
+            if isinstance(val, (list, tuple)):
+                return [
+                    (tuple(int(s) for s in v.shape), str(v.dtype)) if isinstance(v, torch.Tensor) else (None, None)
+                    for v in val
+                ]
+            return [(None, None)]
+        if isinstance(tm, TensorMetadata):
+            return [(tuple(int(s) for s in tm.shape), str(tm.dtype))]
+        if isinstance(tm, (list, tuple)):
+            return [
+                (tuple(int(s) for s in t.shape), str(t.dtype)) if isinstance(t, TensorMetadata) else (None, None)
+                for t in tm
+            ]
+        return [(None, None)]
+
+    def _const(self, name: str, tensor: torch.Tensor) -> str:
+        if name not in self.graph.values:
+            data = tensor.detach().cpu().float().numpy() if tensor.is_floating_point() else tensor.detach().cpu().numpy()
+            self.graph.add_value(
+                Value(name, tuple(tensor.shape), str(tensor.dtype), data=data, trainable=id(tensor) in self.params)
+            )
+        return name
+
+    def _out(self, node: torch.fx.Node) -> list[str]:
+        metas = self._meta_values(node)
+        if len(metas) == 1 and not isinstance(node.meta.get("tensor_meta"), (list, tuple)) and not isinstance(
+            node.meta.get("val"), (list, tuple)
+        ):
+            shape, dtype = metas[0]
+            self.graph.add_value(Value(node.name, shape, dtype))
+            names = [node.name]
+        else:
+            names = []
+            for i, (shape, dtype) in enumerate(metas):
+                n = f"{node.name}#{i}"
+                self.graph.add_value(Value(n, shape, dtype))
+                names.append(n)
+        self.node_values[node.name] = names
+        return names
+
+    def _val(self, arg: Any) -> str | None:
+        """Value name of a tensor argument; None for anything else."""
+        if isinstance(arg, torch.fx.Node):
+            vals = self.node_values.get(arg.name)
+            if vals and len(vals) == 1 and self.graph.values[vals[0]].is_tensor:
+                return vals[0]
+        return None
+
+    def _is_tensor(self, arg: Any) -> bool:
+        return self._val(arg) is not None
+
+    # -- ops -------------------------------------------------------------------
+    def _emit(self, node: torch.fx.Node, kind: str, inputs: list[str | None], attrs: dict | None = None) -> None:
+        outs = self._out(node)
+        label = str(node.target) if node.op == "call_module" else node.name
+        self.graph.add_op(
+            Op(node.name, kind, inputs, outs, attrs or {}, label=label, target=_target_label(node, self.gm), source=node)
+        )
+
+    def _unknown(self, node: torch.fx.Node, extra: list[str] | None = None) -> None:
+        ins = [v for v in (self._val(a) for a in _flat_args(node)) if v is not None] + (extra or [])
+        self._emit(node, "unknown", ins, {})
+
+    def run(self) -> ChannelGraph:
+        for node in self.gm.graph.nodes:
+            if node.op == "placeholder":
+                shape, dtype = self._meta_values(node)[0]
+                self.graph.add_value(Value(node.name, shape, dtype))
+                self.node_values[node.name] = [node.name]
+                if shape is not None:
+                    self.graph.inputs.append(node.name)
+            elif node.op == "get_attr":
+                obj = _get_attr(self.gm, str(node.target))
+                if isinstance(obj, torch.Tensor):
+                    self.node_values[node.name] = [self._const(str(node.target), obj)]
+                else:
+                    self.graph.add_value(Value(node.name, None))
+                    self.node_values[node.name] = [node.name]
+            elif node.op == "call_module":
+                self._module(node)
+            elif node.op in ("call_function", "call_method"):
+                self._function(node)
+            elif node.op == "output":
+                for a in _flat(node.args[0]):
+                    v = self._val(a)
+                    if v is not None and v not in self.graph.outputs:
+                        self.graph.outputs.append(v)
+        return self.graph
+
+    def _module(self, node: torch.fx.Node) -> None:
+        name = str(node.target)
+        m = self.gm.get_submodule(name)
+        p = {k: self._const(f"{name}.{k}", t) for k, t in list(m.named_parameters(recurse=False)) + list(m.named_buffers(recurse=False)) if t is not None}
+        x = self._val(node.args[0]) if node.args else None
+        if isinstance(m, nn.modules.conv._ConvNd) and x:
+            self._emit(node, "conv", [x, p["weight"], p.get("bias")], {"groups": m.groups, "transposed": m.transposed})
+        elif isinstance(m, nn.Linear) and x:
+            self._emit(node, "linear", [x, p["weight"], p.get("bias")])
+        elif isinstance(m, nn.modules.batchnorm._BatchNorm) and x:
+            self._emit(node, "batch_norm", [x, p.get("running_mean"), p.get("running_var"), p.get("weight"), p.get("bias")])
+        elif isinstance(m, nn.modules.instancenorm._InstanceNorm) and x:
+            self._emit(node, "instance_norm", [x, p.get("weight"), p.get("bias"), p.get("running_mean"), p.get("running_var")])
+        elif isinstance(m, nn.LayerNorm) and x:
+            self._emit(node, "layer_norm", [x, p.get("weight"), p.get("bias")], {"ndim": len(m.normalized_shape)})
+        elif isinstance(m, nn.GroupNorm) and x:
+            self._emit(node, "group_norm", [x, p.get("weight"), p.get("bias")], {"num_groups": m.num_groups})
+        elif isinstance(m, nn.PReLU) and x:
+            self._emit(node, "prelu", [x, p["weight"]])
+        elif isinstance(m, nn.Embedding) and x:
+            self._emit(node, "embedding", [x, p["weight"]])
+        elif isinstance(m, UNARY_MODULES) and x:
+            self._emit(node, "unary", [x], {"fn": type(m).__name__})
+        elif isinstance(m, (nn.Softmax, nn.LogSoftmax, nn.Softmin)) and x and m.dim is not None:
+            self._emit(node, "softmax", [x], {"axis": m.dim})
+        elif isinstance(m, (nn.modules.pooling._MaxPoolNd, nn.modules.pooling._AvgPoolNd, nn.modules.pooling._AdaptiveAvgPoolNd,
+                            nn.modules.pooling._AdaptiveMaxPoolNd, nn.modules.pooling._LPPoolNd)) and x:
+            nsp = int(type(m).__name__[-2])
+            self._emit(node, "spatial", [x], {"nspatial": nsp})
+        elif isinstance(m, (nn.Upsample, nn.UpsamplingNearest2d, nn.UpsamplingBilinear2d)) and x:
+            self._emit(node, "spatial", [x], {"nspatial": len(self.graph.shape(x)) - 2})
+        elif isinstance(m, (nn.Flatten, nn.Unflatten)) and x:
+            self._emit(node, "reshape", [x])
+        elif isinstance(m, (nn.modules.padding._ConstantPadNd, nn.modules.padding._ReflectionPadNd, nn.modules.padding._ReplicationPadNd,
+                            nn.ZeroPad2d)) and x:
+            self._emit(node, "pad", [x], {"pads": list(m.padding)})
+        else:
+            self._unknown(node, extra=list(p.values()))
+
+    def _function(self, node: torch.fx.Node) -> None:
+        fn = _fn_name(node)
+        args, kwargs = list(node.args), dict(node.kwargs)
+        metas = self._meta_values(node)
+        out_is_tensor = any(s is not None for s, _ in metas)
+        has_tensor_in = any(self._is_tensor(a) for a in _flat_args(node))
+
+        # tuple element access
+        if fn == "getitem" and isinstance(args[0], torch.fx.Node) and args[0].name in self.node_values:
+            src = self.node_values[args[0].name]
+            if len(src) > 1 or not self.graph.values[src[0]].is_tensor:
+                if isinstance(args[1], int) and len(src) > 1 and -len(src) <= args[1] < len(src):
+                    self.node_values[node.name] = [src[args[1]]]
+                    return
+                if not out_is_tensor:
+                    self._skip(node)
+                    return
+        if not out_is_tensor and (not has_tensor_in or fn in _SAFE_NON_TENSOR):
+            self._skip(node)
+            return
+        if fn == "stochastic_depth":
+            training = kwargs.get("training", args[3] if len(args) > 3 else True)
+            if training is False or float(kwargs.get("p", args[1] if len(args) > 1 else 0.0)) == 0.0:
+                self._emit(node, "identity", [self._val(args[0])], {"fn": fn})
+                return
+        handler = _HANDLERS.get(fn)
+        if handler is not None:
+            try:
+                if handler(self, node, args, kwargs):
+                    return
+            except (IndexError, KeyError, TypeError, ValueError) as exc:  # unexpected call form
+                log.debug("lowering %s failed: %s", node.name, exc)
+                if node.name in self.node_values:
+                    raise
+        if fn in _UNARY_FN_NAMES and self._val(args[0]) and sum(self._is_tensor(a) for a in _flat_args(node)) == 1:
+            self._emit(node, "unary", [self._val(args[0])], {"fn": fn})
+            return
+        if fn in _BINARY_FN_NAMES:
+            ins = [self._val(a) for a in list(args) + list(kwargs.values()) if self._is_tensor(a)]
+            if ins and len(metas) == 1:
+                self._emit(node, "binary", ins, {"fn": fn})
+                return
+        self._unknown(node)
+
+    def _skip(self, node: torch.fx.Node) -> None:
+        names = []
+        for i, (shape, dtype) in enumerate(self._meta_values(node)):
+            n = node.name if i == 0 else f"{node.name}#{i}"
+            self.graph.add_value(Value(n, None))
+            names.append(n)
+        self.node_values[node.name] = names
+
+
+def _flat(a: Any) -> list[Any]:
+    if isinstance(a, (list, tuple)):
+        return [y for x in a for y in _flat(x)]
+    if isinstance(a, dict):
+        return [y for x in a.values() for y in _flat(x)]
+    return [a]
+
+
+def _flat_args(node: torch.fx.Node) -> list[Any]:
+    return _flat(list(node.args)) + _flat(dict(node.kwargs))
+
+
+def _get_attr(gm: nn.Module, target: str) -> Any:
+    obj: Any = gm
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _arg(args: list, kwargs: dict, i: int, name: str, default: Any = None) -> Any:
+    if name in kwargs:
+        return kwargs[name]
+    return args[i] if len(args) > i else default
+
+
+# -- function handlers: return True when they emitted the node -----------------
+Handler = Callable[[_Lowering, torch.fx.Node, list, dict], bool]
+_HANDLERS: dict[str, Handler] = {}
+
+
+def _handles(*names: str) -> Callable[[Handler], Handler]:
+    def deco(fn: Handler) -> Handler:
+        for n in names:
+            _HANDLERS[n] = fn
+        return fn
+
+    return deco
+
+
+@_handles("conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d")
+def _h_conv(lw: _Lowering, node, args, kwargs) -> bool:
+    fn = _fn_name(node)
+    x, w = lw._val(args[0]), lw._val(_arg(args, kwargs, 1, "weight"))
+    b = lw._val(_arg(args, kwargs, 2, "bias"))
+    gi = 6 if "transpose" in fn else 6
+    groups = _arg(args, kwargs, gi, "groups", 1)
+    if "transpose" in fn:
+        groups = _arg(args, kwargs, 6, "groups", 1)
+    if not (x and w) or not isinstance(groups, int):
+        return False
+    lw._emit(node, "conv", [x, w, b], {"groups": groups, "transposed": "transpose" in fn})
+    return True
+
+
+@_handles("convolution")
+def _h_aten_convolution(lw, node, args, kwargs) -> bool:
+    x, w, b = lw._val(args[0]), lw._val(args[1]), lw._val(args[2])
+    transposed, groups = bool(args[6]), int(args[8])
+    if not (x and w):
+        return False
+    lw._emit(node, "conv", [x, w, b], {"groups": groups, "transposed": transposed})
+    return True
+
+
+@_handles("linear")
+def _h_linear(lw, node, args, kwargs) -> bool:
+    x, w, b = lw._val(args[0]), lw._val(_arg(args, kwargs, 1, "weight")), lw._val(_arg(args, kwargs, 2, "bias"))
+    if not (x and w) or len(lw.graph.shape(w)) != 2:
+        return False
+    lw._emit(node, "linear", [x, w, b])
+    return True
+
+
+@_handles("batch_norm")
+def _h_batch_norm(lw, node, args, kwargs) -> bool:
+    if isinstance(node.target, torch._ops.OpOverload):  # aten: input, weight, bias, mean, var
+        x, w, b, m, v = (lw._val(args[i]) if len(args) > i else None for i in range(5))
+    else:  # F.batch_norm(input, running_mean, running_var, weight, bias, ...)
+        x = lw._val(args[0])
+        m, v = lw._val(_arg(args, kwargs, 1, "running_mean")), lw._val(_arg(args, kwargs, 2, "running_var"))
+        w, b = lw._val(_arg(args, kwargs, 3, "weight")), lw._val(_arg(args, kwargs, 4, "bias"))
+    if not x:
+        return False
+    lw._emit(node, "batch_norm", [x, m, v, w, b])
+    return True
+
+
+@_handles("_native_batch_norm_legit_no_training")
+def _h_native_bn(lw, node, args, kwargs) -> bool:
+    x, w, b, m, v = (lw._val(args[i]) for i in range(5))
+    outs = lw._out(node)
+    lw.graph.add_op(Op(node.name, "batch_norm", [x, m, v, w, b], outs[:1], {}, node.name, str(node.target), node))
+    # the statistics outputs carry no channels anyone prunes through
+    return True
+
+
+@_handles("instance_norm")
+def _h_instance_norm(lw, node, args, kwargs) -> bool:
+    x = lw._val(args[0])
+    m, v = lw._val(_arg(args, kwargs, 1, "running_mean")), lw._val(_arg(args, kwargs, 2, "running_var"))
+    w, b = lw._val(_arg(args, kwargs, 3, "weight")), lw._val(_arg(args, kwargs, 4, "bias"))
+    lw._emit(node, "instance_norm", [x, w, b, m, v])
+    return True
+
+
+@_handles("layer_norm")
+def _h_layer_norm(lw, node, args, kwargs) -> bool:
+    x, shape = lw._val(args[0]), _arg(args, kwargs, 1, "normalized_shape")
+    w, b = lw._val(_arg(args, kwargs, 2, "weight")), lw._val(_arg(args, kwargs, 3, "bias"))
+    if not x or not isinstance(shape, (list, tuple, torch.Size)) or not all(isinstance(s, int) for s in shape):
+        return False
+    lw._emit(node, "layer_norm", [x, w, b], {"ndim": len(shape)})
+    return True
+
+
+@_handles("group_norm")
+def _h_group_norm(lw, node, args, kwargs) -> bool:
+    x, g = lw._val(args[0]), _arg(args, kwargs, 1, "num_groups")
+    w, b = lw._val(_arg(args, kwargs, 2, "weight")), lw._val(_arg(args, kwargs, 3, "bias"))
+    if not x or not isinstance(g, int):
+        return False
+    lw._emit(node, "group_norm", [x, w, b], {"num_groups": g})
+    return True
+
+
+@_handles("prelu")
+def _h_prelu(lw, node, args, kwargs) -> bool:
+    x, w = lw._val(args[0]), lw._val(_arg(args, kwargs, 1, "weight"))
+    if not (x and w):
+        return False
+    lw._emit(node, "prelu", [x, w])
+    return True
+
+
+@_handles("embedding")
+def _h_embedding(lw, node, args, kwargs) -> bool:
+    if isinstance(node.target, torch._ops.OpOverload):  # aten.embedding(weight, indices)
+        w, idx = lw._val(args[0]), lw._val(args[1])
+    else:
+        idx, w = lw._val(args[0]), lw._val(_arg(args, kwargs, 1, "weight"))
+    if not (idx and w):
+        return False
+    lw._emit(node, "embedding", [idx, w])
+    return True
+
+
+@_handles(*_POOL_FN)
+def _h_pool(lw, node, args, kwargs) -> bool:
+    x = lw._val(args[0])
+    if not x or len(lw._meta_values(node)) != 1:
+        return False
+    lw._emit(node, "spatial", [x], {"nspatial": _POOL_FN[_fn_name(node)]})
+    return True
+
+
+@_handles("interpolate", "upsample", "upsample_nearest", "upsample_bilinear", "upsample_nearest2d", "upsample_bilinear2d")
+def _h_interp(lw, node, args, kwargs) -> bool:
+    x = lw._val(args[0])
+    if not x:
+        return False
+    lw._emit(node, "spatial", [x], {"nspatial": len(lw.graph.shape(x)) - 2})
+    return True
+
+
+@_handles(*_REDUCE_FN)
+def _h_reduce(lw, node, args, kwargs) -> bool:
+    fn = _fn_name(node)
+    x = lw._val(args[0])
+    if not x or len(lw._meta_values(node)) != 1 or sum(lw._is_tensor(a) for a in _flat_args(node)) != 1:
+        return False
+    rank = len(lw.graph.shape(x))
+    dims = _arg(args, kwargs, 1, "dim", None)
+    if fn == "norm":
+        dims = _arg(args, kwargs, 2, "dim", None)
+    if dims is None:
+        dims = list(range(rank))
+    if isinstance(dims, int):
+        dims = [dims]
+    if not all(isinstance(d, int) for d in dims):
+        return False
+    keepdim = bool(_arg(args, kwargs, 2 if fn != "norm" else 3, "keepdim", False))
+    lw._emit(node, "reduce", [x], {"dims": list(dims), "keepdim": keepdim, "fn": _REDUCE_FN[fn]})
+    return True
+
+
+@_handles("softmax", "log_softmax", "_softmax", "_log_softmax", "softmin")
+def _h_softmax(lw, node, args, kwargs) -> bool:
+    x, dim = lw._val(args[0]), _arg(args, kwargs, 1, "dim")
+    if not x or not isinstance(dim, int):
+        return False
+    lw._emit(node, "softmax", [x], {"axis": dim})
+    return True
+
+
+@_handles("cat", "concat", "concatenate")
+def _h_cat(lw, node, args, kwargs) -> bool:
+    tensors, dim = _arg(args, kwargs, 0, "tensors"), _arg(args, kwargs, 1, "dim", 0)
+    ins = [lw._val(t) for t in tensors]
+    if not ins or any(v is None for v in ins) or not isinstance(dim, int):
+        return False
+    lw._emit(node, "concat", ins, {"axis": dim})
+    return True
+
+
+@_handles("stack")
+def _h_stack(lw, node, args, kwargs) -> bool:
+    tensors, dim = _arg(args, kwargs, 0, "tensors"), _arg(args, kwargs, 1, "dim", 0)
+    ins = [lw._val(t) for t in tensors]
+    if not ins or any(v is None for v in ins) or not isinstance(dim, int):
+        return False
+    lw._emit(node, "stack", ins, {"axis": dim})
+    return True
+
+
+@_handles("split", "chunk", "split_with_sizes", "tensor_split")
+def _h_split(lw, node, args, kwargs) -> bool:
+    fn = _fn_name(node)
+    x = lw._val(args[0])
+    if not x or fn == "tensor_split":
+        return False
+    metas = lw._meta_values(node)
+    if any(s is None for s, _ in metas):
+        return False
+    dim = _arg(args, kwargs, 2, "dim", 0)
+    spec = _arg(args, kwargs, 1, "chunks" if fn == "chunk" else "split_size_or_sections", None)
+    if spec is None:
+        spec = kwargs.get("split_size", kwargs.get("split_sizes"))
+    if not isinstance(dim, int):
+        return False
+    ax = dim % len(lw.graph.shape(x))
+    sizes = [s[ax] for s, _ in metas]
+    equal = fn == "chunk" or isinstance(spec, int)
+    if not equal and not (isinstance(spec, (list, tuple)) and all(isinstance(s, int) for s in spec)):
+        return False
+    outs = lw._out(node)
+    lw.graph.add_op(
+        Op(node.name, "split", [x], outs, {"axis": dim, "sizes": sizes, "equal": equal}, node.name, _target_label(node, lw.gm), node)
+    )
+    return True
+
+
+@_handles("view", "reshape", "flatten", "unflatten", "squeeze", "unsqueeze", "view_as", "reshape_as", "_unsafe_view")
+def _h_reshape(lw, node, args, kwargs) -> bool:
+    x = lw._val(args[0])
+    if not x or len(lw._meta_values(node)) != 1:
+        return False
+    lw._emit(node, "reshape", [x])
+    return True
+
+
+@_handles("permute", "transpose", "t", "swapaxes", "swapdims", "movedim")
+def _h_permute(lw, node, args, kwargs) -> bool:
+    fn = _fn_name(node)
+    x = lw._val(args[0])
+    if not x:
+        return False
+    rank = len(lw.graph.shape(x))
+    if fn == "permute":
+        dims = args[1:] if node.op == "call_method" and len(args) > 2 else _arg(args, kwargs, 1, "dims")
+        if isinstance(dims, int):
+            dims = [dims]
+        perm = [int(d) % rank for d in dims]
+    elif fn == "t":
+        perm = list(range(rank))[::-1]
+    elif fn == "movedim":
+        src, dst = _arg(args, kwargs, 1, "source"), _arg(args, kwargs, 2, "destination")
+        if not (isinstance(src, int) and isinstance(dst, int)):
+            return False
+        perm = list(range(rank))
+        perm.insert(dst % rank, perm.pop(src % rank))
+    else:
+        a, b = _arg(args, kwargs, 1, "dim0"), _arg(args, kwargs, 2, "dim1")
+        if not (isinstance(a, int) and isinstance(b, int)):
+            return False
+        perm = list(range(rank))
+        perm[a % rank], perm[b % rank] = perm[b % rank], perm[a % rank]
+    lw._emit(node, "permute", [x], {"perm": perm})
+    return True
+
+
+@_handles("matmul", "bmm", "mm", "__matmul__")
+def _h_matmul(lw, node, args, kwargs) -> bool:
+    a, b = lw._val(args[0]), lw._val(args[1])
+    if not (a and b):
+        return False
+    lw._emit(node, "matmul", [a, b])
+    return True
+
+
+@_handles("pad")
+def _h_pad(lw, node, args, kwargs) -> bool:
+    x, pads = lw._val(args[0]), _arg(args, kwargs, 1, "pad")
+    if not x or not isinstance(pads, (list, tuple)) or not all(isinstance(p, int) for p in pads):
+        return False
+    lw._emit(node, "pad", [x], {"pads": list(pads)})
+    return True
+
+
+@_handles("getitem")
+def _h_getitem(lw, node, args, kwargs) -> bool:
+    """x[..., a:b] on one axis is a slice; anything else is unknown."""
+    x, idx = lw._val(args[0]), args[1]
+    if not x:
+        return False
+    idx = idx if isinstance(idx, tuple) else (idx,)
+    if any(i is Ellipsis for i in idx) or any(not isinstance(i, slice) for i in idx):
+        if all(i is None or (isinstance(i, slice) and i == slice(None)) or i is Ellipsis for i in idx):
+            lw._emit(node, "reshape", [x])  # x[:, None] style unsqueeze
+            return True
+        return False
+    axes = [k for k, s in enumerate(idx) if s != slice(None)]
+    if len(axes) == 0:
+        lw._emit(node, "identity", [x], {"fn": "getitem"})
+        return True
+    if len(axes) != 1:
+        return False
+    s = idx[axes[0]]
+    if not all(v is None or isinstance(v, int) for v in (s.start, s.stop, s.step)):
+        return False
+    lw._emit(node, "slice", [x], {"axis": axes[0], "start": s.start, "stop": s.stop, "step": s.step})
+    return True
+
+
+@_handles("narrow")
+def _h_narrow(lw, node, args, kwargs) -> bool:
+    x, dim, start, length = lw._val(args[0]), args[1], args[2], args[3]
+    if not x or not all(isinstance(v, int) for v in (dim, start, length)):
+        return False
+    lw._emit(node, "slice", [x], {"axis": dim, "start": start, "stop": start + length, "step": 1})
+    return True
+
+
+# ---------------------------------------------------------------------------
+
+
+def lower(gm: torch.fx.GraphModule) -> tuple[ChannelGraph, dict[str, list[str]]]:
+    lw = _Lowering(gm)
+    graph = lw.run()
+    return graph, lw.node_values
+
+
+def load_torch(model: nn.Module, example_inputs: Sequence[Any]) -> TracedModel:
+    """Trace and lower a PyTorch model."""
+    gm, method = trace(model, example_inputs)
+    graph, node_values = lower(gm)
+    return TracedModel(gm, graph, node_values, method, tuple(example_inputs))

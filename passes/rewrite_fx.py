@@ -1,0 +1,226 @@
+"""Rewrite pass (torch): a new, smaller, dense ``GraphModule``.
+
+Works on a deep copy of the traced module; the caller's model is untouched.
+Cases handled:
+
+1. every constant (parameter, buffer, ``get_attr`` tensor) with pruned indices
+   on a tracked dim is sliced along it;
+2. module attributes follow the new shapes: ``in/out_channels`` and ``groups``
+   of convs, ``in/out_features``, ``num_features``, ``normalized_shape``,
+   ``num_groups``/``num_channels``, ``num_parameters``, ``embedding_dim``,
+   ``unflattened_size``;
+3. constant arguments of calls follow the new shapes: view/reshape/unflatten
+   sizes, split sizes, slice and narrow bounds, ``F.layer_norm``'s normalized
+   shape, ``F.group_norm``'s group count, functional conv ``groups``. Sizes that
+   are computed at run time (``x.size(1)``) need nothing;
+4. the graph is linted and recompiled.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.fx
+import torch.nn as nn
+
+from frontends.torch_fx import TracedModel, _fn_name, _get_attr
+from passes.channel_analysis import AnalysisResult
+
+log = logging.getLogger(__name__)
+
+__all__ = ["RewriteFX", "RewriteResult"]
+
+
+@dataclass
+class RewriteResult:
+    module: torch.fx.GraphModule
+    sliced: int  # constants sliced
+    updated_nodes: int  # call nodes whose constant arguments changed
+
+
+def _set_tensor(root: nn.Module, path: str, new: torch.Tensor) -> None:
+    parent_path, _, name = path.rpartition(".")
+    parent = root.get_submodule(parent_path) if parent_path else root
+    old = getattr(parent, name)
+    if isinstance(old, nn.Parameter):
+        setattr(parent, name, nn.Parameter(new, requires_grad=old.requires_grad))
+    elif name in parent._buffers:
+        parent._buffers[name] = new
+    else:
+        setattr(parent, name, new)
+
+
+class RewriteFX:
+    """``call(traced, analysis, pruned) -> RewriteResult``."""
+
+    def call(self, traced: TracedModel, analysis: AnalysisResult, pruned: np.ndarray) -> RewriteResult:
+        gm = copy.deepcopy(traced.gm)
+        graph = analysis.graph
+        sliced = 0
+        with torch.no_grad():
+            for v in graph.constants():
+                lab = analysis.labels.get(v.name)
+                if not lab:
+                    continue
+                t = _get_attr(gm, v.name)
+                new = t
+                for d, dl in enumerate(lab):
+                    if dl is None:
+                        continue
+                    keep = ~pruned[analysis.atom_class[dl]]
+                    if not keep.all():
+                        idx = torch.as_tensor(np.flatnonzero(keep), device=t.device)
+                        new = new.index_select(d, idx)
+                if new is not t:
+                    _set_tensor(gm, v.name, new.contiguous().clone())
+                    sliced += 1
+        updated = 0
+        nodes = {n.name: n for n in gm.graph.nodes}
+        for op in graph.ops.values():
+            src = op.source
+            if not isinstance(src, torch.fx.Node) or src.name not in nodes:
+                continue
+            node = nodes[src.name]  # the copy's node
+            if node.op == "call_module":
+                self._update_module(gm.get_submodule(str(node.target)), op, analysis, pruned)
+            elif node.op in ("call_function", "call_method"):
+                if self._update_call(node, op, analysis, pruned):
+                    updated += 1
+        gm.graph.lint()
+        gm.recompile()
+        return RewriteResult(gm, sliced, updated)
+
+    # -- modules ---------------------------------------------------------------
+    @staticmethod
+    def _update_module(m: nn.Module, op, analysis: AnalysisResult, pruned: np.ndarray) -> None:
+        graph = analysis.graph
+        shape = lambda v: analysis.pruned_shape(v, pruned)  # noqa: E731
+        x = op.inputs[0] if op.inputs else None
+        if isinstance(m, nn.modules.conv._ConvNd) and x:
+            old_in, new_in = graph.shape(x)[1], shape(x)[1]
+            m.in_channels = new_in
+            m.out_channels = shape(op.outputs[0])[1]
+            if m.groups > 1:
+                m.groups = m.groups * new_in // old_in
+        elif isinstance(m, nn.Linear):
+            m.out_features, m.in_features = m.weight.shape
+        elif isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm)) and x:
+            m.num_features = shape(x)[1]
+        elif isinstance(m, nn.LayerNorm) and x:
+            k = len(m.normalized_shape)
+            m.normalized_shape = tuple(shape(x)[-k:])
+        elif isinstance(m, nn.GroupNorm) and x:
+            old, new = graph.shape(x)[1], shape(x)[1]
+            m.num_groups = m.num_groups * new // old
+            m.num_channels = new
+        elif isinstance(m, nn.PReLU):
+            m.num_parameters = m.weight.numel()
+        elif isinstance(m, nn.Embedding):
+            m.embedding_dim = m.weight.shape[1]
+        elif isinstance(m, nn.Unflatten) and x:
+            k = len(m.unflattened_size)
+            out = shape(op.outputs[0])
+            dim = m.dim % len(graph.shape(x))
+            m.unflattened_size = tuple(out[dim : dim + k])
+
+    # -- calls -------------------------------------------------------------------
+    def _update_call(self, node: torch.fx.Node, op, analysis: AnalysisResult, pruned: np.ndarray) -> bool:
+        graph = analysis.graph
+        shape = lambda v: analysis.pruned_shape(v, pruned)  # noqa: E731
+        fn = _fn_name(node)
+        args, kwargs = list(node.args), dict(node.kwargs)
+        before = (tuple(args), dict(kwargs))
+        if op.kind == "reshape" and fn in ("view", "reshape", "_unsafe_view"):
+            new_out = shape(op.outputs[0])
+            if len(args) == 2 and isinstance(args[1], (list, tuple, torch.Size)):
+                resized = _resize(list(args[1]), new_out)
+                args[1] = resized if isinstance(args[1], list) else tuple(resized)
+            elif len(args) >= 2:
+                args[1:] = _resize(list(args[1:]), new_out)
+            elif "shape" in kwargs:
+                kwargs["shape"] = tuple(_resize(list(kwargs["shape"]), new_out))
+        elif op.kind == "reshape" and fn == "unflatten":
+            x = op.inputs[0]
+            dim = (args[1] if len(args) > 1 else kwargs["dim"]) % len(graph.shape(x))
+            sizes = args[2] if len(args) > 2 else kwargs["sizes"]
+            new = _resize(list(sizes), shape(op.outputs[0])[dim : dim + len(sizes)])
+            if len(args) > 2:
+                args[2] = tuple(new)
+            else:
+                kwargs["sizes"] = tuple(new)
+        elif op.kind == "layer_norm":
+            k = op.attrs["ndim"]
+            key = 1
+            new_shape = list(shape(op.inputs[0])[-k:])
+            if "normalized_shape" in kwargs:
+                kwargs["normalized_shape"] = new_shape
+            else:
+                args[key] = new_shape
+        elif op.kind == "group_norm":
+            x = op.inputs[0]
+            new_g = op.attrs["num_groups"] * shape(x)[1] // graph.shape(x)[1]
+            if "num_groups" in kwargs:
+                kwargs["num_groups"] = new_g
+            else:
+                args[1] = new_g
+        elif op.kind == "conv" and op.attrs.get("groups", 1) > 1:
+            x = op.inputs[0]
+            new_g = op.attrs["groups"] * shape(x)[1] // graph.shape(x)[1]
+            if fn == "convolution":
+                args[8] = new_g
+            elif "groups" in kwargs:
+                kwargs["groups"] = new_g
+            else:
+                args[6] = new_g
+        elif op.kind == "split":
+            ax = op.attrs["axis"] % len(graph.shape(op.inputs[0]))
+            new_sizes = [shape(o)[ax] for o in op.outputs]
+            key = next((k for k in ("split_size_or_sections", "split_size", "split_sizes") if k in kwargs), None)
+            spec = kwargs[key] if key else (args[1] if len(args) > 1 else None)
+            if fn != "chunk" and spec is not None:
+                new_spec: Any = new_sizes[0] if isinstance(spec, int) else list(new_sizes)
+                if key:
+                    kwargs[key] = new_spec
+                else:
+                    args[1] = new_spec
+        elif op.kind == "slice":
+            x = op.inputs[0]
+            rank = len(graph.shape(x))
+            ax = op.attrs["axis"] % rank
+            n = graph.shape(x)[ax]
+            start, stop, _ = slice(op.attrs.get("start"), op.attrs.get("stop"), op.attrs.get("step")).indices(n)
+            mask = analysis.keep_mask(x, ax, pruned)
+            keep = np.ones(n, dtype=bool) if mask is None else mask
+            new_start = int(keep[:start].sum())
+            new_stop = new_start + int(keep[start:stop].sum())
+            if fn == "narrow":
+                args[2], args[3] = new_start, new_stop - new_start
+            else:
+                idx = args[1] if isinstance(args[1], tuple) else (args[1],)
+                idx = list(idx)
+                old = idx[ax] if ax < len(idx) else slice(None)
+                new_len = int(keep.sum())
+                idx[ax] = slice(
+                    None if old.start is None and new_start == 0 else new_start,
+                    None if old.stop is None and new_stop == new_len else new_stop,
+                    old.step,
+                )
+                args[1] = tuple(idx) if isinstance(args[1], tuple) else idx[0]
+        else:
+            return False
+        if (tuple(args), kwargs) != before:
+            node.args, node.kwargs = tuple(args), kwargs
+            return True
+        return False
+
+
+def _resize(sizes: list, new_shape: tuple[int, ...]) -> list:
+    """New constant sizes: -1 and run-time sizes stay; other ints follow the new shape."""
+    if len(sizes) != len(new_shape):
+        return sizes
+    return [s if (not isinstance(s, int) or s == -1) else int(n) for s, n in zip(sizes, new_shape)]

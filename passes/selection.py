@@ -1,0 +1,134 @@
+"""Selection pass: decide which channel classes go.
+
+Policies (one of): ``ratio`` (fraction of each group's prunable channels, or of
+all of them with ``scope="global"``), ``threshold`` (normalized saliency below
+it), ``target_macs`` (the smallest global ratio whose planned MACs meet it).
+Then per group: kept counts round *up* to a multiple of ``granularity`` channels
+where the group is larger than that, and never below ``min_channels``; the
+lowest-scored prunable classes go first. Frozen classes are never selected.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from frontends.graph import ChannelGraph
+from passes.channel_analysis import AnalysisResult, Group
+from passes.cost import graph_macs
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Selection", "SelectionResult"]
+
+
+@dataclass
+class SelectionResult:
+    pruned: np.ndarray  # bool per class
+    ratio: float | None  # the ratio used (target_macs: the one found)
+    planned_macs: int
+
+
+class Selection:
+    """``call(analysis, scores) -> SelectionResult``."""
+
+    def __init__(
+        self,
+        ratio: float | None = None,
+        threshold: float | None = None,
+        target_macs: float | None = None,
+        scope: str = "local",
+        granularity: int = 8,
+        min_channels: int = 1,
+    ) -> None:
+        given = [x is not None for x in (ratio, threshold, target_macs)]
+        if sum(given) != 1:
+            raise ValueError("give exactly one of ratio=, threshold=, target_macs=")
+        if ratio is not None and not 0.0 <= ratio < 1.0:
+            raise ValueError(f"ratio must be in [0, 1), got {ratio}")
+        if target_macs is not None and target_macs <= 0:
+            raise ValueError(f"target_macs must be positive, got {target_macs}")
+        if scope not in ("local", "global"):
+            raise ValueError(f"scope must be 'local' or 'global', got {scope!r}")
+        if int(granularity) < 1 or int(min_channels) < 1:
+            raise ValueError("granularity and min_channels must be >= 1")
+        self.ratio, self.threshold, self.target_macs = ratio, threshold, target_macs
+        self.scope, self.granularity, self.min_channels = scope, int(granularity), int(min_channels)
+
+    # -- per group ------------------------------------------------------------
+    def _finish(self, g: Group, scores: np.ndarray, n_remove: int, pruned: np.ndarray) -> None:
+        """Remove ``n_remove`` (before rounding) lowest classes of ``g``."""
+        n = len(g.classes)
+        prunable = np.flatnonzero(~g.frozen)
+        if n_remove <= 0 or prunable.size == 0:
+            return
+        w = int(g.widths.max())
+        uniform = bool((g.widths == w).all())
+        gran = self.granularity // math.gcd(self.granularity, w) if uniform else 1
+        if n <= gran:
+            gran = 1
+        keep = max(n - min(n_remove, prunable.size), math.ceil(self.min_channels / w), n - prunable.size, 1)
+        keep = min(n, math.ceil(keep / gran) * gran)
+        n_remove = n - keep
+        if n_remove <= 0:
+            return
+        s = scores[g.classes[prunable]]
+        s = np.where(np.isnan(s), np.inf, s)
+        order = np.argsort(s, kind="stable")
+        pruned[g.classes[prunable[order[:n_remove]]]] = True
+
+    def _plan(self, analysis: AnalysisResult, scores: np.ndarray, ratio: float | None, threshold: float | None) -> np.ndarray:
+        pruned = np.zeros(analysis.n_classes, dtype=bool)
+        groups = [g for g in analysis.groups if g.prunable]
+        if threshold is not None:
+            for g in groups:
+                s = scores[g.classes]
+                self._finish(g, scores, int(((s < threshold) & ~g.frozen).sum()), pruned)
+            return pruned
+        assert ratio is not None
+        if self.scope == "local":
+            for g in groups:
+                self._finish(g, scores, int(round(ratio * (~g.frozen).sum())), pruned)
+            return pruned
+        # global: one threshold over all prunable channels, weighted by width
+        cls = np.concatenate([g.classes[~g.frozen] for g in groups]) if groups else np.zeros(0, dtype=np.int64)
+        wid = np.concatenate([g.widths[~g.frozen] for g in groups]) if groups else np.zeros(0, dtype=np.int64)
+        if cls.size == 0:
+            return pruned
+        s = np.nan_to_num(scores[cls], nan=np.inf)
+        order = np.argsort(s, kind="stable")
+        cum = np.cumsum(wid[order])
+        k = int(np.searchsorted(cum, ratio * wid.sum(), side="right"))
+        chosen = np.zeros(analysis.n_classes, dtype=bool)
+        chosen[cls[order[:k]]] = True
+        for g in groups:
+            self._finish(g, scores, int((chosen[g.classes] & ~g.frozen).sum()), pruned)
+        return pruned
+
+    def call(self, analysis: AnalysisResult, scores: np.ndarray) -> SelectionResult:
+        graph: ChannelGraph = analysis.graph
+
+        def macs(pruned: np.ndarray) -> int:
+            return graph_macs(graph, lambda v: analysis.pruned_shape(v, pruned))
+
+        if self.target_macs is None:
+            pruned = self._plan(analysis, scores, self.ratio, self.threshold)
+            return SelectionResult(pruned, self.ratio, macs(pruned))
+        base = graph_macs(graph)
+        target = self.target_macs * base if self.target_macs <= 1.0 else self.target_macs
+        lo, hi = 0.0, 0.999
+        best = self._plan(analysis, scores, hi, None)
+        if macs(best) > target:
+            log.warning("target_macs %.3g not reachable: at most %.3g", target, macs(best))
+            return SelectionResult(best, hi, macs(best))
+        for _ in range(20):
+            mid = (lo + hi) / 2
+            plan = self._plan(analysis, scores, mid, None)
+            if macs(plan) <= target:
+                hi, best = mid, plan
+            else:
+                lo = mid
+        return SelectionResult(best, hi, macs(best))

@@ -1,0 +1,194 @@
+"""Verification pass (torch): the pruned model against the masked original.
+
+The reference runs the *original* traced graph with every removed channel zeroed
+after every node (``torch.where``, so inf/nan of a removed channel never leak).
+Ops whose statistics span a channel dim get the semantics of the pruned model:
+LayerNorm normalizes over the kept channels only. Both models run in float64
+where they can (float32 otherwise), so a rewrite error stands out from rounding.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.fx
+import torch.nn as nn
+
+from frontends.errors import VerificationError
+from frontends.torch_fx import TracedModel
+from passes.channel_analysis import AnalysisResult
+
+log = logging.getLogger(__name__)
+
+__all__ = ["VerifyFX", "VerifyResult", "flat_tensors"]
+
+
+@dataclass
+class VerifyResult:
+    passed: bool
+    max_abs_error: float
+    reference_scale: float
+    tolerance: float
+    dtype: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def flat_tensors(x: Any) -> list[torch.Tensor]:
+    if isinstance(x, torch.Tensor):
+        return [x]
+    if isinstance(x, dict):
+        return [t for v in x.values() for t in flat_tensors(v)]
+    if isinstance(x, (list, tuple)):
+        return [t for v in x for t in flat_tensors(v)]
+    return []
+
+
+class _Masked(torch.fx.Interpreter):
+    def __init__(self, gm, masks: dict[str, list[torch.Tensor | None]], ln_nodes: dict[str, int]) -> None:
+        super().__init__(gm)
+        self.masks = masks
+        self.ln_nodes = ln_nodes
+
+    def run_node(self, n: torch.fx.Node) -> Any:
+        if n.name in self.ln_nodes:
+            out = self._masked_layer_norm(n)
+        else:
+            out = super().run_node(n)
+        masks = self.masks.get(n.name)
+        if not masks:
+            return out
+        if isinstance(out, torch.Tensor):
+            return _apply(out, masks[0])
+        if isinstance(out, (tuple, list)):
+            return type(out)(_apply(o, m) if isinstance(o, torch.Tensor) else o for o, m in zip(out, masks))
+        return out
+
+    def _masked_layer_norm(self, n: torch.fx.Node) -> torch.Tensor:
+        k = self.ln_nodes[n.name]
+        args, kwargs = self.fetch_args_kwargs_from_env(n)
+        if n.op == "call_module":
+            m = self.module.get_submodule(str(n.target))
+            x, w, b, eps = args[0], m.weight, m.bias, m.eps
+        else:
+            x = args[0]
+            w = kwargs.get("weight", args[2] if len(args) > 2 else None)
+            b = kwargs.get("bias", args[3] if len(args) > 3 else None)
+            eps = kwargs.get("eps", args[4] if len(args) > 4 else 1e-5)
+        x_node = n.args[0]
+        mask = self.masks.get(x_node.name, [None])[0] if isinstance(x_node, torch.fx.Node) else None
+        dims = tuple(range(x.dim() - k, x.dim()))
+        m = torch.ones_like(x, dtype=torch.bool) if mask is None else mask.expand_as(x)
+        mf = m.to(x.dtype)
+        cnt = mf.sum(dims, keepdim=True).clamp_min(1)
+        mean = (x * mf).sum(dims, keepdim=True) / cnt
+        var = (((x - mean) * mf) ** 2).sum(dims, keepdim=True) / cnt
+        y = (x - mean) / torch.sqrt(var + eps)
+        if w is not None:
+            y = y * w
+        if b is not None:
+            y = y + b
+        return y
+
+
+def _apply(t: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    if mask is None:
+        return t
+    return torch.where(mask, t, torch.zeros((), dtype=t.dtype, device=t.device))
+
+
+class VerifyFX:
+    """``call(traced, analysis, pruned, module, inputs) -> VerifyResult``; raises on mismatch."""
+
+    def __init__(self, rtol: float = 1e-5, atol: float = 1e-7) -> None:
+        self.rtol, self.atol = rtol, atol
+
+    def masks(self, traced: TracedModel, analysis: AnalysisResult, pruned: np.ndarray) -> dict[str, list[torch.Tensor | None]]:
+        out: dict[str, list[torch.Tensor | None]] = {}
+        for node_name, values in traced.node_values.items():
+            ms: list[torch.Tensor | None] = []
+            any_mask = False
+            for v in values:
+                val = analysis.graph.values.get(v)
+                lab = analysis.labels.get(v)
+                if val is None or not val.is_tensor or not lab or val.is_const:
+                    ms.append(None)
+                    continue
+                mask = None
+                for d, dl in enumerate(lab):
+                    if dl is None:
+                        continue
+                    keep = ~pruned[analysis.atom_class[dl]]
+                    if keep.all():
+                        continue
+                    shape = [1] * len(lab)
+                    shape[d] = len(keep)
+                    km = torch.as_tensor(keep).reshape(shape)
+                    mask = km if mask is None else (mask & km)
+                ms.append(mask)
+                any_mask = any_mask or mask is not None
+            if any_mask:
+                out[node_name] = ms
+        return out
+
+    def reference(self, traced: TracedModel, analysis: AnalysisResult, pruned: np.ndarray, inputs: Sequence[Any], gm=None) -> Any:
+        ln = {op.name: int(op.attrs["ndim"]) for op in analysis.graph.ops.values() if op.kind == "layer_norm"}
+        with torch.no_grad():
+            return _Masked(gm if gm is not None else traced.gm, self.masks(traced, analysis, pruned), ln).run(*inputs)
+
+    def call(self, traced: TracedModel, analysis: AnalysisResult, pruned: np.ndarray, module: nn.Module, inputs: Sequence[Any]) -> VerifyResult:
+        try:
+            res = self._compare(traced, analysis, pruned, module, inputs, torch.float64)
+        except VerificationError:
+            raise
+        except Exception as exc:  # an op without float64 support: compare in float32
+            log.info("float64 verification failed (%s); comparing in float32", exc)
+            res = self._compare(traced, analysis, pruned, module, inputs, torch.float32)
+        if not res.passed:
+            raise VerificationError(
+                f"pruned model differs from the original with removed channels zeroed: max abs error "
+                f"{res.max_abs_error:.3g} > tolerance {res.tolerance:.3g} ({res.dtype})",
+                res.max_abs_error,
+            )
+        return res
+
+    def _compare(self, traced, analysis, pruned, module, inputs, dtype) -> VerifyResult:
+        conv = lambda t: t.to(dtype) if isinstance(t, torch.Tensor) and t.is_floating_point() else t  # noqa: E731
+        ins = [conv(x) for x in inputs]
+        ref_gm = copy.deepcopy(traced.gm).to(dtype)
+        new = copy.deepcopy(module).to(dtype).eval()
+        ref = flat_tensors(self.reference(traced, analysis, pruned, ins, gm=ref_gm))
+        with torch.no_grad():
+            got = flat_tensors(new(*ins))
+        if len(ref) != len(got) or any(a.shape != b.shape for a, b in zip(ref, got)):
+            raise VerificationError(
+                f"pruned model outputs {[tuple(t.shape) for t in got]} but the original gives {[tuple(t.shape) for t in ref]}"
+            )
+        err, scale = 0.0, 0.0
+        for a, b in zip(ref, got):
+            if a.numel() == 0:
+                continue
+            if not a.is_floating_point():
+                err = max(err, float((a != b).any()))
+                continue
+            if not torch.isfinite(a).all():
+                same = torch.equal(torch.isfinite(a), torch.isfinite(b))
+                fin = torch.isfinite(a) & torch.isfinite(b)
+                if not same:
+                    err = math.inf
+                a, b = a[fin], b[fin]
+                if a.numel() == 0:
+                    continue
+            err = max(err, float((a.double() - b.double()).abs().max()))
+            scale = max(scale, float(a.double().abs().max()))
+        rtol = self.rtol if dtype == torch.float64 else max(self.rtol, 1e-3)
+        tol = self.atol + rtol * scale
+        return VerifyResult(bool(err <= tol), err, scale, tol, str(dtype).replace("torch.", ""))
