@@ -1,0 +1,159 @@
+"""The compile report: what was pruned, what was frozen and why, and what it saved."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+__all__ = ["Report", "LayerReport", "GroupReport", "FrozenOp"]
+
+
+@dataclass
+class LayerReport:
+    name: str
+    target: str
+    in_channels: tuple[int, int]  # (before, after)
+    out_channels: tuple[int, int]
+    macs: tuple[int, int]
+
+
+@dataclass
+class GroupReport:
+    id: int
+    members: list[str]  # layers whose output channels form the group
+    channels_before: int
+    channels_after: int
+    frozen_channels: int
+    reasons: list[str]  # why channels are frozen
+    saliency: tuple[float, float, float] | None  # min, median, max over the group's channels
+
+    @property
+    def frozen(self) -> bool:
+        return self.frozen_channels == self.channels_before
+
+
+@dataclass
+class FrozenOp:
+    name: str
+    target: str
+    label: str
+
+
+@dataclass
+class Report:
+    model: str
+    framework: str
+    trace_method: str
+    params_before: int
+    params_after: int
+    macs_before: int
+    macs_after: int
+    settings: dict[str, Any]
+    layers: list[LayerReport] = field(default_factory=list)
+    groups: list[GroupReport] = field(default_factory=list)
+    frozen_ops: list[FrozenOp] = field(default_factory=list)
+    verification: dict[str, Any] | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def macs_ratio(self) -> float:
+        return self.macs_after / self.macs_before if self.macs_before else 1.0
+
+    @property
+    def params_ratio(self) -> float:
+        return self.params_after / self.params_before if self.params_before else 1.0
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["macs_ratio"] = self.macs_ratio
+        d["params_ratio"] = self.params_ratio
+        for g, gd in zip(self.groups, d["groups"]):
+            gd["frozen"] = g.frozen
+        return d
+
+    def to_json(self, **kw: Any) -> str:
+        return json.dumps(self.to_dict(), indent=2, default=str, **kw)
+
+    def summary(self) -> str:
+        n_pruned = sum(1 for g in self.groups if g.channels_after < g.channels_before)
+        n_frozen = sum(1 for g in self.groups if g.frozen)
+        lines = [
+            f"model        {self.model} ({self.framework}, traced by {self.trace_method})",
+            f"parameters   {_h(self.params_before)} -> {_h(self.params_after)} ({self.params_ratio:.3f}x)",
+            f"MACs         {_h(self.macs_before)} -> {_h(self.macs_after)} ({self.macs_ratio:.3f}x)",
+            f"groups       {len(self.groups)} ({n_pruned} pruned, {n_frozen} frozen)",
+        ]
+        if self.frozen_ops:
+            names = ", ".join(f"{o.label or o.name} [{o.target}]" for o in self.frozen_ops[:6])
+            more = f" and {len(self.frozen_ops) - 6} more" if len(self.frozen_ops) > 6 else ""
+            lines.append(f"unknown ops  {len(self.frozen_ops)} froze their channels: {names}{more}")
+        if self.verification is not None:
+            v = self.verification
+            state = "passed" if v["passed"] else "FAILED"
+            lines.append(
+                f"verified     {state}: max abs error {v['max_abs_error']:.2e} "
+                f"(tolerance {v['tolerance']:.1e}, {v['dtype']}) against the original with removed channels zeroed"
+            )
+        else:
+            lines.append("verified     no (verify=False)")
+        return "\n".join(lines)
+
+    def groups_table(self, limit: int | None = None) -> str:
+        rows = [("group", "channels", "kept", "frozen", "saliency min/med/max", "members")]
+        for g in self.groups[: limit or len(self.groups)]:
+            members = ", ".join(g.members[:3]) + (f" +{len(g.members) - 3}" if len(g.members) > 3 else "")
+            sal = "-" if g.saliency is None else "/".join(f"{s:.2f}" for s in g.saliency)
+            frozen = "all" if g.frozen else (str(g.frozen_channels) if g.frozen_channels else "")
+            rows.append((str(g.id), str(g.channels_before), str(g.channels_after), frozen, sal, members))
+        text = _table(rows)
+        if limit and len(self.groups) > limit:
+            text += f"\n... {len(self.groups) - limit} more groups"
+        reasons = sorted({r for g in self.groups for r in g.reasons})
+        if reasons:
+            text += "\nfrozen because:\n" + "\n".join(f"  - {r}" for r in reasons[:20])
+            if len(reasons) > 20:
+                text += f"\n  ... {len(reasons) - 20} more"
+        return text
+
+    def layers_table(self, limit: int | None = None) -> str:
+        rows = [("layer", "op", "in", "out", "MACs before", "MACs after")]
+        for lr in self.layers[: limit or len(self.layers)]:
+            rows.append(
+                (
+                    lr.name,
+                    lr.target,
+                    _arrow(lr.in_channels),
+                    _arrow(lr.out_channels),
+                    _h(lr.macs[0]),
+                    _h(lr.macs[1]),
+                )
+            )
+        text = _table(rows)
+        if limit and len(self.layers) > limit:
+            text += f"\n... {len(self.layers) - limit} more layers"
+        return text
+
+    def __str__(self) -> str:
+        return self.summary() + "\n\n" + self.groups_table(limit=30) + "\n\n" + self.layers_table(limit=40)
+
+
+def _arrow(pair: tuple[int, int]) -> str:
+    return str(pair[0]) if pair[0] == pair[1] else f"{pair[0]}->{pair[1]}"
+
+
+def _h(n: float) -> str:
+    for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= div:
+            return f"{n / div:.2f}{unit}"
+    return str(int(n))
+
+
+def _table(rows: list[tuple[str, ...]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    out = []
+    for k, r in enumerate(rows):
+        out.append("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+        if k == 0:
+            out.append("  ".join("-" * w for w in widths))
+    return "\n".join(out)
