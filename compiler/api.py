@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from compiler.pipeline import Options, Plan, Steps, build_report, plan
+from compiler.pipeline import Options, Plan, Steps, build_report, plan, weight_updates
 from compiler.report import Report
 from frontends.errors import InvalidArgumentError, PrunecError, UnsupportedModelError
 
@@ -45,9 +45,11 @@ def _check_options(opts: Options) -> None:
         raise InvalidArgumentError(f"equalization={opts.equalization!r}; choose from {', '.join(EQUALIZATIONS)}")
     if opts.normalizer not in NORMALIZERS:
         raise InvalidArgumentError(f"normalizer={opts.normalizer!r}; choose from {', '.join(NORMALIZERS)}")
-    given = [x is not None for x in (opts.ratio, opts.threshold, opts.target_macs)]
+    given = [x is not None for x in (opts.ratio, opts.threshold, opts.target_macs, opts.f_nz)]
     if sum(given) > 1:
-        raise InvalidArgumentError("give only one of ratio=, threshold=, target_macs=")
+        raise InvalidArgumentError("give only one of ratio=, threshold=, target_macs=, f_nz=")
+    if opts.f_nz is not None and not (isinstance(opts.f_nz, (int, float)) and 0.0 <= opts.f_nz < 1.0):
+        raise InvalidArgumentError(f"f_nz must be a fraction in [0, 1), got {opts.f_nz!r}")
     if opts.ratio is not None and not (isinstance(opts.ratio, (int, float)) and 0.0 <= opts.ratio < 1.0):
         raise InvalidArgumentError(f"ratio must be a number in [0, 1), got {opts.ratio!r}")
     if opts.target_macs is not None and not opts.target_macs > 0:
@@ -77,6 +79,10 @@ def compile(  # noqa: A001 - the public contract's name
     scope: str = "local",
     ignore: Iterable[str] = (),
     calibration: Iterable[Any] | None = None,
+    loss_fn: Callable[[Any, Any], Any] | None = None,
+    bias_propagation: bool | None = None,
+    compensate: bool | None = None,
+    f_nz: float | None = None,
     verify: bool = True,
     rtol: float = 1e-5,
     seed: int = 0,
@@ -90,8 +96,18 @@ def compile(  # noqa: A001 - the public contract's name
     fraction of the original MACs when <= 1, else an absolute count).
     ``verify`` runs the pruned model against the original with the removed
     channels zeroed and raises :class:`VerificationError` on a mismatch.
+
+    Data-driven criteria read ``calibration`` (an iterable of batches: a tensor,
+    or a tuple of the inputs optionally followed by labels; without it, the
+    example inputs). With labels the loss is cross-entropy or ``loss_fn(output,
+    labels)``; without, the change of the original model's outputs.
+    ``bias_propagation`` folds removed channels' mean inputs into the consuming
+    layers' biases (default on for ``mrs``); ``compensate`` re-fits the consuming
+    layers' remaining weights by least squares (default on for ``obs``). ``f_nz``
+    is a policy of its own: remove channels whose fan-in or fan-out has at most
+    this fraction of non-zero weights (0.0: dead units).
     """
-    if ratio is None and threshold is None and target_macs is None:
+    if ratio is None and threshold is None and target_macs is None and f_nz is None:
         ratio = 0.5
     opts = Options(
         ratio=ratio,
@@ -107,16 +123,17 @@ def compile(  # noqa: A001 - the public contract's name
         verify=verify,
         rtol=rtol,
         seed=seed,
+        f_nz=f_nz,
+        bias_propagation=bias_propagation,
+        compensate=compensate,
     )
     _check_options(opts)
-    if calibration is not None and importance in ("l1", "l2", "random"):
-        log.info("calibration data is not used by importance=%r", importance)
     try:
         import torch.nn as nn
     except ImportError as exc:  # pragma: no cover - torch is a dependency
         raise UnsupportedModelError("PyTorch is not installed") from exc
     if isinstance(model, nn.Module):
-        return _compile_torch(model, example_inputs, opts, progress)
+        return _compile_torch(model, example_inputs, opts, progress, calibration, loss_fn)
     if isinstance(model, (str, os.PathLike)) or type(model).__name__ == "ModelProto":
         raise UnsupportedModelError(
             "ONNX models are not supported by this build of prunec yet; pass a torch.nn.Module"
@@ -124,10 +141,19 @@ def compile(  # noqa: A001 - the public contract's name
     raise UnsupportedModelError(f"cannot prune a {type(model).__name__}: expected a torch.nn.Module")
 
 
-def _compile_torch(model: Any, example_inputs: Any, opts: Options, progress: Callable[[str], None] | None) -> CompileResult:
+def _compile_torch(
+    model: Any,
+    example_inputs: Any,
+    opts: Options,
+    progress: Callable[[str], None] | None,
+    calibration: Iterable[Any] | None = None,
+    loss_fn: Callable[[Any, Any], Any] | None = None,
+) -> CompileResult:
     import torch
 
     from frontends.torch_fx import load_torch
+    from passes.calibration import CalibrationData
+    from passes.criteria import DataCriteria
     from passes.rewrite_fx import RewriteFX
     from passes.verify import VerifyFX
 
@@ -138,16 +164,26 @@ def _compile_torch(model: Any, example_inputs: Any, opts: Options, progress: Cal
     example_inputs = tuple(example_inputs)
     steps = Steps(progress)
     traced = steps("trace", load_torch, model, example_inputs)
-    p = plan(traced.graph, opts, steps)
-    rewritten = steps("rewrite", RewriteFX().call, traced, p.analysis, p.selection.pruned)
+    data = CalibrationData.from_user(calibration, example_inputs, loss_fn)
+    make_data = lambda analysis: DataCriteria(traced, analysis, data, probes=opts.probes, seed=opts.seed)  # noqa: E731
+    p = plan(traced.graph, opts, steps, make_data)
+    updates, update_info = weight_updates(p, opts, steps)
+    rewritten = steps("rewrite", RewriteFX().call, traced, p.analysis, p.selection.pruned, updates)
     verification = None
     if opts.verify:
         verification = steps(
-            "verify", VerifyFX(rtol=opts.rtol).call, traced, p.analysis, p.selection.pruned, rewritten.module, example_inputs
+            "verify",
+            VerifyFX(rtol=opts.rtol).call,
+            traced,
+            p.analysis,
+            p.selection.pruned,
+            rewritten.module,
+            example_inputs,
+            updates,
         ).to_dict()
     try:
         after = steps("measure", load_torch, rewritten.module, example_inputs)
     except PrunecError as exc:
         raise PrunecError(f"internal check failed: the pruned model does not trace again: {exc}") from exc
-    report = build_report(type(model).__name__, traced.method, p, after.graph, opts, verification, steps.timings)
+    report = build_report(type(model).__name__, traced.method, p, after.graph, opts, verification, steps.timings, update_info)
     return CompileResult(rewritten.module, report, "torch-eager", p, traced)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -39,6 +38,20 @@ class Options:
     verify: bool = True
     rtol: float = 1e-5
     seed: int = 0
+    f_nz: float | None = None
+    bias_propagation: bool | None = None  # None: on for mrs and f_nz
+    compensate: bool | None = None  # None: on for obs
+    probes: int = 4
+
+    @property
+    def propagate_bias(self) -> bool:
+        if self.bias_propagation is not None:
+            return self.bias_propagation
+        return self.importance == "mrs" or self.f_nz is not None
+
+    @property
+    def compensates(self) -> bool:
+        return self.compensate if self.compensate is not None else self.importance == "obs"
 
     def settings(self) -> dict[str, Any]:
         d = dict(self.__dict__)
@@ -69,24 +82,60 @@ class Plan:
     analysis: AnalysisResult
     saliency: SaliencyResult
     selection: SelectionResult
+    data: Any = None  # the DataCriteria used, if any
 
 
-def plan(graph: ChannelGraph, opts: Options, steps: Steps) -> Plan:
-    """Analysis, saliency and selection: the format-independent middle of the pipeline."""
+def plan(
+    graph: ChannelGraph, opts: Options, steps: Steps, make_data: Callable[[AnalysisResult], Any] | None = None
+) -> Plan:
+    """Analysis, saliency and selection: the format-independent middle of the pipeline.
+
+    ``make_data(analysis)`` builds the model-and-data view (``DataCriteria``) that
+    data-driven criteria, the dead-unit policy and weight updates need.
+    """
     analysis = steps("analyze", ChannelAnalysis(opts.ignore).call, graph)
-    saliency = steps(
-        "saliency", Saliency(opts.importance, opts.equalization, opts.normalizer, opts.seed).call, analysis
-    )
-    selector = Selection(
-        ratio=opts.ratio,
-        threshold=opts.threshold,
-        target_macs=opts.target_macs,
-        scope=opts.scope,
-        granularity=opts.granularity,
-        min_channels=opts.min_channels,
-    )
+    needs = opts.importance in Saliency.NEEDS_MODEL or opts.f_nz is not None or opts.propagate_bias or opts.compensates
+    data = make_data(analysis) if (needs and make_data is not None) else None
+    if needs and data is None:
+        raise PrunecError(f"importance={opts.importance!r} and weight updates need a model that can run here")
+    if opts.f_nz is not None:
+        raw = steps("saliency", data.nz_fraction)
+        scores = np.full(analysis.n_classes, np.nan)
+        for grp in analysis.groups:
+            scores[grp.classes] = raw[grp.classes]
+        saliency = SaliencyResult(scores, {}, "nz_fraction", opts.equalization)
+        selector = Selection(threshold=opts.f_nz + 1e-9, granularity=opts.granularity, min_channels=opts.min_channels)
+    else:
+        scorer = Saliency(opts.importance, opts.equalization, opts.normalizer, opts.seed)
+        saliency = steps("saliency", scorer.call, analysis, data)
+        selector = Selection(
+            ratio=opts.ratio,
+            threshold=opts.threshold,
+            target_macs=opts.target_macs,
+            scope=opts.scope,
+            granularity=opts.granularity,
+            min_channels=opts.min_channels,
+        )
     selection = steps("select", selector.call, analysis, saliency.scores)
-    return Plan(analysis, saliency, selection)
+    return Plan(analysis, saliency, selection, data)
+
+
+def weight_updates(p: Plan, opts: Options, steps: Steps) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """OBS compensation and bias propagation, as new values of constants (full, unpruned shapes)."""
+    updates: dict[str, np.ndarray] = {}
+    info: dict[str, Any] = {}
+    done: set[str] = set()
+    if opts.compensates and p.data is not None:
+        u, done = steps("compensate", p.data.obs_compensation, p.selection.pruned)
+        updates.update(u)
+        info["compensated_layers"] = len(done)
+    if opts.propagate_bias and p.data is not None:
+        u, skipped = steps("propagate bias", p.data.bias_propagation, p.selection.pruned, done)
+        updates.update(u)
+        info["bias_propagated_constants"] = len(u)
+        if skipped:
+            info["bias_propagation_skipped"] = sorted(set(skipped))
+    return updates, info
 
 
 def build_report(
@@ -97,6 +146,7 @@ def build_report(
     opts: Options,
     verification: dict[str, Any] | None,
     timings: dict[str, float],
+    extra_settings: dict[str, Any] | None = None,
 ) -> Report:
     a, pruned = p.analysis, p.selection.pruned
     g = a.graph
@@ -151,6 +201,8 @@ def build_report(
     settings = opts.settings()
     if p.selection.ratio is not None:
         settings["ratio_used"] = p.selection.ratio
+    settings.pop("loss_fn", None)
+    settings.update(extra_settings or {})
     return Report(
         model_name,
         g.framework,
@@ -168,5 +220,3 @@ def build_report(
     )
 
 
-def _finite(x: float) -> bool:
-    return math.isfinite(x)

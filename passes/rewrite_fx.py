@@ -33,7 +33,7 @@ from passes.channel_analysis import AnalysisResult
 
 log = logging.getLogger(__name__)
 
-__all__ = ["RewriteFX", "RewriteResult"]
+__all__ = ["RewriteFX", "RewriteResult", "apply_updates"]
 
 
 @dataclass
@@ -55,12 +55,38 @@ def _set_tensor(root: nn.Module, path: str, new: torch.Tensor) -> None:
         setattr(parent, name, new)
 
 
-class RewriteFX:
-    """``call(traced, analysis, pruned) -> RewriteResult``."""
+def apply_updates(gm: nn.Module, updates: dict[str, np.ndarray] | None) -> list[str]:
+    """Set constants to new full-size values (bias propagation, OBS compensation).
 
-    def call(self, traced: TracedModel, analysis: AnalysisResult, pruned: np.ndarray) -> RewriteResult:
+    A name that is not an attribute yet is a new bias of a module that had none.
+    Returns the names of the new biases.
+    """
+    created: list[str] = []
+    if not updates:
+        return created
+    with torch.no_grad():
+        for name, arr in updates.items():
+            parent_path, _, attr = name.rpartition(".")
+            parent = gm.get_submodule(parent_path) if parent_path else gm
+            old = getattr(parent, attr, None)
+            if isinstance(old, torch.Tensor):
+                _set_tensor(gm, name, torch.as_tensor(arr, dtype=old.dtype, device=old.device).reshape(old.shape).clone())
+            else:
+                ref = next(parent.parameters())
+                setattr(parent, attr, nn.Parameter(torch.as_tensor(arr, dtype=ref.dtype, device=ref.device).clone()))
+                created.append(name)
+    return created
+
+
+class RewriteFX:
+    """``call(traced, analysis, pruned, updates=None) -> RewriteResult``."""
+
+    def call(
+        self, traced: TracedModel, analysis: AnalysisResult, pruned: np.ndarray, updates: dict[str, np.ndarray] | None = None
+    ) -> RewriteResult:
         gm = copy.deepcopy(traced.gm)
         graph = analysis.graph
+        created = apply_updates(gm, updates)
         sliced = 0
         with torch.no_grad():
             for v in graph.constants():
@@ -79,6 +105,14 @@ class RewriteFX:
                 if new is not t:
                     _set_tensor(gm, v.name, new.contiguous().clone())
                     sliced += 1
+            for name in created:  # new biases follow their layer's output channels
+                module = name.rpartition(".")[0]
+                op = next(o for o in graph.ops.values() if o.label == module and o.kind in ("conv", "linear"))
+                y = op.outputs[0]
+                keep = analysis.keep_mask(y, 1 if op.kind == "conv" else len(graph.shape(y)) - 1, pruned)
+                if keep is not None and not keep.all():
+                    t = _get_attr(gm, name)
+                    _set_tensor(gm, name, t[torch.as_tensor(np.flatnonzero(keep))].clone())
         updated = 0
         nodes = {n.name: n for n in gm.graph.nodes}
         for op in graph.ops.values():

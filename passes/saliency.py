@@ -24,10 +24,6 @@ __all__ = ["Saliency", "SaliencyResult", "EQUALIZATIONS", "unit_norms", "equaliz
 _EPS = 1e-12
 
 
-def _geo(sums_log: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    return np.exp(sums_log / counts)
-
-
 # name -> (per-class reducer over the member layers' scores)
 EQUALIZATIONS: dict[str, Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]] = {
     # each: (values sorted by class, segment starts, segment counts) -> per-class value
@@ -77,12 +73,19 @@ class SaliencyResult:
 
 
 class Saliency:
-    """Score channels. ``call(analysis) -> SaliencyResult``.
+    """Score channels. ``call(analysis, data=None) -> SaliencyResult``.
 
-    Criteria available here: ``l1``, ``l2`` (weight norms), ``random``.
+    Unit criteria (``l1``, ``l2``, ``random``, ``obd``, ``synflow``) score each
+    producer's units, normalize per layer and equalize across the group.
+    Class criteria (the data-driven ones and ``bn_scale``) score each coupled
+    channel directly and are normalized per group. ``data`` is a
+    :class:`passes.criteria.DataCriteria` for the criteria that need the model.
     """
 
-    CRITERIA = ("l1", "l2", "random")
+    UNIT = ("l1", "l2", "random", "obd", "synflow")
+    CLASS = ("bn_scale", "activation", "n2ps", "taylor", "taylor2", "mrs", "mrp", "obs")
+    CRITERIA = UNIT + CLASS
+    NEEDS_MODEL = ("obd", "synflow", "bn_scale", "activation", "n2ps", "taylor", "taylor2", "mrs", "mrp", "obs")
 
     def __init__(self, importance: str = "l2", equalization: str = "arithmetic_mean", normalizer: str = "max", seed: int = 0):
         if importance not in self.CRITERIA:
@@ -94,30 +97,61 @@ class Saliency:
         self.importance, self.equalization, self.normalizer = importance, equalization, normalizer
         self.rng = np.random.default_rng(seed)
 
-    def unit_scores(self, analysis: AnalysisResult, producer_index: int) -> np.ndarray:
-        p = analysis.producers[producer_index]
+    def _weight_units(self, analysis: AnalysisResult, i: int, kind: str) -> np.ndarray:
+        p = analysis.producers[i]
         w = analysis.graph.values[p.weight].data
         assert w is not None
-        if self.importance == "random":
+        if kind == "random":
             return self.rng.random(w.shape[p.axis])
-        return unit_norms(w, p.axis, 1 if self.importance == "l1" else 2)
+        return unit_norms(w, p.axis, 1 if kind == "l1" else 2)
 
-    def call(self, analysis: AnalysisResult) -> SaliencyResult:
+    def _normalize(self, s: np.ndarray) -> np.ndarray:
+        if self.normalizer == "none" or s.size == 0 or np.all(np.isnan(s)):
+            return s
+        norm = np.nanmax(s) if self.normalizer == "max" else np.nanmean(s)
+        return s / norm if norm > 0 else np.zeros_like(s)
+
+    def _unit_scores(self, analysis: AnalysisResult, kind: str, data) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        computed: dict[int, np.ndarray] = {}
+        if kind == "obd":
+            computed = data.obd()
+        elif kind == "synflow":
+            computed = data.synflow()
         cls_parts, layer_parts, val_parts = [], [], []
         unit: dict[str, np.ndarray] = {}
         for i, p in enumerate(analysis.producers):
-            s = self.unit_scores(analysis, i)
-            if self.normalizer != "none":
-                norm = s.max() if self.normalizer == "max" else s.mean()
-                s = s / norm if norm > 0 else np.zeros_like(s)
+            s = computed.get(i) if kind in ("obd", "synflow") else self._weight_units(analysis, i, kind)
+            if s is None:
+                continue
+            s = self._normalize(np.asarray(s, dtype=np.float64))
             unit[p.op] = s
             cls_parts.append(analysis.atom_class[p.atoms])
             layer_parts.append(np.full(s.size, i))
             val_parts.append(s)
-        if cls_parts:
-            scores = equalize(
-                np.concatenate(cls_parts), np.concatenate(layer_parts), np.concatenate(val_parts), analysis.n_classes, self.equalization
-            )
+        if not cls_parts:
+            return np.full(analysis.n_classes, np.nan), unit
+        scores = equalize(
+            np.concatenate(cls_parts), np.concatenate(layer_parts), np.concatenate(val_parts), analysis.n_classes, self.equalization
+        )
+        return scores, unit
+
+    def call(self, analysis: AnalysisResult, data=None) -> SaliencyResult:
+        kind = self.importance
+        if kind in self.NEEDS_MODEL and data is None:
+            raise ValueError(f"importance={kind!r} needs the model and calibration data")
+        if kind in self.UNIT:
+            scores, unit = self._unit_scores(analysis, kind, data)
+            return SaliencyResult(scores, unit, kind, self.equalization)
+        if kind == "mrp":
+            cand = np.concatenate([g.classes[~g.frozen] for g in analysis.groups]) if analysis.groups else np.zeros(0, int)
+            raw = data.mrp(cand)
         else:
-            scores = np.full(analysis.n_classes, np.nan)
-        return SaliencyResult(scores, unit, self.importance, self.equalization)
+            raw = getattr(data, kind)()
+        scores = np.full(analysis.n_classes, np.nan)
+        for g in analysis.groups:
+            scores[g.classes] = self._normalize(raw[g.classes].astype(np.float64))
+        if kind == "bn_scale":  # channels without a norm layer fall back to their weight norm
+            fallback, _ = self._unit_scores(analysis, "l2", None)
+            missing = np.isnan(scores) & ~np.isnan(fallback)
+            scores[missing] = fallback[missing]
+        return SaliencyResult(scores, {}, kind, self.equalization)

@@ -24,6 +24,7 @@ import torch.nn as nn
 from frontends.errors import VerificationError
 from frontends.torch_fx import TracedModel
 from passes.channel_analysis import AnalysisResult
+from passes.rewrite_fx import apply_updates
 
 log = logging.getLogger(__name__)
 
@@ -144,14 +145,23 @@ class VerifyFX:
         with torch.no_grad():
             return _Masked(gm if gm is not None else traced.gm, self.masks(traced, analysis, pruned), ln).run(*inputs)
 
-    def call(self, traced: TracedModel, analysis: AnalysisResult, pruned: np.ndarray, module: nn.Module, inputs: Sequence[Any]) -> VerifyResult:
+    def call(
+        self,
+        traced: TracedModel,
+        analysis: AnalysisResult,
+        pruned: np.ndarray,
+        module: nn.Module,
+        inputs: Sequence[Any],
+        updates: dict[str, np.ndarray] | None = None,
+    ) -> VerifyResult:
+        """``updates``: new constant values (bias propagation, compensation) the reference uses too."""
         try:
-            res = self._compare(traced, analysis, pruned, module, inputs, torch.float64)
+            res = self._compare(traced, analysis, pruned, module, inputs, torch.float64, updates)
         except VerificationError:
             raise
         except Exception as exc:  # an op without float64 support: compare in float32
             log.info("float64 verification failed (%s); comparing in float32", exc)
-            res = self._compare(traced, analysis, pruned, module, inputs, torch.float32)
+            res = self._compare(traced, analysis, pruned, module, inputs, torch.float32, updates)
         if not res.passed:
             raise VerificationError(
                 f"pruned model differs from the original with removed channels zeroed: max abs error "
@@ -160,10 +170,12 @@ class VerifyFX:
             )
         return res
 
-    def _compare(self, traced, analysis, pruned, module, inputs, dtype) -> VerifyResult:
+    def _compare(self, traced, analysis, pruned, module, inputs, dtype, updates=None) -> VerifyResult:
         conv = lambda t: t.to(dtype) if isinstance(t, torch.Tensor) and t.is_floating_point() else t  # noqa: E731
         ins = [conv(x) for x in inputs]
-        ref_gm = copy.deepcopy(traced.gm).to(dtype)
+        ref_gm = copy.deepcopy(traced.gm)
+        apply_updates(ref_gm, updates)
+        ref_gm = ref_gm.to(dtype)
         new = copy.deepcopy(module).to(dtype).eval()
         ref = flat_tensors(self.reference(traced, analysis, pruned, ins, gm=ref_gm))
         with torch.no_grad():

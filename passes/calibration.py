@@ -1,0 +1,220 @@
+"""Calibration: batches, the loss, and a gated run of the traced model.
+
+A *gate* multiplies a channel class wherever a contracting layer reads it (the
+input of a conv, linear or matmul, a sum over channels). Removing channel class
+``c`` is exactly ``g_c = 0`` there, so derivatives with respect to the gates are
+what the data-driven criteria need. In mean-replacement mode the gate acts as
+``x' = m + g (x - m)``: ``g_c = 0`` replaces the channel by its mean ``m``.
+
+Loss: with labels, cross-entropy (or the caller's ``loss_fn(output, labels)``);
+without labels, first-order quantities use random projections of the outputs
+(``v . f``, v ~ N(0, 1)), whose squared gradients estimate the change of the
+outputs, and second-order ones use the reconstruction error
+``||f(g) - f(1)||^2`` of the original model's outputs.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.fx
+import torch.nn.functional as F
+
+from frontends.errors import InvalidArgumentError
+from frontends.torch_fx import TracedModel
+from passes.channel_analysis import AnalysisResult
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Batch", "CalibrationData", "Consumer", "GatedRunner", "consumers", "output_tensor"]
+
+
+@dataclass
+class Batch:
+    inputs: tuple[torch.Tensor, ...]
+    labels: torch.Tensor | None
+
+
+@dataclass
+class CalibrationData:
+    batches: list[Batch]
+    loss_fn: Callable[[Any, Any], torch.Tensor] | None = None
+
+    @property
+    def labelled(self) -> bool:
+        return all(b.labels is not None for b in self.batches)
+
+    @classmethod
+    def from_user(
+        cls,
+        calibration: Iterable[Any] | None,
+        example_inputs: Sequence[torch.Tensor],
+        loss_fn: Callable[[Any, Any], torch.Tensor] | None = None,
+        max_batches: int | None = None,
+    ) -> CalibrationData:
+        """Batches: a tensor (the single input), or a tuple of the inputs optionally followed by labels."""
+        n_in = len(example_inputs)
+        out: list[Batch] = []
+        if calibration is None:
+            return cls([Batch(tuple(example_inputs), None)], loss_fn)
+        for i, b in enumerate(calibration):
+            if max_batches is not None and i >= max_batches:
+                break
+            if isinstance(b, torch.Tensor):
+                if n_in != 1:
+                    raise InvalidArgumentError(f"calibration batch {i}: the model takes {n_in} inputs, got one tensor")
+                out.append(Batch((b,), None))
+            elif isinstance(b, (tuple, list)) and all(isinstance(t, torch.Tensor) for t in b):
+                if len(b) == n_in:
+                    out.append(Batch(tuple(b), None))
+                elif len(b) == n_in + 1:
+                    out.append(Batch(tuple(b[:n_in]), b[n_in]))
+                else:
+                    raise InvalidArgumentError(
+                        f"calibration batch {i}: expected {n_in} input tensor(s), optionally followed by labels; got {len(b)}"
+                    )
+            else:
+                raise InvalidArgumentError(
+                    f"calibration batch {i}: expected a tensor or a tuple of tensors, got {type(b).__name__}"
+                )
+        if not out:
+            raise InvalidArgumentError("calibration is empty")
+        labelled = [b.labels is not None for b in out]
+        if any(labelled) and not all(labelled):
+            raise InvalidArgumentError("calibration mixes batches with and without labels")
+        return cls(out, loss_fn)
+
+
+def output_tensor(out: Any) -> torch.Tensor:
+    """The first tensor of a model's output (logits), for the loss."""
+    if isinstance(out, torch.Tensor):
+        return out
+    if isinstance(out, dict):
+        for v in out.values():
+            return output_tensor(v)
+    if isinstance(out, (list, tuple)) and out:
+        return output_tensor(out[0])
+    raise InvalidArgumentError(f"cannot find a tensor in the model output ({type(out).__name__})")
+
+
+def all_outputs(out: Any) -> list[torch.Tensor]:
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, dict):
+        return [t for v in out.values() for t in all_outputs(v)]
+    if isinstance(out, (list, tuple)):
+        return [t for v in out for t in all_outputs(v)]
+    return []
+
+
+def task_loss(out: Any, labels: torch.Tensor, loss_fn: Callable | None, reduction: str = "sum") -> torch.Tensor:
+    if loss_fn is not None:
+        return loss_fn(out, labels)
+    logits = output_tensor(out)
+    if labels.dtype in (torch.int64, torch.int32, torch.int16, torch.uint8) and logits.dim() >= 2:
+        return F.cross_entropy(logits, labels.long(), reduction=reduction)
+    return F.mse_loss(logits, labels.to(logits.dtype), reduction=reduction)
+
+
+@dataclass
+class Consumer:
+    """A contracting op reading channel classes: where gates act."""
+
+    op: str
+    node: str  # FX node name
+    arg: int  # which positional argument is the gated input
+    value: str
+    dim: int
+    classes: np.ndarray  # class per position along ``dim``
+    kind: str
+    weight: str | None = None  # its constant weight (conv/linear/matmul)
+    extra: dict = field(default_factory=dict)
+
+
+def consumers(traced: TracedModel, analysis: AnalysisResult) -> list[Consumer]:
+    """Every op that contracts over a tracked channel dim of its input."""
+    graph = analysis.graph
+    out: list[Consumer] = []
+    for op in graph.ops.values():
+        node = op.source
+        if not isinstance(node, torch.fx.Node):
+            continue
+        if op.kind == "conv" and not op.attrs.get("transposed"):
+            x, dim, w = op.inputs[0], 1, op.inputs[1]
+        elif op.kind == "conv":
+            x, dim, w = op.inputs[0], 1, op.inputs[1]
+        elif op.kind == "linear":
+            x, dim, w = op.inputs[0], len(graph.shape(op.inputs[0])) - 1, op.inputs[1]
+        elif op.kind == "matmul":
+            x, dim = op.inputs[0], len(graph.shape(op.inputs[0])) - 1
+            w = op.inputs[1] if graph.values[op.inputs[1]].is_const else None
+        elif op.kind == "reduce" and op.attrs.get("fn") == "sum":
+            x = op.inputs[0]
+            rank = len(graph.shape(x))
+            dims = [d % rank for d in op.attrs["dims"]]
+            lab = analysis.labels.get(x)
+            tracked = [d for d in dims if lab and lab[d] is not None]
+            if not tracked:
+                continue
+            dim, w = tracked[0], None
+        else:
+            continue
+        lab = analysis.labels.get(x)
+        if not lab or lab[dim] is None:
+            continue
+        if not node.args or not isinstance(node.args[0], torch.fx.Node):
+            continue
+        cls = analysis.atom_class[lab[dim]]
+        out.append(Consumer(op.name, node.name, 0, x, dim, cls, op.kind, w, dict(op.attrs)))
+    return out
+
+
+class GatedRunner(torch.fx.Interpreter):
+    """Runs the traced graph with gates on the consumers' inputs.
+
+    ``gates`` has shape ``[n_classes + 1]`` (one per class and a constant 1) or
+    ``[batch, n_classes + 1]`` (per sample). ``means[node]`` switches a consumer
+    to mean replacement; ``record`` collects the gated inputs.
+    """
+
+    def __init__(self, gm: torch.fx.GraphModule, cons: list[Consumer], n_classes: int) -> None:
+        super().__init__(gm)
+        self.by_node = {c.node: c for c in cons}
+        self.idx = {c.node: torch.as_tensor(np.where(c.classes >= 0, c.classes, n_classes)) for c in cons}
+        self.gates: torch.Tensor | None = None
+        self.means: dict[str, torch.Tensor] = {}
+        self.record: Callable[[Consumer, torch.Tensor], None] | None = None
+
+    def run_node(self, n: torch.fx.Node) -> Any:
+        c = self.by_node.get(n.name)
+        if c is None or (self.gates is None and self.record is None):
+            return super().run_node(n)
+        args, kwargs = self.fetch_args_kwargs_from_env(n)
+        x = args[0]
+        if self.record is not None:
+            self.record(c, x)
+        if self.gates is not None:
+            x = self._gate(c, x)
+        args = (x,) + tuple(args[1:])
+        return getattr(self, n.op)(n.target, args, kwargs)
+
+    def _gate(self, c: Consumer, x: torch.Tensor) -> torch.Tensor:
+        assert self.gates is not None
+        idx = self.idx[c.node]
+        shape = [1] * x.dim()
+        shape[c.dim] = len(idx)
+        if self.gates.dim() == 1:
+            g = self.gates[idx].reshape(shape)
+        else:
+            shape[0] = x.shape[0]
+            g = self.gates[:, idx].reshape([x.shape[0]] + shape[1:]) if c.dim != 0 else self.gates[:, idx]
+        g = g.to(x.dtype)
+        m = self.means.get(c.node)
+        if m is not None:
+            return m + g * (x - m)
+        return x * g

@@ -1,0 +1,574 @@
+"""Data-driven and second-order saliency criteria (torch path).
+
+Class-level criteria act through gates (:mod:`passes.calibration`): a class is
+one coupled channel, so coupling needs no equalization. Unit-level criteria
+(``obd``, ``synflow``, ``bn_scale``) score producer units like ``l1``/``l2`` and
+are equalized across a group.
+
+========== ======================================================================
+activation mean |x| of the channel where layers read it (seed 004)
+n2ps       mean |x| times the channel's total |fan-out weight| (seed 001); with
+           ``normalizer="mean", threshold=1.0`` it prunes below the layer average
+taylor     |dL/dg| per sample, averaged (seed 002 taylor1, Molchanov)
+taylor2    |Δg (∇L + H Δg)| with Δg = -1 on every gate, HVP by double backward
+           (seed 002 taylor2, λ = 1)
+mrs        |(m - x)·∇L| per sample: first-order mean-replacement saliency (seed 002
+           eq. 3.3); removal propagates the mean into the consumers' biases
+mrp        Σ_k |L_k(channel := its mean) - L_k|: the exact penalty, one forward per
+           channel (seed 002 eq. 3.1), for validating ``mrs``
+obd        ½ Σ_unit H_ii w_i², diag(H) by Hutchinson probes (seeds 000, 003)
+obs        layer-wise OBS (seed 001, Dong et al.): per consumer, H = X̃ᵀX̃ of its
+           inputs (bias column included); cost of a channel block q is
+           ½ Σ_o w_oq [H⁻¹]_qq⁻¹ w_oqᵀ; removal re-solves the remaining weights
+synflow    |θ ⊙ ∂R/∂θ| on |θ| with an all-ones input, data-free (seed 003)
+bn_scale   |γ| of the BatchNorm/GroupNorm/InstanceNorm on the channel
+========== ======================================================================
+
+Without labels the loss is replaced as described in :mod:`passes.calibration`.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.fx
+import torch.nn as nn
+import torch.nn.functional as F
+
+from frontends.errors import InvalidArgumentError
+from frontends.torch_fx import TracedModel, _get_attr
+from passes.calibration import (
+    CalibrationData,
+    Consumer,
+    GatedRunner,
+    all_outputs,
+    consumers,
+    output_tensor,
+    task_loss,
+)
+from passes.channel_analysis import AnalysisResult
+
+log = logging.getLogger(__name__)
+
+__all__ = ["DataCriteria", "CLASS_CRITERIA", "UNIT_CRITERIA"]
+
+CLASS_CRITERIA = ("activation", "n2ps", "taylor", "taylor2", "mrs", "mrp", "obs")
+UNIT_CRITERIA = ("obd", "synflow", "bn_scale")
+
+
+@dataclass
+class _Layer:
+    """What OBS needs of one consumer layer."""
+
+    consumer: Consumer
+    weight: str
+    bias: str | None  # value name of an existing bias
+    bias_attr: str | None  # module path + ".bias" where a bias can be created
+    kernel: tuple[int, ...] = ()
+    conv_args: dict = field(default_factory=dict)
+    H: np.ndarray | None = None
+    n: int = 0
+
+
+class DataCriteria:
+    """Computes criteria on calibration data for one traced model and analysis."""
+
+    def __init__(self, traced: TracedModel, analysis: AnalysisResult, data: CalibrationData, probes: int = 4, seed: int = 0) -> None:
+        self.traced, self.analysis, self.data = traced, analysis, data
+        self.gm = traced.gm
+        self.cons = consumers(traced, analysis)
+        self.C = analysis.n_classes
+        self.probes = probes
+        self.gen = torch.Generator().manual_seed(seed)
+        self._means: dict[str, torch.Tensor] | None = None
+        self._layers: list[_Layer] | None = None
+
+    # -- helpers -----------------------------------------------------------------
+    def _runner(self) -> GatedRunner:
+        return GatedRunner(self.gm, self.cons, self.C)
+
+    def _scatter_mean(self, per_cons: list[tuple[Consumer, np.ndarray]]) -> np.ndarray:
+        total = np.zeros(self.C)
+        count = np.zeros(self.C)
+        for c, vals in per_cons:
+            np.add.at(total, c.classes, vals)
+            np.add.at(count, c.classes, 1)
+        out = np.full(self.C, np.nan)
+        ok = count > 0
+        out[ok] = total[ok] / count[ok]
+        return out
+
+    @staticmethod
+    def _reduce_except(x: torch.Tensor, dim: int, fn: str = "mean") -> torch.Tensor:
+        dims = [d for d in range(x.dim()) if d != dim]
+        return x.abs().mean(dims) if fn == "absmean" else x.mean(dims)
+
+    def means(self) -> dict[str, torch.Tensor]:
+        """Per-position mean of every consumer's input over the calibration data."""
+        if self._means is not None:
+            return self._means
+        sums: dict[str, torch.Tensor] = {}
+        n = 0
+        runner = self._runner()
+
+        def rec(c: Consumer, x: torch.Tensor) -> None:
+            s = self._reduce_except(x.detach().double(), c.dim) * x.shape[0]
+            sums[c.node] = sums.get(c.node, 0) + s
+
+        runner.record = rec
+        with torch.no_grad():
+            for b in self.data.batches:
+                runner.run(*b.inputs)
+                n += b.inputs[0].shape[0]
+        means = {}
+        for c in self.cons:
+            if c.node in sums:
+                shape = [1] * len(self.analysis.graph.shape(c.value))
+                shape[c.dim] = len(c.classes)
+                means[c.node] = (sums[c.node] / n).float().reshape(shape)
+        self._means = means
+        return means
+
+    # -- activation statistics -------------------------------------------------------
+    def activation(self) -> np.ndarray:
+        acc: dict[str, np.ndarray] = {}
+        runner = self._runner()
+
+        def rec(c: Consumer, x: torch.Tensor) -> None:
+            v = self._reduce_except(x.detach().double(), c.dim, "absmean").numpy()
+            acc[c.node] = acc.get(c.node, 0) + v
+
+        runner.record = rec
+        with torch.no_grad():
+            for b in self.data.batches:
+                runner.run(*b.inputs)
+        return self._scatter_mean([(c, acc[c.node] / len(self.data.batches)) for c in self.cons if c.node in acc])
+
+    def _fanout(self, c: Consumer) -> np.ndarray | None:
+        """Total |weight| leaving each input position of a consumer."""
+        if c.weight is None:
+            return None
+        w = np.abs(self.analysis.graph.values[c.weight].data)
+        if c.kind == "conv":
+            groups = int(c.extra.get("groups", 1))
+            if c.extra.get("transposed"):
+                return w.reshape(w.shape[0], -1).sum(1)
+            per_col = w.sum(axis=tuple(d for d in range(w.ndim) if d != 1))  # [C_in/g]
+            if groups == 1:
+                return per_col
+            return np.tile(per_col, groups)
+        if c.kind == "linear":
+            return w.sum(0)
+        if c.kind == "matmul":
+            w2 = w.reshape(-1, w.shape[-2], w.shape[-1])
+            return w2.sum((0, 2))
+        return None
+
+    def n2ps(self) -> np.ndarray:
+        acc: dict[str, np.ndarray] = {}
+        runner = self._runner()
+
+        def rec(c: Consumer, x: torch.Tensor) -> None:
+            v = self._reduce_except(x.detach().double(), c.dim, "absmean").numpy()
+            acc[c.node] = acc.get(c.node, 0) + v
+
+        runner.record = rec
+        with torch.no_grad():
+            for b in self.data.batches:
+                runner.run(*b.inputs)
+        parts = []
+        for c in self.cons:
+            fo = self._fanout(c)
+            if c.node in acc and fo is not None and fo.shape[0] == len(c.classes):
+                parts.append((c, acc[c.node] / len(self.data.batches) * fo))
+        return self._scatter_mean(parts)
+
+    # -- gradient criteria -------------------------------------------------------------
+    def _first_order(self, mean_replacement: bool) -> np.ndarray:
+        runner = self._runner()
+        if mean_replacement:
+            runner.means = self.means()
+        acc = torch.zeros(self.C + 1, dtype=torch.float64)
+        n = 0
+        labelled = self.data.labelled
+        for b in self.data.batches:
+            N = b.inputs[0].shape[0]
+            gates = torch.ones(N, self.C + 1, requires_grad=True)
+            runner.gates = gates
+            out = runner.run(*b.inputs)
+            if labelled:
+                loss = task_loss(out, b.labels, self.data.loss_fn, "sum")
+                (g,) = torch.autograd.grad(loss, gates)
+                acc += g.detach().double().abs().sum(0)
+            else:
+                outs = all_outputs(out)
+                for p in range(self.probes):
+                    proj = sum((o * torch.randn(o.shape, generator=self.gen)).sum() for o in outs)
+                    (g,) = torch.autograd.grad(proj, gates, retain_graph=p < self.probes - 1)
+                    acc += (g.detach().double() ** 2).sum(0)
+            n += N
+        runner.gates = None
+        scores = (acc / n).numpy() if labelled else np.sqrt((acc / (n * self.probes)).numpy())
+        return self._only_gated(scores[: self.C])
+
+    def _only_gated(self, scores: np.ndarray) -> np.ndarray:
+        seen = np.zeros(self.C, dtype=bool)
+        for c in self.cons:
+            seen[c.classes] = True
+        return np.where(seen, scores, np.nan)
+
+    def taylor(self) -> np.ndarray:
+        return self._first_order(False)
+
+    def mrs(self) -> np.ndarray:
+        return self._first_order(True)
+
+    def taylor2(self) -> np.ndarray:
+        runner = self._runner()
+        acc = torch.zeros(self.C + 1, dtype=torch.float64)
+        delta = -torch.ones(self.C + 1)
+        delta[-1] = 0.0
+        for b in self.data.batches:
+            gates = torch.ones(self.C + 1, requires_grad=True)
+            if self.data.labelled:
+                runner.gates = gates
+                loss = task_loss(runner.run(*b.inputs), b.labels, self.data.loss_fn, "mean")
+            else:
+                runner.gates = None
+                with torch.no_grad():
+                    ref = [o.detach() for o in all_outputs(runner.run(*b.inputs))]
+                runner.gates = gates
+                outs = all_outputs(runner.run(*b.inputs))
+                loss = sum(((o - r) ** 2).sum() for o, r in zip(outs, ref)) / b.inputs[0].shape[0]
+            (g,) = torch.autograd.grad(loss, gates, create_graph=True)
+            (hv,) = torch.autograd.grad((g * delta).sum(), gates)
+            acc += (delta * (g.detach() + hv.detach())).double().abs()
+        runner.gates = None
+        return self._only_gated((acc / len(self.data.batches)).numpy()[: self.C])
+
+    def mrp(self, classes: np.ndarray) -> np.ndarray:
+        """Exact mean-replacement penalty of each class in ``classes`` (one forward per class and batch)."""
+        runner = self._runner()
+        runner.means = self.means()
+        scores = np.full(self.C, np.nan)
+        base_g = torch.ones(self.C + 1)
+        with torch.no_grad():
+            refs = []
+            for b in self.data.batches:
+                runner.gates = base_g
+                out = runner.run(*b.inputs)
+                refs.append((out, self._per_sample_loss(out, b)))
+            gated = self._only_gated(np.zeros(self.C))
+            for k in classes.tolist():
+                if np.isnan(gated[k]):
+                    continue
+                g = base_g.clone()
+                g[k] = 0.0
+                runner.gates = g
+                total = 0.0
+                for b, (ref_out, ref_loss) in zip(self.data.batches, refs):
+                    out = runner.run(*b.inputs)
+                    if self.data.labelled:
+                        total += float((self._per_sample_loss(out, b) - ref_loss).abs().sum())
+                    else:
+                        total += float(sum(((o - r) ** 2).sum() for o, r in zip(all_outputs(out), all_outputs(ref_out))))
+                scores[k] = total
+        runner.gates = None
+        return scores
+
+    def _per_sample_loss(self, out, b) -> torch.Tensor | None:
+        if b.labels is None:
+            return None
+        if self.data.loss_fn is not None:
+            return torch.stack([self.data.loss_fn(out[i : i + 1] if isinstance(out, torch.Tensor) else out, b.labels[i : i + 1]) for i in range(b.labels.shape[0])])
+        logits = output_tensor(out)
+        return F.cross_entropy(logits, b.labels.long(), reduction="none").reshape(logits.shape[0], -1).sum(1)
+
+    # -- unit criteria -------------------------------------------------------------------
+    def _producer_params(self) -> dict[str, torch.Tensor]:
+        return {p.weight: _get_attr(self.gm, p.weight) for p in self.analysis.producers}
+
+    def obd(self) -> dict[int, np.ndarray]:
+        params = self._producer_params()
+        names = [n for n, t in params.items() if isinstance(t, torch.Tensor) and t.requires_grad]
+        if not names:
+            return {}
+        tensors = [params[n] for n in names]
+        diag = [torch.zeros_like(t, dtype=torch.float64) for t in tensors]
+        runs = 0
+        for b in self.data.batches:
+            if self.data.labelled:
+                loss = task_loss(self.gm(*b.inputs), b.labels, self.data.loss_fn, "mean")
+            else:
+                with torch.no_grad():
+                    ref = [o.detach() for o in all_outputs(self.gm(*b.inputs))]
+                outs = all_outputs(self.gm(*b.inputs))
+                loss = sum(((o - r) ** 2).sum() for o, r in zip(outs, ref)) / b.inputs[0].shape[0]
+            grads = torch.autograd.grad(loss, tensors, create_graph=True)
+            for p in range(self.probes):
+                vs = [torch.randint(0, 2, t.shape, generator=self.gen).to(t.dtype) * 2 - 1 for t in tensors]
+                hvs = torch.autograd.grad(sum((g * v).sum() for g, v in zip(grads, vs)), tensors, retain_graph=p < self.probes - 1)
+                for d, v, hv in zip(diag, vs, hvs):
+                    d += (v * hv).double().detach()
+                runs += 1
+        sal = {n: 0.5 * (d / runs).numpy() * params[n].detach().double().numpy() ** 2 for n, d in zip(names, diag)}
+        out: dict[int, np.ndarray] = {}
+        for i, p in enumerate(self.analysis.producers):
+            if p.weight in sal:
+                s = np.moveaxis(sal[p.weight], p.axis, 0).reshape(sal[p.weight].shape[p.axis], -1).sum(1)
+                out[i] = np.abs(s)
+        return out
+
+    def synflow(self) -> dict[int, np.ndarray]:
+        gm = copy.deepcopy(self.gm).double().eval()
+        with torch.no_grad():
+            for t in list(gm.parameters()) + list(gm.buffers()):
+                if t.is_floating_point():
+                    t.abs_()
+        ins = []
+        for x in self.traced.example_inputs:
+            if not x.is_floating_point():
+                raise InvalidArgumentError("importance='synflow' needs floating-point model inputs")
+            ins.append(torch.ones((1,) + tuple(x.shape[1:]), dtype=torch.float64))
+        tensors = {p.weight: _get_attr(gm, p.weight) for p in self.analysis.producers}
+        names = [n for n, t in tensors.items() if isinstance(t, torch.Tensor) and t.requires_grad]
+        R = sum(o.sum() for o in all_outputs(gm(*ins)))
+        grads = torch.autograd.grad(R, [tensors[n] for n in names], allow_unused=True)
+        sal = {}
+        for n, g in zip(names, grads):
+            t = tensors[n].detach()
+            sal[n] = np.zeros(t.shape) if g is None else (t * g).abs().numpy()
+        out: dict[int, np.ndarray] = {}
+        for i, p in enumerate(self.analysis.producers):
+            if p.weight in sal:
+                out[i] = np.moveaxis(sal[p.weight], p.axis, 0).reshape(sal[p.weight].shape[p.axis], -1).sum(1)
+        return out
+
+    def bn_scale(self) -> np.ndarray:
+        """Per class: mean |gamma| over the norm layers on the channel (NaN where none)."""
+        a = self.analysis
+        total, count = np.zeros(self.C), np.zeros(self.C)
+        for op in a.graph.ops.values():
+            if op.kind not in ("batch_norm", "group_norm", "instance_norm"):
+                continue
+            w = op.inputs[3] if op.kind == "batch_norm" else op.inputs[1]
+            if w is None or not a.graph.values[w].is_const:
+                continue
+            lab = a.labels.get(w)
+            if not lab or lab[0] is None:
+                continue
+            cls = a.atom_class[lab[0]]
+            np.add.at(total, cls, np.abs(a.graph.values[w].data))
+            np.add.at(count, cls, 1)
+        out = np.full(self.C, np.nan)
+        out[count > 0] = total[count > 0] / count[count > 0]
+        return out
+
+    # -- layer-wise OBS ------------------------------------------------------------------
+    def layers(self) -> list[_Layer]:
+        """Consumers OBS can handle (Linear, ungrouped Conv1d/Conv2d), with their input Hessians."""
+        if self._layers is not None:
+            return self._layers
+        layers: list[_Layer] = []
+        graph = self.analysis.graph
+        for c in self.cons:
+            op = graph.ops[c.op]
+            node = op.source
+            if c.kind == "linear":
+                lay = _Layer(c, op.inputs[1], op.inputs[2], None)
+            elif c.kind == "conv" and not op.attrs.get("transposed") and op.attrs.get("groups", 1) == 1:
+                if node.op != "call_module":
+                    continue
+                m = self.gm.get_submodule(str(node.target))
+                if not isinstance(m, (nn.Conv1d, nn.Conv2d)) or m.padding_mode != "zeros" or isinstance(m.padding, str):
+                    continue
+                two = isinstance(m, nn.Conv2d)
+                lay = _Layer(
+                    c, op.inputs[1], op.inputs[2], None,
+                    kernel=tuple(m.kernel_size),
+                    conv_args=dict(
+                        kernel_size=m.kernel_size if two else (1, m.kernel_size[0]),
+                        dilation=m.dilation if two else (1, m.dilation[0]),
+                        padding=m.padding if two else (0, m.padding[0]),
+                        stride=m.stride if two else (1, m.stride[0]),
+                        conv1d=not two,
+                    ),
+                )
+            else:
+                continue
+            if lay.bias is None and node.op == "call_module":
+                lay.bias_attr = f"{node.target}.bias"
+            layers.append(lay)
+        by_node = {lay.consumer.node: lay for lay in layers}
+        runner = self._runner()
+
+        def rec(c: Consumer, x: torch.Tensor) -> None:
+            lay = by_node.get(c.node)
+            if lay is None:
+                return
+            X = self._rows(lay, x.detach().double())
+            lay.H = (0 if lay.H is None else lay.H) + (X.T @ X).numpy()
+            lay.n += X.shape[0]
+
+        runner.record = rec
+        with torch.no_grad():
+            for b in self.data.batches:
+                runner.run(*b.inputs)
+        self._layers = [lay for lay in layers if lay.H is not None]
+        return self._layers
+
+    @staticmethod
+    def _rows(lay: _Layer, x: torch.Tensor) -> torch.Tensor:
+        """Rows of layer inputs, with a constant column for the bias: [rows, features + 1]."""
+        if lay.consumer.kind == "linear":
+            X = x.reshape(-1, x.shape[-1])
+        else:
+            a = dict(lay.conv_args)
+            if a.pop("conv1d"):
+                x = x.unsqueeze(2)
+            cols = F.unfold(x, **a)  # [N, C*k, L]
+            X = cols.transpose(1, 2).reshape(-1, cols.shape[1])
+        return torch.cat([X, torch.ones(X.shape[0], 1, dtype=X.dtype)], 1)
+
+    def _wtilde(self, lay: _Layer) -> np.ndarray:
+        g = self.analysis.graph
+        w = g.values[lay.weight].data.astype(np.float64)
+        W = w.reshape(w.shape[0], -1)
+        b = g.values[lay.bias].data.astype(np.float64) if lay.bias else np.zeros(W.shape[0])
+        return np.concatenate([W, b[:, None]], 1)
+
+    def _columns(self, lay: _Layer) -> np.ndarray:
+        """Class of every input column of W̃ (the bias column: -1)."""
+        k = int(np.prod(lay.kernel)) if lay.kernel else 1
+        return np.concatenate([np.repeat(lay.consumer.classes, k), [-1]])
+
+    @staticmethod
+    def _damped(H: np.ndarray, damp: float) -> np.ndarray:
+        lam = damp * max(float(np.mean(np.diag(H))), 1e-12)
+        return H + lam * np.eye(H.shape[0])
+
+    def obs(self, damp: float = 0.01) -> np.ndarray:
+        scores = np.zeros(self.C)
+        seen = np.zeros(self.C, dtype=bool)
+        for lay in self.layers():
+            H = self._damped(lay.H / lay.n, damp)
+            Hinv = np.linalg.inv(H)
+            W = self._wtilde(lay)
+            cols = self._columns(lay)
+            for k in np.unique(lay.consumer.classes).tolist():
+                q = np.flatnonzero(cols == k)
+                Wq = W[:, q]
+                M = np.linalg.inv(Hinv[np.ix_(q, q)])
+                scores[k] += 0.5 * float(np.einsum("oi,ij,oj->", Wq, M, Wq))
+                seen[k] = True
+        return np.where(seen, scores, np.nan)
+
+    # -- weight updates ----------------------------------------------------------------
+    def obs_compensation(self, pruned: np.ndarray, damp: float = 0.01) -> tuple[dict[str, np.ndarray], set[str]]:
+        """Least-squares re-fit of each consumer's remaining weights (and bias) on the calibration inputs."""
+        updates: dict[str, np.ndarray] = {}
+        done: set[str] = set()
+        g = self.analysis.graph
+        for lay in self.layers():
+            cols = self._columns(lay)
+            removed = np.zeros(len(cols), dtype=bool)
+            removed[:-1] = pruned[cols[:-1]]
+            if not removed.any():
+                continue
+            has_bias = lay.bias is not None or lay.bias_attr is not None
+            keep = ~removed
+            if not has_bias:
+                keep[-1] = False
+            H = lay.H / lay.n
+            W = self._wtilde(lay)
+            K = np.flatnonzero(keep)
+            HKK = self._damped(H[np.ix_(K, K)], damp)
+            A = np.linalg.solve(HKK, (W @ H[:, K]).T).T  # [O, |K|]
+            Wn = np.zeros_like(W)
+            Wn[:, K] = A
+            w0 = g.values[lay.weight].data
+            updates[lay.weight] = Wn[:, :-1].reshape(w0.shape).astype(w0.dtype)
+            if lay.bias is not None:
+                updates[lay.bias] = Wn[:, -1].astype(g.values[lay.bias].data.dtype)
+            elif lay.bias_attr is not None:
+                updates[lay.bias_attr] = Wn[:, -1].astype(w0.dtype)
+            done.add(lay.consumer.node)
+        return updates, done
+
+    def bias_propagation(self, pruned: np.ndarray, skip: set[str] = frozenset()) -> tuple[dict[str, np.ndarray], list[str]]:
+        """Fold each removed channel's mean input into the consumer's bias (seed 002 eq. 1.5-1.6).
+
+        Exact for consumers without padding (linear; conv with zero padding); a
+        padded conv sees the constant only away from its borders, so it is skipped
+        (its removed channels are dropped as zeros) and listed.
+        """
+        means = self.means()
+        updates: dict[str, np.ndarray] = {}
+        skipped: list[str] = []
+        g = self.analysis.graph
+        for c in self.cons:
+            if c.node in skip or c.weight is None or c.node not in means:
+                continue
+            removed = pruned[c.classes]
+            if not removed.any():
+                continue
+            op = g.ops[c.op]
+            node = op.source
+            m = means[c.node].reshape(-1).double().numpy()
+            m = np.where(removed, m, 0.0)
+            w = g.values[c.weight].data.astype(np.float64)
+            if c.kind == "linear":
+                delta = w @ m
+            elif c.kind == "conv" and not op.attrs.get("transposed") and op.attrs.get("groups", 1) == 1:
+                mod = self.gm.get_submodule(str(node.target)) if node.op == "call_module" else None
+                if mod is None or isinstance(mod.padding, str) or any(p != 0 for p in mod.padding):
+                    skipped.append(op.label or op.name)
+                    continue
+                delta = np.einsum("oi...,i->o", w, m)
+            else:
+                skipped.append(op.label or op.name)
+                continue
+            bias = op.inputs[2]
+            if bias is not None:
+                base = updates.get(bias, g.values[bias].data.astype(np.float64))
+                updates[bias] = (base + delta).astype(g.values[bias].data.dtype)
+            elif node.op == "call_module":
+                name = f"{node.target}.bias"
+                updates[name] = (updates.get(name, 0) + delta).astype(w.dtype)
+            else:
+                skipped.append(op.label or op.name)
+        return updates, skipped
+
+    def nz_fraction(self) -> np.ndarray:
+        """Per class: the larger of fan-in and fan-out non-zero fractions over its members (seed 002 f_nz)."""
+        a = self.analysis
+        fan_in = np.zeros(self.C)
+        for p in a.producers:
+            w = a.graph.values[p.weight].data
+            u = np.moveaxis(w, p.axis, 0).reshape(w.shape[p.axis], -1)
+            np.maximum.at(fan_in, a.atom_class[p.atoms], (u != 0).mean(1))
+        fan_out = np.zeros(self.C)
+        seen = np.zeros(self.C, dtype=bool)
+        for c in self.cons:
+            if c.weight is None:
+                continue
+            w = a.graph.values[c.weight].data
+            if c.kind == "linear":
+                nz = (w != 0).mean(0)
+            elif c.kind == "conv" and not c.extra.get("transposed") and c.extra.get("groups", 1) == 1:
+                nz = (w != 0).mean(axis=tuple(d for d in range(w.ndim) if d != 1))
+            elif c.kind == "matmul":
+                nz = (w.reshape(-1, w.shape[-2], w.shape[-1]) != 0).mean((0, 2))
+            else:
+                nz = np.ones(len(c.classes))
+            if len(nz) != len(c.classes):
+                continue
+            np.maximum.at(fan_out, c.classes, nz)
+            seen[c.classes] = True
+        fan_out = np.where(seen, fan_out, 1.0)
+        return np.minimum(fan_in, fan_out)
