@@ -529,7 +529,7 @@ class DataCriteria:
                 if mod is None or isinstance(mod.padding, str) or any(p != 0 for p in mod.padding):
                     skipped.append(op.label or op.name)
                     continue
-                delta = np.einsum("oi...,i->o", w, m)
+                delta = w.reshape(w.shape[0], w.shape[1], -1).sum(2) @ m
             else:
                 skipped.append(op.label or op.name)
                 continue

@@ -1,0 +1,214 @@
+"""Saliency criteria against brute force, bias propagation, OBS compensation, dead units."""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from scipy.stats import spearmanr
+
+import compiler
+from frontends.torch_fx import load_torch
+from passes.calibration import CalibrationData, GatedRunner
+from passes.channel_analysis import ChannelAnalysis
+from passes.criteria import DataCriteria
+from passes.saliency import Saliency
+from passes.sparsify import sparsify
+
+
+@pytest.fixture(scope="module")
+def trained_mlp():
+    torch.manual_seed(0)
+    X = torch.randn(600, 8)
+    y = (X @ torch.randn(8, 4)).argmax(1)
+    m = nn.Sequential(nn.Linear(8, 24), nn.Tanh(), nn.Linear(24, 24), nn.Tanh(), nn.Linear(24, 4))
+    opt = torch.optim.Adam(m.parameters(), 1e-2)
+    for _ in range(300):
+        loss = F.cross_entropy(m(X), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    cal = [(X[i : i + 100], y[i : i + 100]) for i in range(0, 600, 100)]
+    return m, X, y, cal
+
+
+def _brute_force(m, X, cal):
+    """|Δ loss| of removing each channel alone: zeroed, and replaced by its mean."""
+    tm = load_torch(m, (X[:4],))
+    a = ChannelAnalysis().call(tm.graph)
+    dc = DataCriteria(tm, a, CalibrationData.from_user(cal, (X[:4],)))
+    cand = np.concatenate([g.classes[~g.frozen] for g in a.groups])
+    run = GatedRunner(tm.gm, dc.cons, a.n_classes)
+
+    def total(g):
+        run.gates = g
+        with torch.no_grad():
+            return sum(float(F.cross_entropy(run.run(b.inputs[0]), b.labels, reduction="sum")) for b in dc.data.batches)
+
+    out = {}
+    for mode in ("zero", "mean"):
+        run.means = dc.means() if mode == "mean" else {}
+        base = total(torch.ones(a.n_classes + 1))
+        bf = np.full(a.n_classes, np.nan)
+        for k in cand:
+            g = torch.ones(a.n_classes + 1)
+            g[k] = 0
+            bf[k] = abs(total(g) - base)
+        out[mode] = bf
+    return a, dc, cand, out
+
+
+@pytest.mark.parametrize(
+    "importance,mode,min_rho",
+    [
+        ("taylor", "zero", 0.8),
+        ("taylor2", "zero", 0.4),
+        ("obd", "zero", 0.6),
+        ("obs", "zero", 0.6),
+        ("n2ps", "zero", 0.8),
+        ("mrs", "mean", 0.8),
+        ("mrp", "mean", 0.95),  # the exact penalty
+    ],
+)
+def test_criterion_tracks_brute_force_loss_change(trained_mlp, importance, mode, min_rho):
+    m, X, y, cal = trained_mlp
+    a, dc, cand, bf = _brute_force(m, X, cal)
+    s = Saliency(importance, normalizer="none").call(a, dc).scores
+    rho = spearmanr(s[cand], bf[mode][cand]).correlation
+    assert rho > min_rho, f"{importance}: rank correlation {rho:.2f} with brute force"
+
+
+def test_every_criterion_compiles_and_verifies(trained_mlp):
+    m, X, y, cal = trained_mlp
+    for importance in Saliency.CRITERIA:
+        for calibration in (cal, [b[0] for b in cal]):  # labelled and unlabelled
+            r = compiler.compile(m, (X[:4],), ratio=0.5, importance=importance, calibration=calibration, granularity=1)
+            assert r.report.verification["passed"], importance
+            assert r.model[0].out_features == 12 if hasattr(r.model, "__getitem__") else True
+
+
+def test_synflow_conserves_flow_per_layer():
+    """SynFlow on a bias-free ReLU network: each layer's scores sum to R (seed 003's conservation)."""
+    torch.manual_seed(1)
+    m = nn.Sequential(nn.Linear(6, 10, bias=False), nn.ReLU(), nn.Linear(10, 7, bias=False), nn.ReLU(), nn.Linear(7, 3, bias=False))
+    x = torch.randn(2, 6)
+    tm = load_torch(m, (x,))
+    a = ChannelAnalysis().call(tm.graph)
+    dc = DataCriteria(tm, a, CalibrationData.from_user(None, (x,)))
+    units = dc.synflow()
+    with torch.no_grad():
+        h = torch.ones(1, 6, dtype=torch.float64)
+        for layer in (m[0], m[2], m[4]):
+            h = h @ layer.weight.double().abs().T
+        R = float(h.sum())
+    sums = [float(units[i].sum()) for i in range(len(a.producers))]
+    assert np.allclose(sums, R, rtol=1e-9), (sums, R)
+
+
+def test_bn_scale_follows_gamma():
+    m = nn.Sequential(nn.Conv2d(3, 16, 3), nn.BatchNorm2d(16), nn.ReLU(), nn.Conv2d(16, 4, 1))
+    with torch.no_grad():
+        m[1].weight.copy_(torch.arange(1, 17, dtype=torch.float32))
+    r = compiler.compile(m, (torch.randn(1, 3, 8, 8),), ratio=0.5, importance="bn_scale", granularity=1)
+    kept = r.model.get_submodule("1").weight.detach()
+    assert torch.equal(kept, torch.arange(9, 17, dtype=torch.float32))
+
+
+def _constant_unit_mlp():
+    torch.manual_seed(2)
+    m = nn.Sequential(nn.Linear(5, 12), nn.ReLU(), nn.Linear(12, 3))
+    with torch.no_grad():
+        m[0].weight[[3, 7]] = 0.0  # all-zero fan-in: a constant output relu(b)
+        m[0].bias[[3, 7]] = torch.tensor([0.8, 1.5])
+    return m
+
+
+def test_bias_propagation_removes_constant_unit_exactly():
+    m = _constant_unit_mlp()
+    x = torch.randn(32, 5)
+    r = compiler.compile(m, (x,), f_nz=0.0, granularity=1)
+    assert r.model.get_submodule("0").out_features == 10
+    assert torch.allclose(r.model(x), m(x), atol=1e-6)
+    # without propagation the constant is lost
+    r0 = compiler.compile(m, (x,), f_nz=0.0, granularity=1, bias_propagation=False)
+    assert r0.model.get_submodule("0").out_features == 10
+    assert (r0.model(x) - m(x)).abs().max() > 1e-2
+
+
+def test_dead_fan_out_unit_removed_without_change():
+    torch.manual_seed(3)
+    m = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 1))
+    with torch.no_grad():
+        m[2].weight[:, [1, 5]] = 0.0
+    x = torch.randn(2, 3, 10, 10)
+    r = compiler.compile(m, (x,), f_nz=0.0, granularity=1)
+    assert r.model.get_submodule("0").out_channels == 6
+    assert torch.allclose(r.model(x), m(x), atol=1e-6)
+
+
+def test_unstructured_sparsity_to_structured_removal():
+    """Seed 000 thresholding / top-k, then units with at most f_nz non-zero weights go (seed 002 fig. 2.11)."""
+    torch.manual_seed(4)
+    m = nn.Sequential(nn.Linear(10, 16), nn.ReLU(), nn.Linear(16, 3))
+    with torch.no_grad():
+        m[0].weight[:6] *= 0.01  # six weak units
+    sparse = sparsify(m, amount=0.4)  # top-k: keep the 60% largest weights of each layer
+    assert sum(int((p == 0).sum()) for n, p in sparse.named_parameters() if n.endswith("weight")) > 0
+    assert not any(int((p == 0).sum()) for p in m.parameters())  # the input model is untouched
+    r = compiler.compile(sparse, (torch.randn(4, 10),), f_nz=0.1, granularity=1)
+    w0, w2 = sparse[0].weight, sparse[2].weight
+    dead = ((w0 != 0).float().mean(1) <= 0.1) | ((w2 != 0).float().mean(0) <= 0.1)
+    assert bool(dead[:6].all())  # the weak units
+    assert r.model.get_submodule("0").out_features == 16 - int(dead.sum())
+    thr = sparsify(m, threshold=0.05)
+    assert all(bool(((p.abs() >= 0.05) | (p == 0)).all()) for n, p in thr.named_parameters() if n.endswith("weight"))
+
+
+def test_obs_compensation_beats_plain_removal():
+    torch.manual_seed(5)
+    X = torch.randn(512, 12)
+    y = (X[:, :6] @ torch.randn(6, 3)).argmax(1)
+    m = nn.Sequential(nn.Linear(12, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 3))
+    cal = [X[i : i + 128] for i in range(0, 512, 128)]
+    comp = compiler.compile(m, (X[:4],), ratio=0.5, importance="obs", calibration=cal, granularity=1)
+    plain = compiler.compile(m, (X[:4],), ratio=0.5, importance="obs", calibration=cal, granularity=1, compensate=False)
+    for name in ("0", "2"):  # the same channels were removed
+        assert torch.equal(
+            torch.as_tensor(comp.model.get_submodule(name).weight.shape), torch.as_tensor(plain.model.get_submodule(name).weight.shape)
+        )
+    with torch.no_grad():
+        ref = m(X)
+        e_comp = float(((comp.model(X) - ref) ** 2).mean())
+        e_plain = float(((plain.model(X) - ref) ** 2).mean())
+    assert comp.report.settings["compensated_layers"] >= 1
+    assert e_comp < 0.7 * e_plain, (e_comp, e_plain)
+
+
+def test_obs_compensation_in_conv_with_padding_is_verified():
+    torch.manual_seed(6)
+    m = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 8, 3, padding=1, bias=False), nn.ReLU(), nn.Conv2d(8, 4, 1))
+    x = torch.randn(4, 3, 12, 12)
+    r = compiler.compile(m, (x,), ratio=0.5, importance="obs", calibration=[x], granularity=1)
+    assert r.report.verification["passed"]
+    assert r.model.get_submodule("2").bias is not None  # compensation created the bias it needed
+
+
+def test_calibration_batches_are_checked():
+    m = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    x = torch.randn(2, 4)
+    with pytest.raises(compiler.InvalidArgumentError):
+        compiler.compile(m, (x,), importance="taylor", calibration=[])
+    with pytest.raises(compiler.InvalidArgumentError):
+        compiler.compile(m, (x,), importance="taylor", calibration=["not a tensor"])
+    with pytest.raises(compiler.InvalidArgumentError):
+        compiler.compile(m, (x,), f_nz=1.5)
+
+
+def test_data_criteria_leave_the_model_untouched(trained_mlp):
+    m, X, y, cal = trained_mlp
+    before = copy.deepcopy(m.state_dict())
+    compiler.compile(m, (X[:4],), ratio=0.5, importance="obs", calibration=cal)
+    compiler.compile(m, (X[:4],), ratio=0.5, importance="mrs", calibration=cal)
+    assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())
