@@ -81,6 +81,9 @@ class Selection:
         pruned[g.classes[prunable[order[:n_remove]]]] = True
 
     def _plan(self, analysis: AnalysisResult, scores: np.ndarray, ratio: float | None, threshold: float | None) -> np.ndarray:
+        return keep_nonempty(analysis, scores, self._plan_groups(analysis, scores, ratio, threshold))
+
+    def _plan_groups(self, analysis: AnalysisResult, scores: np.ndarray, ratio: float | None, threshold: float | None) -> np.ndarray:
         pruned = np.zeros(analysis.n_classes, dtype=bool)
         groups = [g for g in analysis.groups if g.prunable]
         if threshold is not None:
@@ -132,3 +135,14 @@ class Selection:
             else:
                 lo = mid
         return SelectionResult(best, hi, macs(best))
+
+
+def keep_nonempty(analysis: AnalysisResult, scores: np.ndarray, pruned: np.ndarray) -> np.ndarray:
+    """No tensor loses a whole channel dim: a split part or slice that only holds some of a
+    group's channels keeps its best-scored one (a layer with no inputs cannot be rewritten)."""
+    for lab in analysis.labels.values():
+        for d in lab:
+            if d is not None and d.size and pruned[analysis.atom_class[d]].all():
+                cls = np.unique(analysis.atom_class[d])
+                pruned[cls[np.argmax(np.nan_to_num(scores[cls], nan=-np.inf))]] = False
+    return pruned

@@ -1,0 +1,1253 @@
+"""Every op kind of the registry (passes/registry.py RULES), one tiny model at a time.
+
+Each test compiles with ``ratio=0.5, granularity=1`` and checks
+
+* structure: the layers around the op really got smaller (or, where the op must
+  freeze its channels, did not), module attributes agree with the weights, the
+  output shape is unchanged;
+* numbers: the report's verification passed, the pruned model matches prunec's
+  masked reference on fresh inputs, and where the op is exact under removal, an
+  independent reference (the original with the removed weights zeroed, see
+  ``_checks.independent_reference``) as well.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.fx
+import torch.nn as nn
+import torch.nn.functional as F
+
+import compiler
+from _checks import (
+    assert_close,
+    frozen_targets,
+    independent_reference,
+    kept_indices,
+    masked_reference,
+    prune,
+)
+from passes.registry import RULES, register
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+def check(model: nn.Module, *inputs: torch.Tensor, independent: bool = True, **kw) -> compiler.CompileResult:
+    """Compile, then compare the pruned model with the references on fresh inputs of the same shapes."""
+    result = prune(model, inputs, **kw)
+    fresh = tuple(torch.randn_like(x) if x.is_floating_point() else x for x in inputs)
+    pruned64 = copy.deepcopy(result.model).double().eval()
+    dbl = tuple(x.double() if x.is_floating_point() else x for x in fresh)
+    with torch.no_grad():
+        got = pruned64(*dbl)
+        assert_close(masked_reference(result, fresh), got)
+        if independent:
+            ref = independent_reference(model, result.model)
+            assert_close(ref(*dbl), got)
+    return result
+
+
+def sub(result: compiler.CompileResult, name: str) -> nn.Module:
+    return result.model.get_submodule(name)
+
+
+def randomize_norms(model: nn.Module) -> nn.Module:
+    """Non-trivial statistics and affine parameters for every norm layer."""
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm)):
+                if m.running_mean is not None:
+                    m.running_mean.normal_()
+                    m.running_var.uniform_(0.5, 2.0)
+            if isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm, nn.LayerNorm, nn.GroupNorm)):
+                if getattr(m, "weight", None) is not None:
+                    m.weight.normal_()
+                    m.bias.normal_()
+    return model
+
+
+def group_of(result: compiler.CompileResult, member: str):
+    groups = [g for g in result.report.groups if member in g.members]
+    assert len(groups) == 1, [g.members for g in result.report.groups]
+    return groups[0]
+
+
+# ---------------------------------------------------------------------------
+# conv
+
+
+class ConvChain(nn.Module):
+    def __init__(self, conv: type, c_in: int = 3, mid: int = 16, out: int = 8, **kw) -> None:
+        super().__init__()
+        self.c1 = conv(c_in, mid, 3, padding=1)
+        self.c2 = conv(mid, out, 3, padding=1, **kw)
+
+    def forward(self, x):
+        return self.c2(F.relu(self.c1(x)))
+
+
+@pytest.mark.parametrize(
+    "conv, shape",
+    [(nn.Conv1d, (2, 3, 16)), (nn.Conv2d, (2, 3, 8, 8)), (nn.Conv3d, (1, 3, 6, 6, 6))],
+    ids=["conv1d", "conv2d", "conv3d"],
+)
+def test_conv_chain(conv, shape):
+    m = ConvChain(conv)
+    r = check(m, torch.randn(shape))
+    assert sub(r, "c1").out_channels == 8 and sub(r, "c1").weight.shape[0] == 8
+    assert sub(r, "c2").in_channels == 8 and sub(r, "c2").weight.shape[1] == 8
+    assert sub(r, "c2").out_channels == 8  # model output: never pruned
+    # the two weights were sliced consistently: c2 keeps exactly the input columns c1 kept as outputs
+    keep = kept_indices(m.c1.weight, sub(r, "c1").weight, 0)
+    assert kept_indices(m.c2.weight, sub(r, "c2").weight, 1) == keep
+    assert torch.equal(sub(r, "c1").bias, m.c1.bias[keep])
+
+
+def test_conv_chain_fully_independent_reference():
+    """conv -> relu -> conv: zero the removed output channels of c1 in a copy of the original, by hand."""
+    m = ConvChain(nn.Conv2d).eval()
+    x = torch.randn(2, 3, 8, 8)
+    r = prune(m, x)
+    keep = kept_indices(m.c1.weight, sub(r, "c1").weight, 0)
+    assert len(keep) == 8
+    ref = copy.deepcopy(m)
+    removed = [i for i in range(16) if i not in keep]
+    with torch.no_grad():
+        ref.c1.weight[removed] = 0
+        ref.c1.bias[removed] = 0
+        # the removed channels were the ones with the smallest L2 norms (default importance)
+        norms = m.c1.weight.flatten(1).norm(dim=1)
+        assert set(removed) == set(norms.argsort()[:8].tolist())
+        assert torch.allclose(ref(x), r(x), rtol=1e-5, atol=1e-5)
+        # and the original model itself is different: something was removed
+        assert not torch.allclose(m(x), r(x), rtol=1e-5, atol=1e-5)
+
+
+def test_conv_bn_relu_chain_with_hooks_reference():
+    """conv -> bn -> relu -> conv, reference: the original with the removed channels zeroed by a forward hook."""
+    m = randomize_norms(nn.Sequential(nn.Conv2d(3, 16, 3), nn.BatchNorm2d(16), nn.ReLU(), nn.Conv2d(16, 4, 3))).eval()
+    x = torch.randn(2, 3, 10, 10)
+    r = check(m, x)
+    assert sub(r, "0").out_channels == 8 and sub(r, "1").num_features == 8 and sub(r, "3").in_channels == 8
+    keep = kept_indices(m[0].weight, sub(r, "0").weight, 0)
+    mask = torch.zeros(1, 16, 1, 1)
+    mask[:, keep] = 1
+    ref = copy.deepcopy(m)
+    ref[2].register_forward_hook(lambda mod, inp, out: out * mask)
+    with torch.no_grad():
+        assert torch.allclose(ref(x), r(x), rtol=1e-5, atol=1e-5)
+    assert torch.equal(sub(r, "1").running_mean, m[1].running_mean[keep])
+    assert torch.equal(sub(r, "1").running_var, m[1].running_var[keep])
+
+
+class GroupedNet(nn.Module):
+    def __init__(self, mid: int, groups: int, out_mid: int | None = None) -> None:
+        super().__init__()
+        out_mid = out_mid or mid
+        self.c1 = nn.Conv2d(3, mid, 1)
+        self.g = nn.Conv2d(mid, out_mid, 3, padding=1, groups=groups)
+        self.c3 = nn.Conv2d(out_mid, 4, 1)
+
+    def forward(self, x):
+        return self.c3(F.relu(self.g(F.relu(self.c1(x)))))
+
+
+def test_grouped_conv_prunes_whole_groups():
+    m = GroupedNet(16, groups=4)
+    r = check(m, torch.randn(2, 3, 8, 8))
+    g = sub(r, "g")
+    assert (g.groups, g.in_channels, g.out_channels) == (2, 8, 8)  # group width 4 unchanged
+    assert sub(r, "c1").out_channels == 8 and sub(r, "c3").in_channels == 8
+    # kept input channels of the grouped conv come in whole groups of 4, aligned with its kept output groups
+    keep_in = kept_indices(m.c1.weight, sub(r, "c1").weight, 0)
+    keep_out = kept_indices(m.g.weight, g.weight, 0)
+    assert keep_in == keep_out
+    assert {k // 4 for k in keep_in} and all(sum(1 for k in keep_in if k // 4 == q) in (0, 4) for q in range(4))
+
+
+def test_depthwise_conv():
+    m = GroupedNet(16, groups=16)
+    r = check(m, torch.randn(2, 3, 8, 8))
+    g = sub(r, "g")
+    assert (g.groups, g.in_channels, g.out_channels) == (8, 8, 8)
+    assert kept_indices(m.c1.weight, sub(r, "c1").weight, 0) == kept_indices(m.g.weight, g.weight, 0)
+
+
+def test_depthwise_conv_with_channel_multiplier():
+    m = GroupedNet(8, groups=8, out_mid=16)  # each input channel -> 2 output channels
+    r = check(m, torch.randn(2, 3, 8, 8))
+    g = sub(r, "g")
+    assert (g.groups, g.in_channels, g.out_channels) == (4, 4, 8)
+    keep_in = kept_indices(m.c1.weight, sub(r, "c1").weight, 0)
+    keep_out = kept_indices(m.g.weight, g.weight, 0)
+    assert keep_out == sorted([2 * k for k in keep_in] + [2 * k + 1 for k in keep_in])
+    assert sub(r, "c3").in_channels == 8
+
+
+def test_functional_grouped_conv():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c1 = nn.Conv2d(3, 16, 1)
+            self.w = nn.Parameter(torch.randn(16, 4, 3, 3))
+            self.c3 = nn.Conv2d(16, 4, 1)
+
+        def forward(self, x):
+            return self.c3(F.relu(F.conv2d(F.relu(self.c1(x)), self.w, padding=1, groups=4)))
+
+    m = Net()
+    r = check(m, torch.randn(2, 3, 8, 8))
+    assert r.model.w.shape == (8, 4, 3, 3)
+    assert sub(r, "c1").out_channels == 8 and sub(r, "c3").in_channels == 8
+
+
+@pytest.mark.parametrize("dim", [1, 2])
+def test_conv_transpose(dim):
+    conv = nn.Conv1d if dim == 1 else nn.Conv2d
+    convt = nn.ConvTranspose1d if dim == 1 else nn.ConvTranspose2d
+    m = nn.Sequential(conv(3, 16, 3), nn.ReLU(), convt(16, 12, 2, stride=2), nn.ReLU(), conv(12, 4, 1))
+    x = torch.randn((2, 3) + (9,) * dim)
+    r = check(m, x)
+    t = sub(r, "2")
+    assert (t.in_channels, t.out_channels) == (8, 6)
+    assert t.weight.shape[:2] == (8, 6)
+    assert sub(r, "0").out_channels == 8 and sub(r, "4").in_channels == 6
+
+
+def test_grouped_conv_transpose():
+    m = nn.Sequential(
+        nn.Conv2d(3, 16, 3), nn.ReLU(), nn.ConvTranspose2d(16, 8, 2, stride=2, groups=4), nn.ReLU(), nn.Conv2d(8, 4, 1)
+    )
+    r = check(m, torch.randn(2, 3, 9, 9))
+    t = sub(r, "2")
+    assert (t.groups, t.in_channels, t.out_channels) == (2, 8, 4)
+    assert sub(r, "0").out_channels == 8 and sub(r, "4").in_channels == 4
+
+
+# ---------------------------------------------------------------------------
+# linear, matmul
+
+
+def test_linear_mlp():
+    m = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 16), nn.Tanh(), nn.Linear(16, 4))
+    r = check(m, torch.randn(5, 8))
+    assert (sub(r, "0").out_features, sub(r, "2").in_features, sub(r, "2").out_features, sub(r, "4").in_features) == (16, 16, 8, 8)
+    assert sub(r, "4").out_features == 4
+
+
+def test_linear_on_tokens():
+    m = nn.Sequential(nn.Linear(8, 32), nn.GELU(), nn.Linear(32, 8))
+    r = check(m, torch.randn(2, 5, 8))
+    assert sub(r, "0").out_features == 16 and sub(r, "2").in_features == 16
+
+
+def test_matmul_with_parameter():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.l1 = nn.Linear(8, 16)
+            self.W = nn.Parameter(torch.randn(16, 24))
+            self.l2 = nn.Linear(24, 4)
+
+        def forward(self, x):
+            return self.l2(F.relu(F.relu(self.l1(x)) @ self.W))
+
+    m = Net()
+    r = check(m, torch.randn(2, 5, 8))
+    assert r.model.W.shape == (8, 12)
+    assert sub(r, "l1").out_features == 8 and sub(r, "l2").in_features == 12
+    keep = kept_indices(m.l1.weight, sub(r, "l1").weight, 0)
+    assert kept_indices(m.W, r.model.W, 0) == keep
+
+
+def test_matmul_activation_activation():
+    """Attention-like: q @ k^T contracts q's and k's channels together; attn @ v carries v's."""
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.q, self.k, self.v = nn.Linear(8, 16), nn.Linear(8, 16), nn.Linear(8, 16)
+            self.o = nn.Linear(16, 4)
+
+        def forward(self, x):
+            attn = torch.matmul(self.q(x), self.k(x).transpose(-1, -2))
+            return self.o(torch.bmm(attn, self.v(x)))
+
+    m = Net()
+    r = check(m, torch.randn(2, 5, 8))
+    for n in "qkv":
+        assert sub(r, n).out_features == 8
+    assert sub(r, "o").in_features == 8
+    assert kept_indices(m.q.weight, sub(r, "q").weight, 0) == kept_indices(m.k.weight, sub(r, "k").weight, 0)
+    assert group_of(r, "q") is group_of(r, "k")
+
+
+# ---------------------------------------------------------------------------
+# norms
+
+
+@pytest.mark.parametrize("affine", [True, False])
+def test_batch_norm_1d_on_linear(affine):
+    m = randomize_norms(nn.Sequential(nn.Linear(8, 32), nn.BatchNorm1d(32, affine=affine), nn.ReLU(), nn.Linear(32, 4))).eval()
+    r = check(m, torch.randn(6, 8))
+    assert sub(r, "1").num_features == 16 and sub(r, "3").in_features == 16
+
+
+def test_functional_batch_norm():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c1, self.c2 = nn.Conv2d(3, 16, 1), nn.Conv2d(16, 4, 1)
+            self.register_buffer("mean", torch.randn(16))
+            self.register_buffer("var", torch.rand(16) + 0.5)
+            self.w, self.b = nn.Parameter(torch.randn(16)), nn.Parameter(torch.randn(16))
+
+        def forward(self, x):
+            y = F.batch_norm(self.c1(x), self.mean, self.var, self.w, self.b, training=False)
+            return self.c2(F.relu(y))
+
+    m = Net()
+    r = check(m, torch.randn(2, 3, 6, 6))
+    assert r.model.mean.shape == (8,) and r.model.w.shape == (8,) and sub(r, "c2").in_channels == 8
+
+
+@pytest.mark.parametrize("affine", [True, False])
+def test_instance_norm(affine):
+    m = randomize_norms(nn.Sequential(nn.Conv2d(3, 16, 3), nn.InstanceNorm2d(16, affine=affine), nn.ReLU(), nn.Conv2d(16, 4, 1)))
+    r = check(m, torch.randn(2, 3, 8, 8))
+    assert sub(r, "0").out_channels == 8 and sub(r, "1").num_features == 8 and sub(r, "3").in_channels == 8
+
+
+class ConvNeXtish(nn.Module):
+    """dwconv -> permute -> LayerNorm -> Linear -> GELU -> Linear -> permute, with a residual, as in ConvNeXt."""
+
+    def __init__(self, functional: bool = False) -> None:
+        super().__init__()
+        self.functional = functional
+        self.stem = nn.Conv2d(3, 16, 2, stride=2)
+        self.dw = nn.Conv2d(16, 16, 3, padding=1, groups=16)
+        self.norm = nn.LayerNorm(16)
+        self.pw1, self.pw2 = nn.Linear(16, 32), nn.Linear(32, 16)
+        self.head = nn.Conv2d(16, 4, 1)
+
+    def forward(self, x):
+        x = self.stem(x)
+        y = self.dw(x).permute(0, 2, 3, 1)
+        y = F.layer_norm(y, (16,), self.norm.weight, self.norm.bias, 1e-6) if self.functional else self.norm(y)
+        y = self.pw2(F.gelu(self.pw1(y))).permute(0, 3, 1, 2)
+        return self.head(x + y)
+
+
+@pytest.mark.parametrize("functional", [False, True], ids=["module", "F.layer_norm"])
+def test_layer_norm_channels_last(functional):
+    m = randomize_norms(ConvNeXtish(functional))
+    r = check(m, torch.randn(2, 3, 8, 8), independent=False)  # LayerNorm statistics change: masked reference only
+    assert sub(r, "stem").out_channels == 8 and sub(r, "dw").out_channels == 8 and sub(r, "dw").groups == 8
+    assert sub(r, "norm").weight.shape == (8,) and sub(r, "pw1").in_features == 8
+    if not functional:
+        assert tuple(sub(r, "norm").normalized_shape) == (8,)
+    assert sub(r, "pw1").out_features == 16 and sub(r, "pw2").out_features == 8 and sub(r, "head").in_channels == 8
+    # the residual stream is one group: stem, dw and pw2 keep the same channels
+    keep = kept_indices(m.stem.weight, sub(r, "stem").weight, 0)
+    assert kept_indices(m.pw2.weight, sub(r, "pw2").weight, 0) == keep
+    assert kept_indices(m.norm.weight[:, None], sub(r, "norm").weight[:, None], 0) == keep
+
+
+def test_layer_norm_pruned_semantics_is_kept_channel_statistics():
+    """The pruned LayerNorm normalizes over the kept channels: check against a hand-written reference."""
+    m = randomize_norms(nn.Sequential(nn.Linear(8, 16), nn.LayerNorm(16), nn.Linear(16, 4))).eval()
+    x = torch.randn(3, 8)
+    r = check(m, x, independent=False)
+    keep = kept_indices(m[0].weight, sub(r, "0").weight, 0)
+    with torch.no_grad():
+        h = m[0](x)[:, keep]
+        h = F.layer_norm(h, (len(keep),), m[1].weight[keep], m[1].bias[keep])
+        ref = h @ m[2].weight[:, keep].T + m[2].bias
+        assert torch.allclose(ref, r(x), atol=1e-5)
+
+
+@pytest.mark.parametrize("functional", [False, True], ids=["module", "F.group_norm"])
+def test_group_norm(functional):
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c1, self.gn, self.c2 = nn.Conv2d(3, 16, 1), nn.GroupNorm(4, 16), nn.Conv2d(16, 4, 1)
+
+        def forward(self, x):
+            y = self.c1(x)
+            y = F.group_norm(y, 4, self.gn.weight, self.gn.bias) if functional else self.gn(y)
+            return self.c2(F.relu(y))
+
+    m = randomize_norms(Net())
+    r = check(m, torch.randn(2, 3, 6, 6))  # whole norm groups go: the kept groups' statistics are untouched
+    gn = sub(r, "gn")
+    assert gn.weight.shape == (8,) and sub(r, "c1").out_channels == 8 and sub(r, "c2").in_channels == 8
+    if not functional:
+        assert (gn.num_groups, gn.num_channels) == (2, 8)
+    keep = kept_indices(m.c1.weight, sub(r, "c1").weight, 0)
+    assert all(sum(1 for k in keep if k // 4 == q) in (0, 4) for q in range(4))
+
+
+# ---------------------------------------------------------------------------
+# prelu, embedding
+
+
+@pytest.mark.parametrize("n", [16, 1], ids=["per-channel", "single"])
+def test_prelu(n):
+    m = nn.Sequential(nn.Conv2d(3, 16, 1), nn.PReLU(n), nn.Conv2d(16, 4, 1))
+    with torch.no_grad():
+        m[1].weight.uniform_(-1, 1)
+    r = check(m, torch.randn(2, 3, 5, 5))
+    assert sub(r, "0").out_channels == 8 and sub(r, "2").in_channels == 8
+    assert sub(r, "1").num_parameters == (8 if n == 16 else 1)
+
+
+def test_functional_prelu():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c1, self.a, self.c2 = nn.Conv2d(3, 16, 1), nn.Parameter(torch.rand(16)), nn.Conv2d(16, 4, 1)
+
+        def forward(self, x):
+            return self.c2(F.prelu(self.c1(x), self.a))
+
+    r = check(Net(), torch.randn(2, 3, 5, 5))
+    assert r.model.a.shape == (8,)
+
+
+def test_embedding():
+    m = nn.Sequential(nn.Embedding(50, 16), nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 4))
+    idx = torch.randint(0, 50, (2, 7))
+    r = check(m, idx)
+    assert sub(r, "0").embedding_dim == 8 and sub(r, "0").weight.shape == (50, 8)
+    assert sub(r, "1").in_features == 8 and sub(r, "1").out_features == 4
+
+
+# ---------------------------------------------------------------------------
+# unary activations
+
+UNARY = {
+    "relu": nn.ReLU(),
+    "relu_fn": F.relu,
+    "gelu": nn.GELU(),
+    "gelu_tanh": nn.GELU(approximate="tanh"),
+    "silu": nn.SiLU(),
+    "silu_fn": F.silu,
+    "sigmoid": nn.Sigmoid(),
+    "torch.sigmoid": torch.sigmoid,
+    "tanh": nn.Tanh(),
+    "hardswish": nn.Hardswish(),
+    "hardsigmoid": nn.Hardsigmoid(),
+    "relu6": nn.ReLU6(),
+    "leaky_relu": nn.LeakyReLU(0.1),
+    "leaky_relu_fn": lambda t: F.leaky_relu(t, 0.2),
+    "elu": nn.ELU(),
+    "selu": nn.SELU(),
+    "mish": nn.Mish(),
+    "softplus": nn.Softplus(),
+    "hardtanh": nn.Hardtanh(),
+    "dropout": nn.Dropout(0.5),
+    "dropout2d": nn.Dropout2d(0.5),
+    "dropout_fn": lambda t: F.dropout(t, 0.3, training=False),
+    "identity": nn.Identity(),
+    "clamp": lambda t: t.clamp(-0.5, 0.5),
+    "abs": torch.abs,
+    "neg": lambda t: -t,
+    "exp": torch.exp,
+    "pow": lambda t: t**2,
+    "contiguous": lambda t: t.contiguous(),
+}
+
+
+class UnaryNet(nn.Module):
+    def __init__(self, act) -> None:
+        super().__init__()
+        self.c1, self.c2 = nn.Conv2d(3, 16, 1), nn.Conv2d(16, 4, 1)
+        self.act = act if isinstance(act, nn.Module) else None
+        self.fn = None if isinstance(act, nn.Module) else act
+
+    def forward(self, x):
+        y = self.c1(x)
+        y = self.act(y) if self.act is not None else self.fn(y)
+        return self.c2(y)
+
+
+@pytest.mark.parametrize("name", list(UNARY))
+def test_unary(name):
+    r = check(UnaryNet(UNARY[name]), torch.randn(2, 3, 5, 5))
+    assert sub(r, "c1").out_channels == 8 and sub(r, "c2").in_channels == 8
+    assert r.report.frozen_ops == []
+
+
+# ---------------------------------------------------------------------------
+# binary ops
+
+
+class Pair(nn.Module):
+    def __init__(self, fn) -> None:
+        super().__init__()
+        self.a, self.b, self.out = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 4, 1)
+        self.fn = fn
+
+    def forward(self, x):
+        return self.out(self.fn(self.a(x), self.b(x)))
+
+
+BINARY = {
+    "add": lambda a, b: a + b,
+    "torch.add": torch.add,
+    "sub": lambda a, b: a - b,
+    "mul": lambda a, b: a * b,
+    "div": lambda a, b: a / (b.abs() + 1.0),
+    "iadd": lambda a, b: a.add_(b),
+    "maximum": torch.maximum,
+}
+
+
+@pytest.mark.parametrize("name", list(BINARY))
+def test_binary_residual_pair(name):
+    m = Pair(BINARY[name])
+    r = check(m, torch.randn(2, 3, 6, 6))
+    assert sub(r, "a").out_channels == sub(r, "b").out_channels == sub(r, "out").in_channels == 8
+    # a channel of the pair goes from both members or from neither
+    assert kept_indices(m.a.weight, sub(r, "a").weight, 0) == kept_indices(m.b.weight, sub(r, "b").weight, 0)
+    assert group_of(r, "a") is group_of(r, "b")
+
+
+def test_binary_broadcast_parameter_and_scalar():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c1, self.c2 = nn.Conv2d(3, 16, 1), nn.Conv2d(16, 4, 1)
+            self.scale = nn.Parameter(torch.randn(16, 1, 1))
+            self.shift = nn.Parameter(torch.randn(1, 16, 1, 1))
+
+        def forward(self, x):
+            return self.c2(F.relu(self.c1(x) * self.scale + self.shift) * 2.0 - 1.0)
+
+    m = Net()
+    r = check(m, torch.randn(2, 3, 5, 5))
+    keep = kept_indices(m.c1.weight, sub(r, "c1").weight, 0)
+    assert torch.equal(r.model.scale, m.scale[keep]) and torch.equal(r.model.shift, m.shift[:, keep])
+
+
+def test_binary_broadcast_single_channel_map():
+    """x * m with m [N, 1, H, W] (a spatial attention map): x's channels stay prunable."""
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c1, self.att, self.c2 = nn.Conv2d(3, 16, 1), nn.Conv2d(3, 1, 3, padding=1), nn.Conv2d(16, 4, 1)
+
+        def forward(self, x):
+            return self.c2(self.c1(x) * torch.sigmoid(self.att(x)))
+
+    r = check(Net(), torch.randn(2, 3, 5, 5))
+    assert sub(r, "c1").out_channels == 8 and sub(r, "att").out_channels == 1
+
+
+class SENet(nn.Module):
+    """conv -> squeeze-excitation gate (mean -> fc -> relu -> fc -> sigmoid -> mul) -> conv."""
+
+    def __init__(self, pool: str = "mean") -> None:
+        super().__init__()
+        self.pool = pool
+        self.c1 = nn.Conv2d(3, 16, 3, padding=1)
+        self.fc1, self.fc2 = nn.Conv2d(16, 8, 1), nn.Conv2d(8, 16, 1)
+        self.c2 = nn.Conv2d(16, 4, 1)
+        self.avg = nn.AdaptiveAvgPool2d(1)
+
+    def forward(self, x):
+        y = F.relu(self.c1(x))
+        s = y.mean((2, 3), keepdim=True) if self.pool == "mean" else self.avg(y)
+        gate = torch.sigmoid(self.fc2(F.relu(self.fc1(s))))
+        return self.c2(y * gate)
+
+
+@pytest.mark.parametrize("pool", ["mean", "adaptive_avg_pool"])
+def test_squeeze_excitation_gate(pool):
+    m = SENet(pool)
+    r = check(m, torch.randn(2, 3, 6, 6))
+    assert sub(r, "c1").out_channels == 8 and sub(r, "fc1").in_channels == 8
+    assert sub(r, "fc2").out_channels == 8 and sub(r, "c2").in_channels == 8
+    assert sub(r, "fc1").out_channels == 4 and sub(r, "fc2").in_channels == 4  # the SE bottleneck is a group too
+    assert kept_indices(m.c1.weight, sub(r, "c1").weight, 0) == kept_indices(m.fc2.weight, sub(r, "fc2").weight, 0)
+    assert group_of(r, "c1") is group_of(r, "fc2")
+
+
+# ---------------------------------------------------------------------------
+# spatial ops
+
+SPATIAL = {
+    "max_pool": nn.MaxPool2d(2),
+    "avg_pool": nn.AvgPool2d(2),
+    "adaptive_avg_pool": nn.AdaptiveAvgPool2d(3),
+    "adaptive_max_pool": nn.AdaptiveMaxPool2d(2),
+    "F.max_pool2d": lambda t: F.max_pool2d(t, 3, stride=2, padding=1),
+    "F.avg_pool2d": lambda t: F.avg_pool2d(t, 2),
+    "F.adaptive_avg_pool2d": lambda t: F.adaptive_avg_pool2d(t, (2, 3)),
+    "interpolate_nearest": lambda t: F.interpolate(t, scale_factor=2.0, mode="nearest"),
+    "interpolate_bilinear": lambda t: F.interpolate(t, size=(9, 7), mode="bilinear", align_corners=False),
+    "upsample": nn.Upsample(scale_factor=2),
+}
+
+
+@pytest.mark.parametrize("name", list(SPATIAL))
+def test_spatial(name):
+    r = check(UnaryNet(SPATIAL[name]), torch.randn(2, 3, 6, 6))
+    assert sub(r, "c1").out_channels == 8 and sub(r, "c2").in_channels == 8
+
+
+def test_pool_1d():
+    m = nn.Sequential(nn.Conv1d(3, 16, 3), nn.MaxPool1d(2), nn.Conv1d(16, 4, 1))
+    r = check(m, torch.randn(2, 3, 12))
+    assert sub(r, "0").out_channels == 8
+
+
+# ---------------------------------------------------------------------------
+# reductions, softmax
+
+
+class ReduceNet(nn.Module):
+    def __init__(self, fn) -> None:
+        super().__init__()
+        self.c1, self.fn = nn.Conv2d(3, 16, 3, padding=1), fn
+        self.c2 = nn.Conv2d(16, 8, 1)
+
+    def forward(self, x):
+        y = F.relu(self.c1(x))
+        return self.c2(y) * self.fn(y)
+
+
+@pytest.mark.parametrize(
+    "name, fn",
+    [
+        ("mean_spatial_keepdim", lambda t: t.mean((2, 3), keepdim=True)),
+        ("sum_spatial", lambda t: t.sum(dim=(-1, -2), keepdim=True)),
+        ("amax_spatial", lambda t: t.amax((2, 3), keepdim=True)),
+    ],
+)
+def test_reduce_over_spatial_keeps_channels(name, fn):
+    """The reduced tensor keeps its channel dim: a per-channel gate tied to c2's channels... here broadcast over c2's 8."""
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c1, self.c2 = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 4, 1)
+
+        def forward(self, x):
+            y = F.relu(self.c1(x))
+            return self.c2(y * torch.sigmoid(fn(y)))
+
+    r = check(Net(), torch.randn(2, 3, 6, 6))
+    assert sub(r, "c1").out_channels == 8 and sub(r, "c2").in_channels == 8
+
+
+def test_mean_over_spatial_into_linear():
+    m = nn.Sequential(nn.Conv2d(3, 16, 3), nn.ReLU())
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body, self.fc = m, nn.Linear(16, 5)
+
+        def forward(self, x):
+            return self.fc(self.body(x).mean((2, 3)))
+
+    r = check(Net(), torch.randn(2, 3, 7, 7))
+    assert sub(r, "body.0").out_channels == 8 and sub(r, "fc").in_features == 8
+
+
+@pytest.mark.parametrize(
+    "name, fn",
+    [
+        ("mean", lambda t: t.mean(1, keepdim=True)),
+        ("amax", lambda t: t.amax(dim=1, keepdim=True)),
+        ("softmax", lambda t: F.softmax(t, dim=1)),
+        ("softmax_module", nn.Softmax(dim=1)),
+        ("log_softmax", lambda t: torch.log_softmax(t, -3)),
+    ],
+)
+def test_channel_mixing_reductions_freeze(name, fn):
+    """A mean/max over the channels or a softmax over them cannot be pruned exactly: c1's channels freeze."""
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c1, self.c2 = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 4, 1)
+            self.f = fn if isinstance(fn, nn.Module) else None
+
+        def forward(self, x):
+            y = self.c1(x)
+            z = self.f(y) if self.f is not None else fn(y)
+            return self.c2(F.relu(y) * z)
+
+    r = check(Net(), torch.randn(2, 3, 6, 6))
+    assert sub(r, "c1").out_channels == 16 and sub(r, "c2").in_channels == 16
+    g = group_of(r, "c1")
+    assert g.frozen and g.channels_after == 16
+    assert any("channel dimension" in reason for reason in g.reasons), g.reasons
+    assert r.report.frozen_ops == []  # frozen by a rule, not an unknown op
+
+
+def test_softmax_over_spatial_does_not_freeze():
+    r = check(UnaryNet(lambda t: F.softmax(t, dim=-1)), torch.randn(2, 3, 5, 5))
+    assert sub(r, "c1").out_channels == 8
+
+
+def test_sum_over_channels_is_prunable():
+    """A sum over channels is exact when removed channels are zero (the registry says so)."""
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c1, self.c2 = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 4, 1)
+
+        def forward(self, x):
+            y = F.relu(self.c1(x))
+            return self.c2(y) + y.sum(1, keepdim=True)
+
+    r = check(Net(), torch.randn(2, 3, 6, 6), independent=False)
+    assert sub(r, "c1").out_channels == 8
+
+
+# ---------------------------------------------------------------------------
+# concat, stack
+
+
+class CatNet(nn.Module):
+    def __init__(self, dim: int, n_a: int = 16, n_b: int = 8) -> None:
+        super().__init__()
+        self.dim = dim
+        self.a, self.b = nn.Conv2d(3, n_a, 3, padding=1), nn.Conv2d(3, n_b, 3, padding=1)
+        self.out = nn.Conv2d(n_a + n_b, 4, 1)
+
+    def forward(self, x):
+        return self.out(F.relu(torch.cat([self.a(x), self.b(x)], dim=self.dim)))
+
+
+@pytest.mark.parametrize("dim", [1, -3])
+def test_concat(dim):
+    m = CatNet(dim)
+    r = check(m, torch.randn(2, 3, 6, 6))
+    assert sub(r, "a").out_channels == 8 and sub(r, "b").out_channels == 4 and sub(r, "out").in_channels == 12
+    ka = kept_indices(m.a.weight, sub(r, "a").weight, 0)
+    kb = kept_indices(m.b.weight, sub(r, "b").weight, 0)
+    assert kept_indices(m.out.weight, sub(r, "out").weight, 1) == ka + [16 + k for k in kb]
+
+
+def test_concat_of_a_residual_and_its_input():
+    """DenseNet-style: cat([x, f(x)]) where x itself feeds a residual add."""
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c0, self.c1, self.f = nn.Conv2d(3, 16, 1), nn.Conv2d(3, 16, 1), nn.Conv2d(16, 8, 3, padding=1)
+            self.out = nn.Conv2d(24, 4, 1)
+
+        def forward(self, x):
+            h = F.relu(self.c0(x) + self.c1(x))
+            return self.out(torch.cat([h, F.relu(self.f(h))], 1))
+
+    m = Net()
+    r = check(m, torch.randn(2, 3, 6, 6))
+    assert sub(r, "c0").out_channels == sub(r, "c1").out_channels == sub(r, "f").in_channels == 8
+    assert sub(r, "out").in_channels == 8 + 4
+
+
+def test_stack():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.out = nn.Conv2d(3, 16, 1), nn.Conv2d(3, 16, 1), nn.Conv2d(16, 4, 1)
+
+        def forward(self, x):
+            s = torch.stack([self.a(x), self.b(x)], dim=0)
+            return self.out(F.relu(s).sum(0))
+
+    m = Net()
+    r = check(m, torch.randn(2, 3, 5, 5))
+    assert sub(r, "a").out_channels == sub(r, "b").out_channels == sub(r, "out").in_channels == 8
+    assert kept_indices(m.a.weight, sub(r, "a").weight, 0) == kept_indices(m.b.weight, sub(r, "b").weight, 0)
+
+
+def test_stack_then_flatten_into_channels():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.out = nn.Conv2d(3, 16, 1), nn.Conv2d(3, 16, 1), nn.Conv2d(32, 4, 1)
+
+        def forward(self, x):
+            s = torch.stack([self.a(x), self.b(x)], dim=1)  # [N, 2, 16, H, W]
+            return self.out(F.relu(s.flatten(1, 2)))
+
+    m = Net()
+    r = check(m, torch.randn(2, 3, 5, 5))
+    assert sub(r, "a").out_channels == sub(r, "b").out_channels == 8 and sub(r, "out").in_channels == 16
+
+
+# ---------------------------------------------------------------------------
+# split, slice, pad
+
+
+class SplitNet(nn.Module):
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how = how
+        sizes = {"list": (4, 12), "chunk": (8, 8), "int": (8, 8), "split_kw": (6, 10)}[how]
+        self.c1 = nn.Conv2d(3, 16, 3, padding=1)
+        self.a, self.b = nn.Conv2d(sizes[0], 4, 1), nn.Conv2d(sizes[1], 4, 1)
+
+    def forward(self, x):
+        y = F.relu(self.c1(x))
+        if self.how == "list":
+            p, q = torch.split(y, [4, 12], dim=1)
+        elif self.how == "chunk":
+            p, q = y.chunk(2, dim=1)
+        elif self.how == "int":
+            p, q = torch.split(y, 8, 1)
+        else:
+            p, q = y.split(split_size=[6, 10], dim=1)
+        return self.a(p) + self.b(q)
+
+
+@pytest.mark.parametrize("how", ["list", "split_kw", "chunk", "int"])
+def test_split(how):
+    m = SplitNet(how)
+    r = check(m, torch.randn(2, 3, 6, 6))
+    c1, a, b = sub(r, "c1"), sub(r, "a"), sub(r, "b")
+    assert c1.out_channels == 8 and a.in_channels + b.in_channels == 8
+    keep = kept_indices(m.c1.weight, c1.weight, 0)
+    n0 = m.a.in_channels
+    assert kept_indices(m.a.weight, a.weight, 1) == [k for k in keep if k < n0]
+    assert kept_indices(m.b.weight, b.weight, 1) == [k - n0 for k in keep if k >= n0]
+    if how in ("chunk", "int"):  # equal chunks stay equal: channel j of both chunks goes together
+        assert a.in_channels == b.in_channels == 4
+        assert [k for k in keep if k < 8] == [k - 8 for k in keep if k >= 8]
+
+
+def test_split_three_way_with_unused_part():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c1, self.a, self.b = nn.Conv2d(3, 24, 1), nn.Conv2d(8, 4, 1), nn.Conv2d(8, 4, 1)
+
+        def forward(self, x):
+            p, _, q = torch.split(F.relu(self.c1(x)), [8, 8, 8], dim=1)
+            return self.a(p) * self.b(q)
+
+    r = check(Net(), torch.randn(2, 3, 5, 5))
+    assert sub(r, "c1").out_channels < 24 and sub(r, "a").in_channels + sub(r, "b").in_channels <= sub(r, "c1").out_channels
+
+
+@pytest.mark.parametrize(
+    "name, fn, width",
+    [
+        ("head", lambda t: t[:, :8], 8),
+        ("middle", lambda t: t[:, 4:12], 8),
+        ("tail_negative", lambda t: t[:, -6:], 6),
+        ("narrow", lambda t: t.narrow(1, 2, 10), 10),
+        ("torch.narrow", lambda t: torch.narrow(t, 1, 0, 8), 8),
+    ],
+)
+def test_slice(name, fn, width):
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c1, self.c2 = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(width, 4, 1)
+
+        def forward(self, x):
+            y = F.relu(self.c1(x))
+            return self.c2(fn(y)) + self.c2(y[:, :width])
+
+    r = check(Net(), torch.randn(2, 3, 6, 6))
+    assert sub(r, "c1").out_channels < 16
+    assert sub(r, "c2").in_channels < width
+
+
+def test_slice_keeps_consistent_columns():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c1, self.c2 = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(8, 4, 1)
+
+        def forward(self, x):
+            return self.c2(F.relu(self.c1(x))[:, 4:12])
+
+    m = Net()
+    r = check(m, torch.randn(2, 3, 6, 6))
+    keep = kept_indices(m.c1.weight, sub(r, "c1").weight, 0)
+    # channels outside the slice are never used: they are the cheapest to remove, and go
+    assert kept_indices(m.c2.weight, sub(r, "c2").weight, 1) == [k - 4 for k in keep if 4 <= k < 12]
+
+
+def test_strided_channel_slice_freezes():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c1, self.c2 = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(8, 4, 1)
+
+        def forward(self, x):
+            return self.c2(F.relu(self.c1(x))[:, ::2])
+
+    r = check(Net(), torch.randn(2, 3, 6, 6))
+    assert sub(r, "c1").out_channels == 16
+
+
+@pytest.mark.parametrize(
+    "name, fn",
+    [
+        ("F.pad_spatial", lambda t: F.pad(t, (1, 1, 2, 0))),
+        ("F.pad_reflect", lambda t: F.pad(t, (1, 1, 1, 1), mode="reflect")),
+        ("ZeroPad2d", nn.ZeroPad2d(1)),
+        ("ReflectionPad2d", nn.ReflectionPad2d((1, 0, 1, 0))),
+    ],
+)
+def test_pad_spatial(name, fn):
+    r = check(UnaryNet(fn), torch.randn(2, 3, 5, 5))
+    assert sub(r, "c1").out_channels == 8 and sub(r, "c2").in_channels == 8
+
+
+def test_pad_channel_dim_freezes():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c1, self.c2 = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(18, 4, 1)
+
+        def forward(self, x):
+            return self.c2(F.pad(F.relu(self.c1(x)), (0, 0, 0, 0, 1, 1)))
+
+    r = check(Net(), torch.randn(2, 3, 5, 5))
+    assert sub(r, "c1").out_channels == 16
+    assert group_of(r, "c1").frozen
+
+
+# ---------------------------------------------------------------------------
+# permute, transpose
+
+
+@pytest.mark.parametrize(
+    "name, fwd, back",
+    [
+        ("permute", lambda t: t.permute(0, 2, 3, 1), lambda t: t.permute(0, 3, 1, 2)),
+        ("torch.permute", lambda t: torch.permute(t, (0, 2, 3, 1)), lambda t: torch.permute(t, [0, 3, 1, 2])),
+        ("transpose", lambda t: t.transpose(1, 3), lambda t: t.transpose(3, 1)),
+        ("movedim", lambda t: t.movedim(1, -1), lambda t: torch.movedim(t, -1, 1)),
+    ],
+)
+def test_permute(name, fwd, back):
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c1, self.fc, self.c2 = nn.Conv2d(3, 16, 1), nn.Linear(16, 12), nn.Conv2d(12, 4, 1)
+
+        def forward(self, x):
+            return self.c2(back(F.relu(self.fc(fwd(F.relu(self.c1(x)))))))
+
+    r = check(Net(), torch.randn(2, 3, 5, 5))
+    assert sub(r, "c1").out_channels == 8 and sub(r, "fc").in_features == 8
+    assert sub(r, "fc").out_features == 6 and sub(r, "c2").in_channels == 6
+
+
+# ---------------------------------------------------------------------------
+# reshape family
+
+
+class FlattenNet(nn.Module):
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how = how
+        self.c1 = nn.Conv2d(3, 16, 3, padding=1)
+        self.flat = nn.Flatten()
+        self.fc1 = nn.Linear(16 * 4 * 4, 32)
+        self.fc2 = nn.Linear(32, 5)
+
+    def forward(self, x):
+        y = F.max_pool2d(F.relu(self.c1(x)), 2)  # [N, 16, 4, 4]
+        if self.how == "flatten":
+            y = torch.flatten(y, 1)
+        elif self.how == "module":
+            y = self.flat(y)
+        elif self.how == "view_size":
+            y = y.view(y.size(0), -1)
+        elif self.how == "view_const":
+            y = y.view(2, 256)
+        elif self.how == "reshape_const":
+            y = y.reshape(2, 16 * 16)
+        elif self.how == "reshape_tuple":
+            y = torch.reshape(y, (-1, 256))
+        return self.fc2(F.relu(self.fc1(y)))
+
+
+@pytest.mark.parametrize("how", ["flatten", "module", "view_size", "view_const", "reshape_const", "reshape_tuple"])
+def test_flatten_into_linear(how):
+    m = FlattenNet(how)
+    r = check(m, torch.randn(2, 3, 8, 8))
+    kept = sub(r, "c1").out_channels
+    assert kept == 8
+    assert sub(r, "fc1").in_features == kept * 16 and sub(r, "fc1").weight.shape[1] == kept * 16
+    assert sub(r, "fc1").out_features == 16 and sub(r, "fc2").in_features == 16
+    # the linear layer keeps the 16 spatial columns of every kept channel, in order
+    keep = kept_indices(m.c1.weight, sub(r, "c1").weight, 0)
+    cols = [c * 16 + s for c in keep for s in range(16)]
+    assert torch.equal(sub(r, "fc1").weight, m.fc1.weight[kept_indices(m.fc1.weight, sub(r, "fc1").weight, 0)][:, cols])
+
+
+def test_unsqueeze_squeeze():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c1, self.fc, self.c2 = nn.Conv2d(3, 16, 3), nn.Linear(16, 16), nn.Conv2d(16, 4, 1)
+
+        def forward(self, x):
+            y = F.relu(self.c1(x))
+            s = y.mean((2, 3), keepdim=True).squeeze(-1).squeeze(-1)  # [N, 16]
+            v = torch.sigmoid(self.fc(s))
+            g = v.unsqueeze(-1).unsqueeze(-1)  # [N, 16, 1, 1]
+            h = v[:, :, None, None]  # unsqueeze by indexing
+            return self.c2(y * g + h)
+
+    m = Net()
+    r = check(m, torch.randn(2, 3, 6, 6))
+    assert sub(r, "c1").out_channels == 8 and sub(r, "fc").in_features == 8
+    assert sub(r, "fc").out_features == 8 and sub(r, "c2").in_channels == 8
+    assert kept_indices(m.c1.weight, sub(r, "c1").weight, 0) == kept_indices(m.fc.weight, sub(r, "fc").weight, 0)
+
+
+def test_unflatten_head_split():
+    """[N, T, 32] -> [N, T, 4, 8] -> ... -> [N, T, 32]: head dim j of every head goes together."""
+
+    class Net(nn.Module):
+        def __init__(self, module: bool):
+            super().__init__()
+            self.module = module
+            self.fc1, self.fc2 = nn.Linear(8, 32), nn.Linear(32, 4)
+            self.unflat = nn.Unflatten(-1, (4, 8))
+
+        def forward(self, x):
+            y = F.relu(self.fc1(x))
+            h = self.unflat(y) if self.module else y.unflatten(-1, (4, 8))
+            h = h * torch.sigmoid(h.sum(-2, keepdim=True))  # mixes heads: every head keeps the same dims
+            return self.fc2(h.flatten(-2))
+
+    for module in (False, True):
+        m = Net(module)
+        r = check(m, torch.randn(2, 5, 8))
+        assert sub(r, "fc1").out_features == 16 and sub(r, "fc2").in_features == 16
+        keep = kept_indices(m.fc1.weight, sub(r, "fc1").weight, 0)
+        dims = sorted({k % 8 for k in keep})
+        assert keep == [h * 8 + d for h in range(4) for d in dims]
+        if module:
+            assert tuple(sub(r, "unflat").unflattened_size) == (4, 4)
+
+
+class Shuffle(nn.Module):
+    """ShuffleNet's channel shuffle: view [N, g, C/g, H, W] -> transpose -> view [N, C, H, W]."""
+
+    def __init__(self, how: str, groups: int = 1) -> None:
+        super().__init__()
+        self.how = how
+        self.c1 = nn.Conv2d(3, 16, 1)
+        self.c2 = nn.Conv2d(16, 16, 3, padding=1, groups=groups)
+        self.c3 = nn.Conv2d(16, 4, 1)
+
+    def forward(self, x):
+        y = F.relu(self.c1(x))
+        n, c, h, w = y.shape
+        if self.how == "sizes":
+            y = y.view(n, 2, c // 2, h, w).transpose(1, 2).contiguous().view(n, -1, h, w)
+        elif self.how == "const":  # constant ints, as after tracing with a fixed batch size
+            y = y.view(2, 2, 8, 5, 5).transpose(1, 2).contiguous().view(2, 16, 5, 5)
+        else:  # torchvision's shufflenet: reshape + flatten
+            y = torch.transpose(y.reshape(n, 2, c // 2, h, w), 1, 2).contiguous().flatten(1, 2)
+        return self.c3(F.relu(self.c2(y)))
+
+
+@pytest.mark.parametrize("how", ["sizes", "const", "flatten"])
+def test_channel_shuffle(how):
+    m = Shuffle(how)
+    r = check(m, torch.randn(2, 3, 5, 5))
+    keep = kept_indices(m.c1.weight, sub(r, "c1").weight, 0)
+    assert len(keep) == 8
+    # channel j of both shuffle groups is pruned together ...
+    assert [k for k in keep if k < 8] == [k - 8 for k in keep if k >= 8]
+    # ... and c2 keeps the shuffled positions of the kept channels: channel g*8+j lands at 2*j+g
+    assert kept_indices(m.c2.weight, sub(r, "c2").weight, 1) == sorted(2 * (k % 8) + k // 8 for k in keep)
+    assert sub(r, "c2").in_channels == 8 and sub(r, "c3").in_channels == 8
+
+
+def test_channel_shuffle_into_grouped_conv():
+    """After the shuffle, a 2-group conv sees channels {0..3, 8..11} in group 0: whole groups go."""
+    m = Shuffle("sizes", groups=2)
+    r = check(m, torch.randn(2, 3, 5, 5))
+    keep = kept_indices(m.c1.weight, sub(r, "c1").weight, 0)
+    assert keep in ([0, 1, 2, 3, 8, 9, 10, 11], [4, 5, 6, 7, 12, 13, 14, 15])
+    c2 = sub(r, "c2")
+    assert (c2.in_channels, c2.out_channels, c2.groups) == (8, 8, 1)
+
+
+def test_channel_shuffle_module_is_frozen_unless_registered(monkeypatch):
+    """nn.ChannelShuffle is a leaf module the frontend does not know: it freezes, until a rule is registered."""
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c1, self.shuffle, self.c2 = nn.Conv2d(3, 16, 1), nn.ChannelShuffle(2), nn.Conv2d(16, 4, 1)
+
+        def forward(self, x):
+            return self.c2(self.shuffle(F.relu(self.c1(x))))
+
+    m = Net()
+    x = torch.randn(2, 3, 5, 5)
+    r = check(m, x)
+    assert frozen_targets(r) == ["ChannelShuffle"]
+    assert [o.label for o in r.report.frozen_ops] == ["shuffle"]
+    assert sub(r, "c1").out_channels == 16 and sub(r, "c2").in_channels == 16
+    assert "ChannelShuffle" in " ".join(group_of(r, "c1").reasons)
+
+    monkeypatch.delitem(RULES, "ChannelShuffle", raising=False)
+
+    @register("ChannelShuffle")
+    def shuffle_rule(op, ctx):
+        x = op.inputs[0]
+        xl = ctx.get(x)
+        g, c = 2, ctx.shape(x)[1]
+        ctx.tie_strided(xl[1], g)  # channel j of every group: one channel
+        out = list(xl)
+        out[1] = xl[1].reshape(g, c // g).T.reshape(-1)
+        ctx.set(op.outputs[0], out)
+
+    monkeypatch.setitem(RULES, "ChannelShuffle", shuffle_rule)  # undone after the test
+    r = check(m, x)
+    assert r.report.frozen_ops == []
+    assert sub(r, "c1").out_channels == 8 and sub(r, "c2").in_channels == 8
+
+
+# ---------------------------------------------------------------------------
+# unknown ops and user rules
+
+
+@torch.fx.wrap
+def channel_gate(x: torch.Tensor) -> torch.Tensor:
+    """A custom op the registry cannot know: element-wise, but opaque to the tracer."""
+    return x * torch.sigmoid(x)
+
+
+class UnknownNet(nn.Module):
+    def __init__(self, op) -> None:
+        super().__init__()
+        self.op = op
+        self.c1, self.c2, self.c3 = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 16, 1), nn.Conv2d(16, 4, 1)
+
+    def forward(self, x):
+        y = self.c1(x)
+        y = channel_gate(y) if self.op == "wrapped" else self.op(y)  # a wrapped function must be called by its global name
+        return self.c3(F.relu(self.c2(y)))
+
+
+@pytest.mark.parametrize(
+    "name, op, target",
+    [
+        ("flip", lambda t: t.flip(1), "Tensor.flip"),
+        ("cumsum", lambda t: torch.cumsum(t, dim=1), "torch.cumsum"),
+        ("fx.wrap", "wrapped", f"{__name__}.channel_gate"),
+    ],
+)
+def test_unknown_op_freezes_and_is_reported(name, op, target):
+    m = UnknownNet(op)
+    r = check(m, torch.randn(2, 3, 5, 5))
+    assert frozen_targets(r) == [target]
+    # channels touching the unknown op are frozen ...
+    assert sub(r, "c1").out_channels == 16 and sub(r, "c2").in_channels == 16
+    g = group_of(r, "c1")
+    assert g.frozen and any(target in reason and "not in the op registry" in reason for reason in g.reasons)
+    # ... the others are not
+    assert sub(r, "c2").out_channels == 8 and sub(r, "c3").in_channels == 8
+    assert target in r.report.summary()
+
+
+def test_user_registered_rule_makes_an_unknown_op_prunable(monkeypatch):
+    m = UnknownNet("wrapped")
+    x = torch.randn(2, 3, 5, 5)
+    target = f"{__name__}.channel_gate"
+    assert target not in RULES
+
+    def passthrough(op, ctx):
+        ctx.set(op.outputs[0], ctx.get(op.inputs[0]))
+
+    monkeypatch.setitem(RULES, target, passthrough)
+    register(target)(passthrough)
+    r = check(m, x)
+    assert r.report.frozen_ops == []
+    assert sub(r, "c1").out_channels == 8 and sub(r, "c2").in_channels == 8
+
+
+def test_user_rule_for_flip(monkeypatch):
+    """A correct rule for flip over channels: output channel i is input channel C-1-i."""
+    m = UnknownNet(lambda t: t.flip(1))
+    x = torch.randn(2, 3, 5, 5)
+
+    def flip_rule(op, ctx):
+        xl = list(ctx.get(op.inputs[0]))
+        for d in op.source.args[1] if isinstance(op.source.args[1], (list, tuple)) else [op.source.args[1]]:
+            if xl[d] is not None:
+                xl[d] = xl[d][::-1].copy()
+        ctx.set(op.outputs[0], xl)
+
+    monkeypatch.setitem(RULES, "Tensor.flip", flip_rule)
+    r = check(m, x)
+    assert r.report.frozen_ops == []
+    keep = kept_indices(m.c1.weight, sub(r, "c1").weight, 0)
+    assert len(keep) == 8
+    assert kept_indices(m.c2.weight, sub(r, "c2").weight, 1) == sorted(15 - k for k in keep)
+
+
+# ---------------------------------------------------------------------------
+# model outputs
+
+
+def test_model_outputs_are_never_pruned():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c1, self.c2, self.fc = nn.Conv2d(3, 16, 1), nn.Conv2d(16, 16, 1), nn.Linear(16, 6)
+
+        def forward(self, x):
+            y = F.relu(self.c1(x))
+            z = self.c2(y)
+            return z, self.fc(z.mean((2, 3))), y
+
+    m = Net()
+    r = check(m, torch.randn(2, 3, 4, 4))
+    assert sub(r, "c1").out_channels == 16  # y is an output
+    assert sub(r, "c2").out_channels == 16  # z is an output
+    assert sub(r, "fc").out_features == 6
+
+
+@pytest.mark.parametrize("how", ["split", "slice"])
+def test_a_part_whose_channels_all_score_lowest_keeps_one(how):
+    """Regression: split/slice parts holding only low-saliency channels were pruned to zero channels,
+    leaving a conv with no inputs (the rewritten model crashed)."""
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c1, self.a, self.b = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(4, 4, 1), nn.Conv2d(12, 4, 1)
+
+        def forward(self, x):
+            y = F.relu(self.c1(x))
+            p, q = torch.split(y, [4, 12], dim=1) if how == "split" else (y[:, :4], y[:, 4:])
+            return self.a(p) + self.b(q)
+
+    m = Net()
+    with torch.no_grad():
+        m.c1.weight[:4] *= 0.01  # the first part's channels are the least salient of the group
+    r = check(m, torch.randn(2, 3, 6, 6))
+    assert sub(r, "a").in_channels >= 1
+    assert sub(r, "a").in_channels + sub(r, "b").in_channels == sub(r, "c1").out_channels
