@@ -119,7 +119,7 @@ def compile(  # noqa: A001 - the public contract's name
         granularity=granularity,
         min_channels=min_channels,
         scope=scope,
-        ignore=list(ignore),
+        ignore=[ignore] if isinstance(ignore, str) else list(ignore),
         verify=verify,
         rtol=rtol,
         seed=seed,
