@@ -6,6 +6,17 @@ model of the same kind, its report, and a callable that runs it.
 
 from compiler.api import CompileResult, compile
 from compiler.report import Report
+from compiler.workflows import (
+    MagnitudePruner,
+    SparsityRegularizer,
+    bn_l1,
+    distributed_compile,
+    group_weight_decay,
+    iterative_prune,
+    lottery_ticket,
+    rewind,
+    sparsify_and_compact,
+)
 from frontends.errors import (
     InvalidArgumentError,
     PrunecError,
@@ -23,5 +34,14 @@ __all__ = [
     "TraceError",
     "UnsupportedModelError",
     "VerificationError",
+    "iterative_prune",
+    "lottery_ticket",
+    "rewind",
+    "MagnitudePruner",
+    "sparsify_and_compact",
+    "SparsityRegularizer",
+    "group_weight_decay",
+    "bn_l1",
+    "distributed_compile",
 ]
 __version__ = "0.1.0"

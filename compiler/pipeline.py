@@ -15,7 +15,7 @@ from frontends.errors import PrunecError
 from frontends.graph import ChannelGraph
 from passes.channel_analysis import AnalysisResult, ChannelAnalysis
 from passes.cost import graph_macs, graph_params, op_macs
-from passes.saliency import Saliency, SaliencyResult
+from passes.saliency import Saliency, SaliencyResult, reduce_stat
 from passes.selection import Selection, SelectionResult
 
 log = logging.getLogger(__name__)
@@ -135,6 +135,7 @@ def weight_updates(p: Plan, opts: Options, steps: Steps) -> tuple[dict[str, np.n
         info["bias_propagated_constants"] = len(u)
         if skipped:
             info["bias_propagation_skipped"] = sorted(set(skipped))
+    updates = {k: reduce_stat(updates[k]) for k in sorted(updates)}  # across processes, where set (workflows)
     return updates, info
 
 

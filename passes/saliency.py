@@ -10,7 +10,9 @@ a class are averaged, then the layers are combined by the equalization operator.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,9 +21,29 @@ from passes.channel_analysis import AnalysisResult
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Saliency", "SaliencyResult", "EQUALIZATIONS", "unit_norms", "equalize"]
+__all__ = ["Saliency", "SaliencyResult", "EQUALIZATIONS", "unit_norms", "equalize", "reduce_statistics", "reduce_stat"]
 
 _EPS = 1e-12
+
+# An optional reduction of raw statistics across processes (torch.distributed), set by
+# ``reduce_statistics``: applied to every criterion's raw scores before normalization and to
+# the weight updates (bias propagation, compensation), so that every rank prunes identically.
+_REDUCER: ContextVar[Callable[[np.ndarray], np.ndarray] | None] = ContextVar("prunec_reduce", default=None)
+
+
+@contextmanager
+def reduce_statistics(fn: Callable[[np.ndarray], np.ndarray]) -> Iterator[None]:
+    """Within the block, raw criterion statistics pass through ``fn(array) -> array`` (e.g. an all-reduce)."""
+    token = _REDUCER.set(fn)
+    try:
+        yield
+    finally:
+        _REDUCER.reset(token)
+
+
+def reduce_stat(a: np.ndarray) -> np.ndarray:
+    fn = _REDUCER.get()
+    return a if fn is None else fn(a)
 
 
 # name -> (per-class reducer over the member layers' scores)
@@ -117,6 +139,7 @@ class Saliency:
             computed = data.obd()
         elif kind == "synflow":
             computed = data.synflow()
+        computed = {i: reduce_stat(computed[i]) for i in sorted(computed)}
         cls_parts, layer_parts, val_parts = [], [], []
         unit: dict[str, np.ndarray] = {}
         for i, p in enumerate(analysis.producers):
@@ -147,6 +170,7 @@ class Saliency:
             raw = data.mrp(cand)
         else:
             raw = getattr(data, kind)()
+        raw = reduce_stat(raw)
         scores = np.full(analysis.n_classes, np.nan)
         for g in analysis.groups:
             scores[g.classes] = self._normalize(raw[g.classes].astype(np.float64))
