@@ -14,7 +14,9 @@ node the tables do not know becomes ``kind="unknown"``, never a guess.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
 import logging
 import operator
 import os
@@ -53,11 +55,14 @@ class TracedModel:
 
 
 def _user_frame(exc: BaseException) -> str | None:
-    """The innermost traceback frame outside torch: where the model's code failed."""
-    torch_dir = os.path.dirname(torch.__file__)
-    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    """The innermost traceback frame outside torch and prunec: where the model's code failed.
+
+    Generated code (``<string>``, ``<eval_with_key>``) is nobody's source line.
+    """
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    skip = tuple(os.path.join(d, "") for d in [os.path.dirname(torch.__file__)] + [os.path.join(root, p) for p in ("frontends", "passes", "compiler")])
     frames = traceback.extract_tb(exc.__traceback__)
-    user = [f for f in frames if not f.filename.startswith(torch_dir) and not f.filename.startswith(here)]
+    user = [f for f in frames if not f.filename.startswith(skip) and not f.filename.startswith("<")]
     if not user:
         return None
     f = user[-1]
@@ -84,15 +89,29 @@ def _failing_module(model: nn.Module, exc: BaseException) -> str | None:
     return found
 
 
+class _ShapeProp(ShapeProp):
+    node: torch.fx.Node | None = None  # the node being run, to name it when it fails
+
+    def run_node(self, n: torch.fx.Node) -> Any:
+        self.node = n
+        return super().run_node(n)
+
+
 def _shape_prop(gm: torch.fx.GraphModule, inputs: Sequence[Any]) -> None:
+    prop = _ShapeProp(gm)
     try:
-        with torch.no_grad():
-            ShapeProp(gm).propagate(*inputs)
+        # ShapeProp prints a traceback of its own before re-raising: keep it off the user's stderr
+        with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):
+            prop.propagate(*inputs)
     except Exception as exc:  # wrong input shape, dtype, ...
-        where = _user_frame(exc)
+        cause = exc.__cause__ if exc.__cause__ is not None else exc  # ShapeProp wraps the real error
+        where = _user_frame(cause)
+        node = prop.node
+        at = f" in {node.target if node.op == 'call_module' else node.name}" if node is not None else ""
         raise UnsupportedModelError(
-            f"the model does not run on the example inputs ({_describe(inputs)}): "
-            f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}" + (f" at {where}" if where else "")
+            f"the model does not run on the example inputs ({_describe(inputs)}){at}: "
+            f"{type(cause).__name__}: {str(cause).strip().splitlines()[0] if str(cause).strip() else ''}"
+            + (f" at {where}" if where else "")
         ) from exc
 
 
@@ -118,8 +137,11 @@ def trace(model: nn.Module, example_inputs: Sequence[Any]) -> tuple[torch.fx.Gra
         method = "symbolic_trace"
     except Exception as fx_exc:
         log.info("symbolic_trace failed (%s); trying torch.export", fx_exc)
+        disabled = logging.root.manager.disable
+        logging.disable(logging.ERROR)  # torch.export logs and prints pages before it gives up: the user gets one line
         try:
-            ep = torch.export.export(work, tuple(example_inputs), strict=False)
+            with contextlib.redirect_stderr(io.StringIO()):
+                ep = torch.export.export(work, tuple(example_inputs), strict=False)
             gm = ep.module()
             method = "torch.export"
         except Exception as ex_exc:
@@ -133,6 +155,8 @@ def trace(model: nn.Module, example_inputs: Sequence[Any]) -> tuple[torch.fx.Gra
                 msg += f" at {where}"
             msg += f": {first} (torch.export also failed: {type(ex_exc).__name__})"
             raise TraceError(msg, module=module, location=where) from fx_exc
+        finally:
+            logging.disable(disabled)
     _shape_prop(gm, example_inputs)
     return gm, method
 
