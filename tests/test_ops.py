@@ -1251,3 +1251,191 @@ def test_a_part_whose_channels_all_score_lowest_keeps_one(how):
     r = check(m, torch.randn(2, 3, 6, 6))
     assert sub(r, "a").in_channels >= 1
     assert sub(r, "a").in_channels + sub(r, "b").in_channels == sub(r, "c1").out_channels
+
+
+# ---------------------------------------------------------------------------
+# more patterns: other axes, several inputs, in-place ops, attention written out
+
+
+def test_concat_along_a_spatial_axis_ties_the_inputs_channels():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.out = nn.Conv2d(3, 16, 1), nn.Conv2d(3, 16, 1), nn.Conv2d(16, 4, 1)
+
+        def forward(self, x):
+            return self.out(F.relu(torch.cat([self.a(x), self.b(x)], dim=2)))
+
+    m = Net()
+    r = check(m, torch.randn(2, 3, 4, 4))
+    assert sub(r, "a").out_channels == sub(r, "b").out_channels == sub(r, "out").in_channels == 8
+    assert kept_indices(m.a.weight, sub(r, "a").weight, 0) == kept_indices(m.b.weight, sub(r, "b").weight, 0)
+
+
+def test_split_along_a_spatial_axis():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.o1, self.o2 = nn.Conv2d(3, 16, 1), nn.Conv2d(16, 4, 1), nn.Conv2d(16, 4, 1)
+
+        def forward(self, x):
+            p, q = torch.split(F.relu(self.a(x)), [2, 4], dim=2)
+            return torch.cat([self.o1(p), self.o2(q)], dim=2)
+
+    r = check(Net(), torch.randn(2, 3, 6, 4))
+    assert sub(r, "a").out_channels == 8 and sub(r, "o1").in_channels == sub(r, "o2").in_channels == 8
+
+
+def test_parameter_on_the_left_of_matmul():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.W, self.o = nn.Parameter(torch.randn(12, 8)), nn.Linear(12, 2)
+
+        def forward(self, x):  # x: [N, 8, T]
+            return self.o(F.relu(torch.matmul(self.W, x)).transpose(1, 2))
+
+    m = Net()
+    r = check(m, torch.randn(2, 8, 5))
+    assert r.model.W.shape == (6, 8) and sub(r, "o").in_features == 6
+
+
+def test_two_inputs():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.o = nn.Conv2d(3, 16, 1), nn.Conv2d(5, 16, 1), nn.Conv2d(16, 4, 1)
+
+        def forward(self, x, y):
+            return self.o(F.relu(self.a(x) + self.b(y)))
+
+    r = check(Net(), torch.randn(2, 3, 4, 4), torch.randn(2, 5, 4, 4))
+    assert sub(r, "a").out_channels == sub(r, "b").out_channels == 8
+    assert sub(r, "a").in_channels == 3 and sub(r, "b").in_channels == 5  # model inputs: never pruned
+
+
+def test_in_place_ops():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.o = nn.Conv2d(3, 16, 1), nn.Conv2d(16, 16, 1), nn.Conv2d(16, 4, 1)
+
+        def forward(self, x):
+            y = F.relu(self.a(x), inplace=True)
+            y += self.b(y)
+            return self.o(y.relu_())
+
+    m = Net()
+    r = check(m, torch.randn(2, 3, 4, 4))
+    assert sub(r, "a").out_channels == sub(r, "b").out_channels == sub(r, "o").in_channels == 8
+
+
+def test_layer_scale_parameter_indexed_and_viewed():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.g, self.o = nn.Conv2d(3, 16, 1), nn.Parameter(torch.randn(16)), nn.Conv2d(16, 4, 1)
+
+        def forward(self, x):
+            return self.o(self.a(x) * self.g[:, None, None] + self.g.view(1, -1, 1, 1))
+
+    m = Net()
+    r = check(m, torch.randn(2, 3, 4, 4))
+    keep = kept_indices(m.a.weight, sub(r, "a").weight, 0)
+    assert torch.equal(r.model.g, m.g[keep])
+
+
+def test_linear_unflattened_back_into_channels():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.fc, self.o = nn.Conv2d(3, 16, 1), nn.Linear(16 * 4 * 4, 8 * 4 * 4), nn.Conv2d(8, 2, 1)
+
+        def forward(self, x):
+            y = F.relu(self.fc(torch.flatten(F.relu(self.a(x)), 1)))
+            return self.o(y.unflatten(1, (8, 4, 4)))
+
+    m = Net()
+    r = check(m, torch.randn(2, 3, 4, 4))
+    assert sub(r, "a").out_channels == 8 and sub(r, "fc").in_features == 8 * 16
+    assert sub(r, "fc").out_features == 4 * 16 and sub(r, "o").in_channels == 4
+    # the linear's output neurons go in blocks of 16 (one channel of the unflattened map each)
+    rows = kept_indices(m.fc.weight, sub(r, "fc").weight, 0)
+    assert sorted({k // 16 for k in rows}) == [k // 16 for k in rows[::16]] and len(rows) == 64
+
+
+def test_depthwise_conv1d_on_tokens():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.e, self.c, self.o = nn.Linear(4, 16), nn.Conv1d(16, 16, 3, padding=1, groups=16), nn.Linear(16, 2)
+
+        def forward(self, x):
+            h = F.gelu(self.e(x))
+            return self.o(h + self.c(h.transpose(1, 2)).transpose(1, 2))
+
+    m = Net()
+    r = check(m, torch.randn(2, 7, 4))
+    assert sub(r, "e").out_features == 8 and sub(r, "c").groups == 8 and sub(r, "o").in_features == 8
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention written out: head split by view, q @ k^T, softmax over keys, @ v."""
+
+    def __init__(self, heads: int, dim: int) -> None:
+        super().__init__()
+        self.h, self.d = heads, dim
+        D = heads * dim
+        self.q, self.k, self.v, self.proj = nn.Linear(16, D), nn.Linear(16, D), nn.Linear(16, D), nn.Linear(D, 16)
+        self.fc = nn.Linear(16, 4)
+        self.scale = dim**-0.5
+
+    def forward(self, x):
+        B, T, _ = x.shape
+        q = self.q(x).view(B, T, self.h, self.d).transpose(1, 2)
+        k = self.k(x).view(B, T, self.h, self.d).transpose(1, 2)
+        v = self.v(x).view(B, T, self.h, self.d).transpose(1, 2)
+        a = torch.softmax(q @ k.transpose(-2, -1) * self.scale, dim=-1)
+        y = (a @ v).transpose(1, 2).reshape(B, T, self.h * self.d)
+        return self.fc(F.relu(x + self.proj(y)))
+
+
+@pytest.mark.parametrize("heads, dim", [(2, 8), (4, 4), (8, 2)])
+def test_attention_written_out(heads, dim):
+    m = Attention(heads, dim)
+    r = check(m, torch.randn(2, 5, 16), independent=False)
+    D = heads * dim
+    for n in "qkv":
+        assert sub(r, n).out_features == D // 2
+    assert sub(r, "proj").in_features == D // 2
+    q_keep = kept_indices(m.q.weight, sub(r, "q").weight, 0)
+    assert q_keep == kept_indices(m.k.weight, sub(r, "k").weight, 0)
+    # whole heads or the same dims of every head: the [h, d] structure stays rectangular
+    heads_kept = sorted({i // dim for i in q_keep})
+    dims_kept = sorted({i % dim for i in q_keep})
+    assert q_keep == [h * dim + d for h in heads_kept for d in dims_kept]
+
+
+@pytest.mark.parametrize("kind", ["sdpa", "MultiheadAttention"])
+def test_attention_ops_not_in_the_registry_freeze(kind):
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inp, self.q, self.k, self.v = nn.Linear(8, 16), nn.Linear(16, 16), nn.Linear(16, 16), nn.Linear(16, 16)
+            self.att = nn.MultiheadAttention(16, 4, batch_first=True)
+            self.fc = nn.Linear(16, 4)
+
+        def forward(self, x):
+            h = F.relu(self.inp(x))
+            if kind == "sdpa":
+                return self.fc(F.scaled_dot_product_attention(self.q(h), self.k(h), self.v(h)))
+            return self.fc(self.att(h, h, h)[0])
+
+    r = check(Net(), torch.randn(2, 5, 8))
+    if kind == "sdpa":
+        assert frozen_targets(r) == ["torch.scaled_dot_product_attention"]
+        assert [sub(r, n).out_features for n in "qkv"] == [16, 16, 16]
+        assert sub(r, "inp").out_features == 8  # feeds only linears: still prunable
+    else:
+        assert frozen_targets(r) == ["MultiheadAttention"]
+        assert sub(r, "inp").out_features == 16
