@@ -34,10 +34,13 @@ __all__ = ["VerifyFX", "VerifyResult", "flat_tensors"]
 @dataclass
 class VerifyResult:
     passed: bool
-    max_abs_error: float
-    reference_scale: float
+    max_abs_error: float  # at the model outputs
+    reference_scale: float  # max |output| of the reference
     tolerance: float
     dtype: str
+    nodes_checked: int = 0  # intermediate tensors compared at their kept positions
+    max_node_error: float = 0.0  # worst |difference| / max |reference| over those tensors
+    worst_node: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -53,13 +56,38 @@ def flat_tensors(x: Any) -> list[torch.Tensor]:
     return []
 
 
+class _Capture(torch.fx.Interpreter):
+    """Runs a graph module and keeps every floating-point tensor a node produces."""
+
+    def __init__(self, gm) -> None:
+        super().__init__(gm)
+        self.values: dict[str, Any] = {}
+
+    def run_node(self, n: torch.fx.Node) -> Any:
+        out = super().run_node(n)
+        if n.op not in ("placeholder", "output", "get_attr"):
+            # clone: a later in-place op (ReLU(inplace=True)) must not change what was captured
+            if isinstance(out, torch.Tensor) and out.is_floating_point():
+                self.values[n.name] = out.clone()
+            elif isinstance(out, (tuple, list)) and any(isinstance(o, torch.Tensor) for o in out):
+                self.values[n.name] = [o.clone() if isinstance(o, torch.Tensor) else o for o in out]
+        return out
+
+
 class _Masked(torch.fx.Interpreter):
-    def __init__(self, gm, masks: dict[str, list[torch.Tensor | None]], ln_nodes: dict[str, int]) -> None:
+    def __init__(self, gm, masks: dict[str, list[torch.Tensor | None]], ln_nodes: dict[str, int], on_node=None) -> None:
         super().__init__(gm)
         self.masks = masks
         self.ln_nodes = ln_nodes
+        self.on_node = on_node
 
     def run_node(self, n: torch.fx.Node) -> Any:
+        out = self._run(n)
+        if self.on_node is not None:
+            self.on_node(n, out)
+        return out
+
+    def _run(self, n: torch.fx.Node) -> Any:
         if n.name in self.ln_nodes:
             out = self._masked_layer_norm(n)
         else:
@@ -140,10 +168,31 @@ class VerifyFX:
                 out[node_name] = ms
         return out
 
-    def reference(self, traced: TracedModel, analysis: AnalysisResult, pruned: np.ndarray, inputs: Sequence[Any], gm=None) -> Any:
+    def reference(
+        self, traced: TracedModel, analysis: AnalysisResult, pruned: np.ndarray, inputs: Sequence[Any], gm=None, on_node=None
+    ) -> Any:
         ln = {op.name: int(op.attrs["ndim"]) for op in analysis.graph.ops.values() if op.kind == "layer_norm"}
         with torch.no_grad():
-            return _Masked(gm if gm is not None else traced.gm, self.masks(traced, analysis, pruned), ln).run(*inputs)
+            return _Masked(gm if gm is not None else traced.gm, self.masks(traced, analysis, pruned), ln, on_node).run(*inputs)
+
+    @staticmethod
+    def _kept_index(traced: TracedModel, analysis: AnalysisResult, pruned: np.ndarray) -> dict[str, list[list[torch.Tensor | None]]]:
+        """Per node and output: the kept indices of every pruned dim (None: nothing removed there)."""
+        out: dict[str, list[list[torch.Tensor | None]]] = {}
+        for node_name, values in traced.node_values.items():
+            per_value = []
+            for v in values:
+                lab = analysis.labels.get(v) or []
+                dims: list[torch.Tensor | None] = []
+                for dl in lab:
+                    if dl is None:
+                        dims.append(None)
+                        continue
+                    keep = ~pruned[analysis.atom_class[dl]]
+                    dims.append(None if keep.all() else torch.as_tensor(np.flatnonzero(keep)))
+                per_value.append(dims)
+            out[node_name] = per_value
+        return out
 
     def call(
         self,
@@ -163,9 +212,10 @@ class VerifyFX:
             log.info("float64 verification failed (%s); comparing in float32", exc)
             res = self._compare(traced, analysis, pruned, module, inputs, torch.float32, updates)
         if not res.passed:
+            where = f"; worst intermediate tensor {res.worst_node}: relative error {res.max_node_error:.3g}" if res.worst_node else ""
             raise VerificationError(
                 f"pruned model differs from the original with removed channels zeroed: max abs error "
-                f"{res.max_abs_error:.3g} > tolerance {res.tolerance:.3g} ({res.dtype})",
+                f"{res.max_abs_error:.3g} at the outputs (tolerance {res.tolerance:.3g}, {res.dtype}){where}",
                 res.max_abs_error,
             )
         return res
@@ -177,9 +227,48 @@ class VerifyFX:
         apply_updates(ref_gm, updates)
         ref_gm = ref_gm.to(dtype)
         new = copy.deepcopy(module).to(dtype).eval()
-        ref = flat_tensors(self.reference(traced, analysis, pruned, ins, gm=ref_gm))
+        check_nodes = dtype == torch.float64 and isinstance(new, torch.fx.GraphModule)
+        captured: dict[str, Any] = {}
         with torch.no_grad():
-            got = flat_tensors(new(*ins))
+            if check_nodes:
+                cap = _Capture(new)
+                got_out = cap.run(*ins)
+                captured = cap.values
+            else:
+                got_out = new(*ins)
+        got = flat_tensors(got_out)
+        kept = self._kept_index(traced, analysis, pruned) if check_nodes else {}
+        node_stats = {"n": 0, "err": 0.0, "worst": ""}
+
+        def on_node(n: torch.fx.Node, ref_out: Any) -> None:
+            mine = captured.get(n.name)
+            if mine is None:
+                return
+            refs = [ref_out] if isinstance(ref_out, torch.Tensor) else list(ref_out) if isinstance(ref_out, (tuple, list)) else []
+            mines = [mine] if isinstance(mine, torch.Tensor) else list(mine)
+            for i, (r, m) in enumerate(zip(refs, mines)):
+                if not (isinstance(r, torch.Tensor) and isinstance(m, torch.Tensor)) or not r.is_floating_point():
+                    continue
+                idx = kept.get(n.name, [])
+                dims = idx[i] if i < len(idx) else []
+                for d, ix in enumerate(dims):
+                    if ix is not None and d < r.dim():
+                        r = r.index_select(d, ix)
+                if r.shape != m.shape:
+                    raise VerificationError(
+                        f"node {n.name}: pruned model gives shape {tuple(m.shape)}, the masked original's kept channels {tuple(r.shape)}"
+                    )
+                fin = torch.isfinite(r) & torch.isfinite(m)
+                if r.numel() == 0 or not bool(fin.any()):
+                    continue
+                scale = float(r[fin].abs().max())
+                diff = float((r[fin] - m[fin]).abs().max())
+                rel = diff / scale if scale > 0 else (0.0 if diff == 0 else math.inf)
+                node_stats["n"] += 1
+                if rel > node_stats["err"]:
+                    node_stats["err"], node_stats["worst"] = rel, n.name
+
+        ref = flat_tensors(self.reference(traced, analysis, pruned, ins, gm=ref_gm, on_node=on_node if check_nodes else None))
         if len(ref) != len(got) or any(a.shape != b.shape for a, b in zip(ref, got)):
             raise VerificationError(
                 f"pruned model outputs {[tuple(t.shape) for t in got]} but the original gives {[tuple(t.shape) for t in ref]}"
@@ -203,4 +292,14 @@ class VerifyFX:
             scale = max(scale, float(a.double().abs().max()))
         rtol = self.rtol if dtype == torch.float64 else max(self.rtol, 1e-3)
         tol = self.atol + rtol * scale
-        return VerifyResult(bool(err <= tol), err, scale, tol, str(dtype).replace("torch.", ""))
+        nodes_ok = node_stats["err"] <= rtol
+        return VerifyResult(
+            bool(err <= tol and nodes_ok),
+            err,
+            scale,
+            tol,
+            str(dtype).replace("torch.", ""),
+            int(node_stats["n"]),
+            float(node_stats["err"]),
+            str(node_stats["worst"]),
+        )
