@@ -135,9 +135,7 @@ def compile(  # noqa: A001 - the public contract's name
     if isinstance(model, nn.Module):
         return _compile_torch(model, example_inputs, opts, progress, calibration, loss_fn)
     if isinstance(model, (str, os.PathLike)) or type(model).__name__ == "ModelProto":
-        raise UnsupportedModelError(
-            "ONNX models are not supported by this build of prunec yet; pass a torch.nn.Module"
-        )
+        return _compile_onnx(model, example_inputs, opts, progress)
     raise UnsupportedModelError(f"cannot prune a {type(model).__name__}: expected a torch.nn.Module")
 
 
@@ -187,3 +185,70 @@ def _compile_torch(
         raise PrunecError(f"internal check failed: the pruned model does not trace again: {exc}") from exc
     report = build_report(type(model).__name__, traced.method, p, after.graph, opts, verification, steps.timings, update_info)
     return CompileResult(rewritten.module, report, "torch-eager", p, traced)
+
+
+@dataclass
+class OnnxCompileResult(CompileResult):
+    """``model`` is an ``onnx.ModelProto``; calling the result runs it in ONNX Runtime.
+
+    The session uses the CUDA execution provider where a GPU is present, the CPU
+    provider otherwise. Inputs are arrays or tensors in graph-input order; the
+    output is an array, or a list of arrays for a model with several outputs.
+    """
+
+    _session: Any = field(default=None, repr=False, compare=False)
+
+    def session(self) -> Any:
+        from frontends.onnx_frontend import ort_session
+
+        if self._session is None:
+            self._session = ort_session(self.model, optimize=True, device="auto")
+            self.backend = "onnxruntime-" + self._session.get_providers()[0].replace("ExecutionProvider", "").lower()
+        return self._session
+
+    def __call__(self, *inputs: Any) -> Any:
+        from frontends.onnx_frontend import _to_numpy
+
+        sess = self.session()
+        names = [i.name for i in sess.get_inputs()]
+        if len(inputs) != len(names):
+            raise InvalidArgumentError(f"the model takes {len(names)} inputs {names}, got {len(inputs)}")
+        outs = sess.run(None, {n: _to_numpy(x) for n, x in zip(names, inputs)})
+        return outs[0] if len(outs) == 1 else outs
+
+
+def _compile_onnx(model: Any, example_inputs: Any, opts: Options, progress: Callable[[str], None] | None) -> CompileResult:
+    """Load -> plan -> rewrite -> verify in ONNX Runtime -> re-lower the pruned model and check its MACs."""
+    from frontends.onnx_frontend import load_onnx
+    from passes.rewrite_onnx import RewriteONNX
+    from passes.saliency import Saliency
+    from passes.verify_onnx import VerifyONNX
+
+    if opts.importance in Saliency.NEEDS_MODEL or opts.f_nz is not None or opts.propagate_bias or opts.compensates:
+        raise UnsupportedModelError(
+            f"importance={opts.importance!r}, f_nz, bias propagation and compensation run the model in PyTorch; "
+            "for ONNX models use a weight criterion (l1, l2, random)"
+        )
+    steps = Steps(progress)
+    loaded = steps("load", load_onnx, model, example_inputs, opts.seed)
+    p = plan(loaded.graph, opts, steps)
+    rewritten = steps("rewrite", RewriteONNX().call, loaded, p.analysis, p.selection.pruned)
+    verification = None
+    if opts.verify:
+        verifier = VerifyONNX(rtol=max(opts.rtol, 1e-4))  # ONNX Runtime computes in float32
+        verification = steps("verify", verifier.call, loaded, p.analysis, p.selection.pruned, rewritten.model).to_dict()
+    try:
+        after = steps("measure", load_onnx, rewritten.model, loaded.inputs)
+    except PrunecError as exc:
+        raise PrunecError(f"internal check failed: the pruned ONNX model does not load again: {exc}") from exc
+    extra = {
+        "onnx": {
+            "sliced_constants": rewritten.sliced,
+            "updated_arguments": rewritten.updated_args,
+            "materialized_constants": len(rewritten.materialized),
+            "removed_nodes": rewritten.removed_nodes,
+            "notes": loaded.notes,
+        }
+    }
+    report = build_report(loaded.name, "onnx", p, after.graph, opts, verification, steps.timings, extra)
+    return OnnxCompileResult(rewritten.model, report, "onnxruntime", p, loaded)

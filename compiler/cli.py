@@ -67,7 +67,7 @@ def _default_shape(spec: str) -> tuple[int, ...]:
     return (1, 3, 299, 299) if spec.endswith(":inception_v3") else (1, 3, 224, 224)
 
 
-def _write_atomic(path: str, text: str) -> None:
+def _write_atomic(path: str, text: str | bytes) -> None:
     directory = os.path.dirname(os.path.abspath(path)) or "."
     if not os.path.isdir(directory):
         raise InvalidArgumentError(f"{path}: directory {directory} does not exist")
@@ -76,8 +76,13 @@ def _write_atomic(path: str, text: str) -> None:
     except OSError as exc:
         raise InvalidArgumentError(f"{path}: cannot write ({exc.strerror})") from None
     try:
-        with os.fdopen(fd, "w") as f:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions
+        with os.fdopen(fd, "wb" if isinstance(text, bytes) else "w") as f:
             f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -112,6 +117,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
     import compiler
 
+    if _is_onnx_file(args.model):
+        return _inspect_onnx(args)
     model = load_model_spec(args.model)
     shape = _parse_shape(args.input_shape) if args.input_shape else _default_shape(args.model)
     x = torch.randn(*shape)
@@ -129,6 +136,162 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _is_onnx_file(spec: str) -> bool:
+    return spec.lower().endswith(".onnx") or (":" not in spec and os.path.exists(spec))
+
+
+def _number(flag: str, text: str | None, kind: type = float) -> Any:
+    if text is None:
+        return None
+    try:
+        return kind(text)
+    except ValueError:
+        what = "an integer" if kind is int else "a number"
+        raise InvalidArgumentError(f"{flag} {text!r}: expected {what}") from None
+
+
+def _onnx_inputs(path: str, shapes: Sequence[str] | None) -> dict[str, Any] | None:
+    """Random example inputs of the ``--input-shape`` shapes (one per graph input, in order)."""
+    if not shapes:
+        return None
+    import numpy as np
+
+    from frontends.onnx_frontend import _np_dtype, _real_inputs, load_proto
+
+    proto, _ = load_proto(path)
+    ins = _real_inputs(proto)
+    if len(shapes) != len(ins):
+        raise InvalidArgumentError(f"{path}: the model has {len(ins)} inputs {[i.name for i in ins]}, got {len(shapes)} --input-shape")
+    rng = np.random.default_rng(0)
+    out = {}
+    for vi, text in zip(ins, shapes):
+        shape, dt = _parse_shape(text), _np_dtype(vi.type.tensor_type.elem_type)
+        out[vi.name] = rng.standard_normal(shape).astype(dt) if dt.kind == "f" else np.zeros(shape, dtype=dt)
+    return out
+
+
+def _check_output(path: str, source: str) -> None:
+    """Fail before any work when ``path`` cannot be written or is the input itself."""
+    directory = os.path.dirname(os.path.abspath(path)) or "."
+    if os.path.isdir(path):
+        raise InvalidArgumentError(f"{path}: is a directory; give an output file name")
+    if os.path.exists(source) and os.path.exists(path) and os.path.samefile(source, path):
+        raise InvalidArgumentError(f"{path}: is the input model; the input is never overwritten, choose another -o")
+    if not os.path.isdir(directory):
+        raise InvalidArgumentError(f"{path}: directory {directory} does not exist")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".prunec-", suffix=".tmp", dir=directory)
+    except OSError as exc:
+        raise InvalidArgumentError(f"{path}: cannot write to {directory} ({exc.strerror})") from None
+    os.close(fd)
+    os.unlink(tmp)
+
+
+def _file_bytes(path: str) -> int:
+    """Size of an ONNX file with its external data files."""
+    from frontends.onnx_frontend import _all_tensors
+
+    import onnx
+
+    total = os.path.getsize(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    seen = set()
+    try:
+        proto = onnx.load(path, load_external_data=False)
+    except Exception:
+        return total
+    for t in _all_tensors(proto):
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            loc = {e.key: e.value for e in t.external_data}.get("location", "")
+            full = os.path.join(folder, loc)
+            if loc and full not in seen and os.path.isfile(full):
+                seen.add(full)
+                total += os.path.getsize(full)
+    return total
+
+
+def _print_report(report: Any) -> None:
+    print(report.summary())
+    print()
+    print(report.groups_table())
+    print()
+    print(report.layers_table())
+
+
+def _inspect_onnx(args: argparse.Namespace) -> int:
+    import compiler
+
+    inputs = _onnx_inputs(args.model, [args.input_shape] if args.input_shape else None)
+    _progress(f"analysing {args.model}")
+    result = compiler.compile(args.model, inputs, ratio=args.ratio, importance=args.importance, verify=args.verify, progress=_progress)
+    _print_report(result.report)
+    if args.json:
+        _write_atomic(args.json, result.report.to_json())
+        print(f"\nwrote {args.json}")
+    return 0
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    """Prune an ONNX file into a smaller ONNX file (written atomically; the input is never touched)."""
+    import compiler
+
+    src, out = args.model, args.output
+    if not out:
+        raise InvalidArgumentError("prune needs an output file: -o OUT.onnx")
+    if not os.path.exists(src):
+        raise UnsupportedModelError(f"{src}: no such file")
+    ratio = _number("--ratio", args.ratio)
+    threshold = _number("--threshold", args.threshold)
+    granularity = _number("--granularity", args.granularity, int)
+    if ratio is not None and threshold is not None:
+        raise InvalidArgumentError("give only one of --ratio and --threshold")
+    if ratio is None and threshold is None:
+        ratio = 0.5
+    _check_output(out, src)
+    inputs = _onnx_inputs(src, args.input_shape)
+    _progress(f"pruning {src}")
+    result = compiler.compile(
+        src,
+        inputs,
+        ratio=ratio,
+        threshold=threshold,
+        importance=args.importance,
+        equalization=args.equalization,
+        granularity=granularity,
+        verify=args.verify,
+        progress=_progress,
+    )
+    try:
+        data = result.model.SerializeToString()
+    except ValueError as exc:  # protobuf's 2 GB limit
+        raise UnsupportedModelError(f"{out}: the pruned model does not fit in one ONNX file ({exc})") from None
+    _progress(f"writing {out}")
+    before = _file_bytes(src)
+    _write_atomic(out, data)
+    report = result.report
+    print(report.summary())
+    print(f"file size    {before / 1e6:.2f} MB -> {len(data) / 1e6:.2f} MB ({len(data) / max(before, 1):.3f}x)")
+    if args.json:
+        _write_atomic(args.json, report.to_json())
+    print(f"wrote {out}")
+    return 0
+
+
+def _add_prune_parser(sub: Any) -> None:
+    r = sub.add_parser("prune", help="prune an ONNX model into a smaller, verified ONNX model")
+    r.add_argument("model", help="input .onnx file (never modified)")
+    r.add_argument("-o", "--output", help="output .onnx file (written atomically)")
+    r.add_argument("--ratio", help="fraction of each group's prunable channels to remove (default 0.5)")
+    r.add_argument("--threshold", help="remove channels whose normalized saliency is below this instead")
+    r.add_argument("--importance", default="l2", help="saliency criterion for ONNX models: l1, l2, random (default l2)")
+    r.add_argument("--equalization", default="arithmetic_mean", help="how coupled layers' scores combine")
+    r.add_argument("--granularity", default="8", help="kept channel counts are multiples of this (default 8)")
+    r.add_argument("--input-shape", action="append", help="example input shape, e.g. 1,3,224,224, for dynamic inputs (once per input)")
+    r.add_argument("--no-verify", dest="verify", action="store_false", help="skip the check in ONNX Runtime")
+    r.add_argument("--json", help="also write the report as JSON to this file")
+    r.set_defaults(func=cmd_prune)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="prunec", description="Structured pruning compiler: smaller dense models, verified.")
     p.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
@@ -141,13 +304,14 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_demo)
 
     i = sub.add_parser("inspect", help="coupled groups, channels, params and MACs of a model")
-    i.add_argument("model", help="torchvision:NAME or package.module:function")
+    i.add_argument("model", help="torchvision:NAME, package.module:function, or an .onnx file")
     i.add_argument("--input-shape", help="example input shape, e.g. 1,3,224,224")
     i.add_argument("--ratio", type=float, default=0.5, help="plan this ratio to show what would be kept (default 0.5)")
     i.add_argument("--importance", default="l2")
     i.add_argument("--no-verify", dest="verify", action="store_false")
     i.add_argument("--json", help="write the report as JSON to this file")
     i.set_defaults(func=cmd_inspect)
+    _add_prune_parser(sub)
     return p
 
 
