@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import operator
 from dataclasses import dataclass
 from typing import Any
 
@@ -86,6 +87,7 @@ class RewriteFX:
     ) -> RewriteResult:
         gm = copy.deepcopy(traced.gm)
         graph = analysis.graph
+        self._node_values = traced.node_values
         created = apply_updates(gm, updates)
         sliced = 0
         with torch.no_grad():
@@ -171,11 +173,14 @@ class RewriteFX:
         before = (tuple(args), dict(kwargs))
         if op.kind == "reshape" and fn in ("view", "reshape", "_unsafe_view"):
             new_out = shape(op.outputs[0])
-            if len(args) == 2 and isinstance(args[1], (list, tuple, torch.Size)):
-                resized = _resize(list(args[1]), new_out)
+            ev = _SizeEval(self._node_values, analysis, pruned)
+            if len(args) == 2 and isinstance(args[1], torch.fx.Node):
+                args[1] = ev.fix(args[1], tuple(new_out))
+            elif len(args) == 2 and isinstance(args[1], (list, tuple, torch.Size)):
+                resized = ev.fix_list(list(args[1]), new_out)
                 args[1] = resized if isinstance(args[1], list) else tuple(resized)
             elif len(args) >= 2:
-                args[1:] = _resize(list(args[1:]), new_out)
+                args[1:] = ev.fix_list(list(args[1:]), new_out)
             elif "shape" in kwargs:
                 kwargs["shape"] = tuple(_resize(list(kwargs["shape"]), new_out))
         elif op.kind == "reshape" and fn == "unflatten":
@@ -251,6 +256,77 @@ class RewriteFX:
             node.args, node.kwargs = tuple(args), kwargs
             return True
         return False
+
+
+class _Unknown(Exception):
+    pass
+
+
+class _SizeEval:
+    """Sizes computed at run time (``x.size(1)``, ``x.shape[:-1] + (h, d)``), evaluated on the pruned shapes.
+
+    A run-time size is right after pruning only if it comes from a tensor pruned
+    like the reshaped one; MaxViT and Swin read the residual width to reshape
+    attention heads. Sizes that evaluate to the wrong value are replaced by the
+    right constant (or, for ``tuple + tuple``, the constant part is fixed), and
+    sizes that still evaluate right stay dynamic (the batch size).
+    """
+
+    _ARITH = {
+        operator.add: operator.add, operator.sub: operator.sub, operator.mul: operator.mul,
+        operator.floordiv: operator.floordiv, operator.mod: operator.mod,
+    }  # fmt: skip
+
+    def __init__(self, node_values: dict[str, list[str]], analysis: AnalysisResult, pruned: np.ndarray) -> None:
+        self.node_values, self.analysis, self.pruned = node_values, analysis, pruned
+
+    def _shape(self, node: torch.fx.Node) -> tuple[int, ...]:
+        vals = self.node_values.get(node.name)
+        if not vals or vals[0] not in self.analysis.graph.values or not self.analysis.graph.values[vals[0]].is_tensor:
+            raise _Unknown
+        return self.analysis.pruned_shape(vals[0], self.pruned)
+
+    def eval(self, a: Any) -> Any:
+        if isinstance(a, (int, float)) and not isinstance(a, bool):
+            return a
+        if isinstance(a, (tuple, list)):
+            return tuple(self.eval(x) for x in a)
+        if not isinstance(a, torch.fx.Node):
+            raise _Unknown
+        if a.op == "call_method" and a.target == "size":
+            shape = self._shape(a.args[0])
+            dim = a.args[1] if len(a.args) > 1 else a.kwargs.get("dim")
+            return shape if dim is None else shape[dim]
+        if a.op == "call_function" and a.target is getattr and a.args[1] == "shape":
+            return self._shape(a.args[0])
+        if a.op == "call_function" and a.target is operator.getitem:
+            return self.eval(a.args[0])[a.args[1]]
+        if a.op == "call_function" and a.target in self._ARITH:
+            return self._ARITH[a.target](self.eval(a.args[0]), self.eval(a.args[1]))
+        raise _Unknown
+
+    def fix(self, a: Any, want: Any) -> Any:
+        """``a`` (an int, a node, a tuple of them) made to evaluate to ``want``."""
+        if isinstance(a, int):
+            return a if a == -1 else want
+        try:
+            if self.eval(a) == want:
+                return a
+        except (_Unknown, IndexError, TypeError, ZeroDivisionError):
+            return a  # cannot tell: verification will
+        if isinstance(a, torch.fx.Node) and a.op == "call_function" and a.target is operator.add and isinstance(want, tuple):
+            try:
+                k = len(self.eval(a.args[0]))
+            except (_Unknown, TypeError):
+                return tuple(want)
+            a.args = (self.fix(a.args[0], want[:k]), self.fix(a.args[1], want[k:])) + tuple(a.args[2:])
+            return a
+        return tuple(want) if isinstance(want, tuple) else want
+
+    def fix_list(self, sizes: list, new_shape: tuple[int, ...]) -> list:
+        if len(sizes) != len(new_shape):
+            return sizes
+        return [s if isinstance(s, int) and s == -1 else self.fix(s, int(n)) for s, n in zip(sizes, new_shape)]
 
 
 def _resize(sizes: list, new_shape: tuple[int, ...]) -> list:
