@@ -60,28 +60,48 @@ def test_inspect_writes_valid_json(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["report.json"]  # no temporary files left behind
 
 
-@pytest.mark.parametrize(
-    "args, words",
-    [
-        (["inspect", "torchvision:no_such_model"], ["no_such_model"]),
-        (["inspect", "torchvision:resnet18", "--input-shape", "1,3,abc"], ["--input-shape", "1,3,abc"]),
-        (["inspect", "torchvision:resnet18", "--input-shape", "1,0,64,64"], ["--input-shape"]),
-        (["inspect", "torchvision:resnet18", "--input-shape", "1,4,64,64"], ["example inputs"]),
-        (["inspect", "no_such_package.models:build"], ["no_such_package"]),
-        (["inspect", "torchvision:resnet18", "--input-shape", "1,3,64,64", "--ratio", "1.5"], ["ratio"]),
-        (["inspect", "test_errors:Untraceable", "--input-shape", "1,3,8,8"], ["body.2", "test_errors.py"]),
-    ],
-    ids=["unknown-model", "bad-shape", "zero-shape", "wrong-shape", "no-module", "bad-ratio", "untraceable"],
-)
-def test_bad_input_exits_2_with_one_line(tmp_path, args, words):
+BAD_INPUTS = {
+    "unknown-model": (["inspect", "torchvision:no_such_model"], ["no_such_model"]),
+    "bad-shape": (["inspect", "torchvision:resnet18", "--input-shape", "1,3,abc"], ["--input-shape", "1,3,abc"]),
+    "zero-shape": (["inspect", "torchvision:resnet18", "--input-shape", "1,0,64,64"], ["--input-shape"]),
+    "wrong-shape": (["inspect", "torchvision:resnet18", "--input-shape", "1,4,64,64"], ["example inputs", "conv1"]),
+    "no-module": (["inspect", "no_such_package.models:build"], ["no_such_package"]),
+    "bad-ratio": (["inspect", "torchvision:resnet18", "--input-shape", "1,3,64,64", "--ratio", "1.5"], ["ratio"]),
+    "untraceable": (["inspect", "test_errors:Untraceable", "--input-shape", "1,3,8,8"], ["body.2", "test_errors.py:"]),
+}
+
+
+def test_bad_input_exits_2_with_one_line_subprocess(tmp_path):
+    args, words = BAD_INPUTS["untraceable"]
     out = tmp_path / "report.json"
     proc = prunec(*args, "--json", str(out))
     assert_one_line_error(proc, *words)
     assert list(tmp_path.iterdir()) == []  # nothing written
 
 
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_input_exits_2_with_one_line(tmp_path, capfd, case):
+    """The same contract through ``main`` in this process (capfd sees everything written to fd 1 and 2)."""
+    from compiler.cli import main
+
+    args, words = BAD_INPUTS[case]
+    out = tmp_path / "report.json"
+    code = main([*args, "--json", str(out)])
+    stdout, stderr = capfd.readouterr()
+    assert_one_line_error(subprocess.CompletedProcess(args, code, stdout, stderr), *words)
+    assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+def run_main(capfd, *args: str) -> subprocess.CompletedProcess:
+    from compiler.cli import main
+
+    code = main(list(args))
+    stdout, stderr = capfd.readouterr()
+    return subprocess.CompletedProcess(args, code, stdout, stderr)
+
+
 @pytest.mark.parametrize("where", ["missing-dir", "read-only-dir"])
-def test_unwritable_json_exits_2_with_one_line_and_writes_nothing(tmp_path, where):
+def test_unwritable_json_exits_2_with_one_line_and_writes_nothing(tmp_path, capfd, where):
     if where == "missing-dir":
         target = tmp_path / "no" / "such" / "dir" / "report.json"
     else:
@@ -91,24 +111,28 @@ def test_unwritable_json_exits_2_with_one_line_and_writes_nothing(tmp_path, wher
         ro.mkdir()
         ro.chmod(0o500)
         target = ro / "report.json"
-    proc = prunec("inspect", "torchvision:resnet18", "--input-shape", "1,3,32,32", "--json", str(target))
+    proc = run_main(capfd, "inspect", "torchvision:resnet18", "--input-shape", "1,3,32,32", "--json", str(target))
     assert_one_line_error(proc, str(target))
     assert not target.exists()
     if where == "missing-dir":
         assert list(tmp_path.iterdir()) == []
 
 
-def test_json_path_that_is_a_directory(tmp_path):
-    proc = prunec("inspect", "torchvision:resnet18", "--input-shape", "1,3,32,32", "--json", str(tmp_path))
-    assert_one_line_error(proc)
+def test_json_path_that_is_a_directory(tmp_path, capfd):
+    proc = run_main(capfd, "inspect", "torchvision:resnet18", "--input-shape", "1,3,32,32", "--json", str(tmp_path))
+    assert_one_line_error(proc, str(tmp_path))
     assert list(tmp_path.iterdir()) == []
+    assert not any(p.name.startswith(".prunec-") for p in tmp_path.parent.iterdir())  # no temporary file left
 
 
-def test_usage_errors_exit_2():
-    proc = prunec("inspect")
-    assert proc.returncode == 2 and "usage" in proc.stderr and "Traceback" not in proc.stderr
-    proc = prunec("no-such-command")
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+@pytest.mark.parametrize("args", [["inspect"], ["no-such-command"], ["inspect", "torchvision:resnet18", "--ratio", "x"]])
+def test_usage_errors_exit_2(capfd, args):
+    from compiler.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main(args)
+    _, err = capfd.readouterr()
+    assert info.value.code == 2 and "usage" in err and "Traceback" not in err
 
 
 def test_main_in_process(capsys):
