@@ -25,7 +25,6 @@ the tables do not know, or whose arguments are only known at run time, becomes
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 import os
@@ -470,17 +469,23 @@ def evaluate_static(
     model: onnx.ModelProto,
     nodes: Sequence[int],
     shape_of: Callable[[str], tuple[int, ...] | None],
+    all_initializers: bool = True,
 ) -> tuple[dict[str, np.ndarray], list[int]]:
     """Evaluate static nodes with the reference evaluator; ``Shape``/``Size`` read ``shape_of``.
 
-    Returns (values, nodes evaluated). A node that cannot be evaluated, and every
-    static node depending on it, is left out.
+    Returns (values, nodes evaluated): the outputs of the evaluated nodes and the
+    initializers (all of them, or only those the nodes read). A node that cannot
+    be evaluated, and every static node depending on it, is left out.
     """
     from onnx.reference import ReferenceEvaluator
 
     g = model.graph
     real_inputs = {vi.name for vi in _real_inputs(model)}
-    env: dict[str, np.ndarray] = {t.name: numpy_helper.to_array(t) for t in g.initializer if t.name not in real_inputs}
+    inits = [t for t in g.initializer if t.name not in real_inputs]
+    if not all_initializers:
+        read = {x for i in nodes for x in g.node[i].input}
+        inits = [t for t in inits if t.name in read]
+    env: dict[str, np.ndarray] = {t.name: numpy_helper.to_array(t) for t in inits}
     opsets = {(o.domain or ""): int(o.version) for o in model.opset_import}
     opsets.setdefault("", onnx_opset(model) or MIN_OPSET)
     done: list[int] = []

@@ -150,10 +150,13 @@ class RewriteONNX:
                 return pshape(v)
             return om.shapes.get(v)
 
-        env, done = evaluate_static(m, om.static_nodes, shape_of)
+        env, done = evaluate_static(m, om.static_nodes, shape_of, all_initializers=False)
         if done != om.static_nodes:
             lost = [nodes[i].name or nodes[i].op_type for i in om.static_nodes if i not in set(done)]
             raise RuntimeError(f"cannot evaluate {lost[:3]} on the pruned shapes")
+        for a in om.args:  # arguments read straight from an initializer
+            if a.value not in env and a.value in init_pos:
+                env[a.value] = numpy_helper.to_array(g.initializer[init_pos[a.value]])
         consumers: dict[str, list[tuple[int, int]]] = defaultdict(list)
         for i, n in enumerate(nodes):
             for k, x in enumerate(n.input):

@@ -14,7 +14,6 @@ import sys
 import numpy as np
 import onnx
 import pytest
-from onnx import helper, numpy_helper
 
 import compiler
 from compiler import cli
