@@ -250,5 +250,5 @@ def _compile_onnx(model: Any, example_inputs: Any, opts: Options, progress: Call
             "notes": loaded.notes,
         }
     }
-    report = build_report(loaded.name, "onnx", p, after.graph, opts, verification, steps.timings, extra)
+    report = build_report(loaded.name, loaded.method, p, after.graph, opts, verification, steps.timings, extra)
     return OnnxCompileResult(rewritten.model, report, "onnxruntime", p, loaded)

@@ -5,7 +5,8 @@ with the same output shape, keep under 0.6x of the input's weight bytes, pass th
 verification against the masked original, and cost exactly the MACs its plan
 predicted (``compile`` re-lowers the pruned model and checks). Where the export
 keeps the network's structure (resnet, mobilenet), the MACs after pruning equal
-those of the PyTorch path on the same model.
+those of the PyTorch path on the same model. The random architectures of
+test_random_arch, exported, are checked against an independent reference too.
 """
 
 from __future__ import annotations
@@ -17,9 +18,13 @@ import onnx
 import pytest
 import torch
 import torchvision
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import compiler
-from tests._onnx_helpers import prune_onnx, run
+from tests._onnx_helpers import independent_reference, prune_onnx, rel_err, run
+from tests.test_random_arch import RandomNet, policies
+from tests.test_random_arch import blocks as random_blocks
 
 SIZE = 64
 # dead shape computations (Shape -> Gather -> ... -> Slice bounds) the rewrite may replace by constants
@@ -113,3 +118,26 @@ def test_exported_vit_prunes_the_mlps(exporter, tmp_path):
     mlp = [g for g in r.report.groups if g.channels_before == 3072]
     assert len(mlp) == 12 and all(g.channels_after == 1536 for g in mlp)
     assert r.report.macs_ratio < 0.8
+
+
+@settings(max_examples=12, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(blocks=random_blocks, head=st.sampled_from(["flatten", "mean"]), policy=policies, seed=st.integers(0, 2**16))
+def test_random_architectures_exported(blocks, head, policy, seed, tmp_path_factory):
+    """The random networks of test_random_arch, exported (TorchScript) and pruned in ONNX."""
+    torch.manual_seed(seed)
+    m = RandomNet(blocks, head)
+    with torch.no_grad():  # non-trivial norm statistics (folded into the convs by the exporter)
+        for mod in m.modules():
+            if isinstance(mod, torch.nn.BatchNorm2d):
+                mod.running_mean.normal_()
+                mod.running_var.uniform_(0.5, 2.0)
+                mod.weight.normal_()
+    m.eval()
+    path = str(tmp_path_factory.mktemp("rand") / "m.onnx")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(m, (torch.randn(2, 3, 8, 8),), path, dynamo=False, opset_version=17)
+    r = prune_onnx(path, removed_ok=SHAPE_OPS, **policy)
+    feeds = {k: np.random.default_rng(seed).standard_normal(v.shape).astype(np.float32) for k, v in r.traced.inputs.items()}
+    got = run(r.model, feeds, optimize=False)[0]
+    assert rel_err(independent_reference(onnx.load(path), r.model, feeds)[0], got) < 1e-4
