@@ -816,3 +816,22 @@ def test_masked_reference_equals_the_pruned_model_exactly_enough():
     feeds = inputs_for(m, seed=7)
     assert rel_err(run(ref, feeds)[0], run(r.model, feeds)[0]) < 1e-5
     assert rel_err(run(m, feeds)[0], run(r.model, feeds)[0]) > 1e-3  # pruning did change the function
+
+
+def test_float16_model_keeps_its_dtype():
+    text = """
+    g (float16[1,3,8,8] x) => (float16[1,4,8,8] y) {
+      [c1] a = Conv<pads=[1,1,1,1]>(x, w1, b1)
+      [r1] h = Relu(a)
+      [p1] t = Transpose<perm=[0,2,3,1]>(h)
+      [ln] n = LayerNormalization(t, s, b)
+      [p2] u = Transpose<perm=[0,3,1,2]>(n)
+      [c2] y = Conv<pads=[1,1,1,1]>(u, w2, b2)
+    }"""
+    rng = np.random.default_rng(0)
+    f = lambda *s: rng.standard_normal(s).astype(np.float16)  # noqa: E731
+    m = build(text, {"w1": f(8, 3, 3, 3), "b1": f(8), "s": f(8), "b": f(8), "w2": f(4, 8, 3, 3), "b2": f(4)})
+    r = prune_onnx(m)
+    c = consts(r.model)
+    assert c["w1"].dtype == np.float16 and c["w1"].shape == (4, 3, 3, 3) and c["s"].shape == (4,)
+    assert r.report.verification["dtype"].startswith("float16")
