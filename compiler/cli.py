@@ -113,27 +113,78 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
+    """Groups, saliencies, channels, params and MACs; ``--json``/``--html`` files written atomically, all or none."""
+    from compiler.html_report import check_writable, compare_reports, render_html, write_atomic
+
+    outputs = [p for p in (args.json, args.html) if p]
+    if len({os.path.abspath(p) for p in outputs}) < len(outputs):
+        raise InvalidArgumentError(f"{outputs[0]}: --json and --html name the same file")
+    for path in outputs:  # fail before any work
+        check_writable(path)
+        for spec in (args.model, args.pruned):
+            if spec and os.path.exists(path) and os.path.exists(spec) and os.path.samefile(spec, path):
+                raise InvalidArgumentError(f"{path}: is an input model; the input is never overwritten")
+    report = _inspect_report(args.model, args, args.ratio, args.importance, args.verify)
+    compare = None
+    if args.pruned:
+        _progress(f"reading the pruned model {args.pruned} (nothing is pruned in it)")
+        other = _inspect_report(args.pruned, args, 0.0, "l2", False)
+        compare = compare_reports(report, other, args.pruned)
+    _print_report(report)
+    if compare is not None:
+        print()
+        print(_compare_table(report, compare))
+    files: dict[str, str] = {}
+    if args.json:
+        data = report.to_dict()
+        if compare is not None:
+            data["compare"] = compare
+        files[args.json] = json.dumps(data, indent=2, default=str)
+    if args.html:
+        files[args.html] = render_html(report, compare)
+    write_atomic(files)
+    for path in files:
+        print(f"wrote {path}")
+    return 0
+
+
+def _inspect_report(spec: str, args: argparse.Namespace, ratio: float, importance: str, verify: bool) -> Any:
+    """Compile (plan, rewrite, optionally verify) the model a spec names and return its report."""
     import torch
 
     import compiler
 
-    if _is_onnx_file(args.model):
-        return _inspect_onnx(args)
-    model = load_model_spec(args.model)
-    shape = _parse_shape(args.input_shape) if args.input_shape else _default_shape(args.model)
-    x = torch.randn(*shape)
-    _progress(f"analysing {args.model} on input {shape}")
-    result = compiler.compile(model, (x,), ratio=args.ratio, importance=args.importance, verify=args.verify, progress=_progress)
-    report = result.report
-    print(report.summary())
-    print()
-    print(report.groups_table())
-    print()
-    print(report.layers_table())
-    if args.json:
-        _write_atomic(args.json, report.to_json())
-        print(f"\nwrote {args.json}")
-    return 0
+    target: Any = spec
+    if _is_onnx_file(spec):
+        inputs: Any = _onnx_inputs(spec, [args.input_shape] if args.input_shape else None)
+        _progress(f"analysing {spec}")
+    else:
+        target = load_model_spec(spec)
+        shape = _parse_shape(args.input_shape) if args.input_shape else _default_shape(spec)
+        inputs = (torch.randn(*shape),)
+        _progress(f"analysing {spec} on input {shape}")
+    result = compiler.compile(target, inputs, ratio=ratio, importance=importance, verify=verify, progress=_progress)
+    return result.report
+
+
+def _compare_table(report: Any, compare: dict[str, Any]) -> str:
+    from compiler.report import _table
+
+    rows = [("layer", "out before", "out planned", "out in pruned model", "params in pruned model", "")]
+    differ = 0
+    for lr, other in zip(report.layers, compare["layers"], strict=True):
+        before, planned = str(lr.out_channels[0]), str(lr.out_channels[1])
+        if other is None:
+            rows.append((lr.name, before, planned, "-", "-", "not matched"))
+            continue
+        same = other["out_channels"] == lr.out_channels[1] and other["in_channels"] == lr.in_channels[1]
+        differ += not same
+        rows.append((lr.name, before, planned, str(other["out_channels"]), str(other["params"]), "" if same else "differs from plan"))
+    head = (
+        f"compared with {compare['model']}: {compare['matched']}/{len(report.layers)} layers matched by {compare['matched_by']}, "
+        f"{differ} differ from this plan"
+    )
+    return head + "\n" + _table(rows)
 
 
 def _is_onnx_file(spec: str) -> bool:
@@ -218,19 +269,6 @@ def _print_report(report: Any) -> None:
     print(report.layers_table())
 
 
-def _inspect_onnx(args: argparse.Namespace) -> int:
-    import compiler
-
-    inputs = _onnx_inputs(args.model, [args.input_shape] if args.input_shape else None)
-    _progress(f"analysing {args.model}")
-    result = compiler.compile(args.model, inputs, ratio=args.ratio, importance=args.importance, verify=args.verify, progress=_progress)
-    _print_report(result.report)
-    if args.json:
-        _write_atomic(args.json, result.report.to_json())
-        print(f"\nwrote {args.json}")
-    return 0
-
-
 def cmd_prune(args: argparse.Namespace) -> int:
     """Prune an ONNX file into a smaller ONNX file (written atomically; the input is never touched)."""
     import compiler
@@ -303,13 +341,15 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--steps", type=int, default=150)
     d.set_defaults(func=cmd_demo)
 
-    i = sub.add_parser("inspect", help="coupled groups, channels, params and MACs of a model")
+    i = sub.add_parser("inspect", help="coupled groups, saliencies, channels, params and MACs of a model; a picture of its graph")
     i.add_argument("model", help="torchvision:NAME, package.module:function, or an .onnx file")
+    i.add_argument("pruned", nargs="?", help="optional: a pruned version of the model (same kinds of spec) to compare channels with")
     i.add_argument("--input-shape", help="example input shape, e.g. 1,3,224,224")
     i.add_argument("--ratio", type=float, default=0.5, help="plan this ratio to show what would be kept (default 0.5)")
     i.add_argument("--importance", default="l2")
     i.add_argument("--no-verify", dest="verify", action="store_false")
-    i.add_argument("--json", help="write the report as JSON to this file")
+    i.add_argument("--json", help="write the report as JSON to this file (keys: docs/report-schema.md)")
+    i.add_argument("--html", help="write one self-contained HTML page: graph by coupling group, channels, saliency histograms")
     i.set_defaults(func=cmd_inspect)
     _add_prune_parser(sub)
     return p

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -10,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from compiler.graph_view import build_graph_view
 from compiler.report import FrozenOp, GroupReport, LayerReport, Report
 from frontends.errors import PrunecError
 from frontends.graph import ChannelGraph
@@ -163,12 +165,16 @@ def build_report(
     else:
         macs_after, params_after = p.selection.planned_macs, graph_params(g, shape_after)
     layers: list[LayerReport] = []
+    layer_of: dict[str, int] = {}
+    producer_group = {name: grp.id for grp in a.groups for name in grp.producers}
     for op in g.ops.values():
         if op.kind not in ("conv", "linear", "matmul", "embedding"):
             continue
         x, y = op.inputs[0], op.outputs[0]
         ax_in = 1 if op.kind == "conv" else -1
         ax_out = 1 if op.kind == "conv" else -1
+        own = [v for v in op.tensor_inputs() if g.values[v].is_const and g.values[v].trainable]
+        layer_of[op.name] = len(layers)
         layers.append(
             LayerReport(
                 op.label or op.name,
@@ -178,15 +184,20 @@ def build_report(
                 else (0, 0),
                 (g.shape(y)[ax_out], shape_after(y)[ax_out]),
                 (op_macs(op, g.shape), op_macs(op, shape_after)),
+                (sum(math.prod(g.shape(v)) for v in own), sum(math.prod(shape_after(v)) for v in own)),
+                op.kind,
+                producer_group.get(op.name),
             )
         )
     groups: list[GroupReport] = []
     op_label = {op.name: op.label or op.name for op in g.ops.values()}
+    scored_per_unit = p.saliency.importance in Saliency.UNIT
     for grp in a.groups:
         kept = ~pruned[grp.classes]
-        sal = p.saliency.scores[grp.classes]
-        sal = sal[~np.isnan(sal)]
+        sal_all = p.saliency.scores[grp.classes]
+        sal = sal_all[~np.isnan(sal_all)]
         stats = (float(sal.min()), float(np.median(sal)), float(sal.max())) if sal.size else None
+        equalization = p.saliency.equalization if scored_per_unit and len(grp.producers) > 1 else "none"
         groups.append(
             GroupReport(
                 grp.id,
@@ -196,8 +207,14 @@ def build_report(
                 int(grp.widths[grp.frozen].sum()),
                 list(grp.reasons),
                 stats,
+                equalization,
+                [None if np.isnan(s) else float(f"{s:.4g}") for s in sal_all.tolist()],
+                np.flatnonzero(~kept).tolist(),
+                np.flatnonzero(grp.frozen).tolist(),
             )
         )
+    unknown = {u.op for u in a.unknown_ops}
+    graph_view = build_graph_view(a, layer_of, unknown, shape_after)
     frozen_ops = [FrozenOp(u.op, u.target, u.label) for u in a.unknown_ops]
     settings = opts.settings()
     if p.selection.ratio is not None:
@@ -218,6 +235,5 @@ def build_report(
         frozen_ops,
         verification,
         timings,
+        graph_view,
     )
-
-

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-__all__ = ["Report", "LayerReport", "GroupReport", "FrozenOp"]
+__all__ = ["Report", "LayerReport", "GroupReport", "FrozenOp", "GraphView", "GraphNode", "GraphBlock"]
 
 
 @dataclass
@@ -16,6 +17,9 @@ class LayerReport:
     in_channels: tuple[int, int]  # (before, after)
     out_channels: tuple[int, int]
     macs: tuple[int, int]
+    params: tuple[int, int] = (0, 0)  # trainable parameters of the layer's own constants (weight, bias)
+    kind: str = ""  # neutral op kind: conv, linear, matmul, embedding
+    group: int | None = None  # the coupling group of its output channels (None: not scored)
 
 
 @dataclass
@@ -27,6 +31,10 @@ class GroupReport:
     frozen_channels: int
     reasons: list[str]  # why channels are frozen
     saliency: tuple[float, float, float] | None  # min, median, max over the group's channels
+    equalization: str = ""  # how members' scores were combined ("none": one layer, or scored per channel)
+    saliency_values: list[float | None] = field(default_factory=list)  # per coupled channel, 4 significant digits
+    removed: list[int] = field(default_factory=list)  # indices into saliency_values the plan removes
+    frozen_indices: list[int] = field(default_factory=list)  # indices into saliency_values never pruned
 
     @property
     def frozen(self) -> bool:
@@ -38,6 +46,40 @@ class FrozenOp:
     name: str
     target: str
     label: str
+
+
+@dataclass
+class GraphBlock:
+    """A module scope (``layer1.0``) that groups ops in the graph view."""
+
+    name: str
+    parent: int | None  # index into GraphView.blocks
+    type: str = ""  # module class name where the frontend knows it
+
+
+@dataclass
+class GraphNode:
+    """One op of the graph view."""
+
+    name: str  # label: module path or node name
+    kind: str  # neutral op kind
+    target: str  # source op type
+    block: int | None  # innermost enclosing block (index into GraphView.blocks)
+    groups: list[int]  # coupling groups of its output channels
+    channels: tuple[int, int] | None  # output channels (before, after); None: no channel structure tracked
+    shape: list[int] | None  # shape of its first output before pruning
+    frozen: bool  # its output channels are all frozen, or the op itself froze them
+    unknown: bool  # an op the registry does not know (it froze its channels)
+    layer: int | None  # index into Report.layers
+
+
+@dataclass
+class GraphView:
+    """A compact op-level graph for pictures: nodes in topological order, edges as index pairs."""
+
+    nodes: list[GraphNode] = field(default_factory=list)
+    edges: list[tuple[int, int]] = field(default_factory=list)
+    blocks: list[GraphBlock] = field(default_factory=list)
 
 
 @dataclass
@@ -55,6 +97,7 @@ class Report:
     frozen_ops: list[FrozenOp] = field(default_factory=list)
     verification: dict[str, Any] | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    graph: GraphView | None = None
 
     @property
     def macs_ratio(self) -> float:
@@ -100,31 +143,39 @@ class Report:
         return "\n".join(lines)
 
     def groups_table(self, limit: int | None = None) -> str:
-        rows = [("group", "channels", "kept", "frozen", "saliency min/med/max", "members")]
-        for g in self.groups[: limit or len(self.groups)]:
+        """One row per coupling group; ``why`` refers to the numbered reasons listed below the table."""
+        reasons = list(dict.fromkeys(r for g in self.groups for r in g.reasons))
+        ref = {r: i + 1 for i, r in enumerate(reasons)}
+        rows = [("group", "channels", "kept", "equalization", "saliency min/med/max", "frozen", "why", "members")]
+        shown = self.groups[: limit or len(self.groups)]
+        for g in shown:
             members = ", ".join(g.members[:3]) + (f" +{len(g.members) - 3}" if len(g.members) > 3 else "")
             sal = "-" if g.saliency is None else "/".join(f"{s:.2f}" for s in g.saliency)
             frozen = "all" if g.frozen else (str(g.frozen_channels) if g.frozen_channels else "")
-            rows.append((str(g.id), str(g.channels_before), str(g.channels_after), frozen, sal, members))
+            why = ",".join(str(ref[r]) for r in g.reasons[:4]) + ("+" if len(g.reasons) > 4 else "")
+            eq = g.equalization or "-"
+            rows.append((str(g.id), str(g.channels_before), str(g.channels_after), eq, sal, frozen, why, members))
         text = _table(rows)
         if limit and len(self.groups) > limit:
             text += f"\n... {len(self.groups) - limit} more groups"
-        reasons = sorted({r for g in self.groups for r in g.reasons})
         if reasons:
-            text += "\nfrozen because:\n" + "\n".join(f"  - {r}" for r in reasons[:20])
+            text += "\nfrozen because:\n" + "\n".join(f"  {ref[r]:>2}. {r}" for r in reasons[:20])
             if len(reasons) > 20:
-                text += f"\n  ... {len(reasons) - 20} more"
+                text += f"\n  ... {len(reasons) - 20} more (see --json or --html)"
         return text
 
     def layers_table(self, limit: int | None = None) -> str:
-        rows = [("layer", "op", "in", "out", "MACs before", "MACs after")]
+        rows = [("layer", "op", "group", "in", "out", "params before", "params after", "MACs before", "MACs after")]
         for lr in self.layers[: limit or len(self.layers)]:
             rows.append(
                 (
                     lr.name,
                     lr.target,
+                    "-" if lr.group is None else str(lr.group),
                     _arrow(lr.in_channels),
                     _arrow(lr.out_channels),
+                    _h(lr.params[0]),
+                    _h(lr.params[1]),
                     _h(lr.macs[0]),
                     _h(lr.macs[1]),
                 )
@@ -133,6 +184,16 @@ class Report:
         if limit and len(self.layers) > limit:
             text += f"\n... {len(self.layers) - limit} more layers"
         return text
+
+    def to_html(self, path: str | os.PathLike[str], compare: Report | None = None) -> None:
+        """Write the inspection page (one self-contained HTML file) atomically.
+
+        ``compare``: the report of a pruned model of the same architecture; the page
+        then compares per-layer channel counts with it.
+        """
+        from compiler.html_report import write_html
+
+        write_html(self, path, compare=compare)
 
     def __str__(self) -> str:
         return self.summary() + "\n\n" + self.groups_table(limit=30) + "\n\n" + self.layers_table(limit=40)
