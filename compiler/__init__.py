@@ -4,19 +4,10 @@
 model of the same kind, its report, and a callable that runs it.
 """
 
+from typing import TYPE_CHECKING
+
 from compiler.api import CompileResult, compile
 from compiler.report import Report
-from compiler.workflows import (
-    MagnitudePruner,
-    SparsityRegularizer,
-    bn_l1,
-    distributed_compile,
-    group_weight_decay,
-    iterative_prune,
-    lottery_ticket,
-    rewind,
-    sparsify_and_compact,
-)
 from frontends.errors import (
     InvalidArgumentError,
     PrunecError,
@@ -45,3 +36,37 @@ __all__ = [
     "distributed_compile",
 ]
 __version__ = "0.1.0"
+
+# The workflows (compiler/workflows.py) import torch; they load on first use so that
+# ``import compiler`` stays free of it.
+_WORKFLOWS = (
+    "iterative_prune",
+    "lottery_ticket",
+    "rewind",
+    "MagnitudePruner",
+    "sparsify_and_compact",
+    "SparsityRegularizer",
+    "group_weight_decay",
+    "bn_l1",
+    "distributed_compile",
+)
+if TYPE_CHECKING:
+    from compiler.workflows import (
+        MagnitudePruner,
+        SparsityRegularizer,
+        bn_l1,
+        distributed_compile,
+        group_weight_decay,
+        iterative_prune,
+        lottery_ticket,
+        rewind,
+        sparsify_and_compact,
+    )
+
+
+def __getattr__(name: str):
+    if name in _WORKFLOWS:
+        from compiler import workflows
+
+        return getattr(workflows, name)
+    raise AttributeError(f"module 'compiler' has no attribute {name!r}")

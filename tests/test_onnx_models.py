@@ -89,8 +89,17 @@ def test_exported_shufflenet(exporter, tmp_path):
     assert not r.report.frozen_ops
 
 
-def test_dynamic_batch_export(tmp_path):
-    path = export("resnet18", "torchscript", str(tmp_path / "r.onnx"), dynamic_batch=True)
+@pytest.mark.parametrize(
+    "name,exporter",
+    [
+        ("resnet18", "torchscript"),
+        ("shufflenet_v2_x1_0", "torchscript"),  # chunk bounds computed from Shape at run time
+        pytest.param("shufflenet_v2_x1_0", "dynamo", marks=pytest.mark.slow),
+        pytest.param("convnext_tiny", "dynamo", marks=pytest.mark.slow),
+    ],
+)
+def test_dynamic_batch_export(name, exporter, tmp_path):
+    path = export(name, exporter, str(tmp_path / "r.onnx"), dynamic_batch=True)
     x = np.random.default_rng(0).standard_normal((2, 3, SIZE, SIZE)).astype(np.float32)
     r = prune_onnx(path, (x,), ratio=0.5, granularity=8, removed_ok=SHAPE_OPS)
     assert r.model.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "N"
