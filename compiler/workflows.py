@@ -88,7 +88,10 @@ class WorkflowResult:
 
     def table(self) -> str:
         """The history as a markdown table."""
-        rows = ["| step | target | reached | params | MACs | metric after pruning | after training |", "|---|---|---|---|---|---|---|"]
+        rows = [
+            "| step | target | reached | params | MACs | metric after pruning | after training |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for h in self.history:
             tgt = "-" if h.target is None else f"{h.target:.3f}"
             rows.append(
@@ -116,7 +119,7 @@ def _check_schedule(schedule: Sequence[float], cumulative: bool) -> list[float]:
         raise InvalidArgumentError("schedule is empty")
     if any(not 0.0 <= s < 1.0 for s in sched):
         raise InvalidArgumentError(f"schedule fractions must be in [0, 1), got {sched}")
-    if cumulative and any(b < a for a, b in zip(sched, sched[1:])):
+    if cumulative and any(b < a for a, b in zip(sched, sched[1:], strict=False)):
         raise InvalidArgumentError(f"a cumulative schedule must not decrease, got {sched}")
     return sched
 
@@ -225,7 +228,9 @@ def iterative_prune(
         current = _train(train_fn, pruned, step)
         mt = eval_fn(current) if (eval_fn is not None and train_fn is not None) else mp
         history.append(PruneStep(step, target, done, result.report.params_after, macs_cur, mp, mt))
-        log.info("step %d: target %.3f reached %.3f, params %d, MACs %d", step, target, done, history[-1].params, macs_cur)
+        log.info(
+            "step %d: target %.3f reached %.3f, params %d, MACs %d", step, target, done, history[-1].params, macs_cur
+        )
     return WorkflowResult(current, history, results)
 
 
@@ -314,7 +319,9 @@ class MagnitudePruner:
             raise InvalidArgumentError(f"scope must be 'global' or 'layer', got {scope!r}")
         self.model, self.scope = model, scope
         self.layers = {n: m for n, m in model.named_modules() if isinstance(m, _LAYERS)}
-        self.masks: dict[str, torch.Tensor] = {n: torch.ones_like(m.weight, dtype=torch.bool) for n, m in self.layers.items()}
+        self.masks: dict[str, torch.Tensor] = {
+            n: torch.ones_like(m.weight, dtype=torch.bool) for n, m in self.layers.items()
+        }
         self._handles: list[Any] = []
         for n, m in self.layers.items():
             self._handles.append(m.weight.register_hook(lambda g, n=n: g * self.masks[n].to(g.dtype)))
@@ -407,7 +414,9 @@ def sparsify_and_compact(
 # sparsity-inducing regularizers
 
 
-def group_weight_decay(model: nn.Module, example_inputs: Sequence[torch.Tensor] | torch.Tensor | None = None) -> torch.Tensor:
+def group_weight_decay(
+    model: nn.Module, example_inputs: Sequence[torch.Tensor] | torch.Tensor | None = None
+) -> torch.Tensor:
     """Σ over output channels of the L2 norm of the channel's fan-in weights (group lasso, seed 004).
 
     Without ``example_inputs``: every conv/linear output channel on its own. With them the model

@@ -24,7 +24,9 @@ def make_model() -> nn.Module:
 
 def make_data(n_batches: int = 4, batch: int = 16) -> list[tuple[torch.Tensor, torch.Tensor]]:
     g = torch.Generator().manual_seed(1)
-    return [(torch.randn(batch, 1, 8, 8, generator=g), torch.randint(0, 3, (batch,), generator=g)) for _ in range(n_batches)]
+    return [
+        (torch.randn(batch, 1, 8, 8, generator=g), torch.randint(0, 3, (batch,), generator=g)) for _ in range(n_batches)
+    ]
 
 
 CASES = {

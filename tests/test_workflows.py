@@ -75,10 +75,10 @@ def test_iterative_schedule_reaches_cumulative_fractions_and_calls_back():
     assert [c[0] for c in calls] == [1, 2, 3, 4]
     assert [h.step for h in r.history] == [0, 1, 2, 3, 4]
     hidden0 = 48 + 32
-    for h, target in zip(r.history[1:], [0.2, 0.5, 0.8, 0.9]):
+    for h, target in zip(r.history[1:], [0.2, 0.5, 0.8, 0.9], strict=True):
         assert abs(h.fraction - target) <= 0.02, (h.fraction, target)
     # the callback saw the pruned models, and the fractions are the hidden units really removed
-    for (_, units), h in zip(calls, r.history[1:]):
+    for (_, units), h in zip(calls, r.history[1:], strict=True):
         assert abs((1 - (units - 4) / hidden0) - h.fraction) < 1e-9
     assert _hidden_units(r.model) - 4 == round(hidden0 * 0.1)
     params = [h.params for h in r.history]
@@ -205,11 +205,11 @@ def test_magnitude_pruner_holds_zeros_during_training():
         loss = F.cross_entropy(model(x), y)
         opt.zero_grad()
         loss.backward()
-        assert all((m.weight.grad[z] == 0).all() for m, z in zip(pruner.layers.values(), zeros))
+        assert all((m.weight.grad[z] == 0).all() for m, z in zip(pruner.layers.values(), zeros, strict=True))
         opt.step()
-    assert all((m.weight[z] == 0).all() for m, z in zip(pruner.layers.values(), zeros))
+    assert all((m.weight[z] == 0).all() for m, z in zip(pruner.layers.values(), zeros, strict=True))
     assert abs(pruner.prune(0.8) - 0.8) < 0.01
-    assert all((m.weight[z] == 0).all() for m, z in zip(pruner.layers.values(), zeros))  # masks only grow
+    assert all((m.weight[z] == 0).all() for m, z in zip(pruner.layers.values(), zeros, strict=True))  # masks only grow
     pruner.remove()
 
 
@@ -240,7 +240,9 @@ def test_group_weight_decay_couples_residual_channels():
     model = _Res()
     reg = compiler.SparsityRegularizer(model, (torch.randn(1, 1, 8, 8),), group_decay=1.0)
     # the residual stream: stem and conv2 share a channel; conv1 is a group of its own; the output is frozen
-    expect = (_rows(model.stem.weight) + _rows(model.conv2.weight)).sqrt().sum() + _rows(model.conv1.weight).sqrt().sum()
+    expect = (_rows(model.stem.weight) + _rows(model.conv2.weight)).sqrt().sum() + _rows(
+        model.conv1.weight
+    ).sqrt().sum()
     torch.testing.assert_close(reg(), expect)
     # without a trace: one norm per output channel of every layer, output layer included
     flat = sum(_rows(m.weight).sqrt().sum() for m in (model.stem, model.conv1, model.conv2, model.head))
@@ -266,7 +268,7 @@ def test_regularizers_are_differentiable_and_decrease_under_sgd():
         head = model.head.weight.grad  # frozen output channels are not penalized
         assert head is None or not head.any()
         opt.step()
-    assert all(b < a for a, b in zip(values, values[1:])), values
+    assert all(b < a for a, b in zip(values, values[1:], strict=False)), values
 
 
 # -- torch.distributed ----------------------------------------------------------------------------
@@ -274,9 +276,8 @@ def test_regularizers_are_differentiable_and_decrease_under_sgd():
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
 def test_distributed_compile_two_gloo_ranks(tmp_path):
-    import torch.multiprocessing as mp
-
     import _dist_worker as w
+    import torch.multiprocessing as mp
 
     method = "fork" if sys.platform.startswith("linux") else "spawn"
     mp.start_processes(w.worker, args=(2, str(tmp_path)), nprocs=2, join=True, start_method=method)

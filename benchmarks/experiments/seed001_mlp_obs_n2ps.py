@@ -64,16 +64,30 @@ def main() -> None:
         results = {}
         for j, ratio in enumerate(RATIOS):
             for imp in ("l2", "obs", "n2ps"):
-                results[imp] = compiler.compile(model, (xtr[:2],), ratio=ratio, importance=imp, calibration=cal, granularity=1)
+                results[imp] = compiler.compile(
+                    model, (xtr[:2],), ratio=ratio, importance=imp, calibration=cal, granularity=1
+                )
             kept[seed, j] = results["l2"].report.params_ratio
             for label, imp, retrain in METHODS:
                 pruned = results[imp].model
                 if retrain:
-                    pruned = train(copy.deepcopy(pruned), xtr, ytr, args.retrain_epochs, seed, lr=1e-3, batch=64, opt="adam", weight_decay=1e-4)
+                    pruned = train(
+                        copy.deepcopy(pruned),
+                        xtr,
+                        ytr,
+                        args.retrain_epochs,
+                        seed,
+                        lr=1e-3,
+                        batch=64,
+                        opt="adam",
+                        weight_decay=1e-4,
+                    )
                 acc[label][seed, j] = accuracy(pruned, xte, yte)
             print(f"seed {seed} ratio {ratio:.2f} params kept {kept[seed, j]:.3f}: "
                   + ", ".join(f"{m[0]} {acc[m[0]][seed, j]:.3f}" for m in METHODS), flush=True)  # fmt: skip
-        r = compiler.compile(model, (xtr[:2],), importance="n2ps", normalizer="mean", threshold=1.0, calibration=cal, granularity=1)
+        r = compiler.compile(
+            model, (xtr[:2],), importance="n2ps", normalizer="mean", threshold=1.0, calibration=cal, granularity=1
+        )
         widths = [m.out_features for m in r.model.modules() if isinstance(m, nn.Linear)][:2]
         native.append((r.report.params_ratio, accuracy(r.model, xte, yte), widths))
         print(f"seed {seed}: unpruned {base[-1]:.3f}; N2PS below-average rule keeps {widths} neurons, "
@@ -142,9 +156,9 @@ N2PS's own rule (remove the neurons whose significance is below their layer's av
 (seed 0), {nx:.3f} of the parameters, accuracy {ny:.3f} (unpruned {np.mean(base):.3f}).
 
 **Headline.** {close}. {order}: at {x[j10]:.2f} of the parameters
-magnitude falls to {worst['magnitude']:.3f}, L-OBS keeps {worst['L-OBS']:.3f} and L-OBS with retraining
-{worst['L-OBS + retrain']:.3f} (magnitude with the same retraining: {worst['magnitude + retrain']:.3f}). N2PS is the weakest
-criterion here ({worst['N2PS']:.3f} at that point; its own below-average rule: {ny:.3f} at {nx:.2f} of the parameters),
+magnitude falls to {worst["magnitude"]:.3f}, L-OBS keeps {worst["L-OBS"]:.3f} and L-OBS with retraining
+{worst["L-OBS + retrain"]:.3f} (magnitude with the same retraining: {worst["magnitude + retrain"]:.3f}). N2PS is the weakest
+criterion here ({worst["N2PS"]:.3f} at that point; its own below-average rule: {ny:.3f} at {nx:.2f} of the parameters),
 as the seed found it on networks with more than 100 neurons.
 """
     print(write("seed001_mlp_obs_n2ps.md", text))

@@ -179,11 +179,23 @@ def main() -> None:
 
     ax = axes[2]
     hs = wf.history[1:]
-    ax.plot([h.params for h in hs], [h.metric_pruned for h in hs], "o--", color="tab:red", label="right after each pruning step")
-    ax.plot([h.params for h in hs], [h.metric for h in hs], "o-", color="tab:red", label="after the training that follows")
+    ax.plot(
+        [h.params for h in hs],
+        [h.metric_pruned for h in hs],
+        "o--",
+        color="tab:red",
+        label="right after each pruning step",
+    )
+    ax.plot(
+        [h.params for h in hs], [h.metric for h in hs], "o-", color="tab:red", label="after the training that follows"
+    )
     for h in hs:
-        ax.annotate(f"{h.target:.1f} of units", (h.params, h.metric), textcoords="offset points", xytext=(4, -12), fontsize=7)
-    ax.scatter([params0], [ref_acc], marker="*", s=150, color="gray", zorder=5, label=f"unpruned run, end ({ref_acc:.3f})")
+        ax.annotate(
+            f"{h.target:.1f} of units", (h.params, h.metric), textcoords="offset points", xytext=(4, -12), fontsize=7
+        )
+    ax.scatter(
+        [params0], [ref_acc], marker="*", s=150, color="gray", zorder=5, label=f"unpruned run, end ({ref_acc:.3f})"
+    )
     ax.set_xlim(params0 * 1.08, 0)
     ax.set_xlabel("dense parameters")
     ax.set_ylabel("test accuracy")
@@ -204,7 +216,17 @@ def main() -> None:
         else ""
     )
     rows = [[f"{r[0]:.2f}", r[1], f"{r[1] / params0:.3f}", "-".join(map(str, r[3])), r[2], r[5]] for r in sweep]
-    table = md_table(["f_nz", "dense params", "of original", "units conv1-conv2-fc1", "accuracy (bias prop.)", "accuracy (no bias prop.)"], rows)
+    table = md_table(
+        [
+            "f_nz",
+            "dense params",
+            "of original",
+            "units conv1-conv2-fc1",
+            "accuracy (bias prop.)",
+            "accuracy (no bias prop.)",
+        ],
+        rows,
+    )
     text = f"""# Seed 002: magnitude pruning schedule, dead units, MRS unit pruning
 
 {stamp(t0, "python benchmarks/experiments/seed002_schedule_dead_units.py")}

@@ -102,17 +102,32 @@ def main() -> None:
                   f"accuracy {acc_p:.4f} -> retrained {acc_r:.4f}; residual streams {rows[-1]['streams']}", flush=True)  # fmt: skip
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.6), sharey=True)
-    colors = dict(zip(EQUALIZATIONS, ["tab:red", "tab:green", "tab:blue", "tab:purple"]))
-    for ax, key, title in ((axes[0], "acc_p", "right after pruning"), (axes[1], "acc_r", f"after {args.retrain_epochs} epochs of retraining")):
+    colors = dict(zip(EQUALIZATIONS, ["tab:red", "tab:green", "tab:blue", "tab:purple"], strict=True))
+    for ax, key, title in (
+        (axes[0], "acc_p", "right after pruning"),
+        (axes[1], "acc_r", f"after {args.retrain_epochs} epochs of retraining"),
+    ):
         for eq in EQUALIZATIONS:
             rs = [r for r in rows if r["eq"] == eq]
-            style = {"arithmetic_mean": dict(ls="-", lw=4, alpha=0.45), "geometric_mean": dict(ls="--", marker="x")}.get(eq, {})
+            style = {
+                "arithmetic_mean": dict(ls="-", lw=4, alpha=0.45),
+                "geometric_mean": dict(ls="--", marker="x"),
+            }.get(eq, {})
             kw = dict(marker="o", ls="-") | style
             ax.plot([r["params"] for r in rs], [r[key] for r in rs], color=colors[eq], label=eq, **kw)
             for r in rs:
-                ax.annotate(f"{r['t']:g}", (r["params"], r[key]), textcoords="offset points", xytext=(3, 3), fontsize=7, color=colors[eq])
+                ax.annotate(
+                    f"{r['t']:g}",
+                    (r["params"], r[key]),
+                    textcoords="offset points",
+                    xytext=(3, 3),
+                    fontsize=7,
+                    color=colors[eq],
+                )
         ref = base_acc if key == "acc_p" else control_acc
-        ax.axhline(ref, color="gray", ls=":", label=f"unpruned{'' if key == 'acc_p' else ', same retraining'} ({ref:.3f})")
+        ax.axhline(
+            ref, color="gray", ls=":", label=f"unpruned{'' if key == 'acc_p' else ', same retraining'} ({ref:.3f})"
+        )
         ax.set_xlim(1.02, 0)
         ax.set_xlabel("fraction of parameters kept (labels: threshold t)")
         ax.set_title(title)
@@ -124,7 +139,15 @@ def main() -> None:
     savefig(fig, "seed004_resnet_equalization.png")
 
     table = md_table(
-        ["equalization", "threshold", "params kept", "MACs kept", "acc. after pruning", "after retraining", "residual streams (channels)"],
+        [
+            "equalization",
+            "threshold",
+            "params kept",
+            "MACs kept",
+            "acc. after pruning",
+            "after retraining",
+            "residual streams (channels)",
+        ],
         [[r["eq"], f"{r['t']:g}", r["params"], r["macs"], r["acc_p"], r["acc_r"], r["streams"]] for r in rows],
     )
     at = {(r["eq"], r["t"]): r for r in rows}
@@ -137,7 +160,9 @@ def main() -> None:
         if all(abs(at[(a, t)]["params"] - at[(b, t)]["params"]) < 1e-12 for t in THRESHOLDS)
     ]
     same_text = (
-        "Operators that kept the same parameter count at every threshold here: " + ", ".join(f"{a} and {b}" for a, b in same) + "."
+        "Operators that kept the same parameter count at every threshold here: "
+        + ", ".join(f"{a} and {b}" for a, b in same)
+        + "."
         if same
         else "No two operators kept the same parameter count at every threshold."
     )
@@ -167,14 +192,14 @@ BN-scale L1 with `importance="bn_scale"` instead.
 
 {table}
 
-**Headline.** The seed's default, threshold 0.1 with the arithmetic mean, keeps {am['params']:.2f} of the
-parameters at accuracy {am['acc_p']:.4f} right after pruning ({am['acc_r']:.4f} after retraining; unpruned {base_acc:.4f}).
+**Headline.** The seed's default, threshold 0.1 with the arithmetic mean, keeps {am["params"]:.2f} of the
+parameters at accuracy {am["acc_p"]:.4f} right after pruning ({am["acc_r"]:.4f} after retraining; unpruned {base_acc:.4f}).
 The operators order as the seed defines them: at t = 0.3 union (a channel goes if any member
-is below t) keeps {un['params']:.2f} of the parameters, intersection (only if all are) {it['params']:.2f}.
+is below t) keeps {un["params"]:.2f} of the parameters, intersection (only if all are) {it["params"]:.2f}.
 {same_text} Accuracy after retraining exceeds the unpruned network's because retraining drops the
 penalty; the unpruned network retrained the same way is the fair reference.
 The smallest network within one point of the unpruned network's accuracy after the same retraining ({control_acc:.4f}):
-{smallest['eq']} at t = {smallest['t']}, {smallest['params']:.2f} of the parameters ({1 / smallest['params']:.1f}x fewer), {smallest['acc_r']:.4f}.
+{smallest["eq"]} at t = {smallest["t"]}, {smallest["params"]:.2f} of the parameters ({1 / smallest["params"]:.1f}x fewer), {smallest["acc_r"]:.4f}.
 The seed reports an order of magnitude fewer parameters on its vision models with the metric
 "barely changing" in most cases and recovering with retraining otherwise.
 """
