@@ -58,6 +58,8 @@ def _check_options(opts: Options) -> None:
         raise InvalidArgumentError(f"granularity must be an integer >= 1, got {opts.granularity!r}")
     if not isinstance(opts.min_channels, int) or opts.min_channels < 1:
         raise InvalidArgumentError(f"min_channels must be an integer >= 1, got {opts.min_channels!r}")
+    if opts.attention not in ("head_dim", "heads"):
+        raise InvalidArgumentError(f"attention must be 'head_dim' or 'heads', got {opts.attention!r}")
     if opts.scope not in ("local", "global"):
         raise InvalidArgumentError(f"scope must be 'local' or 'global', got {opts.scope!r}")
     if isinstance(opts.ignore, str):
@@ -83,6 +85,7 @@ def compile(  # noqa: A001 - the public contract's name
     bias_propagation: bool | None = None,
     compensate: bool | None = None,
     f_nz: float | None = None,
+    attention: str = "head_dim",
     verify: bool = True,
     rtol: float = 1e-5,
     seed: int = 0,
@@ -126,6 +129,7 @@ def compile(  # noqa: A001 - the public contract's name
         f_nz=f_nz,
         bias_propagation=bias_propagation,
         compensate=compensate,
+        attention=attention,
     )
     _check_options(opts)
     try:

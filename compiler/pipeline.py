@@ -44,6 +44,7 @@ class Options:
     bias_propagation: bool | None = None  # None: on for mrs and f_nz
     compensate: bool | None = None  # None: on for obs
     probes: int = 4
+    attention: str = "head_dim"  # or "heads": what a reshape into attention heads prunes
 
     @property
     def propagate_bias(self) -> bool:
@@ -95,7 +96,7 @@ def plan(
     ``make_data(analysis)`` builds the model-and-data view (``DataCriteria``) that
     data-driven criteria, the dead-unit policy and weight updates need.
     """
-    analysis = steps("analyze", ChannelAnalysis(opts.ignore).call, graph)
+    analysis = steps("analyze", ChannelAnalysis(opts.ignore, {"attention": opts.attention}).call, graph)
     needs = opts.importance in Saliency.NEEDS_MODEL or opts.f_nz is not None or opts.propagate_bias or opts.compensates
     data = make_data(analysis) if (needs and make_data is not None) else None
     if needs and data is None:

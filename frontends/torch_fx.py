@@ -32,6 +32,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
 
+from frontends.attention import decompose_attention
 from frontends.errors import TraceError, UnsupportedModelError
 from frontends.graph import ChannelGraph, Op, Value
 
@@ -132,6 +133,9 @@ def trace(model: nn.Module, example_inputs: Sequence[Any]) -> tuple[torch.fx.Gra
                 f"example_inputs must be tensors; got {type(x).__name__} (pass a tuple of tensors, e.g. (x,))"
             )
     work = copy.deepcopy(model).eval()
+    n_mha = decompose_attention(work)
+    if n_mha:
+        log.info("decomposed %d nn.MultiheadAttention module(s) so their heads can be pruned", n_mha)
     try:
         gm = torch.fx.symbolic_trace(work)
         method = "symbolic_trace"
@@ -712,6 +716,16 @@ def _h_matmul(lw, node, args, kwargs) -> bool:
     return True
 
 
+@_handles("scaled_dot_product_attention")
+def _h_sdpa(lw, node, args, kwargs) -> bool:
+    q, k, v = (lw._val(_arg(args, kwargs, i, n)) for i, n in enumerate(("query", "key", "value")))
+    mask = lw._val(_arg(args, kwargs, 3, "attn_mask"))
+    if not (q and k and v):
+        return False
+    lw._emit(node, "attention", [q, k, v, mask], {"scale": _arg(args, kwargs, 6, "scale")})
+    return True
+
+
 @_handles("pad")
 def _h_pad(lw, node, args, kwargs) -> bool:
     x, pads = lw._val(args[0]), _arg(args, kwargs, 1, "pad")
@@ -728,6 +742,10 @@ def _h_getitem(lw, node, args, kwargs) -> bool:
     if not x:
         return False
     idx = idx if isinstance(idx, tuple) else (idx,)
+    ints = [k for k, i in enumerate(idx) if isinstance(i, int) and not isinstance(i, bool)]
+    if len(ints) == 1 and all(isinstance(i, slice) and i == slice(None) for k, i in enumerate(idx) if k != ints[0]):
+        lw._emit(node, "select", [x], {"axis": ints[0], "index": idx[ints[0]]})
+        return True
     if any(i is Ellipsis for i in idx) or any(not isinstance(i, slice) for i in idx):
         if all(i is None or (isinstance(i, slice) and i == slice(None)) or i is Ellipsis for i in idx):
             lw._emit(node, "reshape", [x])  # x[:, None] style unsqueeze
@@ -743,6 +761,34 @@ def _h_getitem(lw, node, args, kwargs) -> bool:
     if not all(v is None or isinstance(v, int) for v in (s.start, s.stop, s.step)):
         return False
     lw._emit(node, "slice", [x], {"axis": axes[0], "start": s.start, "stop": s.stop, "step": s.step})
+    return True
+
+
+@_handles("expand", "expand_as")
+def _h_expand(lw, node, args, kwargs) -> bool:
+    x = lw._val(args[0])
+    if not x or len(lw._meta_values(node)) != 1:
+        return False
+    lw._emit(node, "expand", [x])
+    return True
+
+
+@_handles("unbind")
+def _h_unbind(lw, node, args, kwargs) -> bool:
+    x, dim = lw._val(args[0]), _arg(args, kwargs, 1, "dim", 0)
+    if not x or not isinstance(dim, int) or any(s is None for s, _ in lw._meta_values(node)):
+        return False
+    outs = lw._out(node)
+    lw.graph.add_op(Op(node.name, "unbind", [x], outs, {"axis": dim}, node.name, _target_label(node, lw.gm), node))
+    return True
+
+
+@_handles("select")
+def _h_select(lw, node, args, kwargs) -> bool:
+    x, dim, index = lw._val(args[0]), _arg(args, kwargs, 1, "dim"), _arg(args, kwargs, 2, "index")
+    if not x or not isinstance(dim, int) or not isinstance(index, int):
+        return False
+    lw._emit(node, "select", [x], {"axis": dim, "index": index})
     return True
 
 

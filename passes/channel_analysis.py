@@ -92,12 +92,13 @@ class AnalysisResult:
 class ChannelAnalysis:
     """Find coupled channels and what is frozen. ``call(graph) -> AnalysisResult``."""
 
-    def __init__(self, ignore: Iterable[str] = ()) -> None:
+    def __init__(self, ignore: Iterable[str] = (), options: dict | None = None) -> None:
         self.ignore = set(ignore)
+        self.options = dict(options or {})
 
     def call(self, graph: ChannelGraph) -> AnalysisResult:
         atoms = AtomTable()
-        ctx = RuleContext(graph, atoms)
+        ctx = RuleContext(graph, atoms, self.options)
         unknown: list[UnknownOp] = []
         for op in graph.ops.values():
             ctx.op = op

@@ -26,6 +26,10 @@ def op_macs(op: Op, shape: ShapeFn) -> int:
         return math.prod(shape(op.outputs[0])) * shape(op.inputs[1])[1]
     if op.kind == "matmul":
         return math.prod(shape(op.outputs[0])) * shape(op.inputs[0])[-1]
+    if op.kind == "attention":  # q @ k^T, then weights @ v
+        q, k, v = shape(op.inputs[0]), shape(op.inputs[1]), shape(op.inputs[2])
+        scores = math.prod(q[:-1]) * k[-2]
+        return scores * q[-1] + scores * v[-1]
     return 0
 
 

@@ -66,9 +66,10 @@ class Producer:
 class RuleContext:
     """What a rule may do while the analysis walks the graph."""
 
-    def __init__(self, graph: ChannelGraph, atoms: AtomTable) -> None:
+    def __init__(self, graph: ChannelGraph, atoms: AtomTable, options: dict | None = None) -> None:
         self.graph = graph
         self.atoms = atoms
+        self.options = dict(options or {})  # e.g. {"attention": "heads"}
         self.labels: dict[str, Labels] = {}
         self.producers: list[Producer] = []
         self.op: Op | None = None  # op being analysed
@@ -544,7 +545,7 @@ def _reshape(op: Op, ctx: RuleContext) -> None:
     Each run of dims is one block of positions. A tracked input dim gives every
     position of its block a channel (flatten: each channel expands to its spatial
     block). The output dim that carries the channel is one whose index already
-    determines it (unflatten); otherwise the largest one, and positions are tied so
+    determines it (unflatten); otherwise the largest one (innermost on ties), and positions are tied so
     that it does (heads split [h*d] -> [h, d] prunes head dims; channel shuffle
     [C] -> [g, C/g] ties channel j of every group).
     """
@@ -578,10 +579,92 @@ def _reshape(op: Op, ctx: RuleContext) -> None:
             if np.array_equal(canon, lab):
                 choice, exact = k, True
                 break
+        if choice is None and len(go) >= 2 and ctx.options.get("attention") == "heads" and _feeds_attention(ctx, y):
+            choice = len(go) - 2  # [.., h, d]: keep whole heads
         if choice is None:
-            choice = max(range(len(go)), key=lambda k: (so[go[k]], -k))
+            choice = max(range(len(go)), key=lambda k: (so[go[k]], k))  # ties: the innermost
         o, st = go[choice], ostrides[choice]
         if not exact:
             ctx.atoms.union(lab, lab[((pos // st) % so[o]) * st])
         yl[o] = lab[np.arange(so[o]) * st]
     ctx.set(y, yl)
+
+
+_PASS_THROUGH = {"permute", "identity", "unary", "split", "unbind", "select", "slice", "layer_norm", "binary"}
+
+
+def _feeds_attention(ctx: RuleContext, value: str, depth: int = 6) -> bool:
+    """Does ``value`` reach attention (SDPA, or a matmul of two activations) through shape-preserving ops?"""
+    frontier, seen = [value], set()
+    for _ in range(depth):
+        nxt = []
+        for v in frontier:
+            for user in ctx.graph.values[v].users:
+                op = ctx.graph.ops[user]
+                if op.kind == "attention":
+                    return True
+                if op.kind == "matmul" and not any(ctx.is_const(i) for i in op.tensor_inputs()):
+                    return True
+                if op.kind in _PASS_THROUGH and user not in seen:
+                    seen.add(user)
+                    nxt.extend(op.outputs)
+        frontier = nxt
+    return False
+
+
+@register("attention")
+def _attention(op: Op, ctx: RuleContext) -> None:
+    """scaled_dot_product_attention(q, k, v[, mask]): q·k contract the head dim, v gives the output's.
+
+    Batch and head dims broadcast across q, k and v; the key/value sequence dims
+    are the same positions. A pruned head dim keeps the original scale (the
+    rewrite passes it explicitly).
+    """
+    q, k, v, mask = (op.inputs + [None] * 4)[:4]
+    ql, kl, vl = ctx.get(q), ctx.get(k), ctx.get(v)
+    sq, sk, sv = ctx.shape(q), ctx.shape(k), ctx.shape(v)
+    ctx.tie(ql[-1], kl[-1], "attention over an untracked query/key")
+    ctx.tie(kl[-2], vl[-2], "attention over an untracked key/value sequence")
+    batch = _broadcast_labels(ctx, [ql[:-2], kl[:-2], vl[:-2]], [sq[:-2], sk[:-2], sv[:-2]], "attention batch dims")
+    if mask is not None:
+        for lab in ctx.get(mask):
+            ctx.freeze(lab, "attention mask over a channel dimension")
+    ctx.freeze(ql[-2], "attention over a channel dimension of the sequence")
+    ctx.freeze(kl[-2], "attention over a channel dimension of the sequence")
+    ctx.set(op.outputs[0], batch + [ql[-2], vl[-1]])
+
+
+@register("expand")
+def _expand(op: Op, ctx: RuleContext) -> None:
+    """expand/broadcast_to: kept dims keep their channels; size-1 dims grown by broadcasting have none."""
+    x, y = op.inputs[0], op.outputs[0]
+    xl, si, so = ctx.get(x), ctx.shape(x), ctx.shape(y)
+    lead = len(so) - len(si)
+    out: Labels = [None] * lead
+    for d, lab in enumerate(xl):
+        if si[d] == so[lead + d]:
+            out.append(lab)
+        else:
+            ctx.freeze(lab, "expand of a single-channel dimension")
+            out.append(None)
+    ctx.set(y, out)
+
+
+@register("unbind")
+def _unbind(op: Op, ctx: RuleContext) -> None:
+    """unbind(dim): every output is one index of ``dim`` (a tracked dim there is frozen)."""
+    xl = list(ctx.get(op.inputs[0]))
+    ax = _axis(int(op.attrs["axis"]), len(xl))
+    ctx.freeze(xl[ax], "unbind along a channel dimension")
+    rest = xl[:ax] + xl[ax + 1 :]
+    for out in op.outputs:
+        ctx.set(out, rest)
+
+
+@register("select")
+def _select(op: Op, ctx: RuleContext) -> None:
+    """x.select(dim, i) / x[:, i]: the dim goes away (a tracked dim there is frozen)."""
+    xl = list(ctx.get(op.inputs[0]))
+    ax = _axis(int(op.attrs["axis"]), len(xl))
+    ctx.freeze(xl[ax], "indexing a single channel")
+    ctx.set(op.outputs[0], xl[:ax] + xl[ax + 1 :])

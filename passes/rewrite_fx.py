@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import operator
 from dataclasses import dataclass
 from typing import Any
@@ -216,6 +217,11 @@ class RewriteFX:
                 kwargs["groups"] = new_g
             else:
                 args[6] = new_g
+        elif op.kind == "attention":
+            q = op.inputs[0]
+            old_d, new_d = graph.shape(q)[-1], shape(q)[-1]
+            if old_d != new_d and op.attrs.get("scale") is None:
+                kwargs["scale"] = 1.0 / math.sqrt(old_d)
         elif op.kind == "split":
             ax = op.attrs["axis"] % len(graph.shape(op.inputs[0]))
             new_sizes = [shape(o)[ax] for o in op.outputs]

@@ -1417,7 +1417,10 @@ def test_attention_written_out(heads, dim):
 
 
 @pytest.mark.parametrize("kind", ["sdpa", "MultiheadAttention"])
-def test_attention_ops_not_in_the_registry_freeze(kind):
+@pytest.mark.parametrize("attention", ["head_dim", "heads"])
+def test_attention_ops_are_pruned(kind, attention):
+    """SDPA has a rule (head dims tie q to k; v gives the output); nn.MultiheadAttention is decomposed first."""
+
     class Net(nn.Module):
         def __init__(self):
             super().__init__()
@@ -1429,13 +1432,23 @@ def test_attention_ops_not_in_the_registry_freeze(kind):
             h = F.relu(self.inp(x))
             if kind == "sdpa":
                 return self.fc(F.scaled_dot_product_attention(self.q(h), self.k(h), self.v(h)))
-            return self.fc(self.att(h, h, h)[0])
+            return self.fc(self.att(h, h, h, need_weights=False)[0])  # averaged weights would pin the heads
 
-    r = check(Net(), torch.randn(2, 5, 8))
+    m = Net()
+    x = torch.randn(2, 5, 8)
+    r = compiler.compile(m, (x,), ratio=0.5, granularity=1, attention=attention)
+    assert r.report.verification["passed"]
+    assert frozen_targets(r) == []
     if kind == "sdpa":
-        assert frozen_targets(r) == ["torch.scaled_dot_product_attention"]
-        assert [sub(r, n).out_features for n in "qkv"] == [16, 16, 16]
-        assert sub(r, "inp").out_features == 8  # feeds only linears: still prunable
+        assert sub(r, "q").out_features == sub(r, "k").out_features == 8  # q and k share the contracted dim
+        assert sub(r, "v").out_features == 8 and sub(r, "fc").in_features == 8
+        assert "scale" in r.model.code  # the original 1/sqrt(16) is kept explicitly
     else:
-        assert frozen_targets(r) == ["MultiheadAttention"]
-        assert sub(r, "inp").out_features == 16
+        att = r.model.get_submodule("att")
+        assert att.q_proj.out_features == att.k_proj.out_features == att.v_proj.out_features == 8
+        assert att.out_proj.in_features == 8
+        head_reshape = [line for line in r.model.code.splitlines() if "q_proj.reshape(" in line][0]
+        heads, head_dim = (2, 4) if attention == "heads" else (4, 2)
+        assert f", {heads}, {head_dim})" in head_reshape, head_reshape
+    with torch.no_grad():
+        assert r.model(x).shape == m(x).shape
