@@ -729,9 +729,39 @@ def _h_sdpa(lw, node, args, kwargs) -> bool:
 @_handles("pad")
 def _h_pad(lw, node, args, kwargs) -> bool:
     x, pads = lw._val(args[0]), _arg(args, kwargs, 1, "pad")
-    if not x or not isinstance(pads, (list, tuple)) or not all(isinstance(p, int) for p in pads):
+    if not x or not isinstance(pads, (list, tuple)):
         return False
-    lw._emit(node, "pad", [x], {"pads": list(pads)})
+    if all(isinstance(p, int) for p in pads):
+        lw._emit(node, "pad", [x], {"pads": list(pads)})
+        return True
+    # pad widths computed at run time: the dims that may be padded are the ones the pad list names
+    rank = len(lw.graph.shape(x))
+    zero = lambda p: isinstance(p, int) and p == 0  # noqa: E731
+    dims = [rank - 1 - i for i in range(len(pads) // 2) if not (zero(pads[2 * i]) and zero(pads[2 * i + 1]))]
+    lw._emit(node, "pad", [x], {"padded_dims": dims})
+    return True
+
+
+@_handles("new_zeros", "new_ones", "new_full", "new_empty", "new_tensor", "zeros_like", "ones_like", "full_like",
+          "empty_like", "rand_like", "randn_like")
+def _h_factory(lw, node, args, kwargs) -> bool:
+    """A new tensor: only its shape comes from the input, never its values."""
+    if len(lw._meta_values(node)) != 1:
+        return False
+    lw._emit(node, "factory", [])
+    return True
+
+
+@_handles("roll")
+def _h_roll(lw, node, args, kwargs) -> bool:
+    x, dims = lw._val(args[0]), _arg(args, kwargs, 2, "dims")
+    if not x:
+        return False
+    rank = len(lw.graph.shape(x))
+    dims = list(range(rank)) if dims is None else [dims] if isinstance(dims, int) else list(dims)
+    if not all(isinstance(d, int) for d in dims):
+        return False
+    lw._emit(node, "roll", [x], {"dims": dims})
     return True
 
 
@@ -750,13 +780,21 @@ def _h_getitem(lw, node, args, kwargs) -> bool:
         if all(i is None or (isinstance(i, slice) and i == slice(None)) or i is Ellipsis for i in idx):
             lw._emit(node, "reshape", [x])  # x[:, None] style unsqueeze
             return True
-        return False
+        items = _index_items(idx, lw.graph.shape(x))
+        if items is None:
+            return False
+        lw._emit(node, "index", [x], {"items": items})
+        return True
     axes = [k for k, s in enumerate(idx) if s != slice(None)]
     if len(axes) == 0:
         lw._emit(node, "identity", [x], {"fn": "getitem"})
         return True
     if len(axes) != 1:
-        return False
+        items = _index_items(idx, lw.graph.shape(x))
+        if items is None:
+            return False
+        lw._emit(node, "index", [x], {"items": items})
+        return True
     s = idx[axes[0]]
     if not all(v is None or isinstance(v, int) for v in (s.start, s.stop, s.step)):
         return False
@@ -790,6 +828,36 @@ def _h_select(lw, node, args, kwargs) -> bool:
         return False
     lw._emit(node, "select", [x], {"axis": dim, "index": index})
     return True
+
+
+def _index_items(idx: tuple, shape: tuple[int, ...]) -> list[tuple] | None:
+    """Basic indexing (ints, slices, None, one Ellipsis) as per-dim items in input order."""
+    if sum(i is Ellipsis for i in idx) > 1:
+        return None
+    n_real = sum(1 for i in idx if i is not None and i is not Ellipsis)
+    if n_real > len(shape):
+        return None
+    items: list[tuple] = []
+    d = 0
+    for i in idx:
+        if i is Ellipsis:
+            for _ in range(len(shape) - n_real):
+                items.append(("slice", d, None, None, None))
+                d += 1
+        elif i is None:
+            items.append(("new",))
+        elif isinstance(i, slice) and all(v is None or (isinstance(v, int) and not isinstance(v, bool)) for v in (i.start, i.stop, i.step)):
+            items.append(("slice", d, i.start, i.stop, i.step))
+            d += 1
+        elif isinstance(i, int) and not isinstance(i, bool):
+            items.append(("int", d, i))
+            d += 1
+        else:
+            return None
+    while d < len(shape):
+        items.append(("slice", d, None, None, None))
+        d += 1
+    return items
 
 
 @_handles("narrow")

@@ -397,13 +397,14 @@ def _concat(op: Op, ctx: RuleContext) -> None:
     rank = len(ctx.shape(ins[0]))
     ax = _axis(int(op.attrs["axis"]), rank)
     labs = [ctx.get(v) for v in ins]
-    along = [lab[ax] for lab in labs]
-    if all(a is not None for a in along):
-        cat = np.concatenate(along)
-    else:
-        for a in along:
-            ctx.freeze(a, "concat of tracked and untracked tensors")
-        cat = None
+    along = []
+    for v, lab in zip(ins, labs):
+        a = lab[ax]
+        if a is None:  # an untracked part (a model input, an unknown op's output): its own frozen channels
+            a = ctx.atoms.fresh(ctx.shape(v)[ax])
+            ctx.freeze(a, "concat with an untracked tensor")
+        along.append(a)
+    cat = np.concatenate(along)
     out: Labels = []
     for d in range(rank):
         if d == ax:
@@ -479,12 +480,14 @@ def _pad(op: Op, ctx: RuleContext) -> None:
     """Constant/reflect padding: a padded channel dim is frozen, others pass."""
     x = op.inputs[0]
     xl = list(ctx.get(x))
-    pads = list(op.attrs["pads"])  # torch order: (last_lo, last_hi, prev_lo, prev_hi, ...)
-    for i in range(len(pads) // 2):
-        d = len(xl) - 1 - i
-        if pads[2 * i] or pads[2 * i + 1]:
-            ctx.freeze(xl[d], "padding along a channel dimension")
-            xl[d] = None
+    if "padded_dims" in op.attrs:  # widths known only at run time
+        padded = [_axis(d, len(xl)) for d in op.attrs["padded_dims"]]
+    else:
+        pads = list(op.attrs["pads"])  # torch order: (last_lo, last_hi, prev_lo, prev_hi, ...)
+        padded = [len(xl) - 1 - i for i in range(len(pads) // 2) if pads[2 * i] or pads[2 * i + 1]]
+    for d in padded:
+        ctx.freeze(xl[d], "padding along a channel dimension")
+        xl[d] = None
     ctx.set(op.outputs[0], xl)
 
 
@@ -668,3 +671,44 @@ def _select(op: Op, ctx: RuleContext) -> None:
     ax = _axis(int(op.attrs["axis"]), len(xl))
     ctx.freeze(xl[ax], "indexing a single channel")
     ctx.set(op.outputs[0], xl[:ax] + xl[ax + 1 :])
+
+
+@register("factory")
+def _factory(op: Op, ctx: RuleContext) -> None:
+    """new_zeros/zeros_like/...: a fresh tensor with no channels of its own."""
+    for out in op.outputs:
+        ctx.get(out)
+
+
+@register("roll")
+def _roll(op: Op, ctx: RuleContext) -> None:
+    """torch.roll: a rolled channel dim is frozen (its order changes); other dims pass."""
+    xl = list(ctx.get(op.inputs[0]))
+    for d in op.attrs["dims"]:
+        d = _axis(d, len(xl))
+        ctx.freeze(xl[d], "roll along a channel dimension")
+        xl[d] = None
+    ctx.set(op.outputs[0], xl)
+
+
+@register("index")
+def _index(op: Op, ctx: RuleContext) -> None:
+    """Basic indexing x[..., a:b:s, i, None]: contiguous slices of a channel dim keep their channels;
+    strided slices and single indices of a channel dim are frozen."""
+    x = op.inputs[0]
+    xl, shape = ctx.get(x), ctx.shape(x)
+    out: Labels = []
+    for item in op.attrs["items"]:
+        if item[0] == "new":
+            out.append(None)
+            continue
+        d = item[1]
+        lab = xl[d]
+        if item[0] == "int":
+            ctx.freeze(lab, "indexing a single channel")
+            continue
+        start, stop, step = slice(item[2], item[3], item[4]).indices(shape[d])
+        if lab is not None and step != 1:
+            ctx.freeze(lab, "strided slice over a channel dimension")
+        out.append(None if lab is None else lab[start:stop:step])
+    ctx.set(op.outputs[0], out)

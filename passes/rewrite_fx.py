@@ -128,6 +128,7 @@ class RewriteFX:
             elif node.op in ("call_function", "call_method"):
                 if self._update_call(node, op, analysis, pruned):
                     updated += 1
+        _drop_dead_size_arithmetic(gm.graph)
         gm.graph.lint()
         gm.recompile()
         return RewriteResult(gm, sliced, updated)
@@ -233,6 +234,36 @@ class RewriteFX:
                     kwargs[key] = new_spec
                 else:
                     args[1] = new_spec
+        elif op.kind == "index":
+            x = op.inputs[0]
+            n_shape = graph.shape(x)
+            new_idx: list = []
+            for item in op.attrs["items"]:
+                if item[0] == "new":
+                    new_idx.append(None)
+                elif item[0] == "int":
+                    new_idx.append(item[2])
+                else:
+                    d = item[1]
+                    s = slice(item[2], item[3], item[4])
+                    mask = analysis.keep_mask(x, d, pruned)
+                    if mask is not None and not mask.all() and s != slice(None):
+                        start, stop, _ = s.indices(n_shape[d])
+                        a = int(mask[:start].sum())
+                        s = slice(a, a + int(mask[start:stop].sum()), s.step)
+                    new_idx.append(s)
+            args[1] = tuple(new_idx)
+        elif op.kind in ("binary", "unary"):
+            ev = _SizeEval(self._node_values, analysis, pruned)
+            orig = _SizeEval(self._node_values, analysis, np.zeros_like(pruned))
+            for i, a in enumerate(args):
+                if isinstance(a, torch.fx.Node):
+                    try:
+                        before, after = orig.eval(a), ev.eval(a)
+                    except (_Unknown, IndexError, TypeError, ZeroDivisionError):
+                        continue
+                    if isinstance(before, (int, float)) and before != after:
+                        args[i] = before  # a scale computed from a size keeps the original model's value
         elif op.kind == "slice":
             x = op.inputs[0]
             rank = len(graph.shape(x))
@@ -264,6 +295,23 @@ class RewriteFX:
         return False
 
 
+def _drop_dead_size_arithmetic(graph: torch.fx.Graph) -> None:
+    """Remove unused size reads and int arithmetic (left over where a constant replaced them); nothing else."""
+    changed = True
+    while changed:
+        changed = False
+        for n in reversed(list(graph.nodes)):
+            if n.users:
+                continue
+            pure = (n.op == "call_method" and n.target in ("size", "dim")) or (
+                n.op == "call_function" and (n.target is getattr or getattr(n.target, "__module__", "") in ("_operator", "operator"))
+                and n.target not in (operator.setitem, operator.iadd, operator.imul, operator.isub, operator.itruediv)
+            )
+            if pure:
+                graph.erase_node(n)
+                changed = True
+
+
 class _Unknown(Exception):
     pass
 
@@ -280,7 +328,8 @@ class _SizeEval:
 
     _ARITH = {
         operator.add: operator.add, operator.sub: operator.sub, operator.mul: operator.mul,
-        operator.floordiv: operator.floordiv, operator.mod: operator.mod,
+        operator.floordiv: operator.floordiv, operator.mod: operator.mod, operator.pow: operator.pow,
+        operator.truediv: operator.truediv,
     }  # fmt: skip
 
     def __init__(self, node_values: dict[str, list[str]], analysis: AnalysisResult, pruned: np.ndarray) -> None:

@@ -1452,3 +1452,67 @@ def test_attention_ops_are_pruned(kind, attention):
         assert f", {heads}, {head_dim})" in head_reshape, head_reshape
     with torch.no_grad():
         assert r.model(x).shape == m(x).shape
+
+
+def test_basic_indexing_ellipsis_and_strided_spatial_slices():
+    """Patch merging (Swin): x[..., 0::2, 0::2, :] on channels-last spatial dims keeps the channels prunable."""
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inp = nn.Linear(6, 16)
+            self.merge = nn.Linear(64, 8)
+
+        def forward(self, x):  # x: [B, H, W, 6]
+            h = F.relu(self.inp(x))
+            parts = [h[..., 0::2, 0::2, :], h[..., 1::2, 0::2, :], h[..., 0::2, 1::2, :], h[..., 1::2, 1::2, :]]
+            return self.merge(torch.cat(parts, -1)).mean((1, 2))
+
+    m = Net()
+    x = torch.randn(2, 4, 4, 6)
+    r = compiler.compile(m, (x,), ratio=0.5, granularity=1)
+    assert r.report.verification["passed"] and frozen_targets(r) == []
+    assert sub(r, "inp").out_features == 8 and sub(r, "merge").in_features == 32
+
+
+def test_channel_slice_inside_index_is_rewritten():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 16, 1), nn.Conv2d(6, 4, 1)
+
+        def forward(self, x):
+            h = torch.cat([self.a(x), x, x], 1)  # 16 prunable channels, then 6 frozen input channels
+            return self.b(h[:, 16:, ::2])
+
+    m = Net()
+    x = torch.randn(2, 3, 6, 6)
+    r = compiler.compile(m, (x,), ratio=0.5, granularity=1)
+    assert r.report.verification["passed"]
+    assert sub(r, "a").out_channels == 8
+    with torch.no_grad():
+        assert torch.allclose(r.model(x), m(x), atol=1e-6)  # only a's channels go, and b never read them
+
+
+def test_runtime_pad_factory_roll_and_size_derived_scale():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.q, self.k, self.v = nn.Linear(8, 16), nn.Linear(8, 16), nn.Linear(8, 16)
+            self.out = nn.Linear(16, 8)
+
+        def forward(self, x):  # x: [B, N, 8]
+            B, N, C = x.shape
+            q, k, v = self.q(x), self.k(x), self.v(x)
+            q = q * (q.shape[-1] // 2) ** -0.5  # a scale computed from a size that pruning changes
+            a = torch.softmax(q @ k.transpose(-2, -1) + x.new_zeros((N, N)), -1)
+            y = torch.roll(a @ v, shifts=1, dims=1)
+            y = F.pad(y, (0, 0, 0, N % 2))  # pad widths computed at run time (tokens only)
+            return self.out(y)
+
+    m = Net()
+    x = torch.randn(2, 5, 8)
+    r = compiler.compile(m, (x,), ratio=0.5, granularity=1)
+    assert r.report.verification["passed"] and frozen_targets(r) == []
+    assert sub(r, "q").out_features == 8 and sub(r, "v").out_features == 8
+    assert f"q * {(16 // 2) ** -0.5}" in r.model.code  # the scale stays the original model's constant
