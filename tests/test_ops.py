@@ -1382,9 +1382,9 @@ def test_depthwise_conv1d_on_tokens():
 class Attention(nn.Module):
     """Multi-head self-attention written out: head split by view, q @ k^T, softmax over keys, @ v."""
 
-    def __init__(self, heads: int, dim: int) -> None:
+    def __init__(self, heads: int, dim: int, size_scale: bool = False) -> None:
         super().__init__()
-        self.h, self.d = heads, dim
+        self.h, self.d, self.size_scale = heads, dim, size_scale
         D = heads * dim
         self.q, self.k, self.v, self.proj = nn.Linear(16, D), nn.Linear(16, D), nn.Linear(16, D), nn.Linear(D, 16)
         self.fc = nn.Linear(16, 4)
@@ -1395,14 +1395,16 @@ class Attention(nn.Module):
         q = self.q(x).view(B, T, self.h, self.d).transpose(1, 2)
         k = self.k(x).view(B, T, self.h, self.d).transpose(1, 2)
         v = self.v(x).view(B, T, self.h, self.d).transpose(1, 2)
-        a = torch.softmax(q @ k.transpose(-2, -1) * self.scale, dim=-1)
+        scale = q.size(-1) ** -0.5 if self.size_scale else self.scale  # a scale read off the (pruned) head dim
+        a = torch.softmax(q @ k.transpose(-2, -1) * scale, dim=-1)
         y = (a @ v).transpose(1, 2).reshape(B, T, self.h * self.d)
         return self.fc(F.relu(x + self.proj(y)))
 
 
+@pytest.mark.parametrize("size_scale", [False, True], ids=["const-scale", "size-scale"])
 @pytest.mark.parametrize("heads, dim", [(2, 8), (4, 4), (8, 2)])
-def test_attention_written_out(heads, dim):
-    m = Attention(heads, dim)
+def test_attention_written_out(heads, dim, size_scale):
+    m = Attention(heads, dim, size_scale)
     r = check(m, torch.randn(2, 5, 16), independent=False)
     D = heads * dim
     for n in "qkv":
