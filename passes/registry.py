@@ -287,12 +287,19 @@ def _matmul(op: Op, ctx: RuleContext) -> None:
 
 @register("batch_norm", "instance_norm")
 def _per_channel_norm(op: Op, ctx: RuleContext) -> None:
-    """Per-channel affine/statistics on axis 1: every parameter follows its channel."""
+    """Per-channel affine/statistics on axis 1: every parameter follows its channel.
+
+    InstanceNorm's statistics span every dim after axis 1; a tracked one there (a
+    GroupNorm exported as Reshape -> InstanceNormalization) is frozen.
+    """
     x = op.inputs[0]
     xl = ctx.get(x)
     for p in op.inputs[1:]:
         if p is not None and len(ctx.shape(p)) == 1 and ctx.shape(p)[0] == ctx.shape(x)[1]:
             ctx.tie(xl[1], ctx.get(p)[0], f"{op.target} over an untracked input")
+    if op.kind == "instance_norm":
+        for lab in xl[2:]:
+            ctx.freeze(lab, f"{op.target}: statistics over a channel dimension")
     ctx.set(op.outputs[0], xl)
 
 

@@ -141,6 +141,9 @@ def test_random_architectures_exported(blocks, head, policy, seed, tmp_path_fact
                 mod.running_mean.normal_()
                 mod.running_var.uniform_(0.5, 2.0)
                 mod.weight.normal_()
+        for prm in m.parameters():  # constant initializations (PReLU's 0.25, norm scales) would be ambiguous
+            if prm.numel() > 1 and bool((prm == prm.reshape(-1)[0]).all()):
+                prm.normal_()
     m.eval()
     path = str(tmp_path_factory.mktemp("rand") / "m.onnx")
     with warnings.catch_warnings():

@@ -835,3 +835,24 @@ def test_float16_model_keeps_its_dtype():
     c = consts(r.model)
     assert c["w1"].dtype == np.float16 and c["w1"].shape == (4, 3, 3, 3) and c["s"].shape == (4,)
     assert r.report.verification["dtype"].startswith("float16")
+
+
+def test_group_norm_exported_as_instance_norm_freezes_its_channels():
+    """TorchScript exports GroupNorm as Reshape [N, G, -1] -> InstanceNormalization -> Reshape -> Mul -> Add."""
+    text = """
+    g (float[1,3,4,4] x) => (float[1,2,4,4] y) {
+      [c1] a = Conv(x, w1, b1)
+      [r1] g3 = Reshape(a, grp)
+      [in] n = InstanceNormalization(g3, ones, zeros)
+      [r2] b = Reshape(n, back)
+      [mul] c = Mul(b, s)
+      [add] d = Add(c, bb)
+      [r] h = Relu(d)
+      [out] y = Conv(h, w2)
+    }"""
+    m = build(text, {"w1": (8, 3, 1, 1), "b1": (8,), "w2": (2, 8, 1, 1), "s": (8, 1, 1), "bb": (8, 1, 1),
+                     "grp": np.array([1, 2, -1], np.int64), "back": np.array([1, 8, 4, 4], np.int64),
+                     "ones": np.ones(2, np.float32), "zeros": np.zeros(2, np.float32)})  # fmt: skip
+    r = prune_onnx(m)
+    assert consts(r.model)["w1"].shape[0] == 8  # the group statistics span the channels
+    assert any("statistics over a channel dimension" in reason for g in r.report.groups for reason in g.reasons)
