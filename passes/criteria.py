@@ -38,6 +38,7 @@ import numpy as np
 import torch
 import torch.fx
 import torch.nn as nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 import torch.nn.functional as F
 
 from frontends.errors import InvalidArgumentError
@@ -229,6 +230,10 @@ class DataCriteria:
         return self._first_order(True)
 
     def taylor2(self) -> np.ndarray:
+        with sdpa_kernel([SDPBackend.MATH]):  # fused attention kernels have no double backward
+            return self._taylor2()
+
+    def _taylor2(self) -> np.ndarray:
         runner = self._runner()
         acc = torch.zeros(self.C + 1, dtype=torch.float64)
         delta = -torch.ones(self.C + 1)
@@ -294,6 +299,10 @@ class DataCriteria:
         return {p.weight: _get_attr(self.gm, p.weight) for p in self.analysis.producers}
 
     def obd(self) -> dict[int, np.ndarray]:
+        with sdpa_kernel([SDPBackend.MATH]):  # fused attention kernels have no double backward
+            return self._obd()
+
+    def _obd(self) -> dict[int, np.ndarray]:
         params = self._producer_params()
         names = [n for n, t in params.items() if isinstance(t, torch.Tensor) and t.requires_grad]
         if not names:
