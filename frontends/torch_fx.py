@@ -133,6 +133,9 @@ def trace(model: nn.Module, example_inputs: Sequence[Any]) -> tuple[torch.fx.Gra
                 f"example_inputs must be tensors; got {type(x).__name__} (pass a tuple of tensors, e.g. (x,))"
             )
     work = copy.deepcopy(model).eval()
+    cfg = getattr(work, "config", None)
+    if getattr(cfg, "use_cache", False):  # Hugging Face: a KV cache in the outputs is not a tensor output
+        cfg.use_cache = False
     n_mha = decompose_attention(work)
     if n_mha:
         log.info("decomposed %d nn.MultiheadAttention module(s) so their heads can be pruned", n_mha)
@@ -866,6 +869,19 @@ def _h_narrow(lw, node, args, kwargs) -> bool:
     if not x or not all(isinstance(v, int) for v in (dim, start, length)):
         return False
     lw._emit(node, "slice", [x], {"axis": dim, "start": start, "stop": start + length, "step": 1})
+    return True
+
+
+@_handles("slice")
+def _h_aten_slice(lw, node, args, kwargs) -> bool:
+    """aten.slice.Tensor(x, dim, start, end, step) (torch.export's form of x[..., a:b])."""
+    if not isinstance(node.target, torch._ops.OpOverload):
+        return False
+    x = lw._val(args[0])
+    dim, start, end, step = (_arg(args, kwargs, i, k, d) for i, k, d in ((1, "dim", 0), (2, "start", None), (3, "end", None), (4, "step", 1)))
+    if not x or not all(v is None or (isinstance(v, int) and not isinstance(v, bool)) for v in (dim, start, end, step)):
+        return False
+    lw._emit(node, "slice", [x], {"axis": dim, "start": start, "stop": end, "step": step})
     return True
 
 

@@ -600,11 +600,18 @@ def _reshape(op: Op, ctx: RuleContext) -> None:
     ctx.set(y, yl)
 
 
-_PASS_THROUGH = {"permute", "identity", "unary", "split", "unbind", "select", "slice", "layer_norm", "binary"}
+_PASS_THROUGH = {
+    "permute", "identity", "unary", "split", "unbind", "select", "slice", "layer_norm", "binary", "concat",
+    "reshape", "expand",
+}  # fmt: skip
 
 
-def _feeds_attention(ctx: RuleContext, value: str, depth: int = 6) -> bool:
-    """Does ``value`` reach attention (SDPA, or a matmul of two activations) through shape-preserving ops?"""
+def _feeds_attention(ctx: RuleContext, value: str, depth: int = 10) -> bool:
+    """Does ``value`` reach attention (SDPA, or a matmul of two activations) through head-preserving ops?
+
+    Rotary embeddings (slice, cat, mul) and grouped-query ``repeat_kv`` (unsqueeze,
+    expand, reshape) lie on the way in LLaMA-style attention.
+    """
     frontier, seen = [value], set()
     for _ in range(depth):
         nxt = []

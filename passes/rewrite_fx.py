@@ -194,6 +194,17 @@ class RewriteFX:
                 args[2] = tuple(new)
             else:
                 kwargs["sizes"] = tuple(new)
+        elif op.kind == "expand" and fn == "expand":
+            varargs = len(args) > 2 or (len(args) == 2 and not isinstance(args[1], (list, tuple)))  # x.expand(a, b)
+            sizes = args[1:] if varargs else args[1] if len(args) == 2 else kwargs.get("size")
+            if isinstance(sizes, (list, tuple)):
+                new = _resize(list(sizes), shape(op.outputs[0]))
+                if varargs:
+                    args[1:] = new
+                elif len(args) == 2:
+                    args[1] = new if isinstance(args[1], list) else tuple(new)
+                else:
+                    kwargs["size"] = new
         elif op.kind == "layer_norm":
             k = op.attrs["ndim"]
             key = 1
@@ -276,6 +287,11 @@ class RewriteFX:
             new_stop = new_start + int(keep[start:stop].sum())
             if fn == "narrow":
                 args[2], args[3] = new_start, new_stop - new_start
+            elif fn == "slice":  # aten.slice.Tensor(x, dim, start, end, step)
+                args += [None] * max(0, 4 - len(args))
+                new_len = int(keep.sum())
+                args[2] = None if args[2] is None and new_start == 0 else new_start
+                args[3] = args[3] if (args[3] is None or args[3] >= n) and new_stop == new_len else new_stop
             else:
                 idx = args[1] if isinstance(args[1], tuple) else (args[1],)
                 idx = list(idx)
