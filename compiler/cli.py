@@ -207,7 +207,7 @@ def _onnx_inputs(path: str, shapes: Sequence[str] | None) -> dict[str, Any] | No
         return None
     import numpy as np
 
-    from frontends.onnx_frontend import _np_dtype, _real_inputs, load_proto
+    from frontends.onnx_frontend import _np_dtype, _real_inputs, check_input_size, load_proto
 
     proto, _ = load_proto(path)
     ins = _real_inputs(proto)
@@ -217,6 +217,7 @@ def _onnx_inputs(path: str, shapes: Sequence[str] | None) -> dict[str, Any] | No
     out = {}
     for vi, text in zip(ins, shapes):
         shape, dt = _parse_shape(text), _np_dtype(vi.type.tensor_type.elem_type)
+        check_input_size(vi.name, shape, path)
         out[vi.name] = rng.standard_normal(shape).astype(dt) if dt.kind == "f" else np.zeros(shape, dtype=dt)
     return out
 

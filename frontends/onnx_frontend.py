@@ -219,6 +219,10 @@ def load_proto(model: str | os.PathLike | onnx.ModelProto) -> tuple[onnx.ModelPr
     opset = onnx_opset(proto)
     if opset is None:
         raise UnsupportedModelError(f"{where}: the model imports no ai.onnx opset")
+    if opset > onnx.defs.onnx_opset_version():
+        raise UnsupportedModelError(
+            f"{where}: opset {opset} is newer than this onnx library knows (at most {onnx.defs.onnx_opset_version()})"
+        )
     if opset < MIN_OPSET:
         raise UnsupportedModelError(
             f"{where}: opset {opset} is not supported (prunec needs opset >= {MIN_OPSET}; "
@@ -306,6 +310,21 @@ def _to_numpy(x: Any) -> np.ndarray:
     return np.asarray(x)
 
 
+MAX_EXAMPLE_ELEMENTS = 1 << 28  # 1 GiB of float32: larger declared inputs are refused, not allocated
+
+
+def check_input_size(name: str, shape: Sequence[int], where: str) -> None:
+    """Refuse an input shape too large to build an example of (a hostile or mistaken declaration)."""
+    n = 1
+    for d in shape:
+        n *= int(d)
+    if n > MAX_EXAMPLE_ELEMENTS:
+        raise UnsupportedModelError(
+            f"{where}: input {name!r} declares shape {list(shape)} ({n} elements), too large for an example input "
+            f"(at most {MAX_EXAMPLE_ELEMENTS}); pass smaller example_inputs or --input-shape"
+        )
+
+
 def make_example_inputs(model: onnx.ModelProto, given: Any, where: str, seed: int = 0) -> dict[str, np.ndarray]:
     """Inputs by name: the user's (a sequence in graph order, or a dict) or random ones of the static input shapes."""
     ins = _real_inputs(model)
@@ -320,6 +339,7 @@ def make_example_inputs(model: onnx.ModelProto, given: Any, where: str, seed: in
                     "(a tuple of arrays) or --input-shape"
                 )
             dt = _np_dtype(vi.type.tensor_type.elem_type)
+            check_input_size(vi.name, shape, where)
             if dt.kind == "f":
                 out[vi.name] = rng.standard_normal(shape).astype(dt)
             else:
