@@ -34,6 +34,7 @@ def render() -> str:
         for p, s in fz["paths"].items():
             o = s["outcomes"]
             rows.append((f"  compiled through the {p} path", f"{tried[p]} ({s['groups_pruned']} of {s['groups']} groups pruned)"))
+            rows.append((f"  {p}: verified, independent re-check not applicable (ambiguous equal values)", str(o.get("unchecked", 0))))
             rows.append((f"  {p}: refused with a typed error", str(o.get("refused", 0))))
             rows.append((f"  {p}: failed verification caught by prunec (VerificationError)", str(o.get("caught", 0))))
             wrong += o.get("wrong", 0)
