@@ -35,6 +35,7 @@ from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
 from frontends.attention import decompose_attention
 from frontends.errors import TraceError, UnsupportedModelError
 from frontends.graph import ChannelGraph, Op, Value
+from frontends.inline import inline_wrapped
 
 log = logging.getLogger(__name__)
 
@@ -164,6 +165,14 @@ def trace(model: nn.Module, example_inputs: Sequence[Any]) -> tuple[torch.fx.Gra
             raise TraceError(msg, module=module, location=where) from fx_exc
         finally:
             logging.disable(disabled)
+    if method == "symbolic_trace":
+        try:
+            inlined = inline_wrapped(gm, example_inputs)
+        except Exception as exc:  # the model does not run: _shape_prop names the culprit
+            log.debug("inlining skipped: %s", exc)
+            inlined = []
+        if inlined:
+            log.info("inlined wrapped functions at the example's sizes: %s", ", ".join(sorted(set(inlined))))
     _shape_prop(gm, example_inputs)
     return gm, method
 
@@ -719,6 +728,17 @@ def _h_matmul(lw, node, args, kwargs) -> bool:
     return True
 
 
+@_handles("einsum")
+def _h_einsum(lw, node, args, kwargs) -> bool:
+    eq = _arg(args, kwargs, 0, "equation")
+    operands = list(args[1]) if len(args) == 2 and isinstance(args[1], (list, tuple)) else list(args[1:])
+    ins = [lw._val(a) for a in operands]
+    if not isinstance(eq, str) or not ins or any(v is None for v in ins) or len(lw._meta_values(node)) != 1:
+        return False
+    lw._emit(node, "einsum", ins, {"equation": eq})
+    return True
+
+
 @_handles("scaled_dot_product_attention")
 def _h_sdpa(lw, node, args, kwargs) -> bool:
     q, k, v = (lw._val(_arg(args, kwargs, i, n)) for i, n in enumerate(("query", "key", "value")))
@@ -775,6 +795,16 @@ def _h_getitem(lw, node, args, kwargs) -> bool:
     if not x:
         return False
     idx = idx if isinstance(idx, tuple) else (idx,)
+    tensors = [k for k, i in enumerate(idx) if isinstance(i, torch.fx.Node)]
+    if tensors:  # x[..., index_tensor]: a gather of whole rows along one axis (Swin's relative position bias)
+        k = tensors[0]
+        i_val = lw._val(idx[k])
+        if len(tensors) != 1 or not i_val or "int" not in str(lw.graph.values[i_val].dtype):
+            return False
+        if any(not (isinstance(i, slice) and i == slice(None)) for j, i in enumerate(idx) if j != k):
+            return False
+        lw._emit(node, "take", [x, i_val], {"axis": k})
+        return True
     ints = [k for k, i in enumerate(idx) if isinstance(i, int) and not isinstance(i, bool)]
     if len(ints) == 1 and all(isinstance(i, slice) and i == slice(None) for k, i in enumerate(idx) if k != ints[0]):
         lw._emit(node, "select", [x], {"axis": ints[0], "index": idx[ints[0]]})

@@ -726,3 +726,81 @@ def _index(op: Op, ctx: RuleContext) -> None:
             ctx.freeze(lab, "strided slice over a channel dimension")
         out.append(None if lab is None else lab[start:stop:step])
     ctx.set(op.outputs[0], out)
+
+
+@register("take")
+def _take(op: Op, ctx: RuleContext) -> None:
+    """x[..., idx] with an integer index tensor on one axis: rows are gathered by value.
+
+    The indexed axis is frozen (its positions are data) and so is the index; the
+    index's dims replace the axis; the other dims keep their channels (Swin's
+    relative position bias table keeps its head dim).
+    """
+    x, idx = op.inputs[0], op.inputs[1]
+    xl = list(ctx.get(x))
+    ax = _axis(int(op.attrs["axis"]), len(xl))
+    ctx.freeze(xl[ax], "indexing a channel dimension with a tensor")
+    ctx.freeze_all(idx, "index tensor")
+    ctx.set(op.outputs[0], xl[:ax] + [None] * len(ctx.shape(idx)) + xl[ax + 1 :])
+
+
+def parse_einsum(equation: str, n_operands: int) -> tuple[list[str], str] | None:
+    """``"bhid,bhjd->bhij"`` as operand subscripts and output subscripts (spaces ignored).
+
+    Implicit output (no ``->``): the letters that occur once, in alphabetical order.
+    None for ellipsis or a malformed equation.
+    """
+    eq = equation.replace(" ", "")
+    if "." in eq:
+        return None
+    lhs, arrow, rhs = eq.partition("->")
+    ins = lhs.split(",")
+    if len(ins) != n_operands or not all(s.isalpha() for s in ins if s) or (rhs and not rhs.isalpha()):
+        return None
+    if not arrow:
+        letters = "".join(ins)
+        rhs = "".join(sorted(c for c in set(letters) if letters.count(c) == 1))
+    if len(set(rhs)) != len(rhs) or not set(rhs) <= set("".join(ins)):
+        return None
+    return ins, rhs
+
+
+@register("einsum")
+def _einsum(op: Op, ctx: RuleContext) -> None:
+    """torch.einsum: dims that share a letter are the same channels, across operands and the output.
+
+    A contracted letter (absent from the output) is a sum over products: exact
+    with removed channels zeroed, so it is only tied. A size-1 dim broadcasts and
+    carries no channel. A constant operand is a layer: its first dim whose letter
+    reaches the output and no other operand is scored as a producer.
+    """
+    ins = op.tensor_inputs()
+    parsed = parse_einsum(str(op.attrs["equation"]), len(ins))
+    if parsed is None:
+        for v in ins:
+            ctx.freeze_all(v, f"einsum {op.attrs['equation']!r} not understood")
+        return
+    subs, out = parsed
+    label: dict[str, np.ndarray | None] = {}
+    seen: set[str] = set()
+    for v, sub in zip(ins, subs):
+        lab, shape = ctx.get(v), ctx.shape(v)
+        for c, lc, n in zip(sub, lab, shape):
+            if n == 1 and len(ins) > 1:
+                ctx.freeze(lc, "einsum broadcast of a single-channel dimension")
+                continue
+            if c not in seen:
+                seen.add(c)
+                label[c] = lc
+            else:
+                label[c] = ctx.tie(label[c], lc, "einsum over a tracked and an untracked operand")
+    for k, (v, sub) in enumerate(zip(ins, subs)):
+        if not ctx.is_const(v):
+            continue
+        others = "".join(s for j, s in enumerate(subs) if j != k)
+        for d, c in enumerate(sub):
+            if c in out and c not in others and label.get(c) is not None:
+                ctx.producer(v, d, label[c])
+                break
+    oshape = ctx.shape(op.outputs[0])
+    ctx.set(op.outputs[0], [label.get(c) if n > 1 or len(ins) == 1 else None for c, n in zip(out, oshape)])

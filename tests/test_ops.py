@@ -1518,3 +1518,110 @@ def test_runtime_pad_factory_roll_and_size_derived_scale():
     assert r.report.verification["passed"] and frozen_targets(r) == []
     assert sub(r, "q").out_features == 8 and sub(r, "v").out_features == 8
     assert f"q * {(16 // 2) ** -0.5}" in r.model.code  # the scale stays the original model's constant
+
+
+# ---------------------------------------------------------------------------
+# einsum, index tensors, wrapped functions
+
+
+def test_einsum_attention_and_weight_contraction():
+    """Letters shared by operands and output are one channel; contracted letters are tied only."""
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.qkv = nn.Linear(8, 3 * 2 * 8)
+            self.W = nn.Parameter(torch.randn(16, 12))
+            self.out = nn.Linear(12, 4)
+
+        def forward(self, x):  # x: [B, N, 8]
+            B, N, _ = x.shape
+            q, k, v = self.qkv(x).reshape(B, N, 3, 2, 8).permute(2, 0, 3, 1, 4)
+            a = torch.softmax(torch.einsum("b h i d, b h j d -> b h i j", q, k) * 0.35, -1)
+            y = torch.einsum("bhij,bhjd->bhid", a, v).transpose(1, 2).reshape(B, N, 16)
+            return self.out(F.relu(torch.einsum("bnc,cd->bnd", y, self.W)))
+
+    m = Net()
+    r = check(m, torch.randn(2, 5, 8), independent=False)
+    assert frozen_targets(r) == []
+    assert sub(r, "qkv").out_features == 3 * 2 * 4  # head dims pruned in q, k and v alike
+    assert r.model.W.shape == (8, 6)  # contracted rows follow the heads, the output letter is a producer
+    assert sub(r, "out").in_features == 6
+
+
+def test_einsum_parse_and_unknown_forms():
+    from passes.registry import parse_einsum
+
+    assert parse_einsum("b h i d, b h j d -> b h i j", 2) == (["bhid", "bhjd"], "bhij")
+    assert parse_einsum("ij,jk", 2) == (["ij", "jk"], "ik")  # implicit output
+    assert parse_einsum("...d,de->...e", 2) is None  # ellipsis: not understood, frozen
+    assert parse_einsum("ij,jk->ikk", 2) is None
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(8, 16), nn.Linear(16, 4)
+
+        def forward(self, x):
+            return self.b(torch.einsum("...c,...c->...c", self.a(x), self.a(x)))
+
+    r = prune(Net(), torch.randn(2, 8))
+    assert r.model.a.out_features == 16  # the ellipsis froze the channels it touched
+    assert any(g.frozen and "a" in g.members for g in r.report.groups)
+
+
+def test_index_tensor_gathers_rows_and_keeps_columns():
+    """table[index] (Swin's relative position bias): the gathered axis is frozen, the head dim is pruned."""
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj = nn.Linear(8, 16)
+            self.table = nn.Parameter(torch.randn(7, 16))
+            self.register_buffer("index", torch.tensor([[0, 3], [6, 2], [1, 1], [5, 4], [2, 0]]))
+            self.out = nn.Linear(16, 4)
+
+        def forward(self, x):  # x: [B, 5, 2, 8]
+            return self.out(F.relu(self.proj(x) + self.table[self.index]))
+
+    m = Net()
+    r = check(m, torch.randn(3, 5, 2, 8), independent=False)
+    assert frozen_targets(r) == []
+    assert sub(r, "proj").out_features == 8 and r.model.table.shape == (7, 8)
+    assert kept_indices(m.proj.weight, sub(r, "proj").weight, 0) == kept_indices(m.table.t(), r.model.table.t(), 0)
+
+
+def _wrapped_window_sum(x: torch.Tensor, weight: torch.Tensor, window: int) -> torch.Tensor:
+    """Size branches and a mask made from sizes, as in torchvision's shifted_window_attention."""
+    B, N, C = x.shape
+    if window >= N:  # a branch on a size: symbolic tracing cannot enter this function
+        window = N
+    mask = x.new_zeros((N,))
+    mask[: N // 2] = 1.0
+    y = F.linear(x, weight) * (C // 2) ** -0.5
+    return y + mask.unsqueeze(-1)
+
+
+torch.fx.wrap("_wrapped_window_sum")
+
+
+def test_wrapped_function_is_inlined_at_the_example_sizes():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Linear(8, 16)
+            self.w = nn.Parameter(torch.randn(12, 16))
+            self.b = nn.Linear(12, 4)
+
+        def forward(self, x):
+            return self.b(F.relu(_wrapped_window_sum(F.relu(self.a(x)), self.w, 3)))
+
+    m = Net()
+    gm = torch.fx.symbolic_trace(m)
+    assert any(n.target is _wrapped_window_sum for n in gm.graph.nodes)  # a leaf for plain symbolic tracing
+    x = torch.randn(2, 6, 8)
+    r = check(m, x, independent=False)
+    assert frozen_targets(r) == []
+    assert "_wrapped_window_sum(" not in r.model.code  # the body's ops, not the call
+    assert sub(r, "a").out_features == 8 and r.model.w.shape == (6, 8) and sub(r, "b").in_features == 6
+    assert f"{(16 // 2) ** -0.5}" in r.model.code  # the size-derived scale keeps the original value

@@ -1,0 +1,240 @@
+"""Inline wrapped leaf functions by re-tracing them with concrete sizes.
+
+``torch.fx.wrap`` keeps a module-level function out of symbolic tracing: the
+graph gets one opaque ``call_function`` node (torchvision's
+``shifted_window_attention``, ``_get_relative_position_bias``,
+``_patch_merging_pad``). Their bodies usually branch on sizes
+(``if window_size[0] >= pad_H``), which symbolic tracing cannot follow.
+
+:func:`inline_wrapped` re-traces each such call with a *concrete* tracer: every
+proxy carries the value it has on the example inputs, so sizes (``x.shape``,
+``x.size(1)``, ``len(x)``, ``x.dim()``) are Python ints and size branches are
+taken as they are on the example, as ``torch.export`` or ``make_fx`` would do.
+Tensors made from sizes alone (``x.new_zeros(...)``: Swin's shift mask) are
+computed then and enter the graph as constants. The body's ops replace the call
+node. A body that branches on tensor *values*, or fails to trace for any other
+reason, leaves the call node as it was (the analysis then freezes it).
+
+Cases handled:
+
+1. a ``call_function`` whose target is a plain Python function defined outside
+   torch (``torch.fx.wrap``-ed user or torchvision functions);
+2. tensor, int and list arguments; nested wrapped calls inside the body are
+   traced through too;
+3. a tensor or a tuple/list of tensors returned.
+
+The inlined graph is specialized to the example inputs' sizes (the batch size
+included) for the ops that came from the body.
+"""
+
+from __future__ import annotations
+
+import builtins
+import inspect
+import logging
+import math
+import operator
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.fx
+import torch.nn as nn
+from torch.fx.node import map_aggregate
+
+log = logging.getLogger(__name__)
+
+__all__ = ["inline_wrapped", "wrapped_calls"]
+
+_META_ONLY_METHODS = {"new_zeros", "new_ones", "new_full", "new_empty"}
+_META_ONLY_FNS = {torch.zeros_like, torch.ones_like, torch.full_like, torch.empty_like}
+_SIZE_ATTRS = {"shape", "ndim", "dtype", "device", "is_cuda", "layout", "is_floating_point", "is_complex"}
+_SIZE_METHODS = {"size", "dim", "numel", "ndimension", "nelement", "is_floating_point", "is_complex", "element_size"}
+_SKIP_MODULES = ("_operator", "operator", "math", "builtins")
+
+
+def wrapped_calls(gm: torch.fx.GraphModule) -> list[torch.fx.Node]:
+    """Call nodes of plain Python functions defined outside torch: leaves kept by ``torch.fx.wrap``."""
+    out = []
+    for n in gm.graph.nodes:
+        if n.op != "call_function" or not inspect.isfunction(n.target):
+            continue
+        mod = getattr(n.target, "__module__", "") or ""
+        if mod == "torch" or mod.startswith("torch.") or mod in _SKIP_MODULES:
+            continue
+        if n.target in (getattr(builtins, "len"), getattr(math, "sqrt")):
+            continue
+        out.append(n)
+    return out
+
+
+class _ConcreteProxy(torch.fx.Proxy):
+    """A proxy that knows its value on the example inputs: sizes read from it are ints."""
+
+    def __init__(self, node: torch.fx.Node, tracer: torch.fx.Tracer, value: Any) -> None:
+        super().__init__(node, tracer)
+        self.value = value
+
+    def __getattr__(self, k: str) -> Any:
+        if k in ("value", "node", "tracer"):
+            raise AttributeError(k)
+        if isinstance(self.value, torch.Tensor) and (k in _SIZE_ATTRS or k in _SIZE_METHODS):
+            return getattr(self.value, k)
+        return super().__getattr__(k)
+
+    def __len__(self) -> int:
+        return len(self.value)
+
+    def __iter__(self):  # type: ignore[override]
+        return iter([self[i] for i in range(len(self.value))])
+
+
+def _value(a: Any) -> Any:
+    if isinstance(a, _ConcreteProxy):
+        return a.value
+    if isinstance(a, torch.fx.proxy.Attribute):
+        return getattr(_value(a.root), a.attr)
+    return a
+
+
+class _ConcreteTracer(torch.fx.Tracer):
+    """Records the ops of a function called on concrete proxies, running each as it goes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.root = nn.Module()  # holds the constants the body creates
+        self.graph = torch.fx.Graph()
+        self.tensor_attrs: dict = {}
+
+    def placeholder(self, name: str, value: Any) -> _ConcreteProxy:
+        node = self.graph.placeholder(name)
+        return _ConcreteProxy(node, self, value)
+
+    def create_proxy(self, kind, target, args, kwargs, name=None, type_expr=None, proxy_factory_fn=None):  # type: ignore[override]
+        cargs = map_aggregate(args, _value)
+        ckwargs = map_aggregate(kwargs, _value)
+        with torch.no_grad():
+            if kind == "call_method":
+                value = getattr(cargs[0], target)(*cargs[1:], **ckwargs)
+            elif kind == "call_function":
+                value = target(*cargs, **ckwargs)
+            else:
+                raise torch.fx.proxy.TraceError(f"unexpected {kind} node while inlining")
+        if (kind == "call_method" and target in _META_ONLY_METHODS) or (kind == "call_function" and target in _META_ONLY_FNS):
+            return value  # made from sizes alone: a constant of the example's sizes
+        return super().create_proxy(kind, target, args, kwargs, name, type_expr, lambda node: _ConcreteProxy(node, self, value))
+
+
+class _Values(torch.fx.Interpreter):
+    """Runs the graph once and keeps the values the wrapped calls read."""
+
+    def __init__(self, gm: torch.fx.GraphModule, wanted: set[str]) -> None:
+        super().__init__(gm)
+        self.wanted = wanted
+        self.values: dict[str, Any] = {}
+
+    def run_node(self, n: torch.fx.Node) -> Any:
+        out = super().run_node(n)
+        if n.name in self.wanted:
+            self.values[n.name] = map_aggregate(out, lambda v: v.detach().clone() if isinstance(v, torch.Tensor) else v)
+        return out
+
+
+def _trace_call(node: torch.fx.Node, values: dict[str, Any]) -> tuple[torch.fx.Graph, nn.Module, list[torch.fx.Node]]:
+    """The body of one wrapped call as a graph whose placeholders are the call's node arguments (in order)."""
+    tracer = _ConcreteTracer()
+    arg_nodes: list[torch.fx.Node] = []
+    proxies: dict[str, Any] = {}
+
+    def to_proxy(a: Any) -> Any:
+        if isinstance(a, torch.fx.Node):
+            v = values[a.name]
+            if not isinstance(v, torch.Tensor):
+                return v  # a size computed in the outer graph: specialized like the body's
+            if a.name not in proxies:
+                arg_nodes.append(a)
+                proxies[a.name] = tracer.placeholder(f"arg_{len(arg_nodes)}", v.clone())
+            return proxies[a.name]
+        return a
+
+    args = map_aggregate(node.args, to_proxy)
+    kwargs = map_aggregate(node.kwargs, to_proxy)
+    result = node.target(*args, **kwargs)
+    if isinstance(result, (tuple, list)):
+        out = type(result)(tracer.create_arg(r) for r in result)
+    else:
+        out = tracer.create_arg(result)
+    tracer.graph.output(out)
+    tracer.graph.eliminate_dead_code()
+    return tracer.graph, tracer.root, arg_nodes
+
+
+def _splice(gm: torch.fx.GraphModule, node: torch.fx.Node, sub: torch.fx.Graph, consts: nn.Module, arg_nodes: Sequence[torch.fx.Node]) -> None:
+    graph = gm.graph
+    placeholders = [n for n in sub.nodes if n.op == "placeholder"]
+    env: dict[torch.fx.Node, Any] = {}
+    by_name = {f"arg_{i + 1}": a for i, a in enumerate(arg_nodes)}
+    for p in placeholders:
+        env[p] = by_name[str(p.target)]
+    out_node = next(n for n in sub.nodes if n.op == "output")
+    if isinstance(out_node.args[0], (tuple, list)):
+        if any(u.op != "call_function" or u.target is not operator.getitem or not isinstance(u.args[1], int) for u in node.users):
+            raise RuntimeError(f"{node.name}: its tuple result is used as a whole")
+    elif not isinstance(out_node.args[0], torch.fx.Node):
+        raise RuntimeError(f"{node.name}: returns {type(out_node.args[0]).__name__}")
+    prefix = f"_inlined_{node.name}_"
+    out_arg: Any = None
+    with graph.inserting_before(node):
+        for n in sub.nodes:
+            if n.op == "placeholder":
+                continue
+            if n.op == "output":
+                out_arg = map_aggregate(n.args[0], lambda a: env[a] if isinstance(a, torch.fx.Node) else a)
+                continue
+            if n.op == "get_attr":
+                name = prefix + str(n.target).replace(".", "_")
+                t = getattr(consts, str(n.target))
+                if isinstance(t, torch.Tensor):
+                    gm.register_buffer(name, t.detach().clone(), persistent=False)
+                else:
+                    setattr(gm, name, t)
+                env[n] = graph.get_attr(name)
+                continue
+            env[n] = graph.node_copy(n, lambda a: env[a])
+    if isinstance(out_arg, torch.fx.Node):
+        node.replace_all_uses_with(out_arg)
+    elif isinstance(out_arg, (tuple, list)):
+        for user in list(node.users):
+            if user.op == "call_function" and user.target is operator.getitem and isinstance(user.args[1], int):
+                user.replace_all_uses_with(out_arg[user.args[1]])
+                graph.erase_node(user)
+    graph.erase_node(node)
+
+
+def inline_wrapped(gm: torch.fx.GraphModule, example_inputs: Sequence[Any]) -> list[str]:
+    """Replace wrapped leaf calls by their bodies traced at the example's sizes. Returns the inlined functions' names."""
+    calls = wrapped_calls(gm)
+    if not calls:
+        return []
+    wanted = {a.name for n in calls for a in n.all_input_nodes}
+    run = _Values(gm, wanted)
+    with torch.no_grad():
+        run.run(*example_inputs)
+    done: list[str] = []
+    for node in reversed(calls):  # last first: a call's arguments are still the nodes whose values were recorded
+        name = getattr(node.target, "__qualname__", str(node.target))
+        try:
+            sub, consts, arg_nodes = _trace_call(node, run.values)
+        except Exception as exc:  # a value-dependent branch, an unsupported construct: stays a leaf
+            log.info("cannot inline %s (%s): %s", node.name, name, exc)
+            continue
+        try:
+            _splice(gm, node, sub, consts, arg_nodes)
+        except RuntimeError as exc:
+            log.info("cannot inline %s (%s): %s", node.name, name, exc)
+            continue
+        done.append(name)
+    if done:
+        gm.graph.lint()
+        gm.recompile()
+    return done
