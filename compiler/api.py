@@ -26,6 +26,19 @@ class CompileResult:
     backend: str = "torch-eager"
     plan: Plan | None = field(default=None, repr=False)
     traced: Any = field(default=None, repr=False)
+    source: Any = field(default=None, repr=False, compare=False)  # the input model (not copied)
+
+    def to_hf(self) -> Any:
+        """A Hugging Face model: the input model's class built from the pruned config, with the pruned weights."""
+        from compiler.hf import to_hf
+
+        return to_hf(self.source, self.model, tuple(self.traced.example_inputs))
+
+    def save_pretrained(self, directory: str, **kwargs: Any) -> Any:
+        """Save a pruned Hugging Face model so ``from_pretrained`` reloads it (see :mod:`compiler.hf`)."""
+        model = self.to_hf()
+        model.save_pretrained(directory, **kwargs)
+        return model
 
     def __call__(self, *inputs: Any) -> Any:
         import torch
@@ -188,7 +201,7 @@ def _compile_torch(
     except PrunecError as exc:
         raise PrunecError(f"internal check failed: the pruned model does not trace again: {exc}") from exc
     report = build_report(type(model).__name__, traced.method, p, after.graph, opts, verification, steps.timings, update_info)
-    return CompileResult(rewritten.module, report, "torch-eager", p, traced)
+    return CompileResult(rewritten.module, report, "torch-eager", p, traced, source=model)
 
 
 @dataclass

@@ -1,0 +1,216 @@
+"""Hugging Face transformers models: the pruned model back in its own class, with an updated config.
+
+prunec's rewrite returns a ``torch.fx.GraphModule``. For a ``transformers``
+``PreTrainedModel`` this module rebuilds the model's own class from a config
+whose sizes follow the pruned weights (``num_attention_heads``,
+``num_key_value_heads``, ``head_dim``, ``intermediate_size``, ``hidden_size``),
+loads the sliced weights into it, and checks its outputs against the pruned
+graph module, so it saves with ``save_pretrained`` and reloads with
+``from_pretrained``.
+
+A config holds one size per field for all layers. Per-layer sizes it cannot
+express (a threshold or global policy, or ``attention="head_dim"`` on a model
+that derives the head size from ``hidden_size / num_attention_heads`` as BERT
+does) raise :class:`UnsupportedModelError` naming the parameter; ``ratio=`` with
+the default local scope prunes every layer alike.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from typing import Any
+
+import torch
+import torch.fx
+import torch.nn as nn
+
+from frontends.errors import UnsupportedModelError, VerificationError
+
+log = logging.getLogger(__name__)
+
+__all__ = ["is_hf_model", "pruned_config", "to_hf", "save_pretrained"]
+
+_Q, _K, _V = ("q_proj", "query", "q"), ("k_proj", "key", "k"), ("v_proj", "value", "v")
+
+
+def is_hf_model(model: Any) -> bool:
+    """A ``transformers`` ``PreTrainedModel`` (it has a config and ``save_pretrained``)."""
+    cfg = getattr(model, "config", None)
+    return (
+        isinstance(model, nn.Module)
+        and hasattr(model, "save_pretrained")
+        and type(cfg).__module__.startswith("transformers.")
+    )
+
+
+def _child(mod: nn.Module, names: tuple[str, ...]) -> tuple[str, nn.Linear] | None:
+    for n in names:
+        c = getattr(mod, n, None)
+        if isinstance(c, nn.Linear):
+            return n, c
+    return None
+
+
+def _uniform(name: str, values: dict[str, int], hint: str = "prune with ratio= and scope='local' (every layer alike)") -> int:
+    """The one value every layer has, or a typed error listing the layers that differ."""
+    distinct = sorted(set(values.values()))
+    if len(distinct) != 1:
+        per = ", ".join(f"{k}: {v}" for k, v in list(values.items())[:6])
+        raise UnsupportedModelError(
+            f"the pruned layers have different {name} ({per}); a Hugging Face config holds one value for all "
+            "layers: prune with ratio= and scope='local' (every layer alike), or keep the pruned GraphModule"
+        )
+    return distinct[0]
+
+
+def _head_shapes(gm: torch.fx.GraphModule, inputs: tuple) -> dict[str, tuple[int, int]]:
+    """(heads, head size) after the reshape that follows each linear, keyed by the linear's weight name."""
+    from torch.fx.passes.shape_prop import ShapeProp
+
+    gm = copy.deepcopy(gm)
+    with torch.no_grad():
+        ShapeProp(gm).propagate(*inputs)
+    out: dict[str, tuple[int, int]] = {}
+    for node in gm.graph.nodes:
+        weight = None
+        if node.op == "call_module" and isinstance(gm.get_submodule(str(node.target)), nn.Linear):
+            weight = f"{node.target}.weight"
+        elif node.op == "call_function" and "linear" in str(node.target) and len(node.args) > 1:
+            w = node.args[1]
+            if isinstance(w, torch.fx.Node) and w.op == "get_attr":
+                weight = str(w.target)
+        if weight is None:
+            continue
+        for user in node.users:
+            name = str(getattr(user.target, "__name__", user.target))
+            meta = user.meta.get("tensor_meta")
+            if ("view" in name or "reshape" in name) and meta is not None and hasattr(meta, "shape"):
+                shape = tuple(meta.shape)
+                in_shape = tuple(node.meta["tensor_meta"].shape)
+                if len(shape) == len(in_shape) + 1 and shape[-2] * shape[-1] == in_shape[-1]:
+                    out[weight] = (int(shape[-2]), int(shape[-1]))
+    return out
+
+
+def pruned_config(model: nn.Module, pruned: nn.Module, inputs: tuple) -> Any:
+    """A copy of ``model.config`` with the sizes of the pruned weights."""
+    return _config_plan(model, pruned, inputs)[0]
+
+
+def _config_plan(model: nn.Module, pruned: nn.Module, inputs: tuple) -> tuple[Any, dict[str, float]]:
+    """The pruned config, and the query projections to rescale where the head size changed."""
+    cfg = copy.deepcopy(model.config)
+    rescale: dict[str, float] = {}
+    sd = pruned.state_dict()
+    size = lambda key, dim: int(sd[key].shape[dim]) if key in sd else None  # noqa: E731
+    heads = _head_shapes(pruned, inputs)
+    n_q: dict[str, int] = {}
+    n_kv: dict[str, int] = {}
+    d_head: dict[str, int] = {}
+    for name, mod in model.named_modules():
+        q, k, v = _child(mod, _Q), _child(mod, _K), _child(mod, _V)
+        if q is None or k is None or v is None:
+            continue
+        prefix = f"{name}." if name else ""
+        for role, (child, _) in (("q", q), ("k", k), ("v", v)):
+            hd = heads.get(f"{prefix}{child}.weight")
+            if hd is None:
+                raise UnsupportedModelError(f"{prefix}{child}: cannot find its reshape into heads in the pruned model")
+            if role == "q":
+                n_q[name] = hd[0]
+            elif role == "k":
+                n_kv[name] = hd[0]
+            d_head[f"{name} ({role})"] = hd[1]
+    if n_q:
+        old_d = getattr(model.config, "head_dim", None) or model.config.hidden_size // model.config.num_attention_heads
+        queries = [f"{name}.{_child(dict(model.named_modules())[name], _Q)[0]}" for name in n_q]
+        cfg.num_attention_heads = _uniform("numbers of attention heads", n_q)
+        if hasattr(cfg, "num_key_value_heads") and cfg.num_key_value_heads is not None:
+            cfg.num_key_value_heads = _uniform("numbers of key/value heads", n_kv)
+        d = _uniform("head sizes", d_head, "query, key and value need one head size (attention='heads' keeps it)")
+        if getattr(cfg, "head_dim", None) is not None or d * cfg.num_attention_heads != getattr(cfg, "hidden_size", -1):
+            cfg.head_dim = d
+        if d != old_d:  # the pruned model keeps the original softmax scale; the rebuilt class uses head_dim ** -0.5
+            rescale = {q: (d / old_d) ** 0.5 for q in queries}
+    inter = getattr(cfg, "intermediate_size", None)
+    hidden = getattr(cfg, "hidden_size", None)
+    ffn: dict[str, int] = {}
+    norm: dict[str, int] = {}
+    for name, mod in model.named_modules():
+        if isinstance(mod, nn.Linear) and inter is not None and mod.out_features == inter and mod.out_features != hidden:
+            ffn[name] = size(f"{name}.weight", 0)
+        elif (
+            hidden is not None
+            and isinstance(getattr(mod, "weight", None), torch.Tensor)
+            and mod.weight.dim() == 1
+            and mod.weight.shape[0] == hidden
+            and "norm" in type(mod).__name__.lower()
+        ):
+            norm[name] = size(f"{name}.weight", 0)
+    if ffn:
+        cfg.intermediate_size = _uniform("FFN widths (intermediate_size)", ffn)
+    if norm:
+        cfg.hidden_size = _uniform("hidden sizes", norm)
+    return cfg, rescale
+
+
+def _first_tensor(out: Any) -> torch.Tensor:
+    if isinstance(out, torch.Tensor):
+        return out
+    if isinstance(out, dict):
+        out = list(out.values())
+    if isinstance(out, (tuple, list)):
+        for o in out:
+            if isinstance(o, torch.Tensor):
+                return o
+    raise UnsupportedModelError(f"cannot compare outputs of type {type(out).__name__}")
+
+
+def to_hf(model: nn.Module, pruned: nn.Module, inputs: tuple, rtol: float = 1e-4) -> nn.Module:
+    """``model``'s own class built from the pruned config, holding the pruned weights.
+
+    Raises :class:`UnsupportedModelError` where the config cannot express the
+    pruned shapes, :class:`VerificationError` where its outputs differ from
+    ``pruned``'s on ``inputs``.
+    """
+    if not is_hf_model(model):
+        raise UnsupportedModelError(f"{type(model).__name__} is not a Hugging Face transformers model")
+    cfg, rescale = _config_plan(model, pruned, inputs)
+    new = type(model)(cfg).to(dtype=next(model.parameters()).dtype).eval()
+    sd = pruned.state_dict()
+    orig = model.state_dict()
+    state = {}
+    for key, ref in new.state_dict().items():
+        src = sd.get(key, orig.get(key))
+        if src is None:
+            raise UnsupportedModelError(f"{type(model).__name__}: no pruned value for {key}")
+        if tuple(src.shape) != tuple(ref.shape):
+            raise UnsupportedModelError(
+                f"{type(cfg).__name__} cannot express the pruned {key}: pruned shape {tuple(src.shape)}, the updated "
+                f"config builds {tuple(ref.shape)} (e.g. a head size derived from hidden_size / num_attention_heads); "
+                "prune other dimensions, or keep the pruned GraphModule"
+            )
+        layer, _, kind = key.rpartition(".")
+        if layer in rescale and kind in ("weight", "bias"):
+            src = src * rescale[layer]
+        state[key] = src
+    new.load_state_dict(state, strict=False)
+    if hasattr(new, "tie_weights"):
+        new.tie_weights()
+    with torch.no_grad():
+        want = _first_tensor(pruned(*inputs)).double()
+        got = _first_tensor(new(*inputs)).double()
+    err = (got - want).abs().max().item() if got.shape == want.shape else float("inf")
+    tol = rtol * max(1.0, want.abs().max().item())
+    if not err <= tol:
+        raise VerificationError(f"{type(model).__name__} rebuilt from the pruned config differs from the pruned model by {err:.3g}")
+    log.info("rebuilt %s from the pruned config (max difference %.3g)", type(model).__name__, err)
+    return new
+
+
+def save_pretrained(model: nn.Module, pruned: nn.Module, inputs: tuple, directory: str, **kwargs: Any) -> nn.Module:
+    """Rebuild (:func:`to_hf`) and ``save_pretrained(directory)``; returns the rebuilt model."""
+    new = to_hf(model, pruned, inputs)
+    new.save_pretrained(directory, **kwargs)
+    return new
