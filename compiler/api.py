@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import logging
+import math
 import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -19,13 +21,21 @@ __all__ = ["compile", "CompileResult"]
 
 @dataclass
 class CompileResult:
-    """The pruned model, its report, and a callable that runs it on the backend."""
+    """The pruned model, its report, and a callable that runs it on the backend.
+
+    ``backend`` names the runtime that runs it (what the runtime reports once it
+    has been built: ``torch.compile-cuda``, ``torch-eager-cpu``,
+    ``onnxruntime-tensorrt``, ...). The runtime is built on the first call, or by
+    :meth:`runtime`; ``compile(backend=..., provider=..., fp16=...)`` chooses it.
+    """
 
     model: Any
     report: Report
     backend: str = "torch-eager"
     plan: Plan | None = field(default=None, repr=False)
     traced: Any = field(default=None, repr=False)
+    backend_options: dict[str, Any] = field(default_factory=dict, repr=False)
+    _runner: Any = field(default=None, repr=False, compare=False)
     source: Any = field(default=None, repr=False, compare=False)  # the input model (not copied)
 
     def to_hf(self) -> Any:
@@ -40,11 +50,22 @@ class CompileResult:
         model.save_pretrained(directory, **kwargs)
         return model
 
-    def __call__(self, *inputs: Any) -> Any:
-        import torch
+    def runtime(self) -> Any:
+        """The compiled runner (``compiler.backend.OrtRunner`` or ``TorchRunner``), built once."""
+        from compiler.backend import make_runner
 
-        with torch.no_grad():
-            return self.model(*inputs)
+        if self._runner is None:
+            opts = dict(self.backend_options)
+            example = opts.pop("example_inputs", None)
+            self._runner = make_runner(self.model, example_inputs=example, **opts)
+            self.backend = self._runner.name
+        return self._runner
+
+    def __call__(self, *inputs: Any) -> Any:
+        out = self.runtime()(*inputs)
+        if isinstance(out, list):  # ONNX Runtime: a list of arrays
+            return out[0] if len(out) == 1 else out
+        return out
 
 
 def _check_options(opts: Options) -> None:
@@ -58,9 +79,13 @@ def _check_options(opts: Options) -> None:
         raise InvalidArgumentError(f"equalization={opts.equalization!r}; choose from {', '.join(EQUALIZATIONS)}")
     if opts.normalizer not in NORMALIZERS:
         raise InvalidArgumentError(f"normalizer={opts.normalizer!r}; choose from {', '.join(NORMALIZERS)}")
-    given = [x is not None for x in (opts.ratio, opts.threshold, opts.target_macs, opts.f_nz)]
+    given = [x is not None for x in (opts.ratio, opts.threshold, opts.target_macs, opts.f_nz, opts.target_latency)]
     if sum(given) > 1:
-        raise InvalidArgumentError("give only one of ratio=, threshold=, target_macs=, f_nz=")
+        raise InvalidArgumentError("give only one of ratio=, threshold=, target_macs=, target_latency=, f_nz=")
+    if opts.target_latency is not None and not (
+        isinstance(opts.target_latency, (int, float)) and math.isfinite(opts.target_latency) and opts.target_latency > 0
+    ):
+        raise InvalidArgumentError(f"target_latency must be positive milliseconds or a fraction, got {opts.target_latency!r}")
     if opts.f_nz is not None and not (isinstance(opts.f_nz, (int, float)) and 0.0 <= opts.f_nz < 1.0):
         raise InvalidArgumentError(f"f_nz must be a fraction in [0, 1), got {opts.f_nz!r}")
     if opts.ratio is not None and not (isinstance(opts.ratio, (int, float)) and 0.0 <= opts.ratio < 1.0):
@@ -77,6 +102,17 @@ def _check_options(opts: Options) -> None:
         raise InvalidArgumentError(f"scope must be 'local' or 'global', got {opts.scope!r}")
     if isinstance(opts.ignore, str):
         opts.ignore = [opts.ignore]
+
+
+def _check_backend(backend: str, provider: str, fp16: Any) -> None:
+    from compiler.backend import BACKENDS, PROVIDERS
+
+    if backend not in BACKENDS:
+        raise InvalidArgumentError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
+    if provider not in ("auto", *PROVIDERS):
+        raise InvalidArgumentError(f"provider must be one of auto, {', '.join(PROVIDERS)}; got {provider!r}")
+    if not isinstance(fp16, bool):
+        raise InvalidArgumentError(f"fp16 must be True or False, got {fp16!r}")
 
 
 def compile(  # noqa: A001 - the public contract's name
@@ -99,6 +135,10 @@ def compile(  # noqa: A001 - the public contract's name
     compensate: bool | None = None,
     f_nz: float | None = None,
     attention: str = "head_dim",
+    target_latency: float | None = None,
+    backend: str = "auto",
+    provider: str = "auto",
+    fp16: bool = False,
     verify: bool = True,
     rtol: float = 1e-5,
     seed: int = 0,
@@ -122,8 +162,22 @@ def compile(  # noqa: A001 - the public contract's name
     layers' remaining weights by least squares (default on for ``obs``). ``f_nz``
     is a policy of its own: remove channels whose fan-in or fan-out has at most
     this fraction of non-zero weights (0.0: dead units).
+
+    ``target_latency`` is a policy too: milliseconds (> 1) or a fraction of the
+    original's measured latency (<= 1) at the example inputs' batch, on the
+    backend the result runs on. Per-layer latency tables are measured there,
+    channels are allocated by saliency per millisecond saved, and the pruned
+    model is measured and re-planned until it meets the target (three rounds at
+    most; the report gives the estimate and the measurements).
+
+    ``backend`` runs the result: ``auto`` (ONNX models: ONNX Runtime; PyTorch
+    models: ``torch.compile`` with CUDA, eager without), ``eager``,
+    ``torch.compile`` or ``onnxruntime`` (a PyTorch result is exported).
+    ``provider`` picks ONNX Runtime's execution provider (``auto``: TensorRT,
+    else CUDA, else CPU) or PyTorch's device (``cpu``/``cuda``); ``fp16`` runs in
+    half precision. ``result.backend`` names what actually runs.
     """
-    if ratio is None and threshold is None and target_macs is None and f_nz is None:
+    if ratio is None and threshold is None and target_macs is None and f_nz is None and target_latency is None:
         ratio = 0.5
     opts = Options(
         ratio=ratio,
@@ -143,16 +197,25 @@ def compile(  # noqa: A001 - the public contract's name
         bias_propagation=bias_propagation,
         compensate=compensate,
         attention=attention,
+        target_latency=target_latency,
     )
     _check_options(opts)
+    _check_backend(backend, provider, fp16)
+    backend_options = {"backend": backend, "provider": provider, "fp16": bool(fp16)}
     try:
         import torch.nn as nn
     except ImportError as exc:  # pragma: no cover - torch is a dependency
         raise UnsupportedModelError("PyTorch is not installed") from exc
     if isinstance(model, nn.Module):
-        return _compile_torch(model, example_inputs, opts, progress, calibration, loss_fn)
+        result = _compile_torch(model, example_inputs, opts, progress, calibration, loss_fn, backend_options)
+        result.backend_options = {**backend_options, "example_inputs": result.traced.example_inputs}
+        return result
     if isinstance(model, (str, os.PathLike)) or type(model).__name__ == "ModelProto":
-        return _compile_onnx(model, example_inputs, opts, progress)
+        if backend in ("eager", "torch.compile"):
+            raise InvalidArgumentError(f"backend={backend!r} runs PyTorch modules; an ONNX model runs in onnxruntime")
+        result = _compile_onnx(model, example_inputs, opts, progress, backend_options)
+        result.backend_options = backend_options
+        return result
     raise UnsupportedModelError(f"cannot prune a {type(model).__name__}: expected a torch.nn.Module")
 
 
@@ -163,6 +226,7 @@ def _compile_torch(
     progress: Callable[[str], None] | None,
     calibration: Iterable[Any] | None = None,
     loss_fn: Callable[[Any, Any], Any] | None = None,
+    backend_options: dict[str, Any] | None = None,
 ) -> CompileResult:
     import torch
 
@@ -181,9 +245,18 @@ def _compile_torch(
     traced = steps("trace", load_torch, model, example_inputs)
     data = CalibrationData.from_user(calibration, example_inputs, loss_fn)
     make_data = lambda analysis: DataCriteria(traced, analysis, data, probes=opts.probes, seed=opts.seed)  # noqa: E731
-    p = plan(traced.graph, opts, steps, make_data)
-    updates, update_info = weight_updates(p, opts, steps)
-    rewritten = steps("rewrite", RewriteFX().call, traced, p.analysis, p.selection.pruned, updates)
+    latency, run_opts = _latency_setup(opts, backend_options, example_inputs, progress, steps, lambda: copy.deepcopy(traced.gm))
+    p = plan(traced.graph, run_opts, steps, make_data, latency and latency.cost_model)
+
+    def build(p: Plan) -> Any:
+        updates, info = weight_updates(p, opts, steps)
+        return updates, info, steps("rewrite", RewriteFX().call, traced, p.analysis, p.selection.pruned, updates)
+
+    if latency is None:
+        updates, update_info, rewritten = build(p)
+    else:
+        p, (updates, update_info, rewritten), info = latency.meet(p, run_opts.target_latency, run_opts, build, lambda b: b[2].module)
+        update_info = {**update_info, "latency": {**info, "original_ms": round(latency.original_ms, 4)}}
     verification = None
     if opts.verify:
         verification = steps(
@@ -208,33 +281,62 @@ def _compile_torch(
 class OnnxCompileResult(CompileResult):
     """``model`` is an ``onnx.ModelProto``; calling the result runs it in ONNX Runtime.
 
-    The session uses the CUDA execution provider where a GPU is present, the CPU
-    provider otherwise. Inputs are arrays or tensors in graph-input order; the
+    The session uses the TensorRT execution provider where a GPU is present and
+    ONNX Runtime has it, else CUDA, else the CPU (``compile(provider=...)``
+    overrides). Inputs are arrays or tensors in graph-input order; the
     output is an array, or a list of arrays for a model with several outputs.
     """
 
-    _session: Any = field(default=None, repr=False, compare=False)
-
     def session(self) -> Any:
-        from frontends.onnx_frontend import ort_session
-
-        if self._session is None:
-            self._session = ort_session(self.model, optimize=True, device="auto")
-            self.backend = "onnxruntime-" + self._session.get_providers()[0].replace("ExecutionProvider", "").lower()
-        return self._session
-
-    def __call__(self, *inputs: Any) -> Any:
-        from frontends.onnx_frontend import _to_numpy
-
-        sess = self.session()
-        names = [i.name for i in sess.get_inputs()]
-        if len(inputs) != len(names):
-            raise InvalidArgumentError(f"the model takes {len(names)} inputs {names}, got {len(inputs)}")
-        outs = sess.run(None, {n: _to_numpy(x) for n, x in zip(names, inputs)})
-        return outs[0] if len(outs) == 1 else outs
+        """The ONNX Runtime ``InferenceSession`` that runs the pruned model."""
+        return self.runtime().session
 
 
-def _compile_onnx(model: Any, example_inputs: Any, opts: Options, progress: Callable[[str], None] | None) -> CompileResult:
+class _Latency:
+    """What ``target_latency`` needs in a compile: the measurer, the original's latency, the cost model."""
+
+    def __init__(self, target: Any, original_ms: float, granularity: int, progress: Callable[[str], None] | None) -> None:
+        self.target, self.original_ms, self.granularity, self.progress = target, original_ms, granularity, progress
+
+    def cost_model(self, analysis: Any) -> Any:
+        from compiler.latency import LatencyModel
+
+        return LatencyModel(analysis, self.target.timer, self.original_ms, self.granularity, self.progress)
+
+    def meet(self, *args: Any) -> Any:
+        return self.target.meet(*args)
+
+
+def _latency_setup(
+    opts: Options,
+    backend_options: dict[str, Any] | None,
+    example_inputs: Any,
+    progress: Callable[[str], None] | None,
+    steps: Steps,
+    original: Callable[[], Any],
+) -> tuple[_Latency | None, Options]:
+    """For ``target_latency``: measure the original on the backend and turn a fraction into milliseconds."""
+    if opts.target_latency is None:
+        return None, opts
+    from dataclasses import replace
+
+    from compiler.latency import LatencyTarget
+
+    measurer = LatencyTarget(backend_options or {}, example_inputs, progress)
+    original_ms = steps("measure original", measurer.measure, original())
+    target_ms = measurer.target_ms(opts.target_latency, original_ms)
+    if progress:
+        progress(f"original {original_ms:.3f} ms on {measurer.runtime} at batch {measurer.batch}; target {target_ms:.3f} ms")
+    return _Latency(measurer, original_ms, opts.granularity, progress), replace(opts, target_latency=target_ms)
+
+
+def _compile_onnx(
+    model: Any,
+    example_inputs: Any,
+    opts: Options,
+    progress: Callable[[str], None] | None,
+    backend_options: dict[str, Any] | None = None,
+) -> CompileResult:
     """Load -> plan -> rewrite -> verify in ONNX Runtime -> re-lower the pruned model and check its MACs."""
     from frontends.onnx_frontend import load_onnx
     from passes.rewrite_onnx import RewriteONNX
@@ -248,8 +350,15 @@ def _compile_onnx(model: Any, example_inputs: Any, opts: Options, progress: Call
         )
     steps = Steps(progress)
     loaded = steps("load", load_onnx, model, example_inputs, opts.seed)
-    p = plan(loaded.graph, opts, steps)
-    rewritten = steps("rewrite", RewriteONNX().call, loaded, p.analysis, p.selection.pruned)
+    latency, run_opts = _latency_setup(opts, backend_options, loaded.input_tuple(), progress, steps, lambda: loaded.model)
+    p = plan(loaded.graph, run_opts, steps, None, latency and latency.cost_model)
+    latency_info = {}
+    if latency is None:
+        rewritten = steps("rewrite", RewriteONNX().call, loaded, p.analysis, p.selection.pruned)
+    else:
+        build = lambda p: steps("rewrite", RewriteONNX().call, loaded, p.analysis, p.selection.pruned)  # noqa: E731
+        p, rewritten, info = latency.meet(p, run_opts.target_latency, run_opts, build, lambda b: b.model)
+        latency_info = {"latency": {**info, "original_ms": round(latency.original_ms, 4)}}
     verification = None
     if opts.verify:
         verifier = VerifyONNX(rtol=max(opts.rtol, 1e-4))  # ONNX Runtime computes in float32
@@ -265,7 +374,8 @@ def _compile_onnx(model: Any, example_inputs: Any, opts: Options, progress: Call
             "materialized_constants": len(rewritten.materialized),
             "removed_nodes": rewritten.removed_nodes,
             "notes": loaded.notes,
-        }
+        },
+        **latency_info,
     }
     report = build_report(loaded.name, loaded.method, p, after.graph, opts, verification, steps.timings, extra)
     return OnnxCompileResult(rewritten.model, report, "onnxruntime", p, loaded)

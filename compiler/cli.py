@@ -316,6 +316,97 @@ def cmd_prune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_load(spec: str, args: argparse.Namespace, label: str) -> Any:
+    """(model, example inputs) for a bench spec: an .onnx file or a PyTorch factory."""
+    if _is_onnx_file(spec):
+        from frontends.onnx_frontend import load_proto
+
+        return load_proto(spec)[0], None
+    import torch
+
+    model = load_model_spec(spec).eval()
+    shape = _parse_shape(args.input_shape[0]) if args.input_shape else _default_shape(spec)
+    return model, (torch.randn(*shape),)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Latency and throughput of a model and its pruned version, side by side on one runtime."""
+    import torch
+
+    import compiler
+    from compiler.backend import export_onnx
+    from compiler.bench import check_finite, format_table, onnx_bench_model, parse_batches, torch_bench_model
+    from compiler.bench import bench as run_bench
+
+    batches = parse_batches(args.batch)
+    runs = _number("--runs", args.runs, int)
+    if runs < 3:
+        raise InvalidArgumentError("--runs must be at least 3")
+    if args.json:
+        _check_output(args.json, args.model)
+    shapes = [_parse_shape(s) for s in args.input_shape] if args.input_shape else None
+    base, example = _bench_load(args.model, args, "original")
+    if args.pruned:
+        pruned, pex = _bench_load(args.pruned, args, "pruned")
+        example_pruned = pex if pex is not None else example
+    else:
+        ratio = _number("--ratio", args.ratio)
+        target = _number("--target-macs", args.target_macs)
+        if ratio is not None and target is not None:
+            raise InvalidArgumentError("give only one of --ratio and --target-macs")
+        if ratio is None and target is None:
+            ratio = 0.5
+        _progress(f"pruning {args.model} ({'ratio ' + str(ratio) if ratio is not None else 'target MACs ' + str(target)})")
+        inputs = example if example is not None else _onnx_inputs(args.model, args.input_shape)
+        result = compiler.compile(base if example is not None else args.model, inputs, ratio=ratio, target_macs=target,
+                                  importance=args.importance, granularity=_number("--granularity", args.granularity, int),
+                                  progress=_progress)
+        pruned, example_pruned = result.model, example
+    models = []
+    for label, m, ex in (("original", base, example), ("pruned", pruned, example_pruned)):
+        if ex is None:  # ONNX
+            models.append(onnx_bench_model(label, m, shapes))
+        elif args.runtime == "onnxruntime":
+            _progress(f"exporting the {label} model to ONNX (dynamic batch)")
+            models.append(onnx_bench_model(label, export_onnx(m, ex), [tuple(x.shape) for x in ex]))
+        else:
+            models.append(torch_bench_model(label, m, ex))
+    threads = _number("--threads", args.threads, int) if args.threads else None
+    result = run_bench(models, batches, runtime="onnxruntime" if args.runtime == "onnxruntime" or example is None else "torch",
+                       provider=args.provider, fp16=args.fp16, warmup=args.warmup, runs=runs, memory=args.memory,
+                       threads=threads, progress=_progress)
+    check_finite(result)
+    print(format_table(result))
+    if args.json:
+        _write_atomic(args.json, json.dumps(result, indent=2))
+        print(f"wrote {args.json}")
+    del torch
+    return 0
+
+
+def _add_bench_parser(sub: Any) -> None:
+    b = sub.add_parser("bench", help="latency and throughput of a model and its pruned version on the runtime")
+    b.add_argument("model", help="an .onnx file, torchvision:NAME, or package.module:function")
+    b.add_argument("pruned", nargs="?", help="its pruned version (same kinds of spec); default: prune MODEL with prunec now")
+    b.add_argument("--provider", default="auto", choices=["auto", "cpu", "cuda", "tensorrt"],
+                   help="ONNX Runtime execution provider (auto: TensorRT, else CUDA, else CPU)")
+    b.add_argument("--runtime", default="onnxruntime", choices=["onnxruntime", "torch"],
+                   help="PyTorch models: export to ONNX Runtime (default) or run in PyTorch (torch.compile on CUDA)")
+    b.add_argument("--batch", default="1,64", help="comma-separated batch sizes (default 1,64)")
+    b.add_argument("--runs", default="30", help="timed rounds per batch size (default 30; more while under 1 s)")
+    b.add_argument("--warmup", type=int, default=5, help="warm-up runs per model (default 5)")
+    b.add_argument("--threads", help="ONNX Runtime intra-op threads (default: its own choice)")
+    b.add_argument("--fp16", action="store_true", help="run in half precision (GPU)")
+    b.add_argument("--no-memory", dest="memory", action="store_false", help="skip the peak-memory measurement")
+    b.add_argument("--ratio", help="when pruning here: fraction of channels to remove (default 0.5)")
+    b.add_argument("--target-macs", help="when pruning here: MACs of the pruned model as a fraction of the original")
+    b.add_argument("--importance", default="l2", help="when pruning here: saliency criterion (default l2)")
+    b.add_argument("--granularity", default="8", help="when pruning here: kept channel counts are multiples of this")
+    b.add_argument("--input-shape", action="append", help="input shape at batch 1, e.g. 1,3,224,224 (once per input)")
+    b.add_argument("--json", help="also write the results as JSON to this file")
+    b.set_defaults(func=cmd_bench)
+
+
 def _add_prune_parser(sub: Any) -> None:
     r = sub.add_parser("prune", help="prune an ONNX model into a smaller, verified ONNX model")
     r.add_argument("model", help="input .onnx file (never modified)")
@@ -353,6 +444,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--html", help="write one self-contained HTML page: graph by coupling group, channels, saliency histograms")
     i.set_defaults(func=cmd_inspect)
     _add_prune_parser(sub)
+    _add_bench_parser(sub)
     return p
 
 

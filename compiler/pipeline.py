@@ -22,7 +22,7 @@ from passes.selection import Selection, SelectionResult
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Options", "Plan", "plan", "build_report", "Steps"]
+__all__ = ["Options", "Plan", "plan", "select_latency", "build_report", "Steps"]
 
 
 @dataclass
@@ -45,6 +45,7 @@ class Options:
     compensate: bool | None = None  # None: on for obs
     probes: int = 4
     attention: str = "head_dim"  # or "heads": what a reshape into attention heads prunes
+    target_latency: float | None = None  # milliseconds (> 1) or a fraction of the original's latency (<= 1)
 
     @property
     def propagate_bias(self) -> bool:
@@ -86,15 +87,30 @@ class Plan:
     saliency: SaliencyResult
     selection: SelectionResult
     data: Any = None  # the DataCriteria used, if any
+    latency: Any = None  # the LatencyModel used for target_latency, if any
+
+
+def select_latency(analysis: AnalysisResult, scores: np.ndarray, model: Any, target_ms: float, opts: Options) -> SelectionResult:
+    """Channels chosen to meet ``target_ms`` of estimated latency, ranked by saliency per millisecond saved."""
+    selector = Selection(ratio=0.0, granularity=opts.granularity, min_channels=opts.min_channels)
+    cost = model.channel_cost()
+    per_ms = np.where(np.isnan(scores), np.nan, scores / (cost / np.nanmean(cost)))
+    return selector.call_cost(analysis, per_ms, model.estimate, target_ms)
 
 
 def plan(
-    graph: ChannelGraph, opts: Options, steps: Steps, make_data: Callable[[AnalysisResult], Any] | None = None
+    graph: ChannelGraph,
+    opts: Options,
+    steps: Steps,
+    make_data: Callable[[AnalysisResult], Any] | None = None,
+    latency: Callable[[AnalysisResult], Any] | None = None,
 ) -> Plan:
     """Analysis, saliency and selection: the format-independent middle of the pipeline.
 
     ``make_data(analysis)`` builds the model-and-data view (``DataCriteria``) that
-    data-driven criteria, the dead-unit policy and weight updates need.
+    data-driven criteria, the dead-unit policy and weight updates need;
+    ``latency(analysis)`` the measured cost model (``LatencyModel``) that a
+    ``target_latency`` (in milliseconds, here) is met with.
     """
     analysis = steps("analyze", ChannelAnalysis(opts.ignore, {"attention": opts.attention}).call, graph)
     needs = opts.importance in Saliency.NEEDS_MODEL or opts.f_nz is not None or opts.propagate_bias or opts.compensates
@@ -111,6 +127,12 @@ def plan(
     else:
         scorer = Saliency(opts.importance, opts.equalization, opts.normalizer, opts.seed)
         saliency = steps("saliency", scorer.call, analysis, data)
+        if opts.target_latency is not None:
+            if latency is None:
+                raise PrunecError("target_latency needs a runtime to measure the model on")
+            model = steps("latency tables", latency, analysis)
+            selection = steps("select", select_latency, analysis, saliency.scores, model, opts.target_latency, opts)
+            return Plan(analysis, saliency, selection, data, model)
         selector = Selection(
             ratio=opts.ratio,
             threshold=opts.threshold,

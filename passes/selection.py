@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -135,6 +136,41 @@ class Selection:
             else:
                 lo = mid
         return SelectionResult(best, hi, macs(best))
+
+
+    def call_cost(
+        self, analysis: AnalysisResult, scores: np.ndarray, cost: Callable[[np.ndarray], float], target: float
+    ) -> SelectionResult:
+        """The smallest global ratio whose ``cost(pruned)`` meets ``target`` (e.g. an estimated latency).
+
+        ``scores`` rank channels across groups (``scope="global"``): pass saliency
+        divided by what removing a channel saves, and the channels that cost the
+        most for what they contribute go first.
+        """
+        graph: ChannelGraph = analysis.graph
+        lo, hi = 0.0, 0.999
+        best = self._plan_global(analysis, scores, hi)
+        if cost(best) > target:
+            log.warning("target %.4g not reachable: at best %.4g", target, cost(best))
+            return SelectionResult(best, hi, graph_macs(graph, lambda v: analysis.pruned_shape(v, best)))
+        if cost(self._plan_global(analysis, scores, 0.0)) <= target:
+            best, hi = self._plan_global(analysis, scores, 0.0), 0.0
+        else:
+            for _ in range(16):
+                mid = (lo + hi) / 2
+                p = self._plan_global(analysis, scores, mid)
+                if cost(p) <= target:
+                    hi, best = mid, p
+                else:
+                    lo = mid
+        return SelectionResult(best, hi, graph_macs(graph, lambda v: analysis.pruned_shape(v, best)))
+
+    def _plan_global(self, analysis: AnalysisResult, scores: np.ndarray, ratio: float) -> np.ndarray:
+        scope, self.scope = self.scope, "global"
+        try:
+            return self._plan(analysis, scores, ratio, None)
+        finally:
+            self.scope = scope
 
 
 def keep_nonempty(analysis: AnalysisResult, scores: np.ndarray, pruned: np.ndarray) -> np.ndarray:

@@ -1,0 +1,201 @@
+"""``prunec bench``: a model and its pruned version, side by side on one runtime.
+
+Both models run on the same runtime and provider, interleaved run by run, at each
+batch size: median and p90 latency, throughput, peak memory (measured in a fresh
+process per model and batch), and the ratios: measured speedup, MACs reduction,
+and speedup divided by MACs reduction (1.0: the runtime turns every removed MAC
+into time saved).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from frontends.errors import InvalidArgumentError, UnsupportedModelError
+
+__all__ = ["BenchModel", "bench", "format_table"]
+
+
+@dataclass
+class BenchModel:
+    """A model ready to time: an ONNX model (runs in ONNX Runtime) or a PyTorch module."""
+
+    label: str
+    model: Any  # onnx.ModelProto or nn.Module
+    input_shapes: list[tuple[int, ...]]  # at batch 1 (or the model's static batch)
+    input_dtypes: list[Any]
+    macs: int
+    static_batch: int | None = None  # a batch size baked into the model, if any
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def is_onnx(self) -> bool:
+        return type(self.model).__name__ == "ModelProto"
+
+    def inputs(self, batch: int, seed: int = 0) -> list[np.ndarray]:
+        rng = np.random.default_rng(seed)
+        out = []
+        for shape, dtype in zip(self.input_shapes, self.input_dtypes):
+            shape = (batch, *shape[1:])
+            if np.issubdtype(dtype, np.floating):
+                out.append(rng.standard_normal(shape).astype(dtype))
+            else:
+                out.append(rng.integers(0, 2, size=shape).astype(dtype))
+        return out
+
+
+def onnx_bench_model(label: str, proto: Any, shapes: Sequence[tuple[int, ...]] | None = None) -> BenchModel:
+    """Shapes and MACs of an ONNX model (its first dim is the batch)."""
+    from frontends.onnx_frontend import _dims, _np_dtype, _real_inputs, load_onnx
+    from passes.cost import graph_macs
+
+    given = None
+    ins = _real_inputs(proto)
+    if shapes:
+        if len(shapes) != len(ins):
+            raise InvalidArgumentError(f"{label}: the model has {len(ins)} inputs, got {len(shapes)} --input-shape")
+        given = {i.name: np.zeros(s, dtype=_np_dtype(i.type.tensor_type.elem_type)) for i, s in zip(ins, shapes)}
+    loaded = load_onnx(proto, given)
+    static = None
+    for i in ins:
+        dims = _dims(i.type)
+        if dims is not None and dims:
+            static = dims[0]
+    arrays = list(loaded.inputs.values())
+    return BenchModel(label, loaded.model, [a.shape for a in arrays], [a.dtype for a in arrays],
+                      graph_macs(loaded.graph), static)
+
+
+def torch_bench_model(label: str, module: Any, example_inputs: Sequence[Any]) -> BenchModel:
+    from frontends.torch_fx import load_torch
+    from passes.cost import graph_macs
+
+    traced = load_torch(module, tuple(example_inputs))
+    return BenchModel(label, module, [tuple(x.shape) for x in example_inputs],
+                      [x.detach().numpy().dtype for x in example_inputs], graph_macs(traced.graph))
+
+
+@dataclass
+class Cell:
+    batch: int
+    timings: dict[str, Any]  # label -> Timing
+    memory: dict[str, dict[str, float]]
+    skipped: str = ""
+
+
+def bench(
+    models: Sequence[BenchModel],
+    batches: Sequence[int] = (1, 64),
+    runtime: str = "onnxruntime",
+    provider: str = "auto",
+    fp16: bool = False,
+    warmup: int = 5,
+    runs: int = 30,
+    min_seconds: float = 1.0,
+    memory: bool = True,
+    threads: int | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Time every model at every batch size, interleaved, on one runtime. Returns a JSON-able dict."""
+    from compiler.backend import OrtRunner, export_onnx, make_runner, peak_memory_onnx, time_interleaved
+
+    if runtime not in ("onnxruntime", "torch"):
+        raise InvalidArgumentError(f"runtime must be onnxruntime or torch, got {runtime!r}")
+    if any(b < 1 for b in batches):
+        raise InvalidArgumentError(f"batch sizes must be positive, got {list(batches)}")
+    runners: dict[str, Any] = {}
+    onnx_models: dict[str, Any] = {}
+    for m in models:
+        if progress:
+            progress(f"building {m.label} on {runtime}")
+        if m.is_onnx or runtime == "onnxruntime":
+            import torch
+
+            proto = m.model if m.is_onnx else export_onnx(m.model, [torch.from_numpy(x) for x in m.inputs(1)])
+            onnx_models[m.label] = proto
+            runners[m.label] = OrtRunner(proto, provider=provider, fp16=fp16, threads=threads)
+        else:
+            runners[m.label] = make_runner(m.model, backend="auto", provider=provider, fp16=fp16)
+    names = {r.name for r in runners.values()}
+    cells = []
+    for b in batches:
+        static = [m for m in models if m.static_batch is not None and m.static_batch != b]
+        if static:
+            cells.append(Cell(b, {}, {}, f"{static[0].label} has a static batch of {static[0].static_batch}"))
+            if progress:
+                progress(f"batch {b}: skipped ({cells[-1].skipped})")
+            continue
+        if progress:
+            progress(f"batch {b}: timing {len(models)} models interleaved ({warmup} warm-up, {runs}+ rounds)")
+        fns = {m.label: runners[m.label].timed_fn(*m.inputs(b)) for m in models}
+        timings = time_interleaved(fns, b, warmup=warmup, runs=runs, min_seconds=min_seconds, progress=progress)
+        mem: dict[str, dict[str, float]] = {}
+        if memory and onnx_models:
+            for m in models:
+                if m.label in onnx_models:
+                    if progress:
+                        progress(f"batch {b}: peak memory of {m.label} (fresh process)")
+                    mem[m.label] = peak_memory_onnx(onnx_models[m.label], provider=provider, batch=b, fp16=fp16)
+        cells.append(Cell(b, timings, mem))
+    return _summarize(models, cells, ", ".join(sorted(names)))
+
+
+def _summarize(models: Sequence[BenchModel], cells: list[Cell], runtime: str) -> dict[str, Any]:
+    base = models[0]
+    rows = []
+    for c in cells:
+        for m in models:
+            t = c.timings.get(m.label)
+            row: dict[str, Any] = {"model": m.label, "batch": c.batch, "macs": m.macs}
+            if t is None:
+                row["skipped"] = c.skipped
+            else:
+                row.update(t.to_dict())
+                row.update(c.memory.get(m.label, {}))
+                b = c.timings[base.label]
+                if m is not base:
+                    row["speedup"] = b.median_ms / t.median_ms
+                    row["macs_reduction"] = base.macs / max(m.macs, 1)
+                    row["speedup_per_macs"] = row["speedup"] / row["macs_reduction"]
+            rows.append(row)
+    return {"runtime": runtime, "rows": rows}
+
+
+def format_table(result: dict[str, Any]) -> str:
+    head = ["model", "batch", "median ms", "p90 ms", "samples/s", "peak MB", "MACs (G)", "speedup", "MACs fewer", "speedup/MACs"]
+    lines = [f"runtime: {result['runtime']}", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in result["rows"]:
+        if "skipped" in r:
+            lines.append(f"| {r['model']} | {r['batch']} | skipped: {r['skipped']} |" + " |" * (len(head) - 3))
+            continue
+        mem = r.get("device_mb", r.get("host_mb"))
+        cells = [
+            r["model"], str(r["batch"]), f"{r['median_ms']:.3f}", f"{r['p90_ms']:.3f}", f"{r['throughput']:.1f}",
+            "-" if mem is None else f"{mem:.0f}", f"{r['macs'] / 1e9:.3f}",
+            f"{r['speedup']:.2f}x" if "speedup" in r else "-",
+            f"{r['macs_reduction']:.2f}x" if "macs_reduction" in r else "-",
+            f"{r['speedup_per_macs']:.2f}" if "speedup_per_macs" in r else "-",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def parse_batches(text: str) -> list[int]:
+    try:
+        out = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise InvalidArgumentError(f"--batch {text!r}: expected integers like 1,64") from None
+    if not out or any(b < 1 or b > 1 << 16 for b in out):
+        raise InvalidArgumentError(f"--batch {text!r}: expected positive batch sizes like 1,64")
+    return out
+
+
+def check_finite(result: dict[str, Any]) -> None:
+    for r in result["rows"]:
+        if "median_ms" in r and not math.isfinite(r["median_ms"]):
+            raise UnsupportedModelError(f"{r['model']}: timing failed at batch {r['batch']}")
