@@ -162,6 +162,8 @@ def _check_external_data(model: onnx.ModelProto, folder: str | None, where: str)
             )
         if not loc:
             raise UnsupportedModelError(f"{what} without a location")
+        if not isinstance(loc, str) or "\x00" in loc:
+            raise UnsupportedModelError(f"{what} at a malformed location {loc!r}")
         parts = re.split(r"[\\/]+", loc)
         if os.path.isabs(loc) or loc.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", loc):
             raise UnsupportedModelError(f"{what} at an absolute path {loc!r}: only files inside the model's folder are read")
@@ -233,7 +235,32 @@ def load_proto(model: str | os.PathLike | onnx.ModelProto) -> tuple[onnx.ModelPr
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UnsupportedModelError(f"{where}: invalid ONNX model: {first}") from None
+    _check_consistent(proto, where)
     return proto, path
+
+
+def _check_consistent(proto: onnx.ModelProto, where: str) -> None:
+    """What the checker lets through but the analysis relies on: text names, tensor data that fits its
+    dims, declared shapes that agree with strict shape inference (found by the atheris fuzzer)."""
+    for g in _iter_graphs(proto.graph):
+        for n in g.node:
+            for text in (n.name, n.op_type, n.domain, *n.input, *n.output):
+                if not isinstance(text, str) or "\x00" in text:
+                    raise UnsupportedModelError(f"{where}: node {n.name!r} has a malformed name {text!r}")
+        for vi in (*g.input, *g.output, *g.value_info):
+            if not isinstance(vi.name, str) or "\x00" in vi.name:
+                raise UnsupportedModelError(f"{where}: a value has a malformed name {vi.name!r}")
+    for t in _all_tensors(proto):
+        try:
+            numpy_helper.to_array(t)
+        except Exception as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UnsupportedModelError(f"{where}: tensor {t.name!r}: its data does not fit dims {list(t.dims)} ({first})") from None
+    try:
+        onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UnsupportedModelError(f"{where}: the model's declared shapes or types are inconsistent: {first}") from None
 
 
 # ---------------------------------------------------------------------------
@@ -284,7 +311,10 @@ def run_ort(model: onnx.ModelProto, inputs: Mapping[str, np.ndarray], optimize: 
 
 
 def _np_dtype(elem: int) -> np.dtype:
-    return np.dtype(helper.tensor_dtype_to_np_dtype(elem))
+    try:
+        return np.dtype(helper.tensor_dtype_to_np_dtype(elem))
+    except (KeyError, TypeError, ValueError):
+        raise UnsupportedModelError(f"unsupported tensor element type {elem}") from None
 
 
 def _dims(t: onnx.TypeProto) -> tuple[int, ...] | None:

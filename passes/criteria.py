@@ -191,6 +191,8 @@ class DataCriteria:
 
     # -- gradient criteria -------------------------------------------------------------
     def _first_order(self, mean_replacement: bool) -> np.ndarray:
+        if not self.cons:  # no gated channel: the output does not depend on the gates (found by benchmarks/fuzz.py)
+            return self._only_gated(np.zeros(self.C))
         runner = self._runner()
         if mean_replacement:
             runner.means = self.means()
@@ -234,6 +236,8 @@ class DataCriteria:
             return self._taylor2()
 
     def _taylor2(self) -> np.ndarray:
+        if not self.cons:
+            return self._only_gated(np.zeros(self.C))
         runner = self._runner()
         acc = torch.zeros(self.C + 1, dtype=torch.float64)
         delta = -torch.ones(self.C + 1)

@@ -33,6 +33,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from frontends.errors import UnsupportedModelError
 from frontends.onnx_frontend import (
     OnnxModel,
     _attrs,
@@ -256,6 +257,11 @@ class RewriteONNX:
             onnx.checker.check_model(m, full_check=True)
         except Exception as exc:
             first = str(exc).strip().splitlines()[0]
+            try:  # an input whose declared shapes contradict its ops fails the same check: refuse the input
+                onnx.checker.check_model(om.model, full_check=True)
+            except Exception as orig_exc:
+                why = str(orig_exc).strip().splitlines()[0] if str(orig_exc).strip() else type(orig_exc).__name__
+                raise UnsupportedModelError(f"{om.name}: the model's declared shapes are inconsistent: {why}") from None
             raise RuntimeError(f"the pruned ONNX model does not pass the checker: {first}") from exc
         res.model = m
         return res

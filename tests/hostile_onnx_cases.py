@@ -119,6 +119,13 @@ def _huge_input(root: str) -> str:
     return _save(m, root)
 
 
+def _inconsistent_shape(root: str) -> str:
+    """The declared output shape contradicts the ops (found by the atheris fuzzer: crashed the rewrite's checker)."""
+    m = base_model()
+    m.graph.output[0].type.tensor_type.shape.dim[3].dim_value = 10
+    return _save(m, root)
+
+
 def _huge_initializer(root: str) -> str:
     m = base_model()
     t = m.graph.initializer[1]
@@ -228,6 +235,7 @@ CASES: dict[str, Case] = {
     "cycle": _cycle,
     "huge_input_dims": _huge_input,
     "huge_initializer_dims": _huge_initializer,
+    "inconsistent_declared_shape": _inconsistent_shape,
     "directory_not_file": lambda root: os.path.join(root, "model") if os.makedirs(os.path.join(root, "model")) is None else "",
     **EXTERNAL_CASES,
     "custom_domain_op": _custom_op,

@@ -111,3 +111,12 @@ def test_archgen_is_deterministic_and_covers_every_block():
     x = torch.randn(2, 3, 8, 8)
     assert a(x).shape == (2, 5)
     assert {step[0] for step in a.plan} >= {"attention", "se", "shuffle", "split"}
+
+
+@pytest.mark.parametrize("importance", ["taylor", "taylor2", "mrs"])
+def test_gradient_criteria_without_any_prunable_group(importance):
+    """Regression (found by benchmarks/fuzz.py): a network with nothing to prune (pool -> mean -> the
+    output layer) crashed the gate-gradient criteria (the output does not depend on any gate)."""
+    m = build(ArchSpec([("pool", 32, 3)], "mean", 15896))
+    r = prune(m, torch.randn(2, 3, 8, 8), ratio=0.3, importance=importance)
+    assert all(g.channels_after == g.channels_before for g in r.report.groups)
