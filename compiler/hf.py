@@ -177,7 +177,10 @@ def to_hf(model: nn.Module, pruned: nn.Module, inputs: tuple, rtol: float = 1e-4
     if not is_hf_model(model):
         raise UnsupportedModelError(f"{type(model).__name__} is not a Hugging Face transformers model")
     cfg, rescale = _config_plan(model, pruned, inputs)
-    new = type(model)(cfg).to(dtype=next(model.parameters()).dtype).eval()
+    try:
+        new = type(model)(cfg).to(dtype=next(model.parameters()).dtype).eval()
+    except (ValueError, AssertionError) as exc:  # the class's own checks of the config
+        raise UnsupportedModelError(f"{type(cfg).__name__} cannot express the pruned sizes: {exc}") from exc
     sd = pruned.state_dict()
     orig = model.state_dict()
     state = {}
