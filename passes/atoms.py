@@ -53,6 +53,15 @@ class AtomTable:
         if atoms.size:
             self.freezes.append(FreezeRecord(atoms, op, reason))
 
+    @property
+    def union_elements(self) -> int:
+        """Atom pairs recorded by ``union`` (the work the solve does, besides the atoms)."""
+        return sum(a.size for a in self._pairs_a)
+
+    @property
+    def freeze_elements(self) -> int:
+        return sum(r.atoms.size for r in self.freezes)
+
     def solve(self) -> np.ndarray:
         """Class id of every atom (connected components of the unions)."""
         n = self.count

@@ -27,7 +27,7 @@ from passes.registry import Producer, RuleContext, lookup
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ChannelAnalysis", "AnalysisResult", "Group", "UnknownOp"]
+__all__ = ["ChannelAnalysis", "AnalysisResult", "AnalysisStats", "Group", "UnknownOp"]
 
 
 @dataclass
@@ -58,6 +58,17 @@ class Group:
 
 
 @dataclass
+class AnalysisStats:
+    """Operation counts of one analysis: each is linear in graph size when the rules are."""
+
+    ops: int  # ops walked
+    rule_calls: int  # registry rules applied (unknown ops have none)
+    atoms: int  # channel atoms created
+    union_elements: int  # atom pairs tied
+    freeze_elements: int  # atoms frozen (with repeats)
+
+
+@dataclass
 class AnalysisResult:
     graph: ChannelGraph
     labels: dict[str, Labels]
@@ -67,6 +78,7 @@ class AnalysisResult:
     class_reasons: dict[int, list[str]]
     groups: list[Group]
     unknown_ops: list[UnknownOp]
+    stats: AnalysisStats | None = None
 
     @property
     def n_classes(self) -> int:
@@ -100,6 +112,7 @@ class ChannelAnalysis:
         atoms = AtomTable()
         ctx = RuleContext(graph, atoms, self.options)
         unknown: list[UnknownOp] = []
+        rule_calls = 0
         for op in graph.ops.values():
             ctx.op = op
             rule = lookup(op)
@@ -108,6 +121,7 @@ class ChannelAnalysis:
                 unknown.append(UnknownOp(op.name, op.target, op.label))
                 continue
             rule(op, ctx)
+            rule_calls += 1
             for out in op.outputs:  # a rule that forgot an output must not leak tracked labels
                 ctx.get(out)
             if op.label in self.ignore or op.name in self.ignore:
@@ -136,7 +150,10 @@ class ChannelAnalysis:
                     class_reasons[int(c)].append(msg)
         groups = self._groups(ctx.producers, atom_class, class_frozen, class_reasons)
         log.info("analysis: %d ops, %d atoms, %d groups, %d unknown ops", len(graph.ops), atoms.count, len(groups), len(unknown))
-        return AnalysisResult(graph, ctx.labels, ctx.producers, atom_class, class_frozen, dict(class_reasons), groups, unknown)
+        stats = AnalysisStats(len(graph.ops), rule_calls, atoms.count, atoms.union_elements, atoms.freeze_elements)
+        return AnalysisResult(
+            graph, ctx.labels, ctx.producers, atom_class, class_frozen, dict(class_reasons), groups, unknown, stats
+        )
 
     @staticmethod
     def _freeze_unknown(op: Op, ctx: RuleContext) -> None:
