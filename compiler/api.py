@@ -96,8 +96,8 @@ def _check_options(opts: Options) -> None:
         raise InvalidArgumentError(f"granularity must be an integer >= 1, got {opts.granularity!r}")
     if not isinstance(opts.min_channels, int) or opts.min_channels < 1:
         raise InvalidArgumentError(f"min_channels must be an integer >= 1, got {opts.min_channels!r}")
-    if opts.attention not in ("head_dim", "heads"):
-        raise InvalidArgumentError(f"attention must be 'head_dim' or 'heads', got {opts.attention!r}")
+    if opts.attention not in ("head_dim", "heads", "both"):
+        raise InvalidArgumentError(f"attention must be 'head_dim', 'heads' or 'both', got {opts.attention!r}")
     if opts.scope not in ("local", "global"):
         raise InvalidArgumentError(f"scope must be 'local' or 'global', got {opts.scope!r}")
     if isinstance(opts.ignore, str):
@@ -207,10 +207,18 @@ def compile(  # noqa: A001 - the public contract's name
     except ImportError as exc:  # pragma: no cover - torch is a dependency
         raise UnsupportedModelError("PyTorch is not installed") from exc
     if isinstance(model, nn.Module):
-        result = _compile_torch(model, example_inputs, opts, progress, calibration, loss_fn, backend_options)
+        if opts.attention == "both":  # two verified passes: whole heads, then head dims (compiler.attention_both)
+            from compiler.attention_both import compile_both
+
+            run = lambda m, o: _compile_torch(m, example_inputs, o, progress, calibration, loss_fn, backend_options)  # noqa: E731
+            result = compile_both(model, opts, run)
+        else:
+            result = _compile_torch(model, example_inputs, opts, progress, calibration, loss_fn, backend_options)
         result.backend_options = {**backend_options, "example_inputs": result.traced.example_inputs}
         return result
     if isinstance(model, (str, os.PathLike)) or type(model).__name__ == "ModelProto":
+        if opts.attention == "both":
+            raise InvalidArgumentError("attention='both' is available for PyTorch models")
         if backend in ("eager", "torch.compile"):
             raise InvalidArgumentError(f"backend={backend!r} runs PyTorch modules; an ONNX model runs in onnxruntime")
         result = _compile_onnx(model, example_inputs, opts, progress, backend_options)
