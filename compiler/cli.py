@@ -300,16 +300,24 @@ def cmd_prune(args: argparse.Namespace) -> int:
         verify=args.verify,
         progress=_progress,
     )
-    try:
-        data = result.model.SerializeToString()
-    except ValueError as exc:  # protobuf's 2 GB limit
-        raise UnsupportedModelError(f"{out}: the pruned model does not fit in one ONNX file ({exc})") from None
+    external, data = bool(args.external_data), b""
+    if not external:
+        try:
+            data = result.model.SerializeToString()
+        except ValueError:  # protobuf's 2 GB limit: the weights go to a data file prunec names itself
+            external = True
     _progress(f"writing {out}")
     before = _file_bytes(src)
-    _write_atomic(out, data)
+    if external:
+        from compiler.onnx_io import save_with_external_data
+
+        after = save_with_external_data(result.model, out)
+    else:
+        _write_atomic(out, data)
+        after = len(data)
     report = result.report
     print(report.summary())
-    print(f"file size    {before / 1e6:.2f} MB -> {len(data) / 1e6:.2f} MB ({len(data) / max(before, 1):.3f}x)")
+    print(f"file size    {before / 1e6:.2f} MB -> {after / 1e6:.2f} MB ({after / max(before, 1):.3f}x)")
     if args.json:
         _write_atomic(args.json, report.to_json())
     print(f"wrote {out}")
@@ -419,6 +427,7 @@ def _add_prune_parser(sub: Any) -> None:
     r.add_argument("--input-shape", action="append", help="example input shape, e.g. 1,3,224,224, for dynamic inputs (once per input)")
     r.add_argument("--no-verify", dest="verify", action="store_false", help="skip the check in ONNX Runtime")
     r.add_argument("--json", help="also write the report as JSON to this file")
+    r.add_argument("--external-data", action="store_true", help="write the weights to OUT.<hash>.data beside OUT (automatic over 2 GB)")
     r.set_defaults(func=cmd_prune)
 
 

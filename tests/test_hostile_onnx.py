@@ -139,3 +139,49 @@ def test_written_model_has_no_external_data_locations_from_the_input(tmp_path):
     assert not any(t.data_location == onnx.TensorProto.EXTERNAL or t.external_data for t in m.graph.initializer)
     assert b"evil_name" not in out.read_bytes()
     assert np.asarray(consts(m)["w1"]).shape[0] == 8
+
+
+def test_external_data_output_is_named_by_prunec_inside_the_output_folder(tmp_path, monkeypatch):
+    """--external-data: one data file, named OUT.<hash>.data beside OUT; no name from the input; the pair is
+    replaced atomically (the old data file goes once the new model is in place); a failed write keeps the old pair."""
+    from compiler import onnx_io
+    from tests._onnx_helpers import run
+    from tests.hostile_onnx_cases import base_model
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    w1 = next(t for t in base_model().graph.initializer if t.name == "w1")
+    (folder / "evil_name.bin").write_bytes(w1.raw_data)
+    src = folder / "model.onnx"
+    src.write_bytes(with_external("evil_name.bin").SerializeToString())
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    out = out_dir / "pruned.onnx"
+    pat = onnx_io.data_file_pattern(str(out))
+    monkeypatch.setattr(onnx_io, "MIN_BYTES", 64)  # the test model's weights are small
+
+    def pair() -> tuple[list[str], onnx.ModelProto]:
+        names = sorted(os.listdir(out_dir))
+        assert len(names) == 2 and names[0] == "pruned.onnx" and pat.fullmatch(names[1]), names
+        m = onnx.load(str(out), load_external_data=False)
+        locs = {e.value for t in m.graph.initializer for e in t.external_data if e.key == "location"}
+        assert locs == {names[1]}
+        assert b"evil_name" not in out.read_bytes()
+        return names, m
+
+    assert main(["prune", str(src), "-o", str(out), "--granularity", "1", "--ratio", "0.5", "--external-data"]) == 0
+    first, _ = pair()
+    m = onnx.load(str(out))  # with its data
+    assert consts(m)["w1"].shape[0] == 8
+    r = compiler.compile(str(src), None, ratio=0.5, granularity=1)
+    feeds = {"x": np.random.default_rng(0).standard_normal((1, 3, 8, 8)).astype(np.float32)}
+    np.testing.assert_array_equal(run(m, feeds)[0], run(r.model, feeds)[0])
+    # a second run with another ratio replaces the pair and removes the old data file
+    assert main(["prune", str(src), "-o", str(out), "--granularity", "1", "--ratio", "0.25", "--external-data"]) == 0
+    second, _ = pair()
+    assert second != first
+    # a write that fails half-way keeps the previous pair, complete, and leaves no temporary file
+    before = {n: (out_dir / n).read_bytes() for n in second}
+    monkeypatch.setattr(onnx_io.os, "fsync", lambda fd: (_ for _ in ()).throw(OSError(28, "No space left on device")))
+    assert main(["prune", str(src), "-o", str(out), "--granularity", "1", "--ratio", "0.75", "--external-data"]) == 1
+    assert {n: (out_dir / n).read_bytes() for n in sorted(os.listdir(out_dir))} == before
