@@ -185,3 +185,14 @@ def test_external_data_output_is_named_by_prunec_inside_the_output_folder(tmp_pa
     monkeypatch.setattr(onnx_io.os, "fsync", lambda fd: (_ for _ in ()).throw(OSError(28, "No space left on device")))
     assert main(["prune", str(src), "-o", str(out), "--granularity", "1", "--ratio", "0.75", "--external-data"]) == 1
     assert {n: (out_dir / n).read_bytes() for n in sorted(os.listdir(out_dir))} == before
+
+
+def test_the_atheris_target_sorts_inputs_without_crashing(tmp_path):
+    """benchmarks/fuzz_onnx_atheris.py imports without atheris; its per-input check on seeds and garbage."""
+    from benchmarks import fuzz_onnx_atheris as fz
+
+    work = fz._workdir(str(tmp_path))
+    seeds = fz.seeds()
+    kinds = [fz.check_bytes(s, work) for s in seeds] + [fz.check_bytes(b"\x08\x07garbage", work)]
+    assert kinds == ["accepted", "accepted", "refused", "refused", "refused"]
+    assert fz.STATE["crashes"] == 0
