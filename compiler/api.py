@@ -82,6 +82,10 @@ def _check_options(opts: Options) -> None:
     given = [x is not None for x in (opts.ratio, opts.threshold, opts.target_macs, opts.f_nz, opts.target_latency)]
     if sum(given) > 1:
         raise InvalidArgumentError("give only one of ratio=, threshold=, target_macs=, target_latency=, f_nz=")
+    if opts.allocation not in ("uniform", "latency"):
+        raise InvalidArgumentError(f"allocation must be 'uniform' or 'latency', got {opts.allocation!r}")
+    if opts.allocation == "latency" and opts.target_macs is None:
+        raise InvalidArgumentError("allocation='latency' goes with target_macs= (target_latency= allocates by latency already)")
     if opts.target_latency is not None and not (
         isinstance(opts.target_latency, (int, float)) and math.isfinite(opts.target_latency) and opts.target_latency > 0
     ):
@@ -136,6 +140,7 @@ def compile(  # noqa: A001 - the public contract's name
     f_nz: float | None = None,
     attention: str = "head_dim",
     target_latency: float | None = None,
+    allocation: str = "uniform",
     backend: str = "auto",
     provider: str = "auto",
     fp16: bool = False,
@@ -169,6 +174,9 @@ def compile(  # noqa: A001 - the public contract's name
     channels are allocated by saliency per millisecond saved, and the pruned
     model is measured and re-planned until it meets the target (three rounds at
     most; the report gives the estimate and the measurements).
+    ``allocation="latency"`` with ``target_macs`` measures the same tables and
+    spends the MACs budget where removing a channel saves the most time per
+    saliency (default ``"uniform"``: the same ratio in every group).
 
     ``backend`` runs the result: ``auto`` (ONNX models: ONNX Runtime; PyTorch
     models: ``torch.compile`` with CUDA, eager without), ``eager``,
@@ -198,6 +206,7 @@ def compile(  # noqa: A001 - the public contract's name
         compensate=compensate,
         attention=attention,
         target_latency=target_latency,
+        allocation=allocation,
     )
     _check_options(opts)
     _check_backend(backend, provider, fp16)
@@ -260,7 +269,7 @@ def _compile_torch(
         updates, info = weight_updates(p, opts, steps)
         return updates, info, steps("rewrite", RewriteFX().call, traced, p.analysis, p.selection.pruned, updates)
 
-    if latency is None:
+    if latency is None or opts.target_latency is None:
         updates, update_info, rewritten = build(p)
     else:
         p, (updates, update_info, rewritten), info = latency.meet(p, run_opts.target_latency, run_opts, build, lambda b: b[2].module)
@@ -324,7 +333,7 @@ def _latency_setup(
     original: Callable[[], Any],
 ) -> tuple[_Latency | None, Options]:
     """For ``target_latency``: measure the original on the backend and turn a fraction into milliseconds."""
-    if opts.target_latency is None:
+    if opts.target_latency is None and opts.allocation != "latency":
         return None, opts
     from dataclasses import replace
 
@@ -332,9 +341,11 @@ def _latency_setup(
 
     measurer = LatencyTarget(backend_options or {}, example_inputs, progress)
     original_ms = steps("measure original", measurer.measure, original())
-    target_ms = measurer.target_ms(opts.target_latency, original_ms)
     if progress:
-        progress(f"original {original_ms:.3f} ms on {measurer.runtime} at batch {measurer.batch}; target {target_ms:.3f} ms")
+        progress(f"original {original_ms:.3f} ms on {measurer.runtime} at batch {measurer.batch}")
+    if opts.target_latency is None:
+        return _Latency(measurer, original_ms, opts.granularity, progress), opts
+    target_ms = measurer.target_ms(opts.target_latency, original_ms)
     return _Latency(measurer, original_ms, opts.granularity, progress), replace(opts, target_latency=target_ms)
 
 
@@ -361,7 +372,7 @@ def _compile_onnx(
     latency, run_opts = _latency_setup(opts, backend_options, loaded.input_tuple(), progress, steps, lambda: loaded.model)
     p = plan(loaded.graph, run_opts, steps, None, latency and latency.cost_model)
     latency_info = {}
-    if latency is None:
+    if latency is None or opts.target_latency is None:
         rewritten = steps("rewrite", RewriteONNX().call, loaded, p.analysis, p.selection.pruned)
     else:
         build = lambda p: steps("rewrite", RewriteONNX().call, loaded, p.analysis, p.selection.pruned)  # noqa: E731

@@ -46,6 +46,7 @@ class Options:
     probes: int = 4
     attention: str = "head_dim"  # or "heads": what a reshape into attention heads prunes
     target_latency: float | None = None  # milliseconds (> 1) or a fraction of the original's latency (<= 1)
+    allocation: str = "uniform"  # target_macs: "uniform" ratio per group, or "latency": saliency per measured ms saved
 
     @property
     def propagate_bias(self) -> bool:
@@ -90,12 +91,20 @@ class Plan:
     latency: Any = None  # the LatencyModel used for target_latency, if any
 
 
-def select_latency(analysis: AnalysisResult, scores: np.ndarray, model: Any, target_ms: float, opts: Options) -> SelectionResult:
-    """Channels chosen to meet ``target_ms`` of estimated latency, ranked by saliency per millisecond saved."""
+def select_latency(
+    analysis: AnalysisResult, scores: np.ndarray, model: Any, target: float, opts: Options, measure: str = "latency"
+) -> SelectionResult:
+    """Channels ranked by saliency per millisecond saved (``model``, a ``LatencyModel``), removed until
+    the estimated latency meets ``target`` ms (``measure="latency"``) or the MACs meet ``target``
+    (``measure="macs"``: a fraction of the original's when <= 1, else a count)."""
     selector = Selection(ratio=0.0, granularity=opts.granularity, min_channels=opts.min_channels)
     cost = model.channel_cost()
     per_ms = np.where(np.isnan(scores), np.nan, scores / (cost / np.nanmean(cost)))
-    return selector.call_cost(analysis, per_ms, model.estimate, target_ms)
+    if measure == "latency":
+        return selector.call_cost(analysis, per_ms, model.estimate, target)
+    base = graph_macs(analysis.graph)
+    limit = target * base if target <= 1.0 else target
+    return selector.call_cost(analysis, per_ms, lambda p: graph_macs(analysis.graph, lambda v: analysis.pruned_shape(v, p)), limit)
 
 
 def plan(
@@ -132,6 +141,12 @@ def plan(
                 raise PrunecError("target_latency needs a runtime to measure the model on")
             model = steps("latency tables", latency, analysis)
             selection = steps("select", select_latency, analysis, saliency.scores, model, opts.target_latency, opts)
+            return Plan(analysis, saliency, selection, data, model)
+        if opts.target_macs is not None and opts.allocation == "latency":
+            if latency is None:
+                raise PrunecError("allocation='latency' needs a runtime to measure the model on")
+            model = steps("latency tables", latency, analysis)
+            selection = steps("select", select_latency, analysis, saliency.scores, model, opts.target_macs, opts, "macs")
             return Plan(analysis, saliency, selection, data, model)
         selector = Selection(
             ratio=opts.ratio,

@@ -245,6 +245,17 @@ def test_target_latency_compiles_measures_and_reports():
         compiler.compile(model, (x,), target_latency=-1)
 
 
+def test_latency_allocation_meets_the_macs_target():
+    model, (x,) = small()
+    r = compiler.compile(model, (x,), target_macs=0.6, allocation="latency", provider="cpu", granularity=1)
+    assert r.report.macs_after <= 0.6 * r.report.macs_before
+    assert r.report.verification["passed"] is True
+    with pytest.raises(InvalidArgumentError, match="goes with target_macs"):
+        compiler.compile(model, (x,), ratio=0.5, allocation="latency")
+    with pytest.raises(InvalidArgumentError, match="allocation must be"):
+        compiler.compile(model, (x,), target_macs=0.5, allocation="greedy")
+
+
 def test_target_latency_on_onnx_runtime():
     model, (x,) = small()
     proto = export_onnx(model, (x,), dynamic_batch=False)
