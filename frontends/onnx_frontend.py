@@ -881,6 +881,16 @@ def _h_conv(lw: _Lowering, i: int, n: onnx.NodeProto) -> bool:
     if not (x and w) or len(lw.shape(x)) < 3 or not lw.only_first_output_used(n):
         return False
     groups = int(_attrs(n).get("group", 1))
+    xs, ws = lw.shape(x), lw.shape(w)
+    if ws is not None and len(ws) >= 2 and groups >= 1:  # shape inference does not check this (found by atheris)
+        want = ws[0] if n.op_type == "ConvTranspose" else ws[1] * groups
+        bs = lw.shape(b) if b else None
+        outs = ws[1] * groups if n.op_type == "ConvTranspose" else ws[0]
+        if xs[1] != want or outs % groups or (bs is not None and tuple(bs) != (outs,)):
+            raise UnsupportedModelError(
+                f"node {n.name!r} ({n.op_type}): input of {xs[1]} channels, weight {list(ws)}, group {groups}"
+                f"{'' if bs is None else f', bias {list(bs)}'}: inconsistent"
+            )
     lw.emit(i, "conv", [x, w, b], [n.output[0]], {"groups": groups, "transposed": n.op_type == "ConvTranspose"})
     return True
 

@@ -126,6 +126,13 @@ def _inconsistent_shape(root: str) -> str:
     return _save(m, root)
 
 
+def _conv_channels_mismatch(root: str) -> str:
+    """conv2 reads conv1's 16 channels with a weight for 3 (shape inference lets it through; found by atheris)."""
+    m = base_model()
+    m.graph.node[2].input[1] = "w1"
+    return _save(m, root)
+
+
 def _huge_initializer(root: str) -> str:
     m = base_model()
     t = m.graph.initializer[1]
@@ -236,6 +243,7 @@ CASES: dict[str, Case] = {
     "huge_input_dims": _huge_input,
     "huge_initializer_dims": _huge_initializer,
     "inconsistent_declared_shape": _inconsistent_shape,
+    "conv_channels_mismatch": _conv_channels_mismatch,
     "directory_not_file": lambda root: os.path.join(root, "model") if os.makedirs(os.path.join(root, "model")) is None else "",
     **EXTERNAL_CASES,
     "custom_domain_op": _custom_op,
