@@ -164,7 +164,12 @@ def seeds() -> list[bytes]:
 
 def write_summary(seconds: float) -> str:
     STATE["seconds"] = round(seconds, 1)
-    STATE["atheris_version"] = getattr(atheris, "__version__", "?") if atheris else None
+    try:
+        from importlib.metadata import version
+
+        STATE["atheris_version"] = version("atheris")
+    except Exception:  # noqa: BLE001 - only for the table
+        STATE["atheris_version"] = "?"
     os.makedirs(RESULTS, exist_ok=True)
     with open(os.path.join(RESULTS, "fuzz_onnx_atheris.json"), "w") as f:
         json.dump(STATE, f, indent=1)
