@@ -16,6 +16,7 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.utils import skip_init
 
 log = logging.getLogger(__name__)
 
@@ -34,10 +35,12 @@ class DecomposedMHA(nn.Module):
         self.dropout = mha.dropout
         kdim, vdim = mha.kdim, mha.vdim
         bias = mha.in_proj_bias is not None
-        self.q_proj = nn.Linear(E, E, bias=bias)
-        self.k_proj = nn.Linear(kdim, E, bias=bias)
-        self.v_proj = nn.Linear(vdim, E, bias=bias)
-        self.out_proj = nn.Linear(E, E, bias=mha.out_proj.bias is not None)
+        ref = mha.out_proj.weight
+        like = {"device": ref.device, "dtype": ref.dtype}  # no random init: the weights are copied in below
+        self.q_proj = skip_init(nn.Linear, E, E, bias=bias, **like)
+        self.k_proj = skip_init(nn.Linear, kdim, E, bias=bias, **like)
+        self.v_proj = skip_init(nn.Linear, vdim, E, bias=bias, **like)
+        self.out_proj = skip_init(nn.Linear, E, E, bias=mha.out_proj.bias is not None, **like)
         with torch.no_grad():
             if mha._qkv_same_embed_dim:
                 wq, wk, wv = mha.in_proj_weight.chunk(3, 0)
@@ -54,8 +57,6 @@ class DecomposedMHA(nn.Module):
             self.out_proj.weight.copy_(mha.out_proj.weight)
             if mha.out_proj.bias is not None:
                 self.out_proj.bias.copy_(mha.out_proj.bias)
-        ref = mha.out_proj.weight
-        self.to(device=ref.device, dtype=ref.dtype)
 
     def forward(
         self,

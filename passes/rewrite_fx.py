@@ -57,6 +57,22 @@ def _set_tensor(root: nn.Module, path: str, new: torch.Tensor) -> None:
         setattr(parent, name, new)
 
 
+def _unshare(gm: nn.Module, source: nn.Module) -> None:
+    """Copy every tensor ``gm`` still shares with ``source`` (a tied weight of a sliced one)."""
+    src = {id(t) for t in source.parameters()} | {id(t) for t in source.buffers()}
+    src |= {id(t) for m in source.modules() for t in vars(m).values() if isinstance(t, torch.Tensor)}
+    for m in gm.modules():
+        for k, t in m._parameters.items():
+            if t is not None and id(t) in src:
+                m._parameters[k] = nn.Parameter(t.detach().clone(), requires_grad=t.requires_grad)
+        for k, t in m._buffers.items():
+            if t is not None and id(t) in src:
+                m._buffers[k] = t.clone()
+        for k, t in list(vars(m).items()):
+            if isinstance(t, torch.Tensor) and id(t) in src:
+                setattr(m, k, t.clone())
+
+
 def apply_updates(gm: nn.Module, updates: dict[str, np.ndarray] | None) -> list[str]:
     """Set constants to new full-size values (bias propagation, OBS compensation).
 
@@ -86,28 +102,21 @@ class RewriteFX:
     def call(
         self, traced: TracedModel, analysis: AnalysisResult, pruned: np.ndarray, updates: dict[str, np.ndarray] | None = None
     ) -> RewriteResult:
-        gm = copy.deepcopy(traced.gm)
         graph = analysis.graph
+        cuts = self._cuts(analysis, pruned)
+        # tensors about to be sliced are not copied: slicing makes the new ones
+        gm = copy.deepcopy(traced.gm, {id(t): t for t in (_get_attr(traced.gm, name) for name in cuts)})
         self._node_values = traced.node_values
         created = apply_updates(gm, updates)
         sliced = 0
         with torch.no_grad():
-            for v in graph.constants():
-                lab = analysis.labels.get(v.name)
-                if not lab:
-                    continue
-                t = _get_attr(gm, v.name)
-                new = t
-                for d, dl in enumerate(lab):
-                    if dl is None:
-                        continue
-                    keep = ~pruned[analysis.atom_class[dl]]
-                    if not keep.all():
-                        idx = torch.as_tensor(np.flatnonzero(keep), device=t.device)
-                        new = new.index_select(d, idx)
-                if new is not t:
-                    _set_tensor(gm, v.name, new.contiguous().clone())
-                    sliced += 1
+            for name, dims in cuts.items():
+                new = _get_attr(gm, name)
+                for d, keep in dims:
+                    new = new.index_select(d, torch.as_tensor(np.flatnonzero(keep), device=new.device))
+                _set_tensor(gm, name, new.contiguous())  # index_select made a new tensor
+                sliced += 1
+            _unshare(gm, traced.gm)
             for name in created:  # new biases follow their layer's output channels
                 module = name.rpartition(".")[0]
                 op = next(o for o in graph.ops.values() if o.label == module and o.kind in ("conv", "linear"))
@@ -132,6 +141,20 @@ class RewriteFX:
         gm.graph.lint()
         gm.recompile()
         return RewriteResult(gm, sliced, updated)
+
+    @staticmethod
+    def _cuts(analysis: AnalysisResult, pruned: np.ndarray) -> dict[str, list[tuple[int, np.ndarray]]]:
+        """Constants with pruned indices: name -> [(dim, kept mask)]."""
+        cuts: dict[str, list[tuple[int, np.ndarray]]] = {}
+        for v in analysis.graph.constants():
+            lab = analysis.labels.get(v.name)
+            if not lab:
+                continue
+            dims = [(d, ~pruned[analysis.atom_class[dl]]) for d, dl in enumerate(lab) if dl is not None]
+            dims = [(d, keep) for d, keep in dims if not keep.all()]
+            if dims:
+                cuts[v.name] = dims
+        return cuts
 
     # -- modules ---------------------------------------------------------------
     @staticmethod
