@@ -127,9 +127,8 @@ def _workdir(base: str) -> str:
 
 def run_cases(base: str) -> None:
     """The hand-written hostile cases, through the same check."""
-    from tests.hostile_onnx_cases import ACCEPTED, CASES, make_case
-
     import compiler
+    from tests.hostile_onnx_cases import ACCEPTED, CASES, make_case
 
     for name in CASES:
         d = tempfile.mkdtemp(dir=base)

@@ -112,9 +112,9 @@ def _cycle(root: str) -> str:
 
 def _huge_input(root: str) -> str:
     m = base_model()
-    for d, v in zip(m.graph.input[0].type.tensor_type.shape.dim, [1, 3, 1 << 40, 1 << 40]):
+    for d, v in zip(m.graph.input[0].type.tensor_type.shape.dim, [1, 3, 1 << 40, 1 << 40], strict=True):
         d.dim_value = v
-    for d, v in zip(m.graph.output[0].type.tensor_type.shape.dim, [1, 4, 1 << 40, 1 << 40]):
+    for d, v in zip(m.graph.output[0].type.tensor_type.shape.dim, [1, 4, 1 << 40, 1 << 40], strict=True):
         d.dim_value = v
     return _save(m, root)
 

@@ -11,10 +11,10 @@ import copy
 import pytest
 import torch
 import torch.nn as nn
+from _checks import assert_close, independent_reference, masked_reference, prune
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from _checks import assert_close, independent_reference, masked_reference, prune
 from benchmarks.fuzz import check_onnx, check_torch
 from tests.archgen import CRITERIA, EQUALIZATIONS, ArchSpec, RandomNet, blocks, build, policies
 
@@ -106,7 +106,7 @@ def test_second_order_criteria_through_fused_attention(importance):
 def test_archgen_is_deterministic_and_covers_every_block():
     spec = ArchSpec([(k, 16, 5) for k in ("conv", "attention", "se", "shuffle", "split")], "flatten", 3)
     a, b = build(spec), build(spec)
-    assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
+    assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
     assert ArchSpec.from_dict(spec.to_dict()) == spec
     x = torch.randn(2, 3, 8, 8)
     assert a(x).shape == (2, 5)
