@@ -99,7 +99,47 @@ class _ShapeProp(ShapeProp):
         return super().run_node(n)
 
 
+def _meta_shape_prop(gm: torch.fx.GraphModule, inputs: Sequence[Any]) -> bool:
+    """Shapes without arithmetic: propagate meta tensors (shape and dtype only) through ``gm``.
+
+    The module's tensors are swapped for meta tensors for the run and put back after.
+    False, with nothing recorded, where an op has no meta kernel, mixes in a real tensor
+    it creates, or depends on values: the caller then runs the model for real.
+    """
+    swapped: list[tuple[dict[str, Any], str, Any]] = []
+    meta: dict[int, torch.Tensor] = {}
+
+    def to_meta(t: torch.Tensor) -> torch.Tensor:
+        if id(t) not in meta:
+            m = t.detach().to("meta")
+            meta[id(t)] = nn.Parameter(m, requires_grad=t.requires_grad) if isinstance(t, nn.Parameter) else m
+        return meta[id(t)]
+
+    try:
+        for mod in gm.modules():
+            for store in (mod._parameters, mod._buffers, vars(mod)):
+                for k, t in list(store.items()):
+                    if isinstance(t, torch.Tensor):
+                        if isinstance(t, nn.parameter.UninitializedTensorMixin):
+                            return False  # a lazy module initializes on its first real run
+                        swapped.append((store, k, t))
+                        store[k] = to_meta(t)
+        with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):
+            ShapeProp(gm).propagate(*[x.to("meta") if isinstance(x, torch.Tensor) else x for x in inputs])
+        return True
+    except Exception as exc:  # noqa: BLE001 - any failure: the real run decides (and names the error)
+        log.debug("meta shape propagation failed (%s); running the model", exc)
+        for node in gm.graph.nodes:
+            node.meta.pop("tensor_meta", None)
+        return False
+    finally:
+        for store, k, t in reversed(swapped):
+            store[k] = t
+
+
 def _shape_prop(gm: torch.fx.GraphModule, inputs: Sequence[Any]) -> None:
+    if _meta_shape_prop(gm, inputs):
+        return
     prop = _ShapeProp(gm)
     try:
         # ShapeProp prints a traceback of its own before re-raising: keep it off the user's stderr
@@ -124,8 +164,20 @@ def _describe(inputs: Sequence[Any]) -> str:
     return ", ".join(parts) or "no inputs"
 
 
+def _module_copy(model: nn.Module) -> nn.Module:
+    """A deep copy of the module tree that shares parameter and buffer tensors with ``model``.
+
+    The traced module is only read (shape propagation, analysis, criteria); passes
+    that change tensors (rewrite, verification, weight updates) copy them first, so
+    copying every weight here would only cost time and memory.
+    """
+    memo: dict[int, Any] = {id(t): t for t in model.parameters()}
+    memo.update({id(t): t for t in model.buffers()})
+    return copy.deepcopy(model, memo)
+
+
 def trace(model: nn.Module, example_inputs: Sequence[Any]) -> tuple[torch.fx.GraphModule, str]:
-    """Trace an eval-mode copy of ``model``. Returns (graph module, method)."""
+    """Trace an eval-mode copy of ``model`` (weights shared, never written). Returns (graph module, method)."""
     if not isinstance(model, nn.Module):
         raise UnsupportedModelError(f"expected a torch.nn.Module, got {type(model).__name__}")
     for x in example_inputs:
@@ -133,7 +185,7 @@ def trace(model: nn.Module, example_inputs: Sequence[Any]) -> tuple[torch.fx.Gra
             raise UnsupportedModelError(
                 f"example_inputs must be tensors; got {type(x).__name__} (pass a tuple of tensors, e.g. (x,))"
             )
-    work = copy.deepcopy(model).eval()
+    work = _module_copy(model).eval()
     cfg = getattr(work, "config", None)
     if getattr(cfg, "use_cache", False):  # Hugging Face: a KV cache in the outputs is not a tensor output
         cfg.use_cache = False
