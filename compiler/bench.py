@@ -141,6 +141,14 @@ def bench(
                     if progress:
                         progress(f"batch {b}: peak memory of {m.label} (fresh process)")
                     mem[m.label] = peak_memory_onnx(onnx_models[m.label], provider=provider, batch=b, fp16=fp16)
+        for m in models:  # PyTorch on CUDA: the allocator's peak over one run
+            rn = runners[m.label]
+            if memory and m.label not in onnx_models and getattr(rn, "device", "cpu") == "cuda":
+                import torch
+
+                torch.cuda.reset_peak_memory_stats()
+                fns[m.label]()
+                mem[m.label] = {"device_mb": torch.cuda.max_memory_allocated() / 2**20}
         cells.append(Cell(b, timings, mem))
     return _summarize(models, cells, ", ".join(sorted(names)))
 
