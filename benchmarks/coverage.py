@@ -2,39 +2,62 @@
 
 For each model (random weights, ``weights=None``): whether it traced and how,
 groups found, groups frozen and why, MACs and parameter ratios, the verification
-error, and the compile time. Writes benchmarks/results/coverage.md.
+error, and the compile time. Each model runs in its own process (a per-model
+time limit; a crash or an out-of-memory kill becomes a row, not the end of the
+sweep); rows are appended to ``coverage.jsonl`` and the table
+``benchmarks/results/coverage.md`` is rewritten after every model, so the sweep
+can run in chunks (``--resume``).
 
-    python benchmarks/coverage.py                  # classification models up to --max-params
-    python benchmarks/coverage.py --all            # also segmentation, detection-free video models
+Inputs are the smallest each model takes sensibly, so that the sweep fits on a
+CPU: 64x64 for CNNs, ViT built with ``image_size=64`` (56 for the /14 patches),
+Swin at 112, MaxViT at its required 224, video models at 8 frames.
+
+    python benchmarks/coverage.py                      # classification models up to --max-params
+    python benchmarks/coverage.py --all --resume       # + segmentation and video, skipping rows already done
     python benchmarks/coverage.py --models resnet18,vit_b_16
 """
 
 from __future__ import annotations
 
 import argparse
-import gc
+import json
 import os
+import subprocess
 import sys
 import time
 import traceback
 
-import torch
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import compiler  # noqa: E402
-
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+SIZES_DOC = (
+    "Inputs (batch 1): 3x64x64 for CNNs (inception_v3 3x96x96), ViT built with `image_size=64` "
+    "(vit_h_14: 56), Swin 3x112x112, MaxViT 3x224x224 (its partitions need it); segmentation 3x64x64; "
+    "video 3x8x64x64 (MViT built with `spatial_size=(64, 64), temporal_size=8`; S3D 3x16x224x224, its "
+    "final pooling needs it)."
+)
 
 
-def input_for(name: str, family: str) -> torch.Tensor:
+def build_spec(name: str, family: str) -> tuple[dict, tuple[int, ...]]:
+    """Constructor keyword arguments and input shape for one model."""
     if family == "video":
-        return torch.randn(1, 3, 8, 112, 112)
-    if name.startswith("inception"):
-        return torch.randn(1, 3, 299, 299)
+        if name.startswith("mvit"):
+            return {"spatial_size": (64, 64), "temporal_size": 8}, (1, 3, 8, 64, 64)
+        if name == "s3d":
+            return {}, (1, 3, 16, 224, 224)
+        return {}, (1, 3, 8, 64, 64)
     if family == "segmentation":
-        return torch.randn(1, 3, 224, 224)
-    return torch.randn(1, 3, 224, 224)
+        return {"aux_loss": False}, (1, 3, 64, 64)
+    if name.startswith("vit_"):
+        size = 56 if name.endswith("_14") else 64
+        return {"image_size": size}, (1, 3, size, size)
+    if name.startswith("swin"):
+        return {}, (1, 3, 112, 112)
+    if name.startswith("maxvit"):
+        return {}, (1, 3, 224, 224)
+    if name.startswith("inception"):
+        return {}, (1, 3, 96, 96)
+    return {}, (1, 3, 64, 64)
 
 
 def models(args) -> list[tuple[str, str]]:
@@ -51,11 +74,17 @@ def models(args) -> list[tuple[str, str]]:
 
 
 def one(name: str, family: str, max_params: float) -> dict:
+    """Build, compile (verify=True) and measure one model, in this process."""
+    import torch
     import torchvision.models as tvm
 
-    row: dict = dict(model=name, family=family)
+    sys.path.insert(0, ROOT)
+    import compiler
+
+    torch.manual_seed(0)
+    kwargs, shape = build_spec(name, family)
+    row: dict = dict(model=name, family=family, input="x".join(str(s) for s in shape[1:]))
     try:
-        kwargs = {"aux_loss": False} if family == "segmentation" else {}
         m = tvm.get_model(name, weights=None, **kwargs).eval()
     except Exception as exc:
         row.update(status="build failed", error=f"{type(exc).__name__}: {exc}")
@@ -63,9 +92,9 @@ def one(name: str, family: str, max_params: float) -> dict:
     n_params = sum(p.numel() for p in m.parameters())
     row["params_m"] = n_params / 1e6
     if n_params > max_params * 1e6:
-        row.update(status="skipped", error=f"{n_params / 1e6:.0f}M parameters > --max-params {max_params:.0f}M")
+        row.update(status="skipped: size", error=f"{n_params / 1e6:.0f}M parameters > --max-params {max_params:.0f}M")
         return row
-    x = input_for(name, family)
+    x = torch.randn(*shape)
     t = time.perf_counter()
     try:
         r = compiler.compile(m, (x,), ratio=0.5)
@@ -91,36 +120,59 @@ def one(name: str, family: str, max_params: float) -> dict:
         params=rep.params_ratio,
         error_v=rep.verification["max_abs_error"],
         scale=rep.verification["reference_scale"],
+        nodes=rep.verification.get("nodes_checked", 0),
         seconds=time.perf_counter() - t,
     )
     return row
 
 
-def write(rows: list[dict], args) -> str:
+def run_isolated(name: str, family: str, max_params: float, timeout: float) -> dict:
+    """``one`` in a child process with a time limit."""
+    cmd = [sys.executable, os.path.abspath(__file__), "--one", name, "--family", family, "--max-params", str(max_params)]
+    t = time.perf_counter()
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return dict(model=name, family=family, status="timeout", error=f"no result within {timeout:.0f} s", seconds=timeout)
+    for line in reversed(p.stdout.splitlines()):
+        if line.startswith("ROW "):
+            return json.loads(line[4:])
+    tail = (p.stderr.strip().splitlines() or [f"exit code {p.returncode}"])[-1][:200]
+    return dict(model=name, family=family, status="crashed", error=f"exit code {p.returncode}: {tail}", seconds=time.perf_counter() - t)
+
+
+def write(rows: list[dict], total: int) -> str:
     ok = [r for r in rows if r.get("status") == "ok"]
     half = [r for r in ok if r["macs"] < 0.5]
+    skipped = [r for r in rows if str(r.get("status", "")).startswith("skipped")]
     lines = [
         "# Coverage: torchvision models through prunec",
         "",
-        f"`compiler.compile(model, (x,), ratio=0.5)` with defaults (l2, arithmetic_mean, granularity 8), random weights, "
-        f"CPU, {time.strftime('%Y-%m-%d')}. Inputs: 1x3x224x224 (inception 299, video 1x3x8x112x112). "
-        "Verification: the pruned model against the original with removed channels zeroed, float64; "
-        "`error` is the max abs difference, `scale` the max |output|.",
+        "`compiler.compile(model, (x,), ratio=0.5)` with defaults (l2, arithmetic_mean, granularity 8, verify=True), "
+        f"random weights, CPU (2 shared cores), {time.strftime('%Y-%m-%d')}. {SIZES_DOC} "
+        "Verification: the pruned model against the original with removed channels zeroed, float64, every "
+        "intermediate tensor compared at its kept positions; `error` is the max abs difference at the outputs, "
+        "`scale` the max |output|. Produced by `python benchmarks/coverage.py --all --resume`.",
         "",
-        f"**{len(ok)} of {len(rows)} models compiled and verified; {len(half)} of them below half the MACs.**",
+        f"**{len(ok)} of {len(rows)} models compiled and verified; {len(half)} of them below half the MACs; "
+        f"{len(skipped)} skipped for size"
+        + (f"; {total - len(rows)} not run yet" if total > len(rows) else "")
+        + ".**",
         "",
-        "| model | status | traced | groups | frozen | MACs | params | error / scale | time (s) | frozen because / unknown ops / error |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| model | family | input | status | traced | groups | frozen | MACs | params | error / scale | time (s) | frozen because / unknown ops / error |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        if r.get("status") == "ok" or r.get("status") == "verification failed":
+        inp = r.get("input", "")
+        if r.get("status") in ("ok", "verification failed"):
             why = r["reasons"] + (f" — unknown: {r['unknown']}" if r["unknown"] else "")
             lines.append(
-                f"| {r['model']} | {r['status']} | {r['traced']} | {r['groups']} | {r['frozen']} | {r['macs']:.3f} | "
-                f"{r['params']:.3f} | {r['error_v']:.1e} / {r['scale']:.1e} | {r['seconds']:.1f} | {why} |"
+                f"| {r['model']} | {r['family']} | {inp} | {r['status']} | {r['traced']} | {r['groups']} | {r['frozen']} | "
+                f"{r['macs']:.3f} | {r['params']:.3f} | {r['error_v']:.1e} / {r['scale']:.1e} | {r['seconds']:.1f} | {why} |"
             )
         else:
-            lines.append(f"| {r['model']} | {r['status']} | | | | | | | {r.get('seconds', 0):.1f} | {r.get('error', '')} |")
+            err = str(r.get("error", "")).replace("|", "/").replace("\n", " ")
+            lines.append(f"| {r['model']} | {r['family']} | {inp} | {r['status']} | | | | | | | {r.get('seconds', 0):.1f} | {err} |")
     return "\n".join(lines) + "\n"
 
 
@@ -128,20 +180,47 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--all", action="store_true", help="segmentation and video models too")
     ap.add_argument("--models", help="comma-separated model names")
-    ap.add_argument("--max-params", type=float, default=200.0, help="skip models with more parameters (millions)")
+    ap.add_argument("--max-params", type=float, default=150.0, help="skip (and list) models with more parameters (millions)")
+    ap.add_argument("--timeout", type=float, default=900.0, help="seconds per model")
+    ap.add_argument("--resume", action="store_true", help="keep the rows already in the .jsonl; run only the others")
+    ap.add_argument("--limit", type=int, default=0, help="run at most this many models now (chunks)")
     ap.add_argument("--out", default=os.path.join(RESULTS, "coverage.md"))
+    ap.add_argument("--one", help=argparse.SUPPRESS)
+    ap.add_argument("--family", default="classification", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    rows = []
+    if args.one:
+        print("ROW " + json.dumps(one(args.one, args.family, args.max_params)), flush=True)
+        return
+    jsonl = os.path.splitext(args.out)[0] + ".jsonl"
+    done: dict[str, dict] = {}
+    if args.resume and os.path.exists(jsonl):
+        with open(jsonl) as f:
+            for line in f:
+                r = json.loads(line)
+                if not str(r.get("status", "")).startswith("skipped"):  # the size cap may have changed
+                    done[r["model"]] = r
+    elif os.path.exists(jsonl):
+        os.remove(jsonl)
     todo = models(args)
+    ran = 0
     for i, (name, family) in enumerate(todo):
-        row = one(name, family, args.max_params)
-        rows.append(row)
+        if name in done:
+            continue
+        if args.limit and ran >= args.limit:
+            break
+        row = run_isolated(name, family, args.max_params, args.timeout)
+        ran += 1
+        done[name] = row
+        with open(jsonl, "a") as f:
+            f.write(json.dumps(row) + "\n")
         extra = f"MACs {row['macs']:.3f} verify {row['error_v']:.1e}" if "macs" in row else row.get("error", "")
         print(f"[{i + 1}/{len(todo)}] {name}: {row['status']} {extra} ({row.get('seconds', 0):.1f}s)", flush=True)
-        gc.collect()
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        f.write(write(rows, args))
+        rows = [done[n] for n, _ in todo if n in done]
+        os.makedirs(os.path.dirname(args.out), exist_ok=True)
+        tmp = args.out + ".tmp"
+        with open(tmp, "w") as f:
+            f.write(write(rows, len(todo)))
+        os.replace(tmp, args.out)
     print(f"wrote {args.out}")
 
 

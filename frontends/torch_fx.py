@@ -780,6 +780,16 @@ def _h_matmul(lw, node, args, kwargs) -> bool:
     return True
 
 
+@_handles("normalize")
+def _h_normalize(lw, node, args, kwargs) -> bool:
+    """F.normalize(x, p, dim): x divided by its p-norm along dim."""
+    x, p, dim = lw._val(args[0]), _arg(args, kwargs, 1, "p", 2.0), _arg(args, kwargs, 2, "dim", 1)
+    if not x or not isinstance(p, (int, float)) or not isinstance(dim, int) or _arg(args, kwargs, 4, "out") is not None:
+        return False
+    lw._emit(node, "normalize", [x], {"p": float(p), "axis": dim})
+    return True
+
+
 @_handles("einsum")
 def _h_einsum(lw, node, args, kwargs) -> bool:
     eq = _arg(args, kwargs, 0, "equation")

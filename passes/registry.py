@@ -804,3 +804,13 @@ def _einsum(op: Op, ctx: RuleContext) -> None:
                 break
     oshape = ctx.shape(op.outputs[0])
     ctx.set(op.outputs[0], [label.get(c) if n > 1 or len(ins) == 1 else None for c, n in zip(out, oshape)])
+
+
+@register("normalize")
+def _normalize(op: Op, ctx: RuleContext) -> None:
+    """F.normalize: x / ||x||_p along an axis. For p > 0 a removed (zeroed) channel adds nothing to
+    the norm, so the kept channels' values are exact; other p freeze the axis."""
+    xl = list(ctx.get(op.inputs[0]))
+    if not float(op.attrs.get("p", 2.0)) > 0:
+        ctx.freeze(xl[_axis(int(op.attrs["axis"]), len(xl))], "normalize with p <= 0 over a channel dimension")
+    ctx.set(op.outputs[0], xl)

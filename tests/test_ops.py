@@ -1625,3 +1625,19 @@ def test_wrapped_function_is_inlined_at_the_example_sizes():
     assert "_wrapped_window_sum(" not in r.model.code  # the body's ops, not the call
     assert sub(r, "a").out_features == 8 and r.model.w.shape == (6, 8) and sub(r, "b").in_features == 6
     assert f"{(16 // 2) ** -0.5}" in r.model.code  # the size-derived scale keeps the original value
+
+
+def test_normalize_over_channels_is_exact():
+    """F.normalize along a channel dim: removed (zeroed) channels add nothing to the norm (Swin V2's cosine attention)."""
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(8, 16), nn.Linear(16, 4)
+
+        def forward(self, x):
+            return self.b(F.normalize(self.a(x), dim=-1) * 3.0)
+
+    m = Net()
+    r = check(m, torch.randn(3, 8))
+    assert frozen_targets(r) == [] and sub(r, "a").out_features == 8 and sub(r, "b").in_features == 8
