@@ -142,6 +142,8 @@ def run_isolated(name: str, family: str, max_params: float, timeout: float) -> d
 
 
 def write(rows: list[dict], total: int) -> str:
+    not_run = [r for r in rows if r.get("status") == "not run"]
+    rows = [r for r in rows if r.get("status") != "not run"]
     ok = [r for r in rows if r.get("status") == "ok"]
     half = [r for r in ok if r["macs"] < 0.5]
     skipped = [r for r in rows if str(r.get("status", "")).startswith("skipped")]
@@ -162,7 +164,10 @@ def write(rows: list[dict], total: int) -> str:
         "| model | family | input | status | traced | groups | frozen | MACs | params | error / scale | time (s) | frozen because / unknown ops / error |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in rows:
+    for r in rows + not_run:
+        if r.get("status") == "not run":
+            lines.append(f"| {r['model']} | {r['family']} | | not run (sweep stopped for time) | | | | | | | | |")
+            continue
         inp = r.get("input", "")
         if r.get("status") in ("ok", "verification failed"):
             why = r["reasons"] + (f" — unknown: {r['unknown']}" if r["unknown"] else "")
@@ -185,6 +190,7 @@ def main() -> None:
     ap.add_argument("--resume", action="store_true", help="keep the rows already in the .jsonl; run only the others")
     ap.add_argument("--limit", type=int, default=0, help="run at most this many models now (chunks)")
     ap.add_argument("--out", default=os.path.join(RESULTS, "coverage.md"))
+    ap.add_argument("--table-only", action="store_true", help="rewrite the table from the .jsonl; models not in it are listed as not run")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     ap.add_argument("--family", default="classification", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -193,15 +199,21 @@ def main() -> None:
         return
     jsonl = os.path.splitext(args.out)[0] + ".jsonl"
     done: dict[str, dict] = {}
-    if args.resume and os.path.exists(jsonl):
+    if (args.resume or args.table_only) and os.path.exists(jsonl):
         with open(jsonl) as f:
             for line in f:
                 r = json.loads(line)
-                if not str(r.get("status", "")).startswith("skipped"):  # the size cap may have changed
+                if args.table_only or not str(r.get("status", "")).startswith("skipped"):  # the size cap may have changed
                     done[r["model"]] = r
     elif os.path.exists(jsonl):
         os.remove(jsonl)
     todo = models(args)
+    if args.table_only:
+        rows = [done.get(n, dict(model=n, family=f, status="not run")) for n, f in todo]
+        with open(args.out, "w") as f:
+            f.write(write(rows, len(todo)))
+        print(f"wrote {args.out}")
+        return
     ran = 0
     for i, (name, family) in enumerate(todo):
         if name in done:

@@ -1,6 +1,6 @@
 """torchvision families beyond tests/test_torchvision.py, at the coverage sweep's small inputs.
 
-By default one model of each remaining family (Swin, ViT, SqueezeNet, MNASNet, ResNeXt,
+By default one model of each remaining family (Swin, ViT, SqueezeNet, MNASNet,
 a segmentation and a video model); ``--runslow`` adds every model of the sweep
 (``benchmarks/coverage.py``: classification, segmentation, video) up to 150M parameters.
 Random weights (``weights=None``), nothing downloaded.
@@ -29,7 +29,6 @@ SLICE = [
     ("vit_b_32", "classification"),  # class token, heads
     ("squeezenet1_1", "classification"),
     ("mnasnet0_5", "classification"),
-    ("resnext50_32x4d", "classification"),
     ("lraspp_mobilenet_v3_large", "segmentation"),
     ("r3d_18", "video"),
 ]
