@@ -213,7 +213,9 @@ class DenseChain(nn.Module):
         for b in range(0, n, block):
             k = min(block, n - b)
             layers = nn.ModuleList(
-                nn.Sequential(nn.BatchNorm2d(width + j * growth), nn.ReLU(), nn.Conv2d(width + j * growth, growth, 3, padding=1))
+                nn.Sequential(
+                    nn.BatchNorm2d(width + j * growth), nn.ReLU(), nn.Conv2d(width + j * growth, growth, 3, padding=1)
+                )
                 for j in range(k)
             )
             self.blocks.append(layers)
@@ -222,7 +224,7 @@ class DenseChain(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x)
-        for layers, trans in zip(self.blocks, self.transitions):
+        for layers, trans in zip(self.blocks, self.transitions, strict=True):
             feats = [x]
             for layer in layers:
                 feats.append(layer(torch.cat(feats, 1)))

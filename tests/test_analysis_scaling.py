@@ -32,7 +32,9 @@ class Residual(nn.Module):
         super().__init__()
         self.stem = nn.Conv2d(3, width, 3, padding=1)
         self.blocks = nn.ModuleList(
-            nn.Sequential(nn.Conv2d(width, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(), nn.Conv2d(width, width, 1))
+            nn.Sequential(
+                nn.Conv2d(width, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(), nn.Conv2d(width, width, 1)
+            )
             for _ in range(n)
         )
         self.head = nn.Linear(width, 4)
@@ -52,7 +54,9 @@ class Dense(nn.Module):
         self.stem = nn.Conv2d(3, width, 3, padding=1)
         self.blocks = nn.ModuleList(
             nn.ModuleList(
-                nn.Sequential(nn.BatchNorm2d(width + j * growth), nn.ReLU(), nn.Conv2d(width + j * growth, growth, 3, padding=1))
+                nn.Sequential(
+                    nn.BatchNorm2d(width + j * growth), nn.ReLU(), nn.Conv2d(width + j * growth, growth, 3, padding=1)
+                )
                 for j in range(block)
             )
             for _ in range(n // block)
@@ -62,7 +66,7 @@ class Dense(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x)
-        for layers, trans in zip(self.blocks, self.transitions):
+        for layers, trans in zip(self.blocks, self.transitions, strict=True):
             feats = [x]
             for layer in layers:
                 feats.append(layer(torch.cat(feats, 1)))
