@@ -104,10 +104,12 @@ def _meta_shape_prop(gm: torch.fx.GraphModule, inputs: Sequence[Any]) -> bool:
 
     The module's tensors are swapped for meta tensors for the run and put back after.
     False, with nothing recorded, where an op has no meta kernel, mixes in a real tensor
-    it creates, or depends on values: the caller then runs the model for real.
+    it creates, or depends on values, and where the tensors are on several devices
+    (meta tensors would hide the mismatch): the caller then runs the model for real.
     """
     swapped: list[tuple[dict[str, Any], str, Any]] = []
     meta: dict[int, torch.Tensor] = {}
+    devices = {x.device for x in inputs if isinstance(x, torch.Tensor)}
 
     def to_meta(t: torch.Tensor) -> torch.Tensor:
         if id(t) not in meta:
@@ -122,8 +124,11 @@ def _meta_shape_prop(gm: torch.fx.GraphModule, inputs: Sequence[Any]) -> bool:
                     if isinstance(t, torch.Tensor):
                         if isinstance(t, nn.parameter.UninitializedTensorMixin):
                             return False  # a lazy module initializes on its first real run
+                        devices.add(t.device)
                         swapped.append((store, k, t))
                         store[k] = to_meta(t)
+        if len(devices) > 1:
+            return False
         with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):
             ShapeProp(gm).propagate(*[x.to("meta") if isinstance(x, torch.Tensor) else x for x in inputs])
         return True
