@@ -33,7 +33,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZES_DOC = (
     "Inputs (batch 1): 3x64x64 for CNNs (inception_v3 3x96x96), ViT built with `image_size=64` "
     "(vit_h_14: 56), Swin 3x112x112, MaxViT 3x224x224 (its partitions need it); segmentation 3x64x64; "
-    "video 3x8x64x64 (MViT built with `spatial_size=(64, 64), temporal_size=8`; S3D 3x16x224x224, its "
+    "video 3x8x64x64 (MViT 3x16x224x224, its positional embeddings are fixed; S3D 3x16x224x224, its "
     "final pooling needs it)."
 )
 
@@ -41,13 +41,13 @@ SIZES_DOC = (
 def build_spec(name: str, family: str) -> tuple[dict, tuple[int, ...]]:
     """Constructor keyword arguments and input shape for one model."""
     if family == "video":
-        if name.startswith("mvit"):
-            return {"spatial_size": (64, 64), "temporal_size": 8}, (1, 3, 8, 64, 64)
+        if name.startswith("mvit"):  # positional embeddings of a fixed size
+            return {}, (1, 3, 16, 224, 224)
         if name == "s3d":
             return {}, (1, 3, 16, 224, 224)
         return {}, (1, 3, 8, 64, 64)
     if family == "segmentation":
-        return {"aux_loss": False}, (1, 3, 64, 64)
+        return {"aux_loss": False, "weights_backbone": None}, (1, 3, 64, 64)
     if name.startswith("vit_"):
         size = 56 if name.endswith("_14") else 64
         return {"image_size": size}, (1, 3, size, size)

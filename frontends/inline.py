@@ -21,7 +21,9 @@ Cases handled:
    torch (``torch.fx.wrap``-ed user or torchvision functions);
 2. tensor, int and list arguments; nested wrapped calls inside the body are
    traced through too;
-3. a tensor or a tuple/list of tensors returned.
+3. a tensor or a tuple/list of tensors returned; a result that is plain data
+   computed from sizes (window and pad sizes) replaces the call as a constant;
+4. list arguments the body mutates get mutable copies (FX stores them immutable).
 
 The inlined graph is specialized to the example inputs' sizes (the batch size
 included) for the ops that came from the body.
@@ -89,6 +91,22 @@ class _ConcreteProxy(torch.fx.Proxy):
         return iter([self[i] for i in range(len(self.value))])
 
 
+def _mutable(a: Any) -> Any:
+    """FX stores list and dict arguments immutable; a wrapped body may mutate its arguments (swin3d)."""
+    if isinstance(a, (list, tuple)) and not hasattr(a, "_fields"):
+        items = [_mutable(x) for x in a]
+        return items if isinstance(a, list) else tuple(items)
+    if isinstance(a, dict):
+        return {k: _mutable(v) for k, v in a.items()}
+    return a
+
+
+def _has_proxy_or_tensor(a: Any) -> bool:
+    found = []
+    map_aggregate(a, lambda x: found.append(x) if isinstance(x, (torch.fx.Proxy, torch.Tensor)) else None)
+    return bool(found)
+
+
 def _value(a: Any) -> Any:
     if isinstance(a, _ConcreteProxy):
         return a.value
@@ -133,11 +151,30 @@ class _Values(torch.fx.Interpreter):
         self.wanted = wanted
         self.values: dict[str, Any] = {}
 
+    def call_function(self, target: Any, args: Any, kwargs: Any) -> Any:
+        return super().call_function(target, _mutable(args), _mutable(kwargs))
+
     def run_node(self, n: torch.fx.Node) -> Any:
         out = super().run_node(n)
         if n.name in self.wanted:
             self.values[n.name] = map_aggregate(out, lambda v: v.detach().clone() if isinstance(v, torch.Tensor) else v)
         return out
+
+
+class _Constant(Exception):
+    """The call's result is plain Python data computed from sizes."""
+
+    def __init__(self, value: Any) -> None:
+        super().__init__("constant")
+        self.value = value
+
+
+def _fold(node: torch.fx.Node, value: Any) -> None:
+    """Replace a call whose result is plain data by that data in its users' arguments."""
+    for user in list(node.users):
+        user.args = map_aggregate(user.args, lambda a: value if a is node else a)
+        user.kwargs = map_aggregate(user.kwargs, lambda a: value if a is node else a)
+    node.graph.erase_node(node)
 
 
 def _trace_call(node: torch.fx.Node, values: dict[str, Any]) -> tuple[torch.fx.Graph, nn.Module, list[torch.fx.Node]]:
@@ -157,9 +194,11 @@ def _trace_call(node: torch.fx.Node, values: dict[str, Any]) -> tuple[torch.fx.G
             return proxies[a.name]
         return a
 
-    args = map_aggregate(node.args, to_proxy)
-    kwargs = map_aggregate(node.kwargs, to_proxy)
+    args = _mutable(map_aggregate(node.args, to_proxy))
+    kwargs = _mutable(map_aggregate(node.kwargs, to_proxy))
     result = node.target(*args, **kwargs)
+    if not _has_proxy_or_tensor(result):  # sizes only (window and pad sizes): a constant of the example
+        raise _Constant(result)
     if isinstance(result, (tuple, list)):
         out = type(result)(tracer.create_arg(r) for r in result)
     else:
@@ -225,6 +264,10 @@ def inline_wrapped(gm: torch.fx.GraphModule, example_inputs: Sequence[Any]) -> l
         name = getattr(node.target, "__qualname__", str(node.target))
         try:
             sub, consts, arg_nodes = _trace_call(node, run.values)
+        except _Constant as c:
+            _fold(node, c.value)
+            done.append(name)
+            continue
         except Exception as exc:  # a value-dependent branch, an unsupported construct: stays a leaf
             log.info("cannot inline %s (%s): %s", node.name, name, exc)
             continue
