@@ -1,6 +1,6 @@
 """torchvision families beyond tests/test_torchvision.py, at the coverage sweep's small inputs.
 
-By default one model of each remaining family (Swin, ViT, SqueezeNet, MNASNet,
+By default one model of each remaining family (Swin, Swin V2, MaxViT, ViT, SqueezeNet, MNASNet,
 a segmentation and a video model); ``--runslow`` adds every model of the sweep
 (``benchmarks/coverage.py``: classification, segmentation, video) up to 150M parameters.
 Random weights (``weights=None``), nothing downloaded.
@@ -26,6 +26,8 @@ _spec.loader.exec_module(coverage)
 
 SLICE = [
     ("swin_t", "classification"),  # window attention, relative position bias, patch merging (inlined wrapped functions)
+    ("swin_v2_t", "classification"),  # cosine attention (F.normalize), log-spaced position bias MLP
+    ("maxvit_t", "classification"),  # einsum attention, grid/block partitions (224: its partitions need it)
     ("vit_b_32", "classification"),  # class token, heads
     ("squeezenet1_1", "classification"),
     ("mnasnet0_5", "classification"),
