@@ -110,6 +110,8 @@ def one(name: str, batches: list[int], provider: str, seed: int, runs: int) -> l
     log(f"{name}: Torch-Pruning {pruned['torch-pruning'][1]:.3f}x MACs")
     protos = {"original": export_onnx(model, (x,))}
     protos.update({k: export_onnx(m, (x,)) for k, (m, _) in pruned.items()})
+    opsets = {k: next(o.version for o in v.opset_import if o.domain in ("", "ai.onnx")) for k, v in protos.items()}
+    log(f"{name}: ONNX opsets (17: TorchScript exporter, 18: dynamo) {opsets}")
     runners = {k: OrtRunner(v, provider=provider) for k, v in protos.items()}
     device = runners["original"].name
     rows = []
@@ -119,7 +121,8 @@ def one(name: str, batches: list[int], provider: str, seed: int, runs: int) -> l
         n = max(5, runs if b == 1 else runs // 3)
         log(f"{name}: batch {b}, {n}+ interleaved rounds on {device}")
         t = time_interleaved(fns, b, warmup=3, runs=n, min_seconds=3.0)
-        row: dict[str, Any] = {"model": name, "batch": b, "device": device, "original_ms": t["original"].median_ms}
+        row: dict[str, Any] = {"model": name, "batch": b, "device": device, "original_ms": t["original"].median_ms,
+                               "opsets": opsets}
         for tool, (_, frac) in pruned.items():
             speed = t["original"].median_ms / t[tool].median_ms
             row[tool] = {"ms": t[tool].median_ms, "p90_ms": t[tool].p90_ms, "macs": frac, "speedup": speed,

@@ -283,16 +283,23 @@ def export_onnx(module: Any, example_inputs: Sequence[Any], dynamic_batch: bool 
     args = tuple(example_inputs)
     names = [f"input{i}" if len(args) > 1 else "input" for i in range(len(args))]
     module = module.eval()
+    with torch.no_grad():
+        out = module(*args)
+    n_out = len(out) if isinstance(out, (tuple, list)) else 1
+    # naming the outputs also keeps the TorchScript exporter from mistaking a GraphModule's .graph for its own
+    out_names = ["output"] if n_out == 1 else [f"output{i}" for i in range(n_out)]
     errors = []
     for dynamo in (False, True):
         buf = io.BytesIO()
         kw: dict[str, Any] = {"input_names": names, "opset_version": opset if not dynamo else max(opset, 18)}
+        if not dynamo:
+            kw["output_names"] = out_names
         if dynamic_batch:
             if dynamo:
                 batch = torch.export.Dim("batch", min=1, max=4096)
                 kw["dynamic_shapes"] = tuple({0: batch} for _ in args)
             else:
-                kw["dynamic_axes"] = {n: {0: "batch"} for n in names}
+                kw["dynamic_axes"] = {n: {0: "batch"} for n in names + out_names}
         try:
             with torch.no_grad():
                 if dynamo:
