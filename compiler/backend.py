@@ -301,11 +301,11 @@ def export_onnx(module: Any, example_inputs: Sequence[Any], dynamic_batch: bool 
             else:
                 kw["dynamic_axes"] = {n: {0: "batch"} for n in names + out_names}
         try:
-            with torch.no_grad():
-                if dynamo:
-                    prog = torch.onnx.export(module, args, dynamo=True, **kw)
-                    return prog.model_proto
-                torch.onnx.export(module, args, buf, dynamo=False, **kw)
+            # not under no_grad: there nn.MultiheadAttention takes its fused fast path, which does not export
+            if dynamo:
+                prog = torch.onnx.export(module, args, dynamo=True, **kw)
+                return prog.model_proto
+            torch.onnx.export(module, args, buf, dynamo=False, **kw)
             return onnx.load_from_string(buf.getvalue())
         except Exception as exc:  # both exporters raise many types
             errors.append(f"{'dynamo' if dynamo else 'torchscript'} exporter: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
