@@ -1135,8 +1135,16 @@ def test_channel_shuffle_module_is_frozen_unless_registered(monkeypatch):
 
 @torch.fx.wrap
 def channel_gate(x: torch.Tensor) -> torch.Tensor:
-    """A custom op the registry cannot know: element-wise, but opaque to the tracer."""
+    """Kept out of symbolic tracing by fx.wrap, but its body traces at the example's sizes: inlined."""
     return x * torch.sigmoid(x)
+
+
+@torch.fx.wrap
+def opaque_gate(x: torch.Tensor) -> torch.Tensor:
+    """A custom op the registry cannot know: its body branches on tensor values, so it is not inlined."""
+    if bool((x > 0).any()):
+        return x * torch.sigmoid(x)
+    return x
 
 
 class UnknownNet(nn.Module):
@@ -1147,7 +1155,12 @@ class UnknownNet(nn.Module):
 
     def forward(self, x):
         y = self.c1(x)
-        y = channel_gate(y) if self.op == "wrapped" else self.op(y)  # a wrapped function must be called by its global name
+        if self.op == "wrapped":  # a wrapped function must be called by its global name
+            y = opaque_gate(y)
+        elif self.op == "inlined":
+            y = channel_gate(y)
+        else:
+            y = self.op(y)
         return self.c3(F.relu(self.c2(y)))
 
 
@@ -1156,7 +1169,7 @@ class UnknownNet(nn.Module):
     [
         ("flip", lambda t: t.flip(1), "Tensor.flip"),
         ("cumsum", lambda t: torch.cumsum(t, dim=1), "torch.cumsum"),
-        ("fx.wrap", "wrapped", f"{__name__}.channel_gate"),
+        ("fx.wrap", "wrapped", f"{__name__}.opaque_gate"),
     ],
 )
 def test_unknown_op_freezes_and_is_reported(name, op, target):
@@ -1172,10 +1185,16 @@ def test_unknown_op_freezes_and_is_reported(name, op, target):
     assert target in r.report.summary()
 
 
+def test_wrapped_function_with_a_traceable_body_is_inlined_and_pruned():
+    r = check(UnknownNet("inlined"), torch.randn(2, 3, 5, 5))
+    assert frozen_targets(r) == []
+    assert sub(r, "c1").out_channels == 8 and sub(r, "c2").in_channels == 8
+
+
 def test_user_registered_rule_makes_an_unknown_op_prunable(monkeypatch):
     m = UnknownNet("wrapped")
     x = torch.randn(2, 3, 5, 5)
-    target = f"{__name__}.channel_gate"
+    target = f"{__name__}.opaque_gate"
     assert target not in RULES
 
     def passthrough(op, ctx):
