@@ -156,7 +156,7 @@ class OrtRunner:
 
         if len(inputs) != len(self.input_names):
             raise InvalidArgumentError(f"the model takes {len(self.input_names)} inputs {self.input_names}, got {len(inputs)}")
-        return {n: _to_numpy(x) for n, x in zip(self.input_names, inputs)}
+        return {n: _to_numpy(x) for n, x in zip(self.input_names, inputs, strict=True)}
 
     def __call__(self, *inputs: Any) -> list[np.ndarray]:
         return self.session.run(self.output_names, self.feeds(inputs))

@@ -40,7 +40,7 @@ class BenchModel:
     def inputs(self, batch: int, seed: int = 0) -> list[np.ndarray]:
         rng = np.random.default_rng(seed)
         out = []
-        for shape, dtype in zip(self.input_shapes, self.input_dtypes):
+        for shape, dtype in zip(self.input_shapes, self.input_dtypes, strict=True):
             shape = (batch, *shape[1:])
             if np.issubdtype(dtype, np.floating):
                 out.append(rng.standard_normal(shape).astype(dtype))
@@ -59,7 +59,7 @@ def onnx_bench_model(label: str, proto: Any, shapes: Sequence[tuple[int, ...]] |
     if shapes:
         if len(shapes) != len(ins):
             raise InvalidArgumentError(f"{label}: the model has {len(ins)} inputs, got {len(shapes)} --input-shape")
-        given = {i.name: np.zeros(s, dtype=_np_dtype(i.type.tensor_type.elem_type)) for i, s in zip(ins, shapes)}
+        given = {i.name: np.zeros(s, dtype=_np_dtype(i.type.tensor_type.elem_type)) for i, s in zip(ins, shapes, strict=True)}
     loaded = load_onnx(proto, given)
     static = None
     for i in ins:

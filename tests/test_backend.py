@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+from test_cli import assert_one_line_error, prunec
 
 import compiler
 from compiler.backend import (
@@ -34,7 +35,6 @@ from frontends.errors import InvalidArgumentError, PrunecError
 from frontends.torch_fx import load_torch
 from passes.channel_analysis import ChannelAnalysis
 from passes.saliency import Saliency
-from test_cli import assert_one_line_error, prunec
 
 GPU = pytest.mark.skipif(not gpu_present(), reason="needs a CUDA GPU")
 NO_GPU = pytest.mark.skipif(gpu_present(), reason="checks the behaviour without a GPU")
