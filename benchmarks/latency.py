@@ -22,7 +22,6 @@ import contextlib
 import io
 import json
 import os
-import platform
 import sys
 import time
 import warnings
@@ -32,6 +31,8 @@ import torch
 import torch.nn as nn
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from analysis_speed import cpu_name  # noqa: E402  (same folder: the CPU named the same way in both tables)
 
 import compiler  # noqa: E402
 from compiler.backend import OrtRunner, export_onnx, time_interleaved  # noqa: E402
@@ -141,17 +142,6 @@ def one(name: str, batches: list[int], provider: str, seed: int, runs: int) -> l
 
 
 TOOLS = ("prunec", "prunec-latency", "torch-pruning")
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def write(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:

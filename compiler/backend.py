@@ -131,10 +131,9 @@ class OrtRunner:
         if threads:
             so.intra_op_num_threads = int(threads)
         self.requested = provider
+        providers = resolve_providers(provider)
         try:
-            self.session = ort.InferenceSession(blob, so, providers=resolve_providers(provider))
-        except InvalidArgumentError:
-            raise
+            self.session = ort.InferenceSession(blob, so, providers=providers)
         except Exception as exc:
             raise UnsupportedModelError(f"ONNX Runtime cannot run this model: {str(exc).splitlines()[0]}") from exc
         self.providers = self.session.get_providers()
@@ -148,8 +147,6 @@ class OrtRunner:
         self.inputs = self.session.get_inputs()
         self.input_names = [i.name for i in self.inputs]
         self.output_names = [o.name for o in self.session.get_outputs()]
-        self._binding: Any = None
-        self._bound_to: tuple[int, ...] | None = None
 
     def feeds(self, inputs: Sequence[Any]) -> dict[str, np.ndarray]:
         from frontends.onnx_frontend import _to_numpy
@@ -253,8 +250,9 @@ def make_runner(model: Any, backend: str = "auto", provider: str = "auto", fp16:
     """
     if backend not in BACKENDS:
         raise InvalidArgumentError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
-    is_torch = type(model).__module__.startswith("torch") or hasattr(model, "forward")
-    if not is_torch:
+    import torch.nn as nn
+
+    if not isinstance(model, nn.Module):
         if backend in ("eager", "torch.compile"):
             raise InvalidArgumentError(f"backend={backend!r} runs PyTorch modules; an ONNX model runs in onnxruntime")
         return OrtRunner(model, provider=provider, fp16=fp16)

@@ -215,7 +215,7 @@ def _onnx_inputs(path: str, shapes: Sequence[str] | None) -> dict[str, Any] | No
         raise InvalidArgumentError(f"{path}: the model has {len(ins)} inputs {[i.name for i in ins]}, got {len(shapes)} --input-shape")
     rng = np.random.default_rng(0)
     out = {}
-    for vi, text in zip(ins, shapes):
+    for vi, text in zip(ins, shapes, strict=True):
         shape, dt = _parse_shape(text), _np_dtype(vi.type.tensor_type.elem_type)
         check_input_size(vi.name, shape, path)
         out[vi.name] = rng.standard_normal(shape).astype(dt) if dt.kind == "f" else np.zeros(shape, dtype=dt)
@@ -241,9 +241,9 @@ def _check_output(path: str, source: str) -> None:
 
 def _file_bytes(path: str) -> int:
     """Size of an ONNX file with its external data files."""
-    from frontends.onnx_frontend import _all_tensors
-
     import onnx
+
+    from frontends.onnx_frontend import _all_tensors
 
     total = os.path.getsize(path)
     folder = os.path.dirname(os.path.abspath(path))
@@ -324,7 +324,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     return 0
 
 
-def _bench_load(spec: str, args: argparse.Namespace, label: str) -> Any:
+def _bench_load(spec: str, args: argparse.Namespace) -> Any:
     """(model, example inputs) for a bench spec: an .onnx file or a PyTorch factory."""
     if _is_onnx_file(spec):
         from frontends.onnx_frontend import load_proto
@@ -339,12 +339,10 @@ def _bench_load(spec: str, args: argparse.Namespace, label: str) -> Any:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     """Latency and throughput of a model and its pruned version, side by side on one runtime."""
-    import torch
-
     import compiler
     from compiler.backend import export_onnx
-    from compiler.bench import check_finite, format_table, onnx_bench_model, parse_batches, torch_bench_model
     from compiler.bench import bench as run_bench
+    from compiler.bench import check_finite, format_table, onnx_bench_model, parse_batches, torch_bench_model
 
     batches = parse_batches(args.batch)
     runs = _number("--runs", args.runs, int)
@@ -353,9 +351,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.json:
         _check_output(args.json, args.model)
     shapes = [_parse_shape(s) for s in args.input_shape] if args.input_shape else None
-    base, example = _bench_load(args.model, args, "original")
+    base, example = _bench_load(args.model, args)
     if args.pruned:
-        pruned, pex = _bench_load(args.pruned, args, "pruned")
+        pruned, pex = _bench_load(args.pruned, args)
         example_pruned = pex if pex is not None else example
     else:
         ratio = _number("--ratio", args.ratio)
@@ -388,7 +386,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.json:
         _write_atomic(args.json, json.dumps(result, indent=2))
         print(f"wrote {args.json}")
-    del torch
     return 0
 
 
