@@ -12,11 +12,11 @@ import json
 import logging
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from typing import Any
 
+from compiler.atomic import check_writable, write_atomic
 from frontends.errors import InvalidArgumentError, PrunecError, UnsupportedModelError
 
 log = logging.getLogger(__name__)
@@ -67,27 +67,9 @@ def _default_shape(spec: str) -> tuple[int, ...]:
     return (1, 3, 299, 299) if spec.endswith(":inception_v3") else (1, 3, 224, 224)
 
 
-def _write_atomic(path: str, text: str | bytes) -> None:
-    directory = os.path.dirname(os.path.abspath(path)) or "."
-    if not os.path.isdir(directory):
-        raise InvalidArgumentError(f"{path}: directory {directory} does not exist")
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=".prunec-", suffix=".tmp", dir=directory)
-    except OSError as exc:
-        raise InvalidArgumentError(f"{path}: cannot write ({exc.strerror})") from None
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions
-        with os.fdopen(fd, "wb" if isinstance(text, bytes) else "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+def _write_atomic(path: str, data: str | bytes) -> None:
+    """One output file, atomically; an OSError while writing stays one (exit code 1), nothing is left behind."""
+    write_atomic({path: data}, wrap_oserror=False)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -114,7 +96,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     """Groups, saliencies, channels, params and MACs; ``--json``/``--html`` files written atomically, all or none."""
-    from compiler.html_report import check_writable, compare_reports, render_html, write_atomic
+    from compiler.html_report import compare_reports, render_html
 
     outputs = [p for p in (args.json, args.html) if p]
     if len({os.path.abspath(p) for p in outputs}) < len(outputs):
@@ -224,19 +206,11 @@ def _onnx_inputs(path: str, shapes: Sequence[str] | None) -> dict[str, Any] | No
 
 def _check_output(path: str, source: str) -> None:
     """Fail before any work when ``path`` cannot be written or is the input itself."""
-    directory = os.path.dirname(os.path.abspath(path)) or "."
     if os.path.isdir(path):
         raise InvalidArgumentError(f"{path}: is a directory; give an output file name")
     if os.path.exists(source) and os.path.exists(path) and os.path.samefile(source, path):
         raise InvalidArgumentError(f"{path}: is the input model; the input is never overwritten, choose another -o")
-    if not os.path.isdir(directory):
-        raise InvalidArgumentError(f"{path}: directory {directory} does not exist")
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=".prunec-", suffix=".tmp", dir=directory)
-    except OSError as exc:
-        raise InvalidArgumentError(f"{path}: cannot write to {directory} ({exc.strerror})") from None
-    os.close(fd)
-    os.unlink(tmp)
+    check_writable(path)
 
 
 def _file_bytes(path: str) -> int:

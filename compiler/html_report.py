@@ -19,10 +19,10 @@ import html
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from compiler.atomic import check_writable, write_atomic  # re-exported: part of this module's API
 from frontends.errors import InvalidArgumentError
 
 if TYPE_CHECKING:
@@ -31,51 +31,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 __all__ = ["render_html", "write_html", "compare_reports", "match_layers", "write_atomic", "check_writable"]
-
-
-def check_writable(path: str | os.PathLike[str]) -> None:
-    """Raise :class:`InvalidArgumentError` unless ``path`` can be written as a new file (nothing is left behind)."""
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path)) or "."
-    if os.path.isdir(path):
-        raise InvalidArgumentError(f"{path}: is a directory; give a file name")
-    if not os.path.isdir(directory):
-        raise InvalidArgumentError(f"{path}: directory {directory} does not exist")
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=".prunec-", suffix=".tmp", dir=directory)
-    except OSError as exc:
-        raise InvalidArgumentError(f"{path}: cannot write to {directory} ({exc.strerror})") from None
-    os.close(fd)
-    os.unlink(tmp)
-
-
-def write_atomic(files: dict[str, str]) -> None:
-    """Write every ``path: text`` or none: all go to temporary files first, then each is renamed into place."""
-    temps: list[tuple[str, str]] = []
-    try:
-        for path, text in files.items():
-            check_writable(path)
-            directory = os.path.dirname(os.path.abspath(path)) or "."
-            fd, tmp = tempfile.mkstemp(prefix=".prunec-", suffix=".tmp", dir=directory)
-            temps.append((tmp, path))
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(tmp, 0o666 & ~umask)
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(text)
-                f.flush()
-                os.fsync(f.fileno())
-        for tmp, path in temps:
-            try:
-                os.replace(tmp, path)
-            except OSError as exc:
-                raise InvalidArgumentError(f"{path}: cannot write ({exc.strerror})") from None
-    except OSError as exc:
-        raise InvalidArgumentError(f"cannot write output ({exc.strerror or exc})") from None
-    finally:
-        for tmp, _ in temps:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
 
 
 # -- comparing a report with the report of a pruned model ------------------------------------------

@@ -15,11 +15,11 @@ import hashlib
 import logging
 import os
 import re
-import tempfile
 
 import onnx
 from onnx import numpy_helper
 
+from compiler.atomic import Staging
 from frontends.errors import InvalidArgumentError
 
 __all__ = ["save_with_external_data", "data_file_pattern"]
@@ -80,12 +80,11 @@ def save_with_external_data(model: onnx.ModelProto, path: str, min_bytes: int | 
         digest.update(raw)
     name = f"{os.path.basename(path)}.{digest.hexdigest()[:16]}.data"
     old_refs = _referenced(path)
-    tmp_data = tmp_model = None
-    try:
-        offset = 0
-        fd, tmp_data = tempfile.mkstemp(prefix=".prunec-", suffix=".tmp", dir=folder) if blobs else (-1, None)
-        with os.fdopen(fd, "wb") if blobs else open(os.devnull, "wb") as f:
-            for t, raw in blobs:
+    offset = 0
+    with Staging(wrap_oserror=False) as staging:  # the data file renamed first, the model last
+        if blobs:
+            f = staging.open(os.path.join(folder, name), "wb")
+            for t, raw in blobs:  # streamed: the data file is never built in memory
                 pad = (-offset) % ALIGN
                 f.write(b"\0" * pad)
                 offset += pad
@@ -97,29 +96,8 @@ def save_with_external_data(model: onnx.ModelProto, path: str, min_bytes: int | 
                     e = t.external_data.add()
                     e.key, e.value = k, v
                 offset += len(raw)
-            f.flush()
-            os.fsync(f.fileno())
         data = m.SerializeToString()
-        fd, tmp_model = tempfile.mkstemp(prefix=".prunec-", suffix=".tmp", dir=folder)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        for tmp in (tmp_data, tmp_model):
-            if tmp is not None:
-                os.chmod(tmp, 0o666 & ~umask)
-        if tmp_data is not None:
-            os.replace(tmp_data, os.path.join(folder, name))
-            tmp_data = None
-        os.replace(tmp_model, path)
-        tmp_model = None
-    except BaseException:
-        for tmp in (tmp_data, tmp_model):
-            if tmp is not None and os.path.exists(tmp):
-                os.unlink(tmp)
-        raise
+        staging.open(path, "wb").write(data)
     for stale in old_refs - ({name} if blobs else set()):  # the previous output's data file, now referenced by nothing
         try:
             os.unlink(os.path.join(folder, stale))

@@ -136,7 +136,8 @@ class DataCriteria:
         return means
 
     # -- activation statistics -------------------------------------------------------
-    def activation(self) -> np.ndarray:
+    def _mean_abs_activation(self) -> dict[str, np.ndarray]:
+        """Per consumer node: mean |input| per position along its channel dim, averaged over the batches."""
         acc: dict[str, np.ndarray] = {}
         runner = self._runner()
 
@@ -148,7 +149,11 @@ class DataCriteria:
         with torch.no_grad():
             for b in self.data.batches:
                 runner.run(*b.inputs)
-        return self._scatter_mean([(c, acc[c.node] / len(self.data.batches)) for c in self.cons if c.node in acc])
+        return {node: v / len(self.data.batches) for node, v in acc.items()}
+
+    def activation(self) -> np.ndarray:
+        act = self._mean_abs_activation()
+        return self._scatter_mean([(c, act[c.node]) for c in self.cons if c.node in act])
 
     def _fanout(self, c: Consumer) -> np.ndarray | None:
         """Total |weight| leaving each input position of a consumer."""
@@ -171,22 +176,12 @@ class DataCriteria:
         return None
 
     def n2ps(self) -> np.ndarray:
-        acc: dict[str, np.ndarray] = {}
-        runner = self._runner()
-
-        def rec(c: Consumer, x: torch.Tensor) -> None:
-            v = self._reduce_except(x.detach().double(), c.dim, "absmean").numpy()
-            acc[c.node] = acc.get(c.node, 0) + v
-
-        runner.record = rec
-        with torch.no_grad():
-            for b in self.data.batches:
-                runner.run(*b.inputs)
+        act = self._mean_abs_activation()
         parts = []
         for c in self.cons:
             fo = self._fanout(c)
-            if c.node in acc and fo is not None and fo.shape[0] == len(c.classes):
-                parts.append((c, acc[c.node] / len(self.data.batches) * fo))
+            if c.node in act and fo is not None and fo.shape[0] == len(c.classes):
+                parts.append((c, act[c.node] * fo))
         return self._scatter_mean(parts)
 
     # -- gradient criteria -------------------------------------------------------------
