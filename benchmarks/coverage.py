@@ -155,7 +155,7 @@ def write(rows: list[dict], total: int) -> str:
         "Verification: the pruned model against the original with removed channels zeroed, float64, every "
         "intermediate tensor compared at its kept positions; `error` is the max abs difference at the outputs, "
         "`scale` the max |output|; times are wall-clock on a machine shared with other jobs (they vary with its load). "
-        "Produced by `python benchmarks/coverage.py --all --resume` (in chunks; models over `--max-params`, 200M, are listed).",
+        "Produced by `python benchmarks/coverage.py --all --resume` (in chunks; models over `--max-params`, 1000M, would be listed).",
         "",
         f"**{len(ok)} of {len(rows)} models compiled and verified; {len(half)} of them below half the MACs; "
         f"{len(skipped)} skipped for size"
@@ -186,7 +186,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--all", action="store_true", help="segmentation and video models too")
     ap.add_argument("--models", help="comma-separated model names")
-    ap.add_argument("--max-params", type=float, default=200.0, help="skip (and list) models with more parameters (millions)")
+    ap.add_argument("--max-params", type=float, default=1000.0, help="skip (and list) models with more parameters (millions)")
     ap.add_argument("--timeout", type=float, default=900.0, help="seconds per model")
     ap.add_argument("--resume", action="store_true", help="keep the rows already in the .jsonl; run only the others")
     ap.add_argument("--limit", type=int, default=0, help="run at most this many models now (chunks)")

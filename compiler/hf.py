@@ -176,6 +176,16 @@ def to_hf(model: nn.Module, pruned: nn.Module, inputs: tuple, rtol: float = 1e-4
     """
     if not is_hf_model(model):
         raise UnsupportedModelError(f"{type(model).__name__} is not a Hugging Face transformers model")
+    persistent = set(model.state_dict())
+    pruned_buffers = dict(pruned.named_buffers())
+    for key, buf in model.named_buffers():  # recomputed from the config when the class is built (rotary inv_freq)
+        got = pruned_buffers.get(key)
+        if key not in persistent and got is not None and tuple(got.shape) != tuple(buf.shape):
+            raise UnsupportedModelError(
+                f"{type(model.config).__name__} cannot express the pruned {key} (shape {tuple(buf.shape)} -> {tuple(got.shape)}): "
+                "the class recomputes it from the config (rotary frequencies of a pruned head size); "
+                "use attention='heads', or keep the pruned GraphModule"
+            )
     cfg, rescale = _config_plan(model, pruned, inputs)
     try:
         new = type(model)(cfg).to(dtype=next(model.parameters()).dtype).eval()

@@ -196,6 +196,18 @@ def _grid(n: int, granularity: int) -> list[int]:
     return sorted({min(n, max(g, math.ceil(f * n / g) * g)) for f in _FRACTIONS})
 
 
+def _next_estimate_target(points: list[tuple[float, float]], est_target: float, target_ms: float, measured: float) -> float:
+    """The estimate to aim at next: interpolated between the closest measurements under and over the
+    target where there are both, else the last aim scaled by target / measured."""
+    under = [pt for pt in points if pt[1] <= target_ms]
+    over = [pt for pt in points if pt[1] > target_ms]
+    if under and over:
+        (e0, m0), (e1, m1) = max(under, key=lambda pt: pt[1]), min(over, key=lambda pt: pt[1])
+        if m1 > m0 and e1 != e0:
+            return e0 + (target_ms - m0) * (e1 - e0) / (m1 - m0)
+    return est_target * target_ms / measured
+
+
 class LatencyModel:
     """Estimated latency (ms) of a planned pruning, from tables measured on the device."""
 
@@ -346,9 +358,11 @@ class LatencyTarget:
         ``build(plan)`` rewrites a plan into whatever ``model_of`` turns into a
         runnable model. A measurement above the target tightens the estimate's
         target by the ratio; one well below it (under 90%) loosens it, so the
-        model is not pruned more than the target asks. Returns the plan that met
-        the target with the most latency left (else the fastest), its build, and
-        the history of rounds.
+        model is not pruned more than the target asks. Where measurements lie on
+        both sides of the target (the unpruned model is one), the next estimate
+        target is interpolated between them, so a loosening never overshoots to
+        the unpruned model. Returns the pruned plan that met the target with the
+        most latency left (else the fastest), its build, and the history of rounds.
         """
         from dataclasses import replace
 
@@ -359,20 +373,24 @@ class LatencyTarget:
         built = build(p)
         best: tuple[float, Any, Any] | None = None
         fastest: tuple[float, Any, Any] | None = None
+        # (estimate, measured) pairs; the unpruned model is one (its estimate is the whole-model time)
+        points = [(p.latency.estimate(np.zeros_like(p.selection.pruned)), p.latency.whole_ms)]
         for r in range(self.ROUNDS):
             measured = self.measure(model_of(built))
             estimate = p.latency.estimate(p.selection.pruned)
+            points.append((estimate, measured))
             history.append({"round": r + 1, "estimate_target_ms": round(est_target, 4), "estimated_ms": round(estimate, 4),
                             "measured_ms": round(measured, 4)})
             if self.progress:
                 self.progress(f"  latency round {r + 1}: estimated {estimate:.3f} ms, measured {measured:.3f} ms, target {target_ms:.3f} ms")
-            if measured <= target_ms and (best is None or measured > best[0]):
+            pruned_any = bool(p.selection.pruned.any())
+            if measured <= target_ms and pruned_any and (best is None or measured > best[0]):
                 best = (measured, p, built)
             if fastest is None or measured < fastest[0]:
                 fastest = (measured, p, built)
             if (0.9 * target_ms <= measured <= target_ms) or r == self.ROUNDS - 1:
                 break
-            est_target *= target_ms / measured
+            est_target = _next_estimate_target(points, est_target, target_ms, measured)
             p = replace(p, selection=select_latency(p.analysis, p.saliency.scores, p.latency, est_target, opts))
             built = build(p)
         chosen = best or fastest

@@ -23,7 +23,12 @@ Cases handled:
    traced through too;
 3. a tensor or a tuple/list of tensors returned; a result that is plain data
    computed from sizes (window and pad sizes) replaces the call as a constant;
-4. list arguments the body mutates get mutable copies (FX stores them immutable).
+4. list arguments the body mutates get mutable copies (FX stores them immutable);
+5. in-place updates of tensors (``x[:, 1:] += y``, ``x.add_(y)``, Swin V2's
+   ``qkv_bias[n:2n].zero_()``) are recorded as the same in-place ops
+   (``operator.setitem``, ``operator.iadd``, ``Tensor.zero_``) and kept by dead-code
+   elimination, so the inlined graph mutates what the body mutated, views
+   included (verification's masked reference keeps views as views too).
 
 The inlined graph is specialized to the example inputs' sizes (the batch size
 included) for the ops that came from the body.
@@ -66,8 +71,20 @@ def wrapped_calls(gm: torch.fx.GraphModule) -> list[torch.fx.Node]:
             continue
         if n.target in (getattr(builtins, "len"), getattr(math, "sqrt")):
             continue
+        if _lowered_by_frontend(n):
+            continue
         out.append(n)
     return out
+
+
+def _lowered_by_frontend(n: torch.fx.Node) -> bool:
+    """torchvision's ``stochastic_depth`` in eval mode (or with p = 0) is the identity, which the frontend
+    emits directly: inlining it would only cost a run of the whole model (ConvNeXt, EfficientNet)."""
+    if getattr(n.target, "__name__", "") != "stochastic_depth" or not str(getattr(n.target, "__module__", "")).startswith("torchvision."):
+        return False
+    training = n.kwargs.get("training", n.args[3] if len(n.args) > 3 else True)
+    p = n.kwargs.get("p", n.args[1] if len(n.args) > 1 else None)
+    return training is False or (isinstance(p, (int, float)) and float(p) == 0.0)
 
 
 class _ConcreteProxy(torch.fx.Proxy):
@@ -89,6 +106,23 @@ class _ConcreteProxy(torch.fx.Proxy):
 
     def __iter__(self):  # type: ignore[override]
         return iter([self[i] for i in range(len(self.value))])
+
+    # In-place updates are recorded as the in-place ops they are, so the inlined
+    # graph mutates exactly what the body mutated (views included).
+    def __setitem__(self, index: Any, value: Any) -> None:
+        self.tracer.create_proxy("call_function", operator.setitem, (self, index, value), {})
+
+    def __iadd__(self, other: Any) -> Any:
+        return self.tracer.create_proxy("call_function", operator.iadd, (self, other), {})
+
+    def __isub__(self, other: Any) -> Any:
+        return self.tracer.create_proxy("call_function", operator.isub, (self, other), {})
+
+    def __imul__(self, other: Any) -> Any:
+        return self.tracer.create_proxy("call_function", operator.imul, (self, other), {})
+
+    def __itruediv__(self, other: Any) -> Any:
+        return self.tracer.create_proxy("call_function", operator.itruediv, (self, other), {})
 
 
 def _mutable(a: Any) -> Any:
@@ -177,8 +211,28 @@ def _fold(node: torch.fx.Node, value: Any) -> None:
     node.graph.erase_node(node)
 
 
-def _trace_call(node: torch.fx.Node, values: dict[str, Any]) -> tuple[torch.fx.Graph, nn.Module, list[torch.fx.Node]]:
-    """The body of one wrapped call as a graph whose placeholders are the call's node arguments (in order)."""
+_INPLACE_FNS = {operator.setitem, operator.iadd, operator.isub, operator.imul, operator.itruediv}
+
+
+def _mutates(node: torch.fx.Node) -> bool:
+    """Nodes dead-code elimination must keep: in-place updates (``x.add_``, ``x[i] = v``, ``x += v``)."""
+    if node.op in ("placeholder", "output") or (node.op == "call_function" and node.target in _INPLACE_FNS):
+        return True
+    if node.kwargs.get("inplace") is True:  # F.relu(x, inplace=True)
+        return True
+    name = str(node.target) if node.op == "call_method" else getattr(node.target, "__name__", "")
+    return name.endswith("_") and not name.endswith("__")
+
+
+_NOTHING = object()
+
+
+def _trace_call(node: torch.fx.Node, values: dict[str, Any]) -> tuple[torch.fx.Graph, nn.Module, list[torch.fx.Node], Any]:
+    """The body of one wrapped call as a graph whose placeholders are the call's node arguments (in order).
+
+    The last item is the call's result when it is plain data returned by a body
+    that updates its arguments in place (the graph then returns nothing), else ``_NOTHING``.
+    """
     tracer = _ConcreteTracer()
     arg_nodes: list[torch.fx.Node] = []
     proxies: dict[str, Any] = {}
@@ -198,17 +252,24 @@ def _trace_call(node: torch.fx.Node, values: dict[str, Any]) -> tuple[torch.fx.G
     kwargs = _mutable(map_aggregate(node.kwargs, to_proxy))
     result = node.target(*args, **kwargs)
     if not _has_proxy_or_tensor(result):  # sizes only (window and pad sizes): a constant of the example
-        raise _Constant(result)
+        if not any(_mutates(n) and n.op != "placeholder" for n in tracer.graph.nodes):
+            raise _Constant(result)
+        # called for its in-place updates (it may also return sizes): the updates are spliced, the result folded
+        tracer.graph.output(None)
+        tracer.graph.eliminate_dead_code(is_impure_node=_mutates)
+        return tracer.graph, tracer.root, arg_nodes, result
     if isinstance(result, (tuple, list)):
         out = type(result)(tracer.create_arg(r) for r in result)
     else:
         out = tracer.create_arg(result)
     tracer.graph.output(out)
-    tracer.graph.eliminate_dead_code()
-    return tracer.graph, tracer.root, arg_nodes
+    tracer.graph.eliminate_dead_code(is_impure_node=_mutates)
+    return tracer.graph, tracer.root, arg_nodes, _NOTHING
 
 
-def _splice(gm: torch.fx.GraphModule, node: torch.fx.Node, sub: torch.fx.Graph, consts: nn.Module, arg_nodes: Sequence[torch.fx.Node]) -> None:
+def _splice(
+    gm: torch.fx.GraphModule, node: torch.fx.Node, sub: torch.fx.Graph, consts: nn.Module, arg_nodes: Sequence[torch.fx.Node], constant: Any
+) -> None:
     graph = gm.graph
     placeholders = [n for n in sub.nodes if n.op == "placeholder"]
     env: dict[torch.fx.Node, Any] = {}
@@ -219,6 +280,8 @@ def _splice(gm: torch.fx.GraphModule, node: torch.fx.Node, sub: torch.fx.Graph, 
     if isinstance(out_node.args[0], (tuple, list)):
         if any(u.op != "call_function" or u.target is not operator.getitem or not isinstance(u.args[1], int) for u in node.users):
             raise RuntimeError(f"{node.name}: its tuple result is used as a whole")
+    elif constant is not _NOTHING:
+        pass
     elif not isinstance(out_node.args[0], torch.fx.Node):
         raise RuntimeError(f"{node.name}: returns {type(out_node.args[0]).__name__}")
     prefix = f"_inlined_{node.name}_"
@@ -240,6 +303,9 @@ def _splice(gm: torch.fx.GraphModule, node: torch.fx.Node, sub: torch.fx.Graph, 
                 env[n] = graph.get_attr(name)
                 continue
             env[n] = graph.node_copy(n, lambda a: env[a])
+    if constant is not _NOTHING:
+        _fold(node, constant)
+        return
     if isinstance(out_arg, torch.fx.Node):
         node.replace_all_uses_with(out_arg)
     elif isinstance(out_arg, (tuple, list)):
@@ -263,7 +329,7 @@ def inline_wrapped(gm: torch.fx.GraphModule, example_inputs: Sequence[Any]) -> l
     for node in reversed(calls):  # last first: a call's arguments are still the nodes whose values were recorded
         name = getattr(node.target, "__qualname__", str(node.target))
         try:
-            sub, consts, arg_nodes = _trace_call(node, run.values)
+            sub, consts, arg_nodes, constant = _trace_call(node, run.values)
         except _Constant as c:
             _fold(node, c.value)
             done.append(name)
@@ -272,7 +338,7 @@ def inline_wrapped(gm: torch.fx.GraphModule, example_inputs: Sequence[Any]) -> l
             log.info("cannot inline %s (%s): %s", node.name, name, exc)
             continue
         try:
-            _splice(gm, node, sub, consts, arg_nodes)
+            _splice(gm, node, sub, consts, arg_nodes, constant)
         except RuntimeError as exc:
             log.info("cannot inline %s (%s): %s", node.name, name, exc)
             continue

@@ -252,7 +252,7 @@ _UNARY_FN_NAMES = {
     "sqrt", "rsqrt", "sin", "cos", "erf", "square", "reciprocal", "sign", "floor", "ceil", "round",
     "contiguous", "clone", "detach", "float", "half", "double", "bfloat16", "to", "type_as", "pow",
     "__pow__", "nan_to_num", "log1p", "expm1", "tanhshrink", "hardshrink", "softshrink", "threshold",
-    "relu6_", "silu_", "hardswish_", "gelu_", "requires_grad_", "identity",
+    "relu6_", "silu_", "hardswish_", "gelu_", "requires_grad_", "identity", "zero_",
 }  # fmt: skip
 _BINARY_FN_NAMES = {
     "add", "sub", "mul", "truediv", "div", "iadd", "isub", "imul", "itruediv", "add_", "sub_", "mul_", "div_",
@@ -714,16 +714,22 @@ def _h_stack(lw, node, args, kwargs) -> bool:
 def _h_split(lw, node, args, kwargs) -> bool:
     fn = _fn_name(node)
     x = lw._val(args[0])
-    if not x or fn == "tensor_split":
+    if not x:
         return False
     metas = lw._meta_values(node)
     if any(s is None for s, _ in metas):
         return False
     dim = _arg(args, kwargs, 2, "dim", 0)
-    spec = _arg(args, kwargs, 1, "chunks" if fn == "chunk" else "split_size_or_sections", None)
-    if spec is None:
-        spec = kwargs.get("split_size", kwargs.get("split_sizes"))
-    if not isinstance(dim, int):
+    if fn == "tensor_split":
+        spec = _arg(args, kwargs, 1, "indices_or_sections", None)
+        spec = kwargs.get("indices", kwargs.get("sections", spec))
+        if isinstance(spec, int):  # sections: equal only when they divide the dim
+            spec = None if lw.graph.shape(x)[dim] % spec else spec
+    else:
+        spec = _arg(args, kwargs, 1, "chunks" if fn == "chunk" else "split_size_or_sections", None)
+        if spec is None:
+            spec = kwargs.get("split_size", kwargs.get("split_sizes"))
+    if not isinstance(dim, int) or spec is None:
         return False
     ax = dim % len(lw.graph.shape(x))
     sizes = [s[ax] for s, _ in metas]
@@ -899,6 +905,39 @@ def _h_getitem(lw, node, args, kwargs) -> bool:
     if not all(v is None or isinstance(v, int) for v in (s.start, s.stop, s.step)):
         return False
     lw._emit(node, "slice", [x], {"axis": axes[0], "start": s.start, "stop": s.stop, "step": s.step})
+    return True
+
+
+@_handles("setitem")
+def _h_setitem(lw, node, args, kwargs) -> bool:
+    """x[index] = v in place (basic indexing): v is written into x's indexed positions."""
+    x, idx, v = lw._val(args[0]), args[1], args[2]
+    if not x or lw.graph.shape(x) is None:
+        return False
+    idx = idx if isinstance(idx, tuple) else (idx,)
+    items = _index_items(idx, lw.graph.shape(x))
+    if items is None:
+        return False
+    ins = [x]
+    if isinstance(v, torch.fx.Node):
+        val = lw._val(v)
+        if not val or lw.graph.shape(val) is None:
+            return False
+        ins.append(val)
+    elif not isinstance(v, (int, float, bool)):
+        return False
+    lw._emit(node, "setitem", ins, {"items": items})
+    return True
+
+
+@_handles("repeat_interleave")
+def _h_repeat_interleave(lw, node, args, kwargs) -> bool:
+    """repeat_interleave(x, repeats, dim): every index of ``dim`` repeated; other dims keep their channels."""
+    x = lw._val(args[0])
+    dim = _arg(args, kwargs, 2, "dim", None)  # repeats (an int, a size read at run time, or a tensor) only sizes that dim
+    if not x or not isinstance(dim, int) or len(lw._meta_values(node)) != 1:
+        return False
+    lw._emit(node, "repeat", [x], {"axes": [dim]})
     return True
 
 

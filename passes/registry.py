@@ -115,14 +115,17 @@ class RuleContext:
     def tie(self, a: np.ndarray | None, b: np.ndarray | None, reason: str) -> np.ndarray | None:
         """Channels ``a[i]`` and ``b[i]`` are the same channel: prune together.
 
-        A tracked dimension tied to an untracked one of the same size is frozen.
+        A tracked dimension tied to an untracked one of the same size is frozen,
+        and the result is untracked (None): a frozen label carried further would
+        only freeze more, e.g. the head dim merged with it by a reshape (Swin's
+        relative position bias, a per-head constant, added to the attention scores).
         Returns the label the result carries.
         """
         if a is None and b is None:
             return None
         if a is None or b is None:
             self.freeze(a if a is not None else b, reason)
-            return a if a is not None else b
+            return None
         self.atoms.union(a, b)
         return a
 
@@ -667,24 +670,15 @@ def _expand(op: Op, ctx: RuleContext) -> None:
     ctx.set(y, out)
 
 
-@register("unbind")
-def _unbind(op: Op, ctx: RuleContext) -> None:
-    """unbind(dim): every output is one index of ``dim`` (a tracked dim there is frozen)."""
+@register("unbind", "select")
+def _unbind_select(op: Op, ctx: RuleContext) -> None:
+    """unbind(dim) / x.select(dim, i) / x[:, i]: each output is one index of ``dim``, which goes away
+    (a tracked dim there is frozen)."""
     xl = list(ctx.get(op.inputs[0]))
     ax = _axis(int(op.attrs["axis"]), len(xl))
-    ctx.freeze(xl[ax], "unbind along a channel dimension")
-    rest = xl[:ax] + xl[ax + 1 :]
+    ctx.freeze(xl[ax], "unbind along a channel dimension" if op.kind == "unbind" else "indexing a single channel")
     for out in op.outputs:
-        ctx.set(out, rest)
-
-
-@register("select")
-def _select(op: Op, ctx: RuleContext) -> None:
-    """x.select(dim, i) / x[:, i]: the dim goes away (a tracked dim there is frozen)."""
-    xl = list(ctx.get(op.inputs[0]))
-    ax = _axis(int(op.attrs["axis"]), len(xl))
-    ctx.freeze(xl[ax], "indexing a single channel")
-    ctx.set(op.outputs[0], xl[:ax] + xl[ax + 1 :])
+        ctx.set(out, xl[:ax] + xl[ax + 1 :])
 
 
 @register("factory")
@@ -709,23 +703,55 @@ def _roll(op: Op, ctx: RuleContext) -> None:
 def _index(op: Op, ctx: RuleContext) -> None:
     """Basic indexing x[..., a:b:s, i, None]: contiguous slices of a channel dim keep their channels;
     strided slices and single indices of a channel dim are frozen."""
-    x = op.inputs[0]
+    labels, _ = _indexed_labels(ctx, op.inputs[0], op.attrs["items"], "indexing")
+    ctx.set(op.outputs[0], labels)
+
+
+def _indexed_labels(ctx: RuleContext, x: str, items: list[tuple], what: str) -> tuple[Labels, list[int]]:
+    """Labels and shape of ``x[items]`` (basic indexing); single channels and strided channel slices are frozen."""
     xl, shape = ctx.get(x), ctx.shape(x)
-    out: Labels = []
-    for item in op.attrs["items"]:
+    labels: Labels = []
+    sizes: list[int] = []
+    for item in items:
         if item[0] == "new":
-            out.append(None)
+            labels.append(None)
+            sizes.append(1)
             continue
         d = item[1]
         lab = xl[d]
         if item[0] == "int":
-            ctx.freeze(lab, "indexing a single channel")
+            ctx.freeze(lab, f"{what} a single channel")
             continue
         start, stop, step = slice(item[2], item[3], item[4]).indices(shape[d])
         if lab is not None and step != 1:
             ctx.freeze(lab, "strided slice over a channel dimension")
-        out.append(None if lab is None else lab[start:stop:step])
-    ctx.set(op.outputs[0], out)
+        labels.append(None if lab is None else lab[start:stop:step])
+        sizes.append(len(range(start, stop, step)))
+    return labels, sizes
+
+
+@register("setitem")
+def _setitem(op: Op, ctx: RuleContext) -> None:
+    """x[index] = v in place: v's channels are the indexed positions' channels (v broadcasts).
+
+    Contiguous slices of a channel dim keep their channels (the rewrite moves the
+    bounds); a single index or a strided slice of a channel dim freezes it.
+    """
+    labels, sizes = _indexed_labels(ctx, op.inputs[0], op.attrs["items"], "writing into")
+    if len(op.inputs) > 1:
+        v = op.inputs[1]
+        _broadcast_labels(ctx, [labels, ctx.get(v)], [tuple(sizes), ctx.shape(v)], "value written into a slice")
+
+
+@register("repeat")
+def _repeat(op: Op, ctx: RuleContext) -> None:
+    """repeat_interleave along ``axes``: a repeated channel dim is frozen; other dims keep their channels."""
+    xl = list(ctx.get(op.inputs[0]))
+    for d in op.attrs["axes"]:
+        d = _axis(d, len(xl))
+        ctx.freeze(xl[d], "repeat along a channel dimension")
+        xl[d] = None
+    ctx.set(op.outputs[0], xl)
 
 
 @register("take")

@@ -262,13 +262,18 @@ class RewriteFX:
             new_sizes = [shape(o)[ax] for o in op.outputs]
             key = next((k for k in ("split_size_or_sections", "split_size", "split_sizes") if k in kwargs), None)
             spec = kwargs[key] if key else (args[1] if len(args) > 1 else None)
+            if fn == "tensor_split":
+                key = next((k for k in ("indices", "sections", "indices_or_sections") if k in kwargs), None)
+                spec = kwargs[key] if key else args[1]
             if fn != "chunk" and spec is not None:
                 new_spec: Any = new_sizes[0] if isinstance(spec, int) else list(new_sizes)
+                if fn == "tensor_split":  # sections stay; indices are where the new chunks start
+                    new_spec = spec if isinstance(spec, int) else [int(i) for i in np.cumsum(new_sizes[:-1])]
                 if key:
                     kwargs[key] = new_spec
                 else:
                     args[1] = new_spec
-        elif op.kind == "index":
+        elif op.kind in ("index", "setitem"):
             x = op.inputs[0]
             n_shape = graph.shape(x)
             new_idx: list = []

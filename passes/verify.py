@@ -95,10 +95,13 @@ class _Masked(torch.fx.Interpreter):
         masks = self.masks.get(n.name)
         if not masks:
             return out
+        # A view of an input (x[:, 1:], x.transpose) or an in-place update (x.add_, x += y) is masked in
+        # place, so every alias of the storage sees the same values, as in the model. Elsewhere a copy.
+        shared = {a.untyped_storage().data_ptr() for a in flat_tensors(self.fetch_args_kwargs_from_env(n))}
         if isinstance(out, torch.Tensor):
-            return _apply(out, masks[0])
+            return _apply(out, masks[0], shared)
         if isinstance(out, (tuple, list)):
-            return type(out)(_apply(o, m) if isinstance(o, torch.Tensor) else o for o, m in zip(out, masks))
+            return type(out)(_apply(o, m, shared) if isinstance(o, torch.Tensor) else o for o, m in zip(out, masks))
         return out
 
     def _masked_layer_norm(self, n: torch.fx.Node) -> torch.Tensor:
@@ -128,9 +131,17 @@ class _Masked(torch.fx.Interpreter):
         return y
 
 
-def _apply(t: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+def _apply(t: torch.Tensor, mask: torch.Tensor | None, shared: set[int] = frozenset()) -> torch.Tensor:
+    """Zero the removed positions (``torch.where``: inf/nan there never leak); in place when ``t`` aliases an input.
+
+    In place is safe for an alias: a position removed in a view is removed in the tensor it views (the op
+    rules derive a view's channels from its input's), so the input is only zeroed where it is zero already,
+    or where an in-place update through the view must be zeroed for every alias.
+    """
     if mask is None:
         return t
+    if t.untyped_storage().data_ptr() in shared and 0 not in t.stride():  # (an expanded view cannot be updated)
+        return t.masked_fill_(~mask, 0)
     return torch.where(mask, t, torch.zeros((), dtype=t.dtype, device=t.device))
 
 

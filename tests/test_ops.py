@@ -1660,3 +1660,86 @@ def test_normalize_over_channels_is_exact():
     m = Net()
     r = check(m, torch.randn(3, 8))
     assert frozen_targets(r) == [] and sub(r, "a").out_features == 8 and sub(r, "b").in_features == 8
+
+
+def _wrapped_add_tail(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """MViT's _add_shortcut / _add_rel_pos: an in-place add into a slice of the tokens."""
+    x[:, 1:, :] += y[:, 1:, :]
+    return x
+
+
+def _wrapped_write_channels(x: torch.Tensor, y: torch.Tensor) -> None:
+    """Writes into a contiguous part of the channel dim and returns nothing: the caller reads x again."""
+    x[:, :, 4:12] = y * 2.0
+
+
+def _wrapped_view_update(x: torch.Tensor) -> torch.Tensor:
+    """Updates x through a view with no write-back (x changes because t is a view of it)."""
+    t = x[:, 1:]
+    t += 1.0
+    t.mul_(2.0)
+    return x
+
+
+torch.fx.wrap("_wrapped_add_tail")
+torch.fx.wrap("_wrapped_write_channels")
+torch.fx.wrap("_wrapped_view_update")
+
+
+class InPlaceNet(nn.Module):
+    def __init__(self, kind: str):
+        super().__init__()
+        self.kind = kind
+        self.a, self.b = nn.Linear(8, 16), nn.Linear(8, 16 if kind != "write" else 8)
+        self.out = nn.Linear(16, 4)
+
+    def forward(self, x):
+        h = self.a(x)
+        if self.kind == "tail":
+            h = _wrapped_add_tail(h, self.b(x))
+        elif self.kind == "write":
+            _wrapped_write_channels(h, self.b(x))
+        else:
+            h = _wrapped_view_update(h)
+        return self.out(F.relu(h))
+
+
+@pytest.mark.parametrize("kind", ["tail", "write", "view"])
+def test_in_place_updates_in_wrapped_bodies_are_inlined(kind):
+    """``x[:, 1:] += y``, ``x[..., 4:12] = v`` and updates through a view are inlined as the in-place
+    updates they are (the update through a view changes x: the masked reference must see that too)."""
+    m = InPlaceNet(kind)
+    x = torch.randn(2, 5, 8)
+    r = check(m, x, independent=False)
+    assert frozen_targets(r) == []
+    assert "_wrapped_" not in r.model.code
+    assert sub(r, "a").out_features == 8
+    if kind == "write":  # the written slice [4:12) of the channels is tied to b's outputs; its bounds follow the kept channels
+        kept = kept_indices(m.a.weight, sub(r, "a").weight, 0)
+        assert sub(r, "b").out_features == sum(4 <= k < 12 for k in kept)
+    with torch.no_grad():
+        fresh = torch.randn(2, 5, 8)
+        assert r.model(fresh).shape == m(fresh).shape
+
+
+def test_tensor_split_and_repeat_interleave():
+    """MViT's pooling: tensor_split of the class token along tokens, and a positional table repeated along time."""
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Linear(8, 16)
+            self.pos = nn.Parameter(torch.randn(2, 16))
+            self.out = nn.Linear(16, 4)
+
+        def forward(self, x):  # [B, 1 + 2 * 3, 8]
+            h = self.a(x)
+            cls, rest = torch.tensor_split(h, (1,), dim=1)
+            rest = rest + torch.repeat_interleave(self.pos, 3, dim=0)
+            lo, hi = torch.tensor_split(h, [6], dim=2)  # a channel split at an index
+            return self.out(F.relu(torch.cat([cls, rest], dim=1))) + self.out(torch.cat([hi, lo], dim=2))
+
+    m = Net()
+    r = check(m, torch.randn(2, 7, 8), independent=False)
+    assert frozen_targets(r) == []
+    assert sub(r, "a").out_features < 16 and r.model.pos.shape[1] == sub(r, "a").out_features

@@ -90,9 +90,12 @@ def test_llama_gqa_prunes_a_kv_head_with_its_query_heads(tmp_path):
 def test_llama_head_dim_is_verified_but_not_expressible_in_the_config():
     model, x = _llama()
     r = compiler.compile(model, x, ratio=0.5, attention="head_dim", granularity=1)
-    _verified(r)  # only v's head dim prunes (rotary embeddings freeze q/k's), through repeat_kv's expand
-    assert r.model.state_dict()["model.layers.0.self_attn.v_proj.weight"].shape[0] == 16
-    with pytest.raises(UnsupportedModelError, match="head sizes"):
+    _verified(r)  # q/k head dims prune in rotate_half's pairs (i, i + d/2), with the rotary frequencies; v's through repeat_kv
+    sd = r.model.state_dict()
+    assert sd["model.layers.0.self_attn.v_proj.weight"].shape[0] < 32
+    assert sd["model.layers.0.self_attn.q_proj.weight"].shape[0] < 64
+    assert r.model.model.rotary_emb.inv_freq.shape[0] < model.model.rotary_emb.inv_freq.shape[0]
+    with pytest.raises(UnsupportedModelError, match="rotary|head sizes"):  # LlamaConfig recomputes the frequencies from head_dim
         r.to_hf()
 
 
