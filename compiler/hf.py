@@ -152,6 +152,14 @@ def _config_plan(model: nn.Module, pruned: nn.Module, inputs: tuple) -> tuple[An
         cfg.intermediate_size = _uniform("FFN widths (intermediate_size)", ffn)
     if norm:
         cfg.hidden_size = _uniform("hidden sizes", norm)
+        if cfg.hidden_size != hidden and getattr(cfg, "rms_norm_eps", None) is not None:
+            # The pruned RMSNorm keeps the original mean (sum of squares / old width: the removed channels count as
+            # zeros); the rebuilt one divides by the new width. Equal with weight * sqrt(old / new), eps * old / new.
+            ratio = hidden / cfg.hidden_size
+            cfg.rms_norm_eps = cfg.rms_norm_eps * ratio
+            for name in norm:
+                if "rms" in type(dict(model.named_modules())[name]).__name__.lower():
+                    rescale[name] = ratio**0.5
     return cfg, rescale
 
 

@@ -1171,7 +1171,10 @@ def _h_reduce(lw: _Lowering, i: int, n: onnx.NodeProto) -> bool:
             return True
         axes = list(range(rank))
     keep = bool(int(at.get("keepdims", 1)))
-    lw.emit(i, "reduce", [x], [n.output[0]], {"dims": axes, "keepdim": keep, "fn": REDUCE_OPS[n.op_type]})
+    attrs = {"dims": axes, "keepdim": keep, "fn": REDUCE_OPS[n.op_type]}
+    if n.op_type == "ReduceMean":  # the rewrite keeps the original divisor (a Mul after it)
+        attrs["rescalable"] = True
+    lw.emit(i, "reduce", [x], [n.output[0]], attrs)
     return True
 
 

@@ -252,7 +252,7 @@ _UNARY_FN_NAMES = {
     "sqrt", "rsqrt", "sin", "cos", "erf", "square", "reciprocal", "sign", "floor", "ceil", "round",
     "contiguous", "clone", "detach", "float", "half", "double", "bfloat16", "to", "type_as", "pow",
     "__pow__", "nan_to_num", "log1p", "expm1", "tanhshrink", "hardshrink", "softshrink", "threshold",
-    "relu6_", "silu_", "hardswish_", "gelu_", "requires_grad_", "identity", "zero_",
+    "relu6_", "silu_", "hardswish_", "gelu_", "requires_grad_", "identity", "zero_", "alias",
 }  # fmt: skip
 _BINARY_FN_NAMES = {
     "add", "sub", "mul", "truediv", "div", "iadd", "isub", "imul", "itruediv", "add_", "sub_", "mul_", "div_",
@@ -677,7 +677,10 @@ def _h_reduce(lw, node, args, kwargs) -> bool:
     if not all(isinstance(d, int) for d in dims):
         return False
     keepdim = bool(_arg(args, kwargs, 2 if fn != "norm" else 3, "keepdim", False))
-    lw._emit(node, "reduce", [x], {"dims": list(dims), "keepdim": keepdim, "fn": _REDUCE_FN[fn]})
+    attrs = {"dims": list(dims), "keepdim": keepdim, "fn": _REDUCE_FN[fn]}
+    if attrs["fn"] == "mean" and fn == "mean":  # the rewrite keeps the original divisor (RMSNorm's mean of squares)
+        attrs["rescalable"] = True
+    lw._emit(node, "reduce", [x], attrs)
     return True
 
 

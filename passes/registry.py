@@ -373,15 +373,18 @@ def _spatial(op: Op, ctx: RuleContext) -> None:
 
 @register("reduce")
 def _reduce(op: Op, ctx: RuleContext) -> None:
-    """Reductions: a sum over channels is exact with removed channels; mean/max/... are not."""
+    """Reductions: a sum over channels is exact with removed channels; so is a mean whose rewrite keeps
+    the original divisor (``rescalable``: the torch rewrite multiplies it by kept / original count,
+    RMSNorm's mean of squares); max/min/var/... over channels are not."""
     x = op.inputs[0]
     xl = ctx.get(x)
     dims = {_axis(d, len(xl)) for d in op.attrs["dims"]}
     keepdim = bool(op.attrs.get("keepdim", False))
+    exact = op.attrs.get("fn") == "sum" or (op.attrs.get("fn") == "mean" and op.attrs.get("rescalable", False))
     out: Labels = []
     for d, lab in enumerate(xl):
         if d in dims:
-            if lab is not None and op.attrs.get("fn") != "sum":
+            if lab is not None and not exact:
                 ctx.freeze(lab, f"{op.attrs.get('fn')} over a channel dimension")
             if keepdim:
                 out.append(None)

@@ -303,6 +303,19 @@ class RewriteFX:
                         continue
                     if isinstance(before, (int, float)) and before != after:
                         args[i] = before  # a scale computed from a size keeps the original model's value
+        elif op.kind == "reduce" and op.attrs.get("rescalable"):
+            x = op.inputs[0]
+            rank = len(graph.shape(x))
+            dims = {d % rank for d in op.attrs["dims"]}
+            n_old = math.prod(graph.shape(x)[d] for d in dims)
+            n_new = math.prod(shape(x)[d] for d in dims)
+            if n_new == n_old:
+                return False
+            with node.graph.inserting_after(node):  # mean over the kept channels * kept / original = the original mean
+                scaled = node.graph.call_function(operator.mul, (node, n_new / n_old))
+            node.replace_all_uses_with(scaled, delete_user_cb=lambda u: u is not scaled)
+            node.meta["prunec_partial"] = True  # its value is not the original's: verification compares the product
+            return True
         elif op.kind == "slice":
             x = op.inputs[0]
             rank = len(graph.shape(x))

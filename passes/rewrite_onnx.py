@@ -26,6 +26,7 @@ the graph's input and output names and types are kept. Cases handled:
 from __future__ import annotations
 
 import logging
+import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -250,7 +251,33 @@ class RewriteONNX:
                     continue
                 if not _same(env.get(n.input[k]), om.static.get(v)):
                     set_arg(i, k, om.static[v])
-        # -- 5. clean up -------------------------------------------------------------------------
+        # -- 5. means over pruned channels keep the original divisor: ReduceMean -> Mul(kept / original) ---------
+        scaled: dict[int, onnx.NodeProto] = {}
+        for op in graph.ops.values():
+            if op.kind != "reduce" or not op.attrs.get("rescalable") or not isinstance(op.source, int):
+                continue
+            x, rank = op.inputs[0], len(graph.shape(op.inputs[0]))
+            dims = {d % rank for d in op.attrs["dims"]}
+            n_old, n_new = math.prod(graph.shape(x)[d] for d in dims), math.prod(pshape(x)[d] for d in dims)
+            if n_old == n_new:
+                continue
+            n = nodes[op.source]
+            out = n.output[0]
+            n.output[0] = names.fresh(f"{out}_kept")
+            factor = new_initializer(f"{out}_scale", np.array(n_new / n_old), dtype_of(out))
+            scaled[op.source] = helper.make_node("Mul", [n.output[0], factor], [out], name=names.fresh(f"{n.name or out}_scale"))
+        if scaled:
+            order = []
+            for i, n in enumerate(nodes):
+                order.append(n)
+                if i in scaled:
+                    order.append(scaled[i])
+            new_nodes = [onnx.NodeProto() for _ in order]
+            for dst, src in zip(new_nodes, order, strict=True):
+                dst.CopyFrom(src)
+            del nodes[:]
+            nodes.extend(new_nodes)
+        # -- 6. clean up -------------------------------------------------------------------------
         self._remove_dead(m, om, res)
         _refresh_shapes(m, {v: pshape(v) for v in graph.values if graph.values[v].is_tensor and not graph.values[v].is_const}, om)
         try:

@@ -65,7 +65,7 @@ class _Capture(torch.fx.Interpreter):
 
     def run_node(self, n: torch.fx.Node) -> Any:
         out = super().run_node(n)
-        if n.op not in ("placeholder", "output", "get_attr"):
+        if n.op not in ("placeholder", "output", "get_attr") and not n.meta.get("prunec_partial"):
             # clone: a later in-place op (ReLU(inplace=True)) must not change what was captured
             if isinstance(out, torch.Tensor) and out.is_floating_point():
                 self.values[n.name] = out.clone()

@@ -503,17 +503,17 @@ def test_reduce_mean_over_space_and_sum_over_channels(opset):
     _check_independent(m, r)
 
 
-def test_reduce_mean_over_channels_freezes():
+def test_reduce_max_over_channels_freezes():
     text = """
     g (float[1,3,4,4] x) => (float[1,1,4,4] y) {
       [c1] a = Conv(x, w1, b1)
       [r] h = Relu(a)
-      [rm] y = ReduceMean<axes=[1], keepdims=1>(h)
+      [rm] y = ReduceMax<axes=[1], keepdims=1>(h)
     }"""
     m = build(text, {"w1": (8, 3, 1, 1), "b1": (8,)})
     r = prune_onnx(m)
     assert consts(r.model)["w1"].shape[0] == 8
-    assert any("mean over a channel dimension" in reason for g in r.report.groups for reason in g.reasons)
+    assert any("max over a channel dimension" in reason for g in r.report.groups for reason in g.reasons)
 
 
 def test_pooling_resize_and_pad():
@@ -856,3 +856,29 @@ def test_group_norm_exported_as_instance_norm_freezes_its_channels():
     r = prune_onnx(m)
     assert consts(r.model)["w1"].shape[0] == 8  # the group statistics span the channels
     assert any("statistics over a channel dimension" in reason for g in r.report.groups for reason in g.reasons)
+
+
+def test_reduce_mean_over_channels_keeps_the_original_divisor():
+    """RMSNorm as ONNX ops: ReduceMean of squares over the hidden dim gets a Mul(kept / original) after it."""
+    text = """
+    g (float[2,5,8] x) => (float[2,5,4] y) {
+      [a] h = MatMul(x, wa)
+      [sq] s = Mul(h, h)
+      [rm] v = ReduceMean<axes=[-1], keepdims=1>(s)
+      [e] ve = Add(v, eps)
+      [rt] r = Sqrt(ve)
+      [dv] n = Div(h, r)
+      [sc] hn = Mul(n, g1)
+      [o] y = MatMul(hn, wo)
+    }
+    """
+    m = build(text, {"wa": (8, 16), "eps": np.array(1e-6, np.float32), "g1": (16,), "wo": (16, 4)})
+    r = compiler.compile(m, ratio=0.5, granularity=1)  # (prune_onnx's structural check allows no new node)
+    assert r.report.verification["passed"] and not r.report.frozen_ops
+    onnx.checker.check_model(r.model, full_check=True)
+    c = consts(r.model)
+    assert c["wa"].shape == (8, 8) and c["g1"].shape == (8,) and c["wo"].shape == (8, 4)
+    assert [o for o in op_types(r.model) if o in ("ReduceMean", "Mul")].count("Mul") == 3  # h*h, the scale, n*g1
+    scale = [t for n, t in c.items() if n.endswith("_scale")]
+    assert len(scale) == 1 and float(scale[0]) == 0.5
+    _check_independent(m, r)

@@ -1743,3 +1743,42 @@ def test_tensor_split_and_repeat_interleave():
     r = check(m, torch.randn(2, 7, 8), independent=False)
     assert frozen_targets(r) == []
     assert sub(r, "a").out_features < 16 and r.model.pos.shape[1] == sub(r, "a").out_features
+
+
+def test_mean_over_channels_keeps_the_original_divisor():
+    """RMSNorm written as ops (LLaMA): mean(x**2) over the hidden dim. The pruned mean is scaled by kept / original,
+    so it equals the original's mean with the removed channels zeroed, and the hidden size prunes."""
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.c, self.out = nn.Linear(8, 32), nn.Linear(32, 64), nn.Linear(64, 32), nn.Linear(32, 4)
+            self.w = nn.Parameter(torch.randn(32))
+
+        def rms(self, h):
+            return self.w * h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1e-6)
+
+        def forward(self, x):
+            h = self.a(x)
+            h = h + self.c(F.relu(self.b(self.rms(h))))
+            return self.out(self.rms(h))
+
+    m = Net()
+    r = check(m, torch.randn(3, 5, 8), independent=False)
+    assert frozen_targets(r) == []
+    assert sub(r, "a").out_features == 16 and r.model.w.shape == (16,)
+    assert "mean * 0.5" in r.model.code
+
+
+def test_max_over_channels_freezes_them():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.out = nn.Linear(8, 16), nn.Linear(16, 4)
+
+        def forward(self, x):
+            h = self.a(x)
+            return self.out(h - h.amax(-1, keepdim=True))
+
+    r = prune(Net(), (torch.randn(3, 8),), ratio=0.5, granularity=1)
+    assert sub(r, "a").out_features == 16

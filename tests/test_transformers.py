@@ -85,6 +85,9 @@ def test_llama_gqa_prunes_a_kv_head_with_its_query_heads(tmp_path):
     assert sd["model.layers.0.self_attn.k_proj.weight"].shape[0] == 16
     cfg = _round_trip(r, model, x, tmp_path)
     assert (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, cfg.intermediate_size) == (2, 1, 16, 64)
+    # the hidden size prunes through RMSNorm (its mean of squares keeps the original divisor); the saved config
+    # expresses that with rescaled norm weights and eps
+    assert cfg.hidden_size == 32 and cfg.rms_norm_eps == model.config.rms_norm_eps * 2
 
 
 def test_llama_head_dim_is_verified_but_not_expressible_in_the_config():
