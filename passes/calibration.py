@@ -153,7 +153,7 @@ def consumers(traced: TracedModel, analysis: AnalysisResult) -> list[Consumer]:
         elif op.kind == "matmul":
             x, dim = op.inputs[0], len(graph.shape(op.inputs[0])) - 1
             w = op.inputs[1] if graph.values[op.inputs[1]].is_const else None
-        elif op.kind == "reduce" and op.attrs.get("fn") == "sum":
+        elif op.kind == "reduce" and (op.attrs.get("fn") == "sum" or (op.attrs.get("fn") == "mean" and op.attrs.get("rescalable"))):
             x = op.inputs[0]
             rank = len(graph.shape(x))
             dims = [d % rank for d in op.attrs["dims"]]
