@@ -269,11 +269,16 @@ class VerifyFX:
                     raise VerificationError(
                         f"node {n.name}: pruned model gives shape {tuple(m.shape)}, the masked original's kept channels {tuple(r.shape)}"
                     )
-                fin = torch.isfinite(r) & torch.isfinite(m)
-                if r.numel() == 0 or not bool(fin.any()):
+                if r.numel() == 0:
                     continue
-                scale = float(r[fin].abs().max())
-                diff = float((r[fin] - m[fin]).abs().max())
+                scale, diff = float(r.abs().max()), float((r - m).abs().max())
+                if not (math.isfinite(scale) and math.isfinite(diff)):  # inf/nan somewhere: same places, then the rest
+                    fr, fm = torch.isfinite(r), torch.isfinite(m)
+                    fin = fr & fm
+                    if not bool(fin.any()):
+                        continue
+                    scale = float(r[fin].abs().max())
+                    diff = float((r[fin] - m[fin]).abs().max()) if torch.equal(fr, fm) else math.inf
                 rel = diff / scale if scale > 0 else (0.0 if diff == 0 else math.inf)
                 node_stats["n"] += 1
                 if rel > node_stats["err"]:
