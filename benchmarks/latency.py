@@ -13,6 +13,7 @@ multiply-accumulate became time saved. Prints a table and writes
 
     python benchmarks/latency.py                         # CPU, batch 1 and 16
     python benchmarks/latency.py --provider cuda --batches 1,64 --out benchmarks/results/latency_gpu.md
+    python benchmarks/latency.py --runtime torch --provider cuda --batches 1,64 --out benchmarks/results/latency_gpu_torch.md
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from analysis_speed import cpu_name  # noqa: E402  (same folder: the CPU named the same way in both tables)
 
 import compiler  # noqa: E402
-from compiler.backend import OrtRunner, export_onnx, time_interleaved  # noqa: E402
+from compiler.backend import OrtRunner, TorchRunner, export_onnx, time_interleaved  # noqa: E402
 from frontends.torch_fx import load_torch  # noqa: E402
 from passes.cost import graph_macs  # noqa: E402
 
@@ -94,7 +95,14 @@ def tp_to_macs(name: str, x: torch.Tensor, target: float, base: int, seed: int) 
     return best
 
 
-def one(name: str, batches: list[int], provider: str, seed: int, runs: int) -> list[dict[str, Any]]:
+def make_runners(models: dict[str, Any], runtime: str, provider: str) -> dict[str, Any]:
+    """ONNX Runtime sessions of the exported models, or the PyTorch modules on torch.compile (CUDA) / eager."""
+    if runtime == "onnxruntime":
+        return {k: OrtRunner(m, provider=provider) for k, m in models.items()}
+    return {k: TorchRunner(m, mode="auto", device="cuda" if provider == "cuda" else "cpu") for k, m in models.items()}
+
+
+def one(name: str, batches: list[int], provider: str, seed: int, runs: int, runtime: str = "onnxruntime") -> list[dict[str, Any]]:
     x = torch.randn(1, 3, 224, 224)
     model = build(name, seed)
     base = macs_of(model, x)
@@ -106,8 +114,12 @@ def one(name: str, batches: list[int], provider: str, seed: int, runs: int) -> l
     log(f"{name}: Torch-Pruning, bisecting its ratio to the same MACs")
     pruned["torch-pruning"] = tp_to_macs(name, x, pruned["prunec"][1], base, seed)
     log(f"{name}: Torch-Pruning {pruned['torch-pruning'][1]:.3f}x MACs")
-    protos = {"original": export_onnx(model, (x,))}
-    protos.update({k: export_onnx(m, (x,)) for k, (m, _) in pruned.items()})
+    if runtime == "onnxruntime":  # exported once, timed at every batch (dynamic batch)
+        protos: dict[str, Any] = {"original": export_onnx(model, (x,))}
+        protos.update({k: export_onnx(m, (x,)) for k, (m, _) in pruned.items()})
+    else:
+        protos = {"original": model, **{k: m for k, (m, _) in pruned.items()}}
+    backend = "onnxruntime" if runtime == "onnxruntime" else "auto"
     rows = []
     for b in batches:
         # latency-aware allocation is specific to the batch it is measured at: one model per batch size
@@ -115,13 +127,15 @@ def one(name: str, batches: list[int], provider: str, seed: int, runs: int) -> l
         log(f"{name}: prunec-latency: target_macs=0.5, allocation='latency', tables at batch {b}")
         t0 = time.perf_counter()
         rl = compiler.compile(model, (xb_t,), target_macs=0.5, importance="l2", allocation="latency",
-                              backend="onnxruntime", provider=provider)
+                              backend=backend, provider=provider)
         lat = (rl.model, rl.report.macs_after / rl.report.macs_before)
         log(f"{name}: prunec-latency {lat[1]:.3f}x MACs in {time.perf_counter() - t0:.1f}s (verified: {rl.report.verification['passed']})")
-        cell_protos = {**protos, "prunec-latency": export_onnx(lat[0], (x,))}
-        opsets = {k: next(o.version for o in v.opset_import if o.domain in ("", "ai.onnx")) for k, v in cell_protos.items()}
-        log(f"{name}: ONNX opsets (17: TorchScript exporter, 18: dynamo) {opsets}")
-        runners = {k: OrtRunner(v, provider=provider) for k, v in cell_protos.items()}
+        cell_models = {**protos, "prunec-latency": export_onnx(lat[0], (x,)) if runtime == "onnxruntime" else lat[0]}
+        opsets = {}
+        if runtime == "onnxruntime":
+            opsets = {k: next(o.version for o in v.opset_import if o.domain in ("", "ai.onnx")) for k, v in cell_models.items()}
+            log(f"{name}: ONNX opsets (17: TorchScript exporter, 18: dynamo) {opsets}")
+        runners = make_runners(cell_models, runtime, provider)
         device = runners["original"].name
         xb = xb_t.numpy()
         fns = {k: rn.timed_fn(xb) for k, rn in runners.items()}
@@ -155,10 +169,15 @@ def write(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
         tpv = "?"
     dev = rows[0]["device"] if rows else "?"
     where = cpu_name() + f", {os.cpu_count()} cores" if dev.endswith("cpu") else (torch.cuda.get_device_name(0) if torch.cuda.is_available() else dev)
+    how = (
+        f"ONNX Runtime {onnxruntime.__version__}, all graph optimizations"
+        if dev.startswith("onnxruntime")
+        else "the PyTorch modules themselves, torch.compile with its defaults where CUDA is present"
+    )
     lines = [
         "# Latency at the same MACs: prunec vs Torch-Pruning",
         "",
-        f"Device: **{where}**, runtime {dev} (ONNX Runtime {onnxruntime.__version__}, all graph optimizations). "
+        f"Device: **{where}**, runtime {dev} ({how}). "
         f"torch {torch.__version__}, torch-pruning {tpv}. {time.strftime('%Y-%m-%d')}. "
         "Random weights, input 3x224x224. prunec: `target_macs=0.5`, l2, granularity 8, verified. "
         "Torch-Pruning: `MagnitudePruner` (L2, its defaults, classifier ignored, ViT `num_heads` declared), its "
@@ -198,6 +217,8 @@ def main() -> None:
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--batches", default="1,16")
     ap.add_argument("--provider", default="cpu", choices=["cpu", "cuda", "tensorrt"])
+    ap.add_argument("--runtime", default="onnxruntime", choices=["onnxruntime", "torch"],
+                    help="torch: the modules themselves, torch.compile on CUDA, eager on the CPU")
     ap.add_argument("--runs", type=int, default=30, help="interleaved rounds at batch 1 (a third of it at larger batches)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=os.path.join(RESULTS, "latency.md"))
@@ -205,7 +226,7 @@ def main() -> None:
     logging_quiet()
     rows: list[dict[str, Any]] = []
     for name in args.models.split(","):
-        rows += one(name, [int(b) for b in args.batches.split(",")], args.provider, args.seed, args.runs)
+        rows += one(name, [int(b) for b in args.batches.split(",")], args.provider, args.seed, args.runs, args.runtime)
     text = write(rows, args)
     print(text)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
