@@ -30,8 +30,13 @@ Cases handled:
    elimination, so the inlined graph mutates what the body mutated, views
    included (verification's masked reference keeps views as views too).
 
-The inlined graph is specialized to the example inputs' sizes (the batch size
-included) for the ops that came from the body.
+Batch sizes: the graph is also run on the example grown by one along dim 0, and
+the body is traced on both at once. A size that differs between the two (the
+batch, and what is computed from it: Swin's ``B * num_windows``) is read at run
+time (a ``size`` node); every other size is a constant of the example. The body
+is kept batch-generic only if its graph reproduces the call's results at both
+batch sizes; otherwise (a branch on the batch size, a model with a fixed batch)
+it is specialized to the example inputs' sizes, batch included.
 """
 
 from __future__ import annotations
@@ -88,24 +93,56 @@ def _lowered_by_frontend(n: torch.fx.Node) -> bool:
 
 
 class _ConcreteProxy(torch.fx.Proxy):
-    """A proxy that knows its value on the example inputs: sizes read from it are ints."""
+    """A proxy that knows its value on the example inputs: sizes read from it are ints.
 
-    def __init__(self, node: torch.fx.Node, tracer: torch.fx.Tracer, value: Any) -> None:
+    In batch-generic tracing it also knows ``value2``, its value on the example
+    grown by one along the batch: a size that differs between the two is read
+    at run time (a ``size`` node), the others are ints.
+    """
+
+    def __init__(self, node: torch.fx.Node, tracer: torch.fx.Tracer, value: Any, value2: Any = None) -> None:
         super().__init__(node, tracer)
         self.value = value
+        self.value2 = value2
 
     def __getattr__(self, k: str) -> Any:
-        if k in ("value", "node", "tracer"):
+        if k in ("value", "value2", "node", "tracer"):
             raise AttributeError(k)
         if isinstance(self.value, torch.Tensor) and (k in _SIZE_ATTRS or k in _SIZE_METHODS):
-            return getattr(self.value, k)
+            if not getattr(self.tracer, "dual", False):
+                return getattr(self.value, k)
+            return self._dual_size(k)
         return super().__getattr__(k)
 
+    def _dual_size(self, k: str) -> Any:
+        """A size read in batch-generic tracing: an int where both examples agree, else a run-time size."""
+        a, b = getattr(self.value, k), getattr(self.value2, k)
+        if k == "shape":
+            if a == b:
+                return a
+            return tuple(n if n == b[d] else self.tracer.create_proxy("call_method", "size", (self, d), {}) for d, n in enumerate(a))
+        if not callable(a):
+            if a != b:
+                raise torch.fx.proxy.TraceError(f"{k} differs with the batch size")
+            return a
+
+        def method(*args: Any) -> Any:
+            ra, rb = a(*args), b(*args)
+            if k == "size" and not args and ra != rb:
+                return self._dual_size("shape")
+            if ra == rb:
+                return ra
+            return self.tracer.create_proxy("call_method", k, (self, *args), {})
+
+        return method
+
     def __len__(self) -> int:
+        if getattr(self.tracer, "dual", False) and len(self.value) != len(self.value2):
+            raise torch.fx.proxy.TraceError("len() of a batch-sized dimension")
         return len(self.value)
 
     def __iter__(self):  # type: ignore[override]
-        return iter([self[i] for i in range(len(self.value))])
+        return iter([self[i] for i in range(len(self))])
 
     # In-place updates are recorded as the in-place ops they are, so the inlined
     # graph mutates exactly what the body mutated (views included).
@@ -149,32 +186,48 @@ def _value(a: Any) -> Any:
     return a
 
 
+def _value2(a: Any) -> Any:
+    if isinstance(a, _ConcreteProxy):
+        return a.value2
+    if isinstance(a, torch.fx.proxy.Attribute):
+        return getattr(_value2(a.root), a.attr)
+    return a
+
+
+def _same_shape(a: Any, b: Any) -> bool:
+    return not isinstance(a, torch.Tensor) or (isinstance(b, torch.Tensor) and a.shape == b.shape)
+
+
 class _ConcreteTracer(torch.fx.Tracer):
     """Records the ops of a function called on concrete proxies, running each as it goes."""
 
-    def __init__(self) -> None:
+    def __init__(self, dual: bool = False) -> None:
         super().__init__()
         self.root = nn.Module()  # holds the constants the body creates
         self.graph = torch.fx.Graph()
         self.tensor_attrs: dict = {}
+        self.dual = dual  # batch-generic: every proxy also runs on the grown example
 
-    def placeholder(self, name: str, value: Any) -> _ConcreteProxy:
+    def placeholder(self, name: str, value: Any, value2: Any = None) -> _ConcreteProxy:
         node = self.graph.placeholder(name)
-        return _ConcreteProxy(node, self, value)
+        return _ConcreteProxy(node, self, value, value2)
 
-    def create_proxy(self, kind, target, args, kwargs, name=None, type_expr=None, proxy_factory_fn=None):  # type: ignore[override]
-        cargs = map_aggregate(args, _value)
-        ckwargs = map_aggregate(kwargs, _value)
+    @staticmethod
+    def _run(kind: str, target: Any, args: Any, kwargs: Any) -> Any:
         with torch.no_grad():
             if kind == "call_method":
-                value = getattr(cargs[0], target)(*cargs[1:], **ckwargs)
-            elif kind == "call_function":
-                value = target(*cargs, **ckwargs)
-            else:
-                raise torch.fx.proxy.TraceError(f"unexpected {kind} node while inlining")
+                return getattr(args[0], target)(*args[1:], **kwargs)
+            if kind == "call_function":
+                return target(*args, **kwargs)
+        raise torch.fx.proxy.TraceError(f"unexpected {kind} node while inlining")
+
+    def create_proxy(self, kind, target, args, kwargs, name=None, type_expr=None, proxy_factory_fn=None):  # type: ignore[override]
+        value = self._run(kind, target, map_aggregate(args, _value), map_aggregate(kwargs, _value))
+        value2 = self._run(kind, target, map_aggregate(args, _value2), map_aggregate(kwargs, _value2)) if self.dual else None
         if (kind == "call_method" and target in _META_ONLY_METHODS) or (kind == "call_function" and target in _META_ONLY_FNS):
-            return value  # made from sizes alone: a constant of the example's sizes
-        return super().create_proxy(kind, target, args, kwargs, name, type_expr, lambda node: _ConcreteProxy(node, self, value))
+            if not self.dual or _same_shape(value, value2):
+                return value  # made from sizes alone: a constant of the example's sizes
+        return super().create_proxy(kind, target, args, kwargs, name, type_expr, lambda node: _ConcreteProxy(node, self, value, value2))
 
 
 class _Values(torch.fx.Interpreter):
@@ -227,24 +280,30 @@ def _mutates(node: torch.fx.Node) -> bool:
 _NOTHING = object()
 
 
-def _trace_call(node: torch.fx.Node, values: dict[str, Any]) -> tuple[torch.fx.Graph, nn.Module, list[torch.fx.Node], Any]:
+def _trace_call(
+    node: torch.fx.Node, values: dict[str, Any], values2: dict[str, Any] | None = None
+) -> tuple[torch.fx.Graph, nn.Module, list[torch.fx.Node], Any]:
     """The body of one wrapped call as a graph whose placeholders are the call's node arguments (in order).
 
     The last item is the call's result when it is plain data returned by a body
     that updates its arguments in place (the graph then returns nothing), else ``_NOTHING``.
     """
-    tracer = _ConcreteTracer()
+    tracer = _ConcreteTracer(dual=values2 is not None)
     arg_nodes: list[torch.fx.Node] = []
     proxies: dict[str, Any] = {}
 
     def to_proxy(a: Any) -> Any:
         if isinstance(a, torch.fx.Node):
             v = values[a.name]
-            if not isinstance(v, torch.Tensor):
+            v2 = values2[a.name] if values2 is not None else None
+            if not isinstance(v, torch.Tensor) and (values2 is None or v == v2):
                 return v  # a size computed in the outer graph: specialized like the body's
+            if values2 is not None and not isinstance(v, (torch.Tensor, int)):
+                raise torch.fx.proxy.TraceError(f"argument {a.name} differs with the batch size")
             if a.name not in proxies:
                 arg_nodes.append(a)
-                proxies[a.name] = tracer.placeholder(f"arg_{len(arg_nodes)}", v.clone())
+                c = (lambda t: t.clone() if isinstance(t, torch.Tensor) else t)  # noqa: E731
+                proxies[a.name] = tracer.placeholder(f"arg_{len(arg_nodes)}", c(v), c(v2))
             return proxies[a.name]
         return a
 
@@ -316,20 +375,77 @@ def _splice(
     graph.erase_node(node)
 
 
+def _grown_run(gm: torch.fx.GraphModule, wanted: set[str], example_inputs: Sequence[Any]) -> _Values | None:
+    """The graph run on the example grown by one along dim 0 (the batch), or None where it does not run."""
+    grown = [torch.cat([x, x[:1]]) if isinstance(x, torch.Tensor) and x.dim() > 0 else x for x in example_inputs]
+    if not any(isinstance(x, torch.Tensor) and x.dim() > 0 for x in example_inputs):
+        return None
+    run2 = _Values(gm, wanted)
+    try:
+        with torch.no_grad():
+            run2.run(*grown)
+    except Exception as exc:  # a model with a fixed batch size
+        log.info("the model does not run at batch + 1 (%s): wrapped functions are specialized to the example", exc)
+        return None
+    return run2
+
+
+def _generic_trace(node: torch.fx.Node, run: _Values, run2: _Values) -> tuple | None:
+    """The body traced with batch-dependent sizes read at run time, if its graph reproduces the call's
+    results at both batch sizes; else None (the caller specializes it to the example)."""
+    try:
+        sub, consts, arg_nodes, constant = _trace_call(node, run.values, run2.values)
+    except _Constant:
+        raise
+    except Exception as exc:
+        log.info("%s: not batch-generic (%s); specialized to the example", node.name, exc)
+        return None
+    if constant is not _NOTHING:
+        return sub, consts, arg_nodes, constant
+    body = torch.fx.GraphModule(consts, sub)
+    for values in (run.values, run2.values):
+        args = [_clone(values[a.name]) for a in arg_nodes]
+        try:
+            with torch.no_grad():
+                got = body(*args)
+        except Exception as exc:
+            log.info("%s: the batch-generic body fails (%s); specialized to the example", node.name, exc)
+            return None
+        if not _equal(got, values[node.name]):
+            log.info("%s: the batch-generic body differs from the call; specialized to the example", node.name)
+            return None
+    return sub, consts, arg_nodes, constant
+
+
+def _clone(v: Any) -> Any:
+    return map_aggregate(v, lambda t: t.clone() if isinstance(t, torch.Tensor) else t)
+
+
+def _equal(a: Any, b: Any) -> bool:
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape and torch.equal(a, b)
+    if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):
+        return len(a) == len(b) and all(_equal(x, y) for x, y in zip(a, b, strict=True))
+    return a == b
+
+
 def inline_wrapped(gm: torch.fx.GraphModule, example_inputs: Sequence[Any]) -> list[str]:
-    """Replace wrapped leaf calls by their bodies traced at the example's sizes. Returns the inlined functions' names."""
+    """Replace wrapped leaf calls by their bodies traced at the example's sizes (batch-generic where they can be).
+    Returns the inlined functions' names."""
     calls = wrapped_calls(gm)
     if not calls:
         return []
-    wanted = {a.name for n in calls for a in n.all_input_nodes}
+    wanted = {a.name for n in calls for a in n.all_input_nodes} | {n.name for n in calls}
     run = _Values(gm, wanted)
     with torch.no_grad():
         run.run(*example_inputs)
+    run2 = _grown_run(gm, wanted, example_inputs)
     done: list[str] = []
     for node in reversed(calls):  # last first: a call's arguments are still the nodes whose values were recorded
         name = getattr(node.target, "__qualname__", str(node.target))
         try:
-            sub, consts, arg_nodes, constant = _trace_call(node, run.values)
+            traced = _generic_trace(node, run, run2) if run2 is not None else None
+            sub, consts, arg_nodes, constant = traced or _trace_call(node, run.values)
         except _Constant as c:
             _fold(node, c.value)
             done.append(name)

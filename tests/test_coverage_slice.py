@@ -66,6 +66,18 @@ def _check(name: str, family: str, max_params: float = float("inf"), no_frozen_o
         y, y_pruned = model(x2), result(x2)
     y, y_pruned = (y["out"], y_pruned["out"]) if isinstance(y, dict) else (y, y_pruned)
     assert y_pruned.shape == y.shape
+    _batch_generic(result, shape)
+
+
+def _batch_generic(result, shape) -> None:
+    """The pruned model runs at another batch size and gives each sample what it gives alone
+    (the bodies of wrapped functions inlined with batch-dependent sizes read at run time)."""
+    xb = torch.randn(3, *shape[1:])
+    with torch.no_grad():
+        yb = result(xb)
+        ys = [result(xb[i : i + 1]) for i in range(3)]
+    yb, ys = (yb["out"], [y["out"] for y in ys]) if isinstance(yb, dict) else (yb, ys)
+    torch.testing.assert_close(yb, torch.cat(ys), rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("name, family", SLICE, ids=[n for n, _ in SLICE])
@@ -96,6 +108,7 @@ def test_mvit_pooled_attention(v2):
     x2 = torch.randn_like(x)
     with torch.no_grad():
         assert result(x2).shape == model(x2).shape
+    _batch_generic(result, x.shape)
 
 
 @pytest.mark.slow

@@ -1783,3 +1783,39 @@ def test_max_over_channels_freezes_them():
 
     r = prune(Net(), (torch.randn(3, 8),), ratio=0.5, granularity=1)
     assert sub(r, "a").out_features == 16
+
+
+def _wrapped_windows(x: torch.Tensor, window: int) -> torch.Tensor:
+    """Swin-style: the batch folded into the window count, sizes read from the input."""
+    B, N, C = x.shape
+    if window > N:  # a branch on a non-batch size
+        window = N
+    w = x.reshape(B * (N // window), window, C)  # the batch enters the reshape
+    w = w - w.mean(1, keepdim=True)
+    return w.reshape(B, N, C)
+
+
+torch.fx.wrap("_wrapped_windows")
+
+
+def test_wrapped_function_reads_the_batch_size_at_run_time():
+    """A size that changes with the batch is read at run time in the inlined body, the others are constants:
+    the pruned model runs at any batch size."""
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(8, 16), nn.Linear(16, 4)
+
+        def forward(self, x):
+            return self.b(F.relu(_wrapped_windows(self.a(x), 3)))
+
+    m = Net()
+    r = check(m, torch.randn(2, 6, 8), independent=False)
+    assert frozen_targets(r) == [] and "_wrapped_windows(" not in r.model.code
+    assert sub(r, "a").out_features == 8
+    xb = torch.randn(5, 6, 8)
+    with torch.no_grad():
+        yb = r.model(xb)
+        ys = torch.cat([r.model(xb[i : i + 1]) for i in range(5)])
+    torch.testing.assert_close(yb, ys)
