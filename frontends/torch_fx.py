@@ -409,6 +409,9 @@ class _Lowering:
         m = self.gm.get_submodule(name)
         p = {k: self._const(f"{name}.{k}", t) for k, t in list(m.named_parameters(recurse=False)) + list(m.named_buffers(recurse=False)) if t is not None}
         x = self._val(node.args[0]) if node.args else None
+        if type(m).__name__ == "GuardsFn" and not node.users:  # torch.export's input-shape guards: checks, no value
+            self._skip(node)
+            return
         if isinstance(m, nn.modules.conv._ConvNd) and x:
             self._emit(node, "conv", [x, p["weight"], p.get("bias")], {"groups": m.groups, "transposed": m.transposed})
         elif isinstance(m, nn.Linear) and x:
@@ -889,7 +892,7 @@ def _h_getitem(lw, node, args, kwargs) -> bool:
         if all(i is None or (isinstance(i, slice) and i == slice(None)) or i is Ellipsis for i in idx):
             lw._emit(node, "reshape", [x])  # x[:, None] style unsqueeze
             return True
-        items = _index_items(idx, lw.graph.shape(x))
+        items = _index_items(idx, lw.graph.shape(x), dynamic=True)
         if items is None:
             return False
         lw._emit(node, "index", [x], {"items": items})
@@ -898,15 +901,13 @@ def _h_getitem(lw, node, args, kwargs) -> bool:
     if len(axes) == 0:
         lw._emit(node, "identity", [x], {"fn": "getitem"})
         return True
-    if len(axes) != 1:
-        items = _index_items(idx, lw.graph.shape(x))
+    s = idx[axes[0]]
+    if len(axes) != 1 or not all(v is None or isinstance(v, int) for v in (s.start, s.stop, s.step)):
+        items = _index_items(idx, lw.graph.shape(x), dynamic=True)
         if items is None:
             return False
         lw._emit(node, "index", [x], {"items": items})
         return True
-    s = idx[axes[0]]
-    if not all(v is None or isinstance(v, int) for v in (s.start, s.stop, s.step)):
-        return False
     lw._emit(node, "slice", [x], {"axis": axes[0], "start": s.start, "stop": s.stop, "step": s.step})
     return True
 
@@ -972,8 +973,13 @@ def _h_select(lw, node, args, kwargs) -> bool:
     return True
 
 
-def _index_items(idx: tuple, shape: tuple[int, ...]) -> list[tuple] | None:
-    """Basic indexing (ints, slices, None, one Ellipsis) as per-dim items in input order."""
+def _index_items(idx: tuple, shape: tuple[int, ...], dynamic: bool = False) -> list[tuple] | None:
+    """Basic indexing (ints, slices, None, one Ellipsis) as per-dim items in input order.
+
+    With ``dynamic``, a slice whose bounds are computed at run time (``x[:, :H]``
+    with ``H`` read off a shape: timm's Swin crops its padding so) is a
+    ``("dslice", d, k)`` item (``k``: its place in ``idx``); the rule freezes that dim.
+    """
     if sum(i is Ellipsis for i in idx) > 1:
         return None
     n_real = sum(1 for i in idx if i is not None and i is not Ellipsis)
@@ -981,7 +987,7 @@ def _index_items(idx: tuple, shape: tuple[int, ...]) -> list[tuple] | None:
         return None
     items: list[tuple] = []
     d = 0
-    for i in idx:
+    for k, i in enumerate(idx):
         if i is Ellipsis:
             for _ in range(len(shape) - n_real):
                 items.append(("slice", d, None, None, None))
@@ -993,6 +999,9 @@ def _index_items(idx: tuple, shape: tuple[int, ...]) -> list[tuple] | None:
             d += 1
         elif isinstance(i, int) and not isinstance(i, bool):
             items.append(("int", d, i))
+            d += 1
+        elif dynamic and isinstance(i, slice) and all(v is None or isinstance(v, (int, torch.fx.Node)) for v in (i.start, i.stop, i.step)):
+            items.append(("dslice", d, k))  # k: where the slice is in the index (its bounds are nodes)
             d += 1
         else:
             return None

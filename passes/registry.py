@@ -706,12 +706,14 @@ def _roll(op: Op, ctx: RuleContext) -> None:
 def _index(op: Op, ctx: RuleContext) -> None:
     """Basic indexing x[..., a:b:s, i, None]: contiguous slices of a channel dim keep their channels;
     strided slices and single indices of a channel dim are frozen."""
-    labels, _ = _indexed_labels(ctx, op.inputs[0], op.attrs["items"], "indexing")
+    labels, _ = _indexed_labels(ctx, op.inputs[0], op.attrs["items"], "indexing", ctx.shape(op.outputs[0]))
     ctx.set(op.outputs[0], labels)
 
 
-def _indexed_labels(ctx: RuleContext, x: str, items: list[tuple], what: str) -> tuple[Labels, list[int]]:
-    """Labels and shape of ``x[items]`` (basic indexing); single channels and strided channel slices are frozen."""
+def _indexed_labels(ctx: RuleContext, x: str, items: list[tuple], what: str,
+                    out_shape: tuple[int, ...] | None = None) -> tuple[Labels, list[int]]:
+    """Labels and shape of ``x[items]`` (basic indexing); single channels and strided channel slices are frozen,
+    and so are dims sliced with bounds computed at run time (``dslice``; their size is read off ``out_shape``)."""
     xl, shape = ctx.get(x), ctx.shape(x)
     labels: Labels = []
     sizes: list[int] = []
@@ -724,6 +726,13 @@ def _indexed_labels(ctx: RuleContext, x: str, items: list[tuple], what: str) -> 
         lab = xl[d]
         if item[0] == "int":
             ctx.freeze(lab, f"{what} a single channel")
+            continue
+        if item[0] == "dslice":
+            ctx.freeze(lab, "slice bounds computed at run time over a channel dimension")
+            if out_shape is None or len(sizes) >= len(out_shape):
+                raise ValueError("a run-time slice needs the output's shape")
+            labels.append(None)
+            sizes.append(out_shape[len(sizes)])
             continue
         start, stop, step = slice(item[2], item[3], item[4]).indices(shape[d])
         if lab is not None and step != 1:

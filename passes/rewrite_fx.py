@@ -189,6 +189,17 @@ class RewriteFX:
             dim = m.dim % len(graph.shape(x))
             m.unflattened_size = tuple(out[dim : dim + k])
 
+    def _unchanged_size(self, a: Any, analysis: AnalysisResult, pruned: np.ndarray) -> Any:
+        """A run-time size that must keep its original value: the node while it still evaluates to it, else the constant."""
+        if not isinstance(a, torch.fx.Node):
+            return a
+        try:
+            before = _SizeEval(self._node_values, analysis, np.zeros_like(pruned)).eval(a)
+            after = _SizeEval(self._node_values, analysis, pruned).eval(a)
+        except (_Unknown, IndexError, TypeError, ZeroDivisionError):
+            return a
+        return a if before == after else before
+
     # -- calls -------------------------------------------------------------------
     def _update_call(self, node: torch.fx.Node, op, analysis: AnalysisResult, pruned: np.ndarray) -> bool:
         graph = analysis.graph
@@ -276,12 +287,16 @@ class RewriteFX:
         elif op.kind in ("index", "setitem"):
             x = op.inputs[0]
             n_shape = graph.shape(x)
+            old_idx = args[1] if isinstance(args[1], tuple) else (args[1],)
             new_idx: list = []
             for item in op.attrs["items"]:
                 if item[0] == "new":
                     new_idx.append(None)
                 elif item[0] == "int":
                     new_idx.append(item[2])
+                elif item[0] == "dslice":  # a frozen dim: the bounds stay, read at run time from sizes that do not change
+                    b = old_idx[item[2]]
+                    new_idx.append(slice(*(self._unchanged_size(v, analysis, pruned) for v in (b.start, b.stop, b.step))))
                 else:
                     d = item[1]
                     s = slice(item[2], item[3], item[4])

@@ -89,6 +89,7 @@ def test_symbolic_trace_failure_falls_back_to_torch_export():
     assert r.report.trace_method == "torch.export"
     assert r.report.verification["passed"]
     assert r.report.macs_after < r.report.macs_before
+    assert [o.target for o in r.report.frozen_ops] == []  # torch.export's input guards are checks, not unknown ops
 
 
 @pytest.mark.parametrize(

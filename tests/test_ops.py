@@ -1746,6 +1746,40 @@ def test_tensor_split_and_repeat_interleave():
     assert sub(r, "a").out_features < 16 and r.model.pos.shape[1] == sub(r, "a").out_features
 
 
+def test_slice_bounds_read_at_run_time():
+    """timm's Swin pads to whole windows and crops back with ``x[:, :H, :W, :]``, ``H, W`` read off a shape.
+    A run-time bound over a spatial dim leaves the channels prunable; over a channel dim it freezes that dim,
+    and a bound read from a pruned tensor keeps its original value."""
+
+    class Crop(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.out = nn.Conv2d(3, 16, 3, padding=1), nn.Linear(16, 4)
+
+        def forward(self, x):
+            B, C, H, W = x.shape
+            h = F.pad(self.a(x).permute(0, 2, 3, 1), (0, 0, 0, 2, 0, 2))
+            return self.out(F.relu(h[:, :H, :W, :].contiguous())).mean((1, 2))
+
+    r = check(Crop(), torch.randn(2, 3, 6, 6), independent=False)
+    assert frozen_targets(r) == [] and sub(r, "a").out_channels < 16
+
+    class ChannelCrop(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(8, 16), nn.Linear(8, 8)
+            self.out, self.out2 = nn.Linear(8, 4), nn.Linear(8, 4)
+
+        def forward(self, x):
+            g = F.relu(self.b(x))
+            h = self.a(x)[..., : g.shape[-1]]  # bound read from b's output, which prunes
+            return self.out(F.relu(h)) + self.out2(g)
+
+    r = check(ChannelCrop(), torch.randn(3, 8), independent=False)
+    assert sub(r, "b").out_features < 8  # b prunes; the slice still takes a's first 8 channels
+    assert sub(r, "a").out_features == 16 and sub(r, "out").in_features == 8
+
+
 def test_mean_over_channels_keeps_the_original_divisor():
     """RMSNorm written as ops (LLaMA): mean(x**2) over the hidden dim. The pruned mean is scaled by kept / original,
     so it equals the original's mean with the removed channels zeroed, and the hidden size prunes."""
