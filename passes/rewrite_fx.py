@@ -163,11 +163,11 @@ class RewriteFX:
         shape = lambda v: analysis.pruned_shape(v, pruned)  # noqa: E731
         x = op.inputs[0] if op.inputs else None
         if isinstance(m, nn.modules.conv._ConvNd) and x:
-            old_in, new_in = graph.shape(x)[1], shape(x)[1]
+            new_in = shape(x)[1]
             m.in_channels = new_in
             m.out_channels = shape(op.outputs[0])[1]
-            if m.groups > 1:
-                m.groups = m.groups * new_in // old_in
+            if m.groups > 1:  # from the sliced weight, so a module called several times (CoaT's shared cpe) is updated once
+                m.groups = (m.out_channels if m.transposed else new_in) // m.weight.shape[1]
         elif isinstance(m, nn.Linear):
             m.out_features, m.in_features = m.weight.shape
         elif isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm)) and x:
@@ -177,8 +177,9 @@ class RewriteFX:
             m.normalized_shape = tuple(shape(x)[-k:])
         elif isinstance(m, nn.GroupNorm) and x:
             old, new = graph.shape(x)[1], shape(x)[1]
-            m.num_groups = m.num_groups * new // old
-            m.num_channels = new
+            if m.num_channels == old:  # not yet updated (a module called several times is updated once)
+                m.num_groups = m.num_groups * new // old
+                m.num_channels = new
         elif isinstance(m, nn.PReLU):
             m.num_parameters = m.weight.numel()
         elif isinstance(m, nn.Embedding):

@@ -1780,6 +1780,34 @@ def test_slice_bounds_read_at_run_time():
     assert sub(r, "a").out_features == 16 and sub(r, "out").in_features == 8
 
 
+def test_module_called_several_times_is_updated_once():
+    """CoaT calls one depthwise position-encoding conv in every block of a stage: its groups (and a shared
+    GroupNorm's) follow the pruned width once, not once per call."""
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Conv2d(3, 16, 1)
+            self.pos = nn.Conv2d(16, 16, 3, padding=1, groups=16)
+            self.norm = nn.GroupNorm(4, 16)
+            self.b1, self.b2 = nn.Conv2d(16, 16, 1), nn.Conv2d(16, 16, 1)
+            self.up = nn.ConvTranspose2d(16, 16, 2, stride=2, groups=16)
+            self.out = nn.Conv2d(16, 4, 1)
+
+        def forward(self, x):
+            h = self.a(x)
+            for b in (self.b1, self.b2):
+                h = h + self.pos(h)
+                h = h + b(F.relu(self.norm(h)))
+            h = self.up(h)
+            return self.out(self.up(h[..., ::2, ::2]))
+
+    r = check(Net(), torch.randn(2, 3, 8, 8), independent=False)
+    n = sub(r, "a").out_channels
+    assert n < 16 and sub(r, "pos").groups == n and sub(r, "up").groups == n
+    assert sub(r, "norm").num_channels == n and sub(r, "norm").num_groups == 4 * n // 16
+
+
 def test_mean_over_channels_keeps_the_original_divisor():
     """RMSNorm written as ops (LLaMA): mean(x**2) over the hidden dim. The pruned mean is scaled by kept / original,
     so it equals the original's mean with the removed channels zeroed, and the hidden size prunes."""
