@@ -423,7 +423,7 @@ class _Lowering:
         elif isinstance(m, nn.LayerNorm) and x:
             self._emit(node, "layer_norm", [x, p.get("weight"), p.get("bias")], {"ndim": len(m.normalized_shape)})
         elif isinstance(m, nn.GroupNorm) and x:
-            self._emit(node, "group_norm", [x, p.get("weight"), p.get("bias")], {"num_groups": m.num_groups})
+            self._emit(node, "group_norm", [x, p.get("weight"), p.get("bias")], {"num_groups": m.num_groups, "stats_over_kept": True})
         elif isinstance(m, nn.PReLU) and x:
             self._emit(node, "prelu", [x, p["weight"]])
         elif isinstance(m, nn.Embedding) and x:
@@ -620,7 +620,7 @@ def _h_group_norm(lw, node, args, kwargs) -> bool:
     w, b = lw._val(_arg(args, kwargs, 2, "weight")), lw._val(_arg(args, kwargs, 3, "bias"))
     if not x or not isinstance(g, int):
         return False
-    lw._emit(node, "group_norm", [x, w, b], {"num_groups": g})
+    lw._emit(node, "group_norm", [x, w, b], {"num_groups": g, "stats_over_kept": True})
     return True
 
 

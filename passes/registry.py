@@ -326,12 +326,18 @@ def _layer_norm(op: Op, ctx: RuleContext) -> None:
 
 @register("group_norm")
 def _group_norm(op: Op, ctx: RuleContext) -> None:
-    """GroupNorm on axis 1: channels of one norm group go together (whole groups)."""
+    """GroupNorm on axis 1: channels of one norm group go together (whole groups).
+
+    A single group (PoolFormer's ``GroupNorm(1, C)``, a LayerNorm over C, H, W)
+    prunes channel by channel like LayerNorm where the frontend says the
+    verification reference can take its statistics over the kept channels
+    (``stats_over_kept``, the torch path).
+    """
     x = op.inputs[0]
     xl = ctx.get(x)
     groups = int(op.attrs["num_groups"])
     c = ctx.shape(x)[1]
-    if xl[1] is not None:
+    if xl[1] is not None and not (groups == 1 and op.attrs.get("stats_over_kept")):
         ctx.tie_blocks(xl[1], c // groups)
     for p in op.inputs[1:3]:
         if p is not None:

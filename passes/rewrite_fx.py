@@ -178,7 +178,7 @@ class RewriteFX:
         elif isinstance(m, nn.GroupNorm) and x:
             old, new = graph.shape(x)[1], shape(x)[1]
             if m.num_channels == old:  # not yet updated (a module called several times is updated once)
-                m.num_groups = m.num_groups * new // old
+                m.num_groups = 1 if m.num_groups == 1 else m.num_groups * new // old
                 m.num_channels = new
         elif isinstance(m, nn.PReLU):
             m.num_parameters = m.weight.numel()
@@ -250,7 +250,8 @@ class RewriteFX:
                 args[key] = new_shape
         elif op.kind == "group_norm":
             x = op.inputs[0]
-            new_g = op.attrs["num_groups"] * shape(x)[1] // graph.shape(x)[1]
+            g = op.attrs["num_groups"]
+            new_g = 1 if g == 1 else g * shape(x)[1] // graph.shape(x)[1]
             if "num_groups" in kwargs:
                 kwargs["num_groups"] = new_g
             else:

@@ -3,7 +3,7 @@
 The reference runs the *original* traced graph with every removed channel zeroed
 after every node (``torch.where``, so inf/nan of a removed channel never leak).
 Ops whose statistics span a channel dim get the semantics of the pruned model:
-LayerNorm normalizes over the kept channels only. Both models run in float64
+LayerNorm (and GroupNorm with one group) normalizes over the kept channels only. Both models run in float64
 where they can (float32 otherwise), so a rewrite error stands out from rounding.
 """
 
@@ -74,6 +74,9 @@ class _Capture(torch.fx.Interpreter):
         return out
 
 
+_SINGLE_GROUP = -1  # marks a GroupNorm(1, C) among the layer norms: statistics over the kept channels too
+
+
 class _Masked(torch.fx.Interpreter):
     def __init__(self, gm, masks: dict[str, list[torch.Tensor | None]], ln_nodes: dict[str, int], on_node=None) -> None:
         super().__init__(gm)
@@ -107,7 +110,20 @@ class _Masked(torch.fx.Interpreter):
     def _masked_layer_norm(self, n: torch.fx.Node) -> torch.Tensor:
         k = self.ln_nodes[n.name]
         args, kwargs = self.fetch_args_kwargs_from_env(n)
-        if n.op == "call_module":
+        if k == _SINGLE_GROUP:  # GroupNorm(1, C): over C and every spatial dim, a per-channel affine
+            if n.op == "call_module":
+                m = self.module.get_submodule(str(n.target))
+                x, w, b, eps = args[0], m.weight, m.bias, m.eps
+            else:
+                x = args[0]
+                w = kwargs.get("weight", args[2] if len(args) > 2 else None)
+                b = kwargs.get("bias", args[3] if len(args) > 3 else None)
+                eps = kwargs.get("eps", args[4] if len(args) > 4 else 1e-5)
+            affine = (-1,) + (1,) * (x.dim() - 2)
+            w = None if w is None else w.reshape(affine)
+            b = None if b is None else b.reshape(affine)
+            k = x.dim() - 1
+        elif n.op == "call_module":
             m = self.module.get_submodule(str(n.target))
             x, w, b, eps = args[0], m.weight, m.bias, m.eps
         else:
@@ -183,6 +199,8 @@ class VerifyFX:
         self, traced: TracedModel, analysis: AnalysisResult, pruned: np.ndarray, inputs: Sequence[Any], gm=None, on_node=None
     ) -> Any:
         ln = {op.name: int(op.attrs["ndim"]) for op in analysis.graph.ops.values() if op.kind == "layer_norm"}
+        ln.update({op.name: _SINGLE_GROUP for op in analysis.graph.ops.values()
+                   if op.kind == "group_norm" and op.attrs["num_groups"] == 1 and op.attrs.get("stats_over_kept")})  # fmt: skip
         with torch.no_grad():
             return _Masked(gm if gm is not None else traced.gm, self.masks(traced, analysis, pruned), ln, on_node).run(*inputs)
 

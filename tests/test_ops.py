@@ -1808,6 +1808,36 @@ def test_module_called_several_times_is_updated_once():
     assert sub(r, "norm").num_channels == n and sub(r, "norm").num_groups == 4 * n // 16
 
 
+@pytest.mark.parametrize("functional", [False, True])
+def test_single_group_groupnorm_prunes_like_layer_norm(functional):
+    """PoolFormer's GroupNorm(1, C) normalizes over C, H, W: its channels prune one by one (the group count
+    stays 1), where more groups prune whole groups."""
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.c, self.out = nn.Conv2d(3, 16, 1), nn.Conv2d(16, 32, 1), nn.Conv2d(32, 16, 1), nn.Conv2d(16, 4, 1)
+            self.n1, self.n2 = nn.GroupNorm(1, 16), nn.GroupNorm(1, 16)
+
+        def norm(self, m, h):
+            return F.group_norm(h, 1, m.weight, m.bias, m.eps) if functional else m(h)
+
+        def forward(self, x):
+            h = self.a(x)
+            h = h + self.c(F.gelu(self.b(self.norm(self.n1, h))))
+            return self.out(self.norm(self.n2, h))
+
+    m = Net()
+    for n in (m.n1, m.n2):
+        nn.init.normal_(n.weight)
+        nn.init.normal_(n.bias)
+    r = check(m, torch.randn(2, 3, 5, 5), independent=False)
+    assert frozen_targets(r) == []
+    assert sub(r, "a").out_channels < 16 and r.model.n1.weight.shape == (sub(r, "a").out_channels,)
+    if not functional:
+        assert r.model.n1.num_groups == 1 and r.model.n1.num_channels == sub(r, "a").out_channels
+
+
 def test_mean_over_channels_keeps_the_original_divisor():
     """RMSNorm written as ops (LLaMA): mean(x**2) over the hidden dim. The pruned mean is scaled by kept / original,
     so it equals the original's mean with the removed channels zeroed, and the hidden size prunes."""
