@@ -253,6 +253,7 @@ _UNARY_FN_NAMES = {
     "contiguous", "clone", "detach", "float", "half", "double", "bfloat16", "to", "type_as", "pow",
     "__pow__", "nan_to_num", "log1p", "expm1", "tanhshrink", "hardshrink", "softshrink", "threshold",
     "relu6_", "silu_", "hardswish_", "gelu_", "requires_grad_", "identity", "zero_", "alias",
+    "invert", "logical_not", "bitwise_not", "__invert__", "rpow", "__rpow__", "exp2", "sigmoid_", "abs_",
 }  # fmt: skip
 _BINARY_FN_NAMES = {
     "add", "sub", "mul", "truediv", "div", "iadd", "isub", "imul", "itruediv", "add_", "sub_", "mul_", "div_",
@@ -480,8 +481,9 @@ class _Lowering:
                 log.debug("lowering %s failed: %s", node.name, exc)
                 if node.name in self.node_values:
                     raise
-        if fn in _UNARY_FN_NAMES and self._val(args[0]) and sum(self._is_tensor(a) for a in _flat_args(node)) == 1:
-            self._emit(node, "unary", [self._val(args[0])], {"fn": fn})
+        tensors_in = [a for a in _flat_args(node) if self._is_tensor(a)]
+        if fn in _UNARY_FN_NAMES and len(tensors_in) == 1:  # x.pow(2) and 10000 ** x alike: element-wise in x
+            self._emit(node, "unary", [self._val(tensors_in[0])], {"fn": fn})
             return
         if fn in _BINARY_FN_NAMES:
             ins = [self._val(a) for a in list(args) + list(kwargs.values()) if self._is_tensor(a)]
@@ -654,7 +656,9 @@ def _h_pool(lw, node, args, kwargs) -> bool:
     return True
 
 
-@_handles("interpolate", "upsample", "upsample_nearest", "upsample_bilinear", "upsample_nearest2d", "upsample_bilinear2d")
+@_handles("interpolate", "upsample", "upsample_nearest", "upsample_bilinear", "upsample_nearest1d", "upsample_nearest2d",
+          "upsample_nearest3d", "upsample_linear1d", "upsample_bilinear2d", "upsample_bicubic2d", "upsample_trilinear3d",
+          "_upsample_bilinear2d_aa", "_upsample_bicubic2d_aa", "_upsample_nearest_exact2d")
 def _h_interp(lw, node, args, kwargs) -> bool:
     x = lw._val(args[0])
     if not x:
@@ -851,6 +855,69 @@ def _h_factory(lw, node, args, kwargs) -> bool:
     if len(lw._meta_values(node)) != 1:
         return False
     lw._emit(node, "factory", [])
+    return True
+
+
+@_handles("arange", "zeros", "ones", "full", "empty", "eye", "linspace", "logspace", "tensor", "scalar_tensor",
+          "as_tensor", "rand", "randn", "randint")
+def _h_new_tensor(lw, node, args, kwargs) -> bool:
+    """torch.arange(n), torch.zeros(h, w): a tensor made from numbers (sizes read at run time included)."""
+    if any(lw._is_tensor(a) for a in _flat_args(node)) or len(lw._meta_values(node)) != 1:
+        return False
+    lw._emit(node, "factory", [])
+    return True
+
+
+@_handles("type_as")
+def _h_type_as(lw, node, args, kwargs) -> bool:
+    """x.type_as(y): x's values in y's dtype; y gives only its dtype."""
+    x = lw._val(args[0])
+    if not x:
+        return False
+    lw._emit(node, "unary", [x], {"fn": "type_as"})
+    return True
+
+
+@_handles("cumsum", "cumprod", "cummax", "cummin", "logcumsumexp")
+def _h_scan(lw, node, args, kwargs) -> bool:
+    """A running sum along ``dim`` mixes the positions of that dim (frozen if it holds channels); others pass."""
+    x, dim = lw._val(args[0]), _arg(args, kwargs, 1, "dim")
+    if not x or not isinstance(dim, int) or sum(lw._is_tensor(a) for a in _flat_args(node)) != 1:
+        return False
+    if _fn_name(node) in ("cummax", "cummin"):  # (values, indices)
+        return False
+    lw._emit(node, "scan", [x], {"axis": dim})
+    return True
+
+
+@_handles("repeat", "tile")
+def _h_tile(lw, node, args, kwargs) -> bool:
+    """x.repeat(a, b, ...) / torch.tile: a dim repeated more than once is frozen if it holds channels."""
+    x = lw._val(args[0])
+    reps = list(args[1:]) if len(args) > 2 else args[1] if len(args) > 1 else kwargs.get("repeats", kwargs.get("dims"))
+    if isinstance(reps, int):
+        reps = [reps]
+    if not x or not isinstance(reps, (list, tuple)) or len(reps) < len(lw.graph.shape(x)):
+        return False
+    lead = len(reps) - len(lw.graph.shape(x))  # reps longer than the rank add leading dims
+    axes = [d - lead for d, r in enumerate(reps) if d >= lead and not (isinstance(r, int) and r == 1)]
+    lw._emit(node, "repeat", [x], {"axes": axes, "lead": lead})
+    return True
+
+
+@_handles("index")
+def _h_aten_index(lw, node, args, kwargs) -> bool:
+    """aten.index.Tensor(x, [None, ..., idx]) (torch.export's x[..., idx]): one integer index tensor is a gather."""
+    if not isinstance(node.target, torch._ops.OpOverload) or len(args) < 2 or not isinstance(args[1], (list, tuple)):
+        return False
+    x, idx = lw._val(args[0]), list(args[1])
+    pos = [k for k, i in enumerate(idx) if i is not None]
+    if not x or len(pos) != 1:
+        return False
+    i_val = lw._val(idx[pos[0]])
+    if not i_val or "int" not in str(lw.graph.values[i_val].dtype):
+        return False
+    lw._emit(node, "take", [x, i_val], {"axis": pos[0]})
     return True
 
 

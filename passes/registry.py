@@ -697,6 +697,16 @@ def _factory(op: Op, ctx: RuleContext) -> None:
         ctx.get(out)
 
 
+@register("scan")
+def _scan(op: Op, ctx: RuleContext) -> None:
+    """cumsum/cumprod along ``axis``: every position mixes those before it, so a channel axis is frozen."""
+    xl = list(ctx.get(op.inputs[0]))
+    d = _axis(int(op.attrs["axis"]), len(xl))
+    ctx.freeze(xl[d], "running sum along a channel dimension")
+    xl[d] = None
+    ctx.set(op.outputs[0], xl)
+
+
 @register("roll")
 def _roll(op: Op, ctx: RuleContext) -> None:
     """torch.roll: a rolled channel dim is frozen (its order changes); other dims pass."""
@@ -763,13 +773,14 @@ def _setitem(op: Op, ctx: RuleContext) -> None:
 
 @register("repeat")
 def _repeat(op: Op, ctx: RuleContext) -> None:
-    """repeat_interleave along ``axes``: a repeated channel dim is frozen; other dims keep their channels."""
+    """repeat_interleave / Tensor.repeat along ``axes`` (input dims): a repeated channel dim is frozen; other
+    dims keep their channels; ``lead`` new leading dims (Tensor.repeat with more repeats than dims) have none."""
     xl = list(ctx.get(op.inputs[0]))
     for d in op.attrs["axes"]:
         d = _axis(d, len(xl))
         ctx.freeze(xl[d], "repeat along a channel dimension")
         xl[d] = None
-    ctx.set(op.outputs[0], xl)
+    ctx.set(op.outputs[0], [None] * int(op.attrs.get("lead", 0)) + xl)
 
 
 @register("take")

@@ -8,6 +8,7 @@ import os
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 import compiler
 from compiler import InvalidArgumentError, PrunecError, TraceError, UnsupportedModelError
@@ -90,6 +91,28 @@ def test_symbolic_trace_failure_falls_back_to_torch_export():
     assert r.report.verification["passed"]
     assert r.report.macs_after < r.report.macs_before
     assert [o.target for o in r.report.frozen_ops] == []  # torch.export's input guards are checks, not unknown ops
+
+
+def test_torch_export_forms_of_interpolate_and_gather():
+    """Under torch.export, bicubic interpolation and x[:, idx] are aten ops (upsample_bicubic2d, index.Tensor)."""
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c1, self.c2 = nn.Conv2d(3, 16, 3), nn.Conv2d(16, 4, 1)
+            self.register_buffer("idx", torch.tensor([0, 2, 1, 3]))
+
+        def forward(self, x):
+            y = torch.relu(self.c1(x))
+            if y.shape[-1] > 4:  # defeats torch.fx
+                y = F.interpolate(y, scale_factor=2, mode="bicubic")
+            y = y[:, :, self.idx]  # rows gathered along H
+            return self.c2(y)
+
+    r = compiler.compile(Net(), (X,), ratio=0.5, granularity=1)
+    assert r.report.trace_method == "torch.export"
+    assert [o.target for o in r.report.frozen_ops] == []
+    assert r.report.verification["passed"] and r.report.macs_after < r.report.macs_before
 
 
 @pytest.mark.parametrize(

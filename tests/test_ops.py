@@ -1169,7 +1169,7 @@ class UnknownNet(nn.Module):
     "name, op, target",
     [
         ("flip", lambda t: t.flip(1), "Tensor.flip"),
-        ("cumsum", lambda t: torch.cumsum(t, dim=1), "torch.cumsum"),
+        ("fliplr", lambda t: torch.fliplr(t), "torch.fliplr"),
         ("fx.wrap", "wrapped", f"{__name__}.opaque_gate"),
     ],
 )
@@ -1836,6 +1836,46 @@ def test_single_group_groupnorm_prunes_like_layer_norm(functional):
     assert sub(r, "a").out_channels < 16 and r.model.n1.weight.shape == (sub(r, "a").out_channels,)
     if not functional:
         assert r.model.n1.num_groups == 1 and r.model.n1.num_channels == sub(r, "a").out_channels
+
+
+def test_positional_encoding_built_from_numbers():
+    """XCiT / EdgeNeXt Fourier features: a mask's cumsum, arange, ``t ** (2 * (i // 2) / d)``, ~mask, repeat with
+    more repeats than dims, type_as; none of them is an unknown op, and the channels they meet prune."""
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj, self.a, self.out = nn.Conv2d(8, 16, 1), nn.Conv2d(3, 16, 1), nn.Conv2d(16, 4, 1)
+
+        def forward(self, x):
+            B, _, H, W = x.shape
+            mask = ~torch.zeros(1, H, W, dtype=torch.bool)
+            y = mask.cumsum(1, dtype=torch.float32)
+            i = torch.arange(4, dtype=torch.float32)
+            t = 10000 ** (2 * (i // 2) / 4)
+            pos = torch.cat([(y[..., None] / t).sin(), (y[..., None] / t).cos()], dim=3).permute(0, 3, 1, 2)
+            pos = self.proj(pos.type_as(x)).repeat(B, 1, 1, 1)
+            h = self.a(x) + pos.repeat(1, 1, 1, 1)
+            return self.out(F.relu(h)).repeat(2, 1, 1, 1, 1)
+
+    r = check(Net(), torch.randn(2, 3, 5, 5), independent=False)
+    assert frozen_targets(r) == []
+    assert sub(r, "a").out_channels < 16 and sub(r, "proj").out_channels == sub(r, "a").out_channels
+
+
+def test_channel_cumsum_and_channel_repeat_freeze():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.out = nn.Linear(8, 16), nn.Linear(8, 16), nn.Linear(16, 4)
+            self.out2 = nn.Linear(32, 4)
+
+        def forward(self, x):
+            return self.out(self.a(x).cumsum(-1)) + self.out2(self.b(x).repeat(1, 2))
+
+    r = prune(Net(), (torch.randn(3, 8),), ratio=0.5, granularity=1)
+    assert sub(r, "a").out_features == 16 and sub(r, "b").out_features == 16
+    assert r.report.verification["passed"]
 
 
 def test_mean_over_channels_keeps_the_original_divisor():
