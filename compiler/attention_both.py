@@ -14,6 +14,12 @@ Each group therefore keeps about ``1 - ratio`` of its channels (the heads of a
 split ``(1 - r')**2`` of their ``h*d`` channels). Both passes are verified against
 their input with the removed channels zeroed, so the final model equals the
 original with the union of removed channels zeroed.
+
+Where the head dims cannot be pruned (the second pass freezes groups the first
+pruned: interleaved rotary embeddings as in EVA-02 slice the head dim with a
+stride), the split would leave those groups at ``1 - r'``; then whole heads at
+the full ratio are compiled too and the smaller model (MACs) is returned, and
+the report's ``settings["stages"]`` says which.
 """
 
 from __future__ import annotations
@@ -43,6 +49,17 @@ def compile_both(model: Any, opts: Any, run: Callable[[Any, Any], Any]) -> Any:
         {"attention": "heads", "ratio": step, "params": a.params_after, "macs": a.macs_after, "verification": a.verification},
         {"attention": "head_dim", "ratio": step, "params": b.params_after, "macs": b.macs_after, "verification": b.verification},
     ]
+    if sum(g.frozen for g in b.groups) > sum(g.frozen for g in a.groups):  # head dims that cannot prune
+        log.info("attention='both': the head-dim pass froze groups the heads pass pruned; trying whole heads at %.3f",
+                 opts.ratio)
+        whole = run(model, dataclasses.replace(opts, attention="heads"))
+        w = whole.report
+        stages.append({"attention": "heads", "ratio": opts.ratio, "params": w.params_after, "macs": w.macs_after,
+                       "verification": w.verification, "chosen": w.macs_after < b.macs_after})
+        if w.macs_after < b.macs_after:
+            w.settings.update(attention="both", ratio=opts.ratio, stages=stages)
+            log.info("attention='both': whole heads alone give fewer MACs (%d vs %d); keeping them", w.macs_after, b.macs_after)
+            return whole
     b.params_before, b.macs_before = a.params_before, a.macs_before
     b.settings.update(attention="both", ratio=opts.ratio, stages=stages)
     for k, v in a.timings.items():

@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 import compiler
 from frontends.errors import InvalidArgumentError, UnsupportedModelError
@@ -144,6 +145,39 @@ def test_both_on_bert_is_verified_and_unexpressible_config_is_a_typed_error():
     r = _both(model, x)
     with pytest.raises(UnsupportedModelError):
         r.to_hf()  # BERT derives the head size from hidden_size / num_attention_heads
+
+
+class _InterleavedRope(nn.Module):
+    """EVA-02-style attention: rotary pairs (2i, 2i+1) of the head dim taken with strided slices."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.qkv, self.proj, self.out = nn.Linear(16, 3 * 32), nn.Linear(32, 32), nn.Linear(32, 8)
+
+    def forward(self, x):
+        B, N, _ = x.shape
+        q, k, v = self.qkv(x).reshape(B, N, 3, 4, 8).permute(2, 0, 3, 1, 4).unbind(0)
+        ang = torch.arange(N, dtype=x.dtype)[:, None] * torch.arange(1, 5, dtype=x.dtype)
+        sin, cos = ang.sin(), ang.cos()
+
+        def rope(t):
+            a, b = t[..., ::2], t[..., 1::2]
+            return torch.stack([a * cos - b * sin, a * sin + b * cos], -1).flatten(-2)
+
+        a = F.scaled_dot_product_attention(rope(q), rope(k), v)
+        return self.out(self.proj(a.transpose(1, 2).reshape(B, N, 32)))
+
+
+def test_both_falls_back_to_whole_heads_where_head_dims_cannot_prune():
+    torch.manual_seed(0)
+    model, x = _InterleavedRope().eval(), (torch.randn(2, 6, 16),)
+    r = compiler.compile(model, x, ratio=0.5, attention="both", granularity=1)
+    stages = r.report.settings["stages"]
+    assert [s["attention"] for s in stages] == ["heads", "head_dim", "heads"] and stages[-1]["chosen"]
+    assert r.report.verification["passed"]
+    assert r.model.qkv.out_features == 3 * 2 * 8  # 2 of 4 heads, every dim of each
+    heads = compiler.compile(model, x, ratio=0.5, attention="heads", granularity=1)
+    assert r.report.macs_after == heads.report.macs_after
 
 
 def test_both_needs_a_ratio():
