@@ -15,6 +15,7 @@ Swin at 112, MaxViT at its required 224, video models at 8 frames.
     python benchmarks/coverage.py                      # classification models up to --max-params
     python benchmarks/coverage.py --all --resume       # + segmentation and video, skipping rows already done
     python benchmarks/coverage.py --models resnet18,vit_b_16
+    python benchmarks/coverage.py --timm               # 63 timm models (pip install timm) -> coverage_timm.md
 """
 
 from __future__ import annotations
@@ -36,6 +37,29 @@ SIZES_DOC = (
     "video 3x8x64x64 (MViT 3x16x224x224, its positional embeddings are fixed; S3D 3x16x224x224, its "
     "final pooling needs it)."
 )
+
+
+# timm (``pip install timm``; ``--timm``): one or two models of each family timm has, at their default input size.
+TIMM_MODELS = """
+resnet18 resnet50d resnext50_32x4d seresnet50 regnety_016 regnetx_016 efficientnet_b0 efficientnetv2_rw_t
+tf_efficientnet_lite0 mobilenetv2_100 mobilenetv3_small_100 mobilenetv3_large_100 ghostnet_100 mnasnet_100
+densenet121 dla34 dpn68 cspresnet50 cspdarknet53 hrnet_w18_small inception_v3 xception41 rexnet_100 repvgg_a2
+vgg11_bn convnext_tiny convnextv2_atto convmixer_768_32 mixer_s16_224 resmlp_12_224 gmlp_ti16_224 poolformer_s12
+vit_tiny_patch16_224 vit_small_patch16_224 vit_base_patch32_224 deit_small_distilled_patch16_224
+deit3_small_patch16_224 beit_base_patch16_224 eva02_tiny_patch14_224 cait_xxs24_224 xcit_tiny_12_p16_224 levit_128
+pit_ti_224 tnt_s_patch16_224 crossvit_tiny_240 twins_svt_small pvt_v2_b0 coat_lite_tiny
+swin_tiny_patch4_window7_224 swinv2_tiny_window8_256 maxvit_tiny_tf_224 coatnet_0_rw_224 mobilevit_xxs
+mobilevitv2_050 efficientformer_l1 efficientformerv2_s0 edgenext_xx_small fastvit_t8 repvit_m1 tiny_vit_5m_224
+focalnet_tiny_srf nest_tiny hgnet_tiny
+""".split()
+
+
+def build_timm(name: str):
+    """A timm model (``pretrained=False``, nothing downloaded) and its default input shape (batch 1)."""
+    import timm
+
+    model = timm.create_model(name, pretrained=False)
+    return model, (1, *model.pretrained_cfg.get("input_size", (3, 224, 224)))
 
 
 def build_spec(name: str, family: str) -> tuple[dict, tuple[int, ...]]:
@@ -63,6 +87,11 @@ def build_spec(name: str, family: str) -> tuple[dict, tuple[int, ...]]:
 def models(args) -> list[tuple[str, str]]:
     import torchvision.models as tvm
 
+    if args.timm:
+        out = [(n, "timm") for n in TIMM_MODELS]
+        if args.models:
+            out = [(n, "timm") for n in args.models.split(",")]
+        return out
     out = [(n, "classification") for n in tvm.list_models(module=tvm)]
     if args.all:
         out += [(n, "segmentation") for n in tvm.list_models(module=tvm.segmentation)]
@@ -82,13 +111,18 @@ def one(name: str, family: str, max_params: float) -> dict:
     import compiler
 
     torch.manual_seed(0)
-    kwargs, shape = build_spec(name, family)
-    row: dict = dict(model=name, family=family, input="x".join(str(s) for s in shape[1:]))
+    row: dict = dict(model=name, family=family)
     try:
-        m = tvm.get_model(name, weights=None, **kwargs).eval()
+        if family == "timm":
+            m, shape = build_timm(name)
+        else:
+            kwargs, shape = build_spec(name, family)
+            m = tvm.get_model(name, weights=None, **kwargs)
+        m = m.eval()
     except Exception as exc:
         row.update(status="build failed", error=f"{type(exc).__name__}: {exc}")
         return row
+    row["input"] = "x".join(str(s) for s in shape[1:])
     n_params = sum(p.numel() for p in m.parameters())
     row["params_m"] = n_params / 1e6
     if n_params > max_params * 1e6:
@@ -141,21 +175,28 @@ def run_isolated(name: str, family: str, max_params: float, timeout: float) -> d
     return dict(model=name, family=family, status="crashed", error=f"exit code {p.returncode}: {tail}", seconds=time.perf_counter() - t)
 
 
-def write(rows: list[dict], total: int) -> str:
+def write(rows: list[dict], total: int, timm: bool = False) -> str:
     not_run = [r for r in rows if r.get("status") == "not run"]
     rows = [r for r in rows if r.get("status") != "not run"]
     ok = [r for r in rows if r.get("status") == "ok"]
     half = [r for r in ok if r["macs"] < 0.5]
     skipped = [r for r in rows if str(r.get("status", "")).startswith("skipped")]
+    if timm:
+        import timm as timm_pkg
+
+        what, sizes = "timm models", f"timm {timm_pkg.__version__}, `pretrained=False`, each at its default input size (batch 1)."
+        cmd = "`python benchmarks/coverage.py --timm`"
+    else:
+        what, sizes, cmd = "torchvision models", SIZES_DOC, "`python benchmarks/coverage.py --all --resume`"
     lines = [
-        "# Coverage: torchvision models through prunec",
+        f"# Coverage: {what} through prunec",
         "",
         "`compiler.compile(model, (x,), ratio=0.5)` with defaults (l2, arithmetic_mean, granularity 8, verify=True), "
-        f"random weights, CPU (2 shared cores), {time.strftime('%Y-%m-%d')}. {SIZES_DOC} "
+        f"random weights, CPU (2 shared cores), {time.strftime('%Y-%m-%d')}. {sizes} "
         "Verification: the pruned model against the original with removed channels zeroed, float64, every "
         "intermediate tensor compared at its kept positions; `error` is the max abs difference at the outputs, "
         "`scale` the max |output|; times are wall-clock on a machine shared with other jobs (they vary with its load). "
-        "Produced by `python benchmarks/coverage.py --all --resume` (in chunks; models over `--max-params`, 1000M, would be listed).",
+        f"Produced by {cmd} (in chunks; models over `--max-params`, 1000M, would be listed).",
         "",
         f"**{len(ok)} of {len(rows)} models compiled and verified; {len(half)} of them below half the MACs; "
         f"{len(skipped)} skipped for size"
@@ -186,11 +227,12 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--all", action="store_true", help="segmentation and video models too")
     ap.add_argument("--models", help="comma-separated model names")
+    ap.add_argument("--timm", action="store_true", help="timm models (TIMM_MODELS) instead; table coverage_timm.md")
     ap.add_argument("--max-params", type=float, default=1000.0, help="skip (and list) models with more parameters (millions)")
     ap.add_argument("--timeout", type=float, default=900.0, help="seconds per model")
     ap.add_argument("--resume", action="store_true", help="keep the rows already in the .jsonl; run only the others")
     ap.add_argument("--limit", type=int, default=0, help="run at most this many models now (chunks)")
-    ap.add_argument("--out", default=os.path.join(RESULTS, "coverage.md"))
+    ap.add_argument("--out", default=None, help="table path (default results/coverage.md, or coverage_timm.md with --timm)")
     ap.add_argument("--table-only", action="store_true", help="rewrite the table from the .jsonl; models not in it are listed as not run")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     ap.add_argument("--family", default="classification", help=argparse.SUPPRESS)
@@ -198,6 +240,8 @@ def main() -> None:
     if args.one:
         print("ROW " + json.dumps(one(args.one, args.family, args.max_params)), flush=True)
         return
+    if args.out is None:
+        args.out = os.path.join(RESULTS, "coverage_timm.md" if args.timm else "coverage.md")
     jsonl = os.path.splitext(args.out)[0] + ".jsonl"
     done: dict[str, dict] = {}
     if (args.resume or args.table_only) and os.path.exists(jsonl):
@@ -212,7 +256,7 @@ def main() -> None:
     if args.table_only:
         rows = [done.get(n, dict(model=n, family=f, status="not run")) for n, f in todo]
         with open(args.out, "w") as f:
-            f.write(write(rows, len(todo)))
+            f.write(write(rows, len(todo), args.timm))
         print(f"wrote {args.out}")
         return
     ran = 0
@@ -232,7 +276,7 @@ def main() -> None:
         os.makedirs(os.path.dirname(args.out), exist_ok=True)
         tmp = args.out + ".tmp"
         with open(tmp, "w") as f:
-            f.write(write(rows, len(todo)))
+            f.write(write(rows, len(todo), args.timm))
         os.replace(tmp, args.out)
     print(f"wrote {args.out}")
 

@@ -15,9 +15,9 @@ those (the Shape -> Gather -> Unsqueeze -> Concat subgraphs exporters emit). The
 are evaluated once with the ONNX reference evaluator and their nodes are not
 lowered: a static value used as a shape argument (Reshape's shape, Slice bounds,
 Split sizes, ...) is recorded as an :class:`ArgSlot` the rewrite checks and fixes;
-one used as tensor data becomes a constant of the channel graph, or, when it is
-derived from a tensor's shape, an untracked tensor whose source sizes are frozen
-(a neutral ``shape`` op). Every other node is lowered into the neutral kinds the
+one used as tensor data becomes a constant of the channel graph (one derived from a
+tensor's shape too, such as the exporter's ``1/sqrt(head size)`` of attention: the
+rewrite keeps its original value, as the masked original has it). Every other node is lowered into the neutral kinds the
 torch frontend uses (``conv``, ``linear``, ``matmul``, ``batch_norm``, ...); a node
 the tables do not know, or whose arguments are only known at run time, becomes
 ``kind="unknown"`` with ``target`` = its op type, never a guess.
@@ -690,7 +690,6 @@ class _Lowering:
         for o in model.graph.output:
             self.consumers[o.name] = self.consumers.get(o.name, 0) + 1
         self.stats_only: dict[str, bool] = {}
-        self.shape_ops: set[int] = set()
         used: set[str] = set()
         for i, n in enumerate(self.nodes):
             name = n.name or f"{n.op_type}_{i}"
@@ -717,9 +716,8 @@ class _Lowering:
             return name
         if name in self.static:
             arr = self.static[name]
-            if name in self.derived:
-                self.graph.add_value(Value(name, tuple(arr.shape), str(arr.dtype)))
-                self._freeze_shape_sources(name)
+            if name in self.derived:  # computed from sizes, used as data: the rewrite keeps its original value
+                self.graph.add_value(Value(name, tuple(arr.shape), str(arr.dtype), data=arr, trainable=False))
             else:
                 data = arr
                 self.graph.add_value(
@@ -731,31 +729,6 @@ class _Lowering:
     def tensor(self, name: str) -> str | None:
         v = self.value(name)
         return v if v is not None and self.graph.values[v].is_tensor else None
-
-    def _freeze_shape_sources(self, name: str) -> None:
-        """A shape-derived value used as data: freeze the sizes it was computed from."""
-        seen: set[str] = set()
-        stack = [name]
-        while stack:
-            v = stack.pop()
-            if v in seen:
-                continue
-            seen.add(v)
-            i = self.producer.get(v)
-            if i is None or i not in self.static_set:
-                continue
-            n = self.nodes[i]
-            if n.op_type in ("Shape", "Size"):
-                if i in self.shape_ops:
-                    continue
-                self.shape_ops.add(i)
-                x = self.value(n.input[0])
-                if x is not None and self.graph.values[x].is_tensor:
-                    op = Op(f"{self.op_names[i]}", "shape", [x], [], {}, label=n.name or self.op_names[i], target=n.op_type, source=i)
-                    self.graph.add_op(op)
-                    self.node_ops.setdefault(i, []).append(op.name)
-                continue
-            stack.extend(x for x in n.input if x)
 
     def out(self, name: str) -> str:
         if name not in self.graph.values:

@@ -510,13 +510,6 @@ def _pad(op: Op, ctx: RuleContext) -> None:
     ctx.set(op.outputs[0], xl)
 
 
-@register("shape")
-def _shape(op: Op, ctx: RuleContext) -> None:
-    """The sizes of a tensor read as data (ONNX Shape/Size feeding arithmetic): its tracked dims are frozen."""
-    for lab in ctx.get(op.inputs[0]):
-        ctx.freeze(lab, f"{op.target}: the size of a channel dimension is used as data")
-
-
 @register("permute")
 def _permute(op: Op, ctx: RuleContext) -> None:
     xl = ctx.get(op.inputs[0])

@@ -196,9 +196,10 @@ class RewriteONNX:
                     if i not in static_nodes:
                         nodes[i].input[k] = name
             res.materialized.append(v)
-        # shape-derived values used as tensor data must not change (their sizes are frozen)
+        # shape-derived values used as tensor data (SDPA's 1/sqrt(head size), a divisor read off a shape) keep
+        # their original values: they are constants above, materialized where pruning would change them
         for v in om.shape_derived:
-            if v in graph.values and graph.values[v].is_tensor and not _same(env.get(v), om.static.get(v)):
+            if v in graph.values and graph.values[v].is_tensor and v not in desired and not _same(env.get(v), om.static.get(v)):
                 raise RuntimeError(f"shape-derived value {v!r} changes with pruning")
         # -- 4. static arguments --------------------------------------------------------------
         by_node: dict[int, dict[int, str]] = defaultdict(dict)

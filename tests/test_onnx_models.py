@@ -28,7 +28,8 @@ from tests.test_random_arch import blocks as random_blocks
 
 SIZE = 64
 # dead shape computations (Shape -> Gather -> ... -> Slice bounds) the rewrite may replace by constants
-SHAPE_OPS = ("Shape", "Gather", "Unsqueeze", "Concat", "Add", "Div", "Mul", "Constant", "Cast", "Slice", "Squeeze")
+# (and attention's 1/sqrt(head size) read off a shape: Shape -> Slice -> Cast -> Sqrt -> Div, kept as its original value)
+SHAPE_OPS = ("Shape", "Gather", "Unsqueeze", "Concat", "Add", "Div", "Mul", "Constant", "Cast", "Slice", "Squeeze", "Sqrt")
 
 
 def export(name: str, exporter: str, path: str, size: int = SIZE, dynamic_batch: bool = False) -> str:
@@ -120,13 +121,16 @@ def test_exported_model_sweep(name, exporter, tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("exporter", EXPORTERS)
 def test_exported_vit_prunes_the_mlps(exporter, tmp_path):
-    """Attention reads its head size from Shape (frozen, reported); the MLP hidden dims prune."""
+    """The MLP hidden dims prune; so do the head dims, where the exporter reads the head size off a Shape for
+    attention's scale (kept at its original value) and for reshapes (replaced by constants once stale)."""
     path = export("vit_b_16", exporter, str(tmp_path / "vit.onnx"), size=224)
-    # the class token's Expand is computed from constants only: it becomes one sliced initializer
-    r = prune_onnx(path, ratio=0.5, granularity=8, removed_ok=SHAPE_OPS + ("ConstantOfShape", "Equal", "Where", "Expand"))
+    # the class token's Expand is computed from constants only: it becomes one sliced initializer; the shape
+    # computations of stale reshape targets (Mod, Reshape of shape vectors) go with them
+    r = prune_onnx(path, ratio=0.5, granularity=8, removed_ok=SHAPE_OPS + ("ConstantOfShape", "Equal", "Where", "Expand", "Mod", "Reshape"))
     mlp = [g for g in r.report.groups if g.channels_before == 3072]
     assert len(mlp) == 12 and all(g.channels_after == 1536 for g in mlp)
-    assert r.report.macs_ratio < 0.8
+    assert not any(g.frozen for g in r.report.groups if g.channels_before != 1000)  # only the classifier's outputs
+    assert r.report.macs_ratio < 0.6, r.report.macs_ratio
 
 
 @settings(max_examples=12, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
