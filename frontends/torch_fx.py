@@ -439,6 +439,8 @@ class _Lowering:
             self._emit(node, "spatial", [x], {"nspatial": nsp})
         elif isinstance(m, (nn.Upsample, nn.UpsamplingNearest2d, nn.UpsamplingBilinear2d)) and x:
             self._emit(node, "spatial", [x], {"nspatial": len(self.graph.shape(x)) - 2})
+        elif isinstance(m, nn.Unfold) and x and len(self.graph.shape(x) or ()) == 4:
+            self._emit(node, "unfold", [x])
         elif isinstance(m, (nn.Flatten, nn.Unflatten)) and x:
             self._emit(node, "reshape", [x])
         elif isinstance(m, (nn.modules.padding._ConstantPadNd, nn.modules.padding._ReflectionPadNd, nn.modules.padding._ReplicationPadNd,
@@ -865,6 +867,16 @@ def _h_new_tensor(lw, node, args, kwargs) -> bool:
     if any(lw._is_tensor(a) for a in _flat_args(node)) or len(lw._meta_values(node)) != 1:
         return False
     lw._emit(node, "factory", [])
+    return True
+
+
+@_handles("unfold")
+def _h_unfold(lw, node, args, kwargs) -> bool:
+    """F.unfold (im2col): [N, C, H, W] -> [N, C * kh * kw, L] (Tensor.unfold, a sliding window on one dim, is not this)."""
+    x = lw._val(args[0])
+    if node.op != "call_function" or not x or len(lw.graph.shape(x) or ()) != 4:
+        return False
+    lw._emit(node, "unfold", [x])
     return True
 
 

@@ -690,6 +690,19 @@ def _factory(op: Op, ctx: RuleContext) -> None:
         ctx.get(out)
 
 
+@register("unfold")
+def _unfold(op: Op, ctx: RuleContext) -> None:
+    """im2col ([N, C, H, W] -> [N, C*k, L], channel-major): each channel expands to its k kernel positions,
+    as in a flatten; the spatial dims become the window index L (a tracked one is frozen)."""
+    x, y = op.inputs[0], op.outputs[0]
+    xl = ctx.get(x)
+    si, so = ctx.shape(x), ctx.shape(y)
+    for d in (2, 3):
+        ctx.freeze(xl[d], "unfold over a channel dimension")
+    k = so[1] // si[1]
+    ctx.set(y, [xl[0], None if xl[1] is None else np.repeat(xl[1], k), None])
+
+
 @register("scan")
 def _scan(op: Op, ctx: RuleContext) -> None:
     """cumsum/cumprod along ``axis``: every position mixes those before it, so a channel axis is frozen."""

@@ -1878,6 +1878,26 @@ def test_channel_cumsum_and_channel_repeat_freeze():
     assert r.report.verification["passed"]
 
 
+@pytest.mark.parametrize("functional", [False, True])
+def test_unfold_expands_each_channel_to_its_kernel_positions(functional):
+    """TNT's pixel embedding: nn.Unfold (im2col) then a linear over C * kh * kw: channels prune through it."""
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.unfold, self.fc, self.out = nn.Conv2d(3, 16, 1), nn.Unfold(2, stride=2), nn.Linear(64, 8), nn.Linear(8, 4)
+
+        def forward(self, x):
+            h = F.relu(self.a(x))
+            cols = F.unfold(h, 2, stride=2) if functional else self.unfold(h)  # [N, 16 * 4, L]
+            return self.out(F.relu(self.fc(cols.transpose(1, 2))))
+
+    r = check(Net(), torch.randn(2, 3, 6, 6), independent=False)
+    assert frozen_targets(r) == []
+    n = sub(r, "a").out_channels
+    assert n < 16 and sub(r, "fc").in_features == 4 * n
+
+
 def test_mean_over_channels_keeps_the_original_divisor():
     """RMSNorm written as ops (LLaMA): mean(x**2) over the hidden dim. The pruned mean is scaled by kept / original,
     so it equals the original's mean with the removed channels zeroed, and the hidden size prunes."""
