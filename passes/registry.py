@@ -478,19 +478,35 @@ def _split(op: Op, ctx: RuleContext) -> None:
         start += n
 
 
+def strided_blocks(start: int, stop: int, step: int, n: int) -> bool:
+    """Is ``range(start, stop, step)`` over ``n`` positions one position of every block of ``step``
+    (``x[..., ::2]`` and ``x[..., 1::2]``: the interleaved pairs of a rotary embedding)?"""
+    return step > 1 and 0 <= start < step and n % step == 0 and len(range(start, stop, step)) == n // step
+
+
+def _sliced_labels(ctx: RuleContext, lab: np.ndarray | None, n: int, start: int, stop: int, step: int) -> np.ndarray | None:
+    """Labels of ``x[start:stop:step]`` along a dim of ``n``: a contiguous slice keeps its channels; a slice
+    taking one position of every block of ``step`` ties each block into one channel (whole blocks are pruned,
+    so the pruned tensor sliced the same way takes the kept ones); another strided slice freezes the dim."""
+    if lab is None:
+        return None
+    if step != 1:
+        if strided_blocks(start, stop, step, n):
+            ctx.tie_blocks(lab, step)
+        else:
+            ctx.freeze(lab, "strided slice over a channel dimension")
+    return lab[np.arange(start, stop, step)]  # range semantics: slice.indices() gives stop -1 for a reversal
+
+
 @register("slice")
 def _slice(op: Op, ctx: RuleContext) -> None:
-    """Contiguous slice along one axis; strided slices of a channel dim are frozen."""
+    """Slice along one axis: contiguous, or one position of every block of channels (else frozen)."""
     x = op.inputs[0]
     xl = list(ctx.get(x))
     ax = _axis(int(op.attrs["axis"]), len(xl))
     n = ctx.shape(x)[ax]
     start, stop, step = slice(op.attrs.get("start"), op.attrs.get("stop"), op.attrs.get("step")).indices(n)
-    lab = xl[ax]
-    if lab is not None:
-        if step != 1:
-            ctx.freeze(lab, "strided slice over a channel dimension")
-        xl[ax] = lab[start:stop:step]
+    xl[ax] = _sliced_labels(ctx, xl[ax], n, start, stop, step)
     ctx.set(op.outputs[0], xl)
 
 
@@ -757,9 +773,7 @@ def _indexed_labels(ctx: RuleContext, x: str, items: list[tuple], what: str,
             sizes.append(out_shape[len(sizes)])
             continue
         start, stop, step = slice(item[2], item[3], item[4]).indices(shape[d])
-        if lab is not None and step != 1:
-            ctx.freeze(lab, "strided slice over a channel dimension")
-        labels.append(None if lab is None else lab[start:stop:step])
+        labels.append(_sliced_labels(ctx, lab, shape[d], start, stop, step))
         sizes.append(len(range(start, stop, step)))
     return labels, sizes
 

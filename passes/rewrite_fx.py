@@ -304,9 +304,12 @@ class RewriteFX:
                     s = slice(item[2], item[3], item[4])
                     mask = analysis.keep_mask(x, d, pruned)
                     if mask is not None and not mask.all() and s != slice(None):
-                        start, stop, _ = s.indices(n_shape[d])
-                        a = int(mask[:start].sum())
-                        s = slice(a, a + int(mask[start:stop].sum()), s.step)
+                        start, stop, step = s.indices(n_shape[d])
+                        if step != 1:  # one position of every whole block (the rule tied them)
+                            s = slice(start, None, step)
+                        else:
+                            a = int(mask[:start].sum())
+                            s = slice(a, a + int(mask[start:stop].sum()), s.step)
                     new_idx.append(s)
             args[1] = tuple(new_idx)
         elif op.kind in ("binary", "unary"):
@@ -343,6 +346,9 @@ class RewriteFX:
             keep = np.ones(n, dtype=bool) if mask is None else mask
             new_start = int(keep[:start].sum())
             new_stop = new_start + int(keep[start:stop].sum())
+            step = op.attrs.get("step") or 1
+            if step != 1 and not keep.all():  # one position of every whole block: the same slice of the pruned dim
+                new_start, new_stop = start, int(keep.sum())
             if fn == "narrow":
                 args[2], args[3] = new_start, new_stop - new_start
             elif fn == "slice":  # aten.slice.Tensor(x, dim, start, end, step)

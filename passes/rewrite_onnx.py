@@ -344,7 +344,11 @@ class RewriteONNX:
                 want[a] = range(*slice_range(s, e, st, px[a]))
                 continue
             if st != 1:
-                raise RuntimeError(f"{n.name}: strided slice over a pruned channel dim")
+                if not (st > 1 and r.start < st and sx[a] % st == 0 and len(r) == sx[a] // st):
+                    raise RuntimeError(f"{n.name}: strided slice over a pruned channel dim")
+                want[a] = range(r.start, px[a], st)  # one position of every whole kept block
+                new_starts[k], new_ends[k] = r.start, (e if e >= sx[a] else px[a])
+                continue
             ns = int(keep[: r.start].sum())
             ne = ns + int(keep[r.start : r.stop].sum())
             want[a] = range(ns, ne)

@@ -576,6 +576,55 @@ def test_softmax_over_channels_freezes_over_space_does_not():
     assert c["w1"].shape[0] == 8 and c["w3"].shape[0] == 4
 
 
+def test_strided_slice_of_whole_pairs_prunes_the_pairs():
+    """Slice(step=2) from 0 and from 1 (interleaved pairs, as a rotary embedding takes them): each pair prunes whole."""
+    text = """
+    g (float[1,3,4,4] x) => (float[1,2,4,4] y) {
+      [c1] a = Conv(x, w1, b1)
+      [r] h = Relu(a)
+      [se] e = Slice(h, s0, big, ax, two)
+      [so] o = Slice(h, s1, big, ax, two)
+      [m] p = Mul(e, o)
+      [ad] q = Add(e, p)
+      [out] y = Conv(q, w2)
+    }"""
+    inits = {
+        "w1": (8, 3, 1, 1), "b1": (8,), "w2": (2, 4, 1, 1), "s0": np.array([0], np.int64), "s1": np.array([1], np.int64),
+        "big": np.array([9223372036854775807], np.int64), "ax": np.array([1], np.int64), "two": np.array([2], np.int64),
+    }  # fmt: skip
+    m = build(text, inits)
+    r = prune_onnx(m, granularity=1)
+    c = consts(r.model)
+    assert c["w1"].shape[0] < 8 and c["w1"].shape[0] % 2 == 0 and c["w2"].shape[1] == c["w1"].shape[0] // 2
+    kept = [int(np.flatnonzero(consts(m)["b1"] == v)[0]) for v in c["b1"]]
+    assert all(k ^ 1 in kept for k in kept)
+    _check_independent(m, r)
+
+
+def test_reversed_channel_slice_freezes_the_channels():
+    """torch.flip over channels exports as Slice(step=-1): the channels are frozen (the exporter's
+    end of -INT_MAX is a full reversal, not an empty range)."""
+    text = """
+    g (float[1,3,4,4] x) => (float[1,2,4,4] y) {
+      [c1] a = Conv(x, w1, b1)
+      [r] h = Relu(a)
+      [fl] f = Slice(h, st, en, ax, step)
+      [c2] b = Conv(f, w2, b2)
+      [r2] h2 = Relu(b)
+      [out] y = Conv(h2, w3)
+    }"""
+    inits = {
+        "w1": (8, 3, 1, 1), "b1": (8,), "w2": (6, 8, 1, 1), "b2": (6,), "w3": (2, 6, 1, 1),
+        "st": np.array([-1], np.int64), "en": np.array([-9223372036854775807], np.int64),
+        "ax": np.array([1], np.int64), "step": np.array([-1], np.int64),
+    }  # fmt: skip
+    m = build(text, inits)
+    r = prune_onnx(m, granularity=1)
+    c = consts(r.model)
+    assert c["w1"].shape[0] == 8 and c["w2"].shape[0] < 6
+    _check_independent(m, r)
+
+
 def test_constant_node_weights_are_sliced_in_place():
     m = build(CONV_RELU_CONV, {"w1": (8, 3, 3, 3), "b1": (8,), "w2": (5, 8, 3, 3), "b2": (5,)})
     # turn w1 into a Constant node

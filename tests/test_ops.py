@@ -888,17 +888,28 @@ def test_slice_keeps_consistent_columns():
     assert kept_indices(m.c2.weight, sub(r, "c2").weight, 1) == [k - 4 for k in keep if 4 <= k < 12]
 
 
-def test_strided_channel_slice_freezes():
+@pytest.mark.parametrize("sl, pairs", [(slice(None, None, 2), True), (slice(1, None, 2), True), (slice(1, 15, 2), False),
+                                       (slice(0, None, 3), False)])
+def test_strided_channel_slice(sl, pairs):
+    """x[:, ::2] takes one channel of every pair: the pairs prune whole. A strided slice that misses a pair
+    (1:15:2) or does not divide the dim (::3 of 16) freezes it."""
+
     class Net(nn.Module):
         def __init__(self):
             super().__init__()
-            self.c1, self.c2 = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(8, 4, 1)
+            n = len(range(16)[sl])
+            self.c1, self.c2 = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(n, 4, 1)
 
         def forward(self, x):
-            return self.c2(F.relu(self.c1(x))[:, ::2])
+            return self.c2(F.relu(self.c1(x))[:, sl])
 
-    r = check(Net(), torch.randn(2, 3, 6, 6))
-    assert sub(r, "c1").out_channels == 16
+    m = Net()
+    r = check(m, torch.randn(2, 3, 6, 6))
+    if pairs:
+        keep = kept_indices(m.c1.weight, sub(r, "c1").weight, 0)
+        assert len(keep) < 16 and all(k ^ 1 in keep for k in keep)
+    else:
+        assert sub(r, "c1").out_channels == 16
 
 
 @pytest.mark.parametrize(
@@ -1896,6 +1907,41 @@ def test_unfold_expands_each_channel_to_its_kernel_positions(functional):
     assert frozen_targets(r) == []
     n = sub(r, "a").out_channels
     assert n < 16 and sub(r, "fc").in_features == 4 * n
+
+
+@pytest.mark.parametrize("functional_slice", [False, True])
+def test_interleaved_rotary_pairs_prune_together(functional_slice):
+    """GPT-J / EVA-02 rotary embedding: x[..., ::2] and x[..., 1::2] rotate the pairs (2i, 2i+1). Each pair is
+    one channel (the rotation's tables are sliced with it); a strided slice that is not one position of every
+    pair freezes its dim."""
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.out = nn.Linear(8, 16), nn.Linear(16, 4)
+            self.b, self.out2 = nn.Linear(8, 16), nn.Linear(7, 4)
+            ang = torch.arange(5.0)[:, None] * torch.linspace(0.1, 1.0, 8)
+            self.register_buffer("cos", ang.cos())
+            self.register_buffer("sin", ang.sin())
+
+        def forward(self, x):  # [B, 5, 8]
+            h = self.a(x)
+            if functional_slice:
+                e, o = torch.ops.aten.slice.Tensor(h, 2, 0, None, 2), torch.ops.aten.slice.Tensor(h, 2, 1, 9223372036854775807, 2)
+            else:
+                e, o = h[..., ::2], h[..., 1::2]
+            r = torch.stack([e * self.cos - o * self.sin, e * self.sin + o * self.cos], -1).flatten(-2)
+            g = self.b(x)
+            return self.out(F.relu(r)) + self.out2(g[..., 1:15:2])  # 7 odd channels of 16: not whole pairs
+
+    m = Net()
+    r = check(m, torch.randn(3, 5, 8), independent=False, granularity=1)
+    assert frozen_targets(r) == []
+    n = sub(r, "a").out_features
+    assert n < 16 and n % 2 == 0 and r.model.cos.shape == (5, n // 2)
+    kept = kept_indices(m.a.weight, sub(r, "a").weight, 0)
+    assert all(k ^ 1 in kept for k in kept)  # whole pairs
+    assert sub(r, "b").out_features == 16
 
 
 def test_mean_over_channels_keeps_the_original_divisor():
