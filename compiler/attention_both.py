@@ -16,8 +16,7 @@ their input with the removed channels zeroed, so the final model equals the
 original with the union of removed channels zeroed.
 
 Where the head dims cannot be pruned (the second pass freezes groups the first
-pruned: interleaved rotary embeddings as in EVA-02 slice the head dim with a
-stride), the split would leave those groups at ``1 - r'``; then whole heads at
+pruned: a rotary embedding whose angle table is computed at run time), the split would leave those groups at ``1 - r'``; then whole heads at
 the full ratio are compiled too and the smaller model (MACs) is returned, and
 the report's ``settings["stages"]`` says which.
 """

@@ -148,7 +148,8 @@ def test_both_on_bert_is_verified_and_unexpressible_config_is_a_typed_error():
 
 
 class _InterleavedRope(nn.Module):
-    """EVA-02-style attention: rotary pairs (2i, 2i+1) of the head dim taken with strided slices."""
+    """Rotary attention whose angle table is computed at run time (arange): an untracked [N, d/2] table over
+    the head dim, so the head dims cannot prune (a table held in a buffer would be sliced with them)."""
 
     def __init__(self) -> None:
         super().__init__()
