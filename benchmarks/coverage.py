@@ -16,6 +16,7 @@ Swin at 112, MaxViT at its required 224, video models at 8 frames.
     python benchmarks/coverage.py --all --resume       # + segmentation and video, skipping rows already done
     python benchmarks/coverage.py --models resnet18,vit_b_16
     python benchmarks/coverage.py --timm               # 63 timm models (pip install timm) -> coverage_timm.md
+    python benchmarks/coverage.py --timm --onnx        # the same, exported to ONNX and pruned there -> coverage_timm_onnx.md
 """
 
 from __future__ import annotations
@@ -102,7 +103,20 @@ def models(args) -> list[tuple[str, str]]:
     return out
 
 
-def one(name: str, family: str, max_params: float) -> dict:
+def _export_onnx(m, x, path: str):
+    """The model through the TorchScript ONNX exporter (opset 17), as a user would hand it to ``prunec``."""
+    import warnings
+
+    import onnx
+    import torch
+
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(m, (x,), path, dynamo=False, opset_version=17, input_names=["x"])
+    return onnx.load(path)
+
+
+def one(name: str, family: str, max_params: float, via_onnx: bool = False) -> dict:
     """Build, compile (verify=True) and measure one model, in this process."""
     import torch
     import torchvision.models as tvm
@@ -129,9 +143,18 @@ def one(name: str, family: str, max_params: float) -> dict:
         row.update(status="skipped: size", error=f"{n_params / 1e6:.0f}M parameters > --max-params {max_params:.0f}M")
         return row
     x = torch.randn(*shape)
+    if via_onnx:
+        import tempfile
+
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                proto = _export_onnx(m, x, os.path.join(tmp, "model.onnx"))
+        except Exception as exc:
+            row.update(status="export failed", error=f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:200]}")
+            return row
     t = time.perf_counter()
     try:
-        r = compiler.compile(m, (x,), ratio=0.5)
+        r = compiler.compile(proto, ratio=0.5) if via_onnx else compiler.compile(m, (x,), ratio=0.5)
     except compiler.PrunecError as exc:
         row.update(status="refused", error=f"{type(exc).__name__}: {str(exc)[:300]}", seconds=time.perf_counter() - t)
         return row
@@ -160,9 +183,10 @@ def one(name: str, family: str, max_params: float) -> dict:
     return row
 
 
-def run_isolated(name: str, family: str, max_params: float, timeout: float) -> dict:
+def run_isolated(name: str, family: str, max_params: float, timeout: float, via_onnx: bool = False) -> dict:
     """``one`` in a child process with a time limit."""
     cmd = [sys.executable, os.path.abspath(__file__), "--one", name, "--family", family, "--max-params", str(max_params)]
+    cmd += ["--onnx"] if via_onnx else []
     t = time.perf_counter()
     try:
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
@@ -175,7 +199,7 @@ def run_isolated(name: str, family: str, max_params: float, timeout: float) -> d
     return dict(model=name, family=family, status="crashed", error=f"exit code {p.returncode}: {tail}", seconds=time.perf_counter() - t)
 
 
-def write(rows: list[dict], total: int, timm: bool = False) -> str:
+def write(rows: list[dict], total: int, timm: bool = False, via_onnx: bool = False) -> str:
     not_run = [r for r in rows if r.get("status") == "not run"]
     rows = [r for r in rows if r.get("status") != "not run"]
     ok = [r for r in rows if r.get("status") == "ok"]
@@ -188,10 +212,16 @@ def write(rows: list[dict], total: int, timm: bool = False) -> str:
         cmd = "`python benchmarks/coverage.py --timm`"
     else:
         what, sizes, cmd = "torchvision models", SIZES_DOC, "`python benchmarks/coverage.py --all --resume`"
+    how = "`compiler.compile(model, (x,), ratio=0.5)`"
+    if via_onnx:
+        what += ", exported to ONNX,"
+        cmd = cmd[:-1] + " --onnx`"
+        how = ("each model exported with the TorchScript ONNX exporter (opset 17, static shapes), then "
+               "`compiler.compile(onnx_model, ratio=0.5)` (what `prunec compile model.onnx` does)")
     lines = [
         f"# Coverage: {what} through prunec",
         "",
-        "`compiler.compile(model, (x,), ratio=0.5)` with defaults (l2, arithmetic_mean, granularity 8, verify=True), "
+        f"{how} with defaults (l2, arithmetic_mean, granularity 8, verify=True), "
         f"random weights, CPU (2 shared cores), {time.strftime('%Y-%m-%d')}. {sizes} "
         "Verification: the pruned model against the original with removed channels zeroed, float64, every "
         "intermediate tensor compared at its kept positions; `error` is the max abs difference at the outputs, "
@@ -228,6 +258,7 @@ def main() -> None:
     ap.add_argument("--all", action="store_true", help="segmentation and video models too")
     ap.add_argument("--models", help="comma-separated model names")
     ap.add_argument("--timm", action="store_true", help="timm models (TIMM_MODELS) instead; table coverage_timm.md")
+    ap.add_argument("--onnx", action="store_true", help="export each model to ONNX and prune that; table *_onnx.md")
     ap.add_argument("--max-params", type=float, default=1000.0, help="skip (and list) models with more parameters (millions)")
     ap.add_argument("--timeout", type=float, default=900.0, help="seconds per model")
     ap.add_argument("--resume", action="store_true", help="keep the rows already in the .jsonl; run only the others")
@@ -238,10 +269,10 @@ def main() -> None:
     ap.add_argument("--family", default="classification", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
-        print("ROW " + json.dumps(one(args.one, args.family, args.max_params)), flush=True)
+        print("ROW " + json.dumps(one(args.one, args.family, args.max_params, args.onnx)), flush=True)
         return
     if args.out is None:
-        args.out = os.path.join(RESULTS, "coverage_timm.md" if args.timm else "coverage.md")
+        args.out = os.path.join(RESULTS, ("coverage_timm" if args.timm else "coverage") + ("_onnx" if args.onnx else "") + ".md")
     jsonl = os.path.splitext(args.out)[0] + ".jsonl"
     done: dict[str, dict] = {}
     if (args.resume or args.table_only) and os.path.exists(jsonl):
@@ -256,7 +287,7 @@ def main() -> None:
     if args.table_only:
         rows = [done.get(n, dict(model=n, family=f, status="not run")) for n, f in todo]
         with open(args.out, "w") as f:
-            f.write(write(rows, len(todo), args.timm))
+            f.write(write(rows, len(todo), args.timm, args.onnx))
         print(f"wrote {args.out}")
         return
     ran = 0
@@ -265,7 +296,7 @@ def main() -> None:
             continue
         if args.limit and ran >= args.limit:
             break
-        row = run_isolated(name, family, args.max_params, args.timeout)
+        row = run_isolated(name, family, args.max_params, args.timeout, args.onnx)
         ran += 1
         done[name] = row
         with open(jsonl, "a") as f:
@@ -276,7 +307,7 @@ def main() -> None:
         os.makedirs(os.path.dirname(args.out), exist_ok=True)
         tmp = args.out + ".tmp"
         with open(tmp, "w") as f:
-            f.write(write(rows, len(todo), args.timm))
+            f.write(write(rows, len(todo), args.timm, args.onnx))
         os.replace(tmp, args.out)
     print(f"wrote {args.out}")
 
