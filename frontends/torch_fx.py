@@ -18,18 +18,15 @@ import contextlib
 import copy
 import io
 import logging
-import operator
 import os
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 import torch.fx
 import torch.nn as nn
-import torch.nn.functional as F
 from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
 
 from frontends.attention import decompose_attention
@@ -253,7 +250,7 @@ _UNARY_FN_NAMES = {
     "contiguous", "clone", "detach", "float", "half", "double", "bfloat16", "to", "type_as", "pow",
     "__pow__", "nan_to_num", "log1p", "expm1", "tanhshrink", "hardshrink", "softshrink", "threshold",
     "relu6_", "silu_", "hardswish_", "gelu_", "requires_grad_", "identity", "zero_", "alias",
-    "invert", "logical_not", "bitwise_not", "__invert__", "rpow", "__rpow__", "exp2", "sigmoid_", "abs_",
+    "invert", "logical_not", "bitwise_not", "__invert__", "rpow", "__rpow__", "exp2", "abs_",
 }  # fmt: skip
 _BINARY_FN_NAMES = {
     "add", "sub", "mul", "truediv", "div", "iadd", "isub", "imul", "itruediv", "add_", "sub_", "mul_", "div_",

@@ -26,7 +26,7 @@ from passes.atoms import AtomTable, Labels
 
 log = logging.getLogger(__name__)
 
-__all__ = ["RuleContext", "Producer", "register", "lookup", "RULES", "UNARY_FNS"]
+__all__ = ["RuleContext", "Producer", "register", "lookup", "RULES", "strided_blocks"]
 
 Rule = Callable[[Op, "RuleContext"], None]
 RULES: dict[str, Rule] = {}

@@ -44,6 +44,7 @@ from frontends.onnx_frontend import (
     slice_range,
 )
 from passes.channel_analysis import AnalysisResult
+from passes.registry import strided_blocks
 
 log = logging.getLogger(__name__)
 
@@ -344,7 +345,7 @@ class RewriteONNX:
                 want[a] = range(*slice_range(s, e, st, px[a]))
                 continue
             if st != 1:
-                if not (st > 1 and r.start < st and sx[a] % st == 0 and len(r) == sx[a] // st):
+                if not strided_blocks(r.start, r.stop, st, sx[a]):
                     raise RuntimeError(f"{n.name}: strided slice over a pruned channel dim")
                 want[a] = range(r.start, px[a], st)  # one position of every whole kept block
                 new_starts[k], new_ends[k] = r.start, (e if e >= sx[a] else px[a])
