@@ -599,6 +599,7 @@ ARG_ROLES: dict[str, dict[int, str]] = {
     "Split": {1: "split"},
     "Resize": {1: "roi", 2: "scales", 3: "sizes"},
     "Gather": {1: "indices"},
+    "Expand": {1: "shape"},
 }
 
 Handler = Callable[["_Lowering", int, onnx.NodeProto], bool]
@@ -934,6 +935,13 @@ def _h_instance_norm(lw: _Lowering, i: int, n: onnx.NodeProto) -> bool:
     c = lw.shape(x)[1]
     if any(p is not None and lw.shape(p) != (c,) for p in (scale, bias)):
         return False
+    if c == 1:
+        # one instance: a LayerNorm over every dim after the first two. torch exports GroupNorm(1, C) (PoolFormer)
+        # as Reshape to [N, 1, C*H*W], this, Reshape back, then the per-channel affine: the flattened channels
+        # prune like LayerNorm's, the verification normalizing over the kept ones. The [1]-sized scale and bias
+        # carry no channel.
+        lw.emit(i, "layer_norm", [x, None, None], [n.output[0]], {"ndim": len(lw.shape(x)) - 2})
+        return True
     lw.emit(i, "instance_norm", [x, scale, bias, None, None], [n.output[0]])
     return True
 
@@ -1079,6 +1087,9 @@ def _h_gather(lw: _Lowering, i: int, n: onnx.NodeProto) -> bool:
             # indices are data here, not an argument: re-declare
             lw.emit(i, "embedding", [ix, w], [y])
             return True
+        if w and ix:  # rows picked by a computed index: the axis and the index are frozen, other dims keep channels
+            lw.emit(i, "take", [w, ix], [y], {"axis": axis})
+            return True
         return False
     x = lw.tensor(data)
     if not x:
@@ -1095,14 +1106,25 @@ def _h_gather(lw: _Lowering, i: int, n: onnx.NodeProto) -> bool:
         lw.emit(i, "reshape", [t], [y])
     elif ind.ndim == 1 and vals and vals == list(range(vals[0], vals[0] + len(vals))):
         lw.emit(i, "slice", [x], [y], {"axis": ax, "start": vals[0], "stop": vals[0] + len(vals), "step": 1})
-    else:
-        return False
+    else:  # any other constant index (an im2col gather): the axis is frozen, the index keeps its value
+        lw.emit(i, "take", [x], [y], {"axis": ax, "index_shape": tuple(ind.shape)})
     lw.args.append(ArgSlot(i, 1, idx, "indices"))
     return True
 
 
 # Gather's indices are data for an embedding lookup: the generic check must not demand they be static.
 _HANDLERS["Gather"] = (_h_gather, (0, 1))
+
+
+@_op("Expand", data=(0,))
+def _h_expand(lw: _Lowering, i: int, n: onnx.NodeProto) -> bool:
+    """Broadcast to a static shape: dims the input already has keep their channels; the rewrite fits the shape."""
+    x = lw.tensor(n.input[0])
+    if not x or n.input[1] not in lw.static:
+        return False
+    lw.emit(i, "expand", [x], [n.output[0]])
+    lw.args.append(ArgSlot(i, 1, n.input[1], "shape"))
+    return True
 
 
 @_op("Reshape", "Flatten", "Squeeze", "Unsqueeze", data=(0,))

@@ -811,12 +811,17 @@ def _take(op: Op, ctx: RuleContext) -> None:
     index's dims replace the axis; the other dims keep their channels (Swin's
     relative position bias table keeps its head dim).
     """
-    x, idx = op.inputs[0], op.inputs[1]
+    x = op.inputs[0]
     xl = list(ctx.get(x))
     ax = _axis(int(op.attrs["axis"]), len(xl))
     ctx.freeze(xl[ax], "indexing a channel dimension with a tensor")
-    ctx.freeze_all(idx, "index tensor")
-    ctx.set(op.outputs[0], xl[:ax] + [None] * len(ctx.shape(idx)) + xl[ax + 1 :])
+    if len(op.inputs) > 1:
+        idx = op.inputs[1]
+        ctx.freeze_all(idx, "index tensor")
+        index_rank = len(ctx.shape(idx))
+    else:  # a constant index (ONNX Gather with static indices): only its shape matters here
+        index_rank = len(op.attrs["index_shape"])
+    ctx.set(op.outputs[0], xl[:ax] + [None] * index_rank + xl[ax + 1 :])
 
 
 def parse_einsum(equation: str, n_operands: int) -> tuple[list[str], str] | None:

@@ -70,6 +70,18 @@ def _tensor(arr: np.ndarray, name: str, data_type: int | None = None) -> onnx.Te
     return t
 
 
+def _broadcast_shape(a: tuple[int, ...], b: list[int]) -> tuple[int, ...] | None:
+    """numpy/ONNX multidirectional broadcasting of two shapes (None: incompatible)."""
+    rank = max(len(a), len(b))
+    a2, b2 = [1] * (rank - len(a)) + list(a), [1] * (rank - len(b)) + list(b)
+    out = []
+    for p, q in zip(a2, b2, strict=True):
+        if p != q and 1 not in (p, q):
+            return None
+        out.append(q if p == 1 else p)
+    return tuple(out)
+
+
 def _same(a: np.ndarray | None, b: np.ndarray | None) -> bool:
     if a is None or b is None:
         return a is None and b is None
@@ -155,8 +167,19 @@ class RewriteONNX:
 
         env, done = evaluate_static(m, om.static_nodes, shape_of, all_initializers=False)
         if done != om.static_nodes:
-            lost = [nodes[i].name or nodes[i].op_type for i in om.static_nodes if i not in set(done)]
-            raise RuntimeError(f"cannot evaluate {lost[:3]} on the pruned shapes")
+            # A constant computed from weights whose channels are pruned (EdgeNeXt's Fourier position encoding:
+            # a conv over a constant grid, then a reshape with the old width) cannot be re-run; that is fine when
+            # every value it feeds outside the static part is a constant taken from `desired` (sliced from the
+            # original value) and none is an argument the rewrite reads.
+            lost_nodes = [i for i in om.static_nodes if i not in set(done)]
+            needed = {a.value for a in om.args}
+            for i, n in enumerate(nodes):
+                if i not in static_nodes:
+                    needed |= {x for x in list(n.input) + _implicit_inputs(n) if x}
+            needed |= {o.name for o in g.output}
+            stuck = [nodes[i].name or nodes[i].op_type for i in lost_nodes if any(o in needed and o not in desired for o in nodes[i].output)]
+            if stuck:
+                raise RuntimeError(f"cannot evaluate {stuck[:3]} on the pruned shapes")
         for a in om.args:  # arguments read straight from an initializer
             if a.value not in env and a.value in init_pos:
                 env[a.value] = numpy_helper.to_array(g.initializer[init_pos[a.value]])
@@ -234,6 +257,8 @@ class RewriteONNX:
                 fixed |= self._reshape(om, n, i, env, pshape, set_arg)
             elif n.op_type == "Slice":
                 fixed |= self._slice(om, analysis, pruned, n, i, env, pshape, set_arg)
+            elif n.op_type == "Expand":
+                fixed |= self._expand(om, n, i, env, pshape, set_arg)
             elif n.op_type == "Gather":
                 fixed |= self._gather(om, analysis, pruned, n, i, env, set_arg)
             elif n.op_type == "Split" and 1 in slots:
@@ -376,6 +401,23 @@ class RewriteONNX:
             set_arg(i, 1, np.array(new_starts, dtype=dt_s))
             set_arg(i, 2, np.array(new_ends, dtype=dt_e))
         return {1, 2}
+
+    @staticmethod
+    def _expand(om, n, i, env, pshape, set_arg) -> set[int]:
+        """Expand's target shape broadcasts with the input (ONNX's bidirectional rule): a 1 stays 1, any
+        other entry becomes the pruned output size."""
+        spec_name = n.input[1]
+        pin, pout = pshape(n.input[0]), pshape(n.output[0])
+        cur = [int(s) for s in np.asarray(env[spec_name]).reshape(-1)]
+        if _broadcast_shape(pin, cur) == pout:
+            return {1}
+        orig = [int(s) for s in np.asarray(om.static[spec_name]).reshape(-1)]
+        off = len(pout) - len(orig)
+        new = [1 if s == 1 else int(pout[off + k]) for k, s in enumerate(orig)]
+        if _broadcast_shape(pin, new) != pout:
+            raise RuntimeError(f"{n.name or 'Expand'}: no target shape gives {pout} from {pin}")
+        set_arg(i, 1, np.array(new, dtype=np.asarray(om.static[spec_name]).dtype))
+        return {1}
 
     @staticmethod
     def _gather(om, analysis, pruned, n, i, env, set_arg) -> set[int]:

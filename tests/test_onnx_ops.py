@@ -911,6 +911,39 @@ def test_group_norm_exported_as_instance_norm_freezes_its_channels():
     assert any("statistics over a channel dimension" in reason for g in r.report.groups for reason in g.reasons)
 
 
+def test_single_group_norm_exported_as_instance_norm_prunes_like_layer_norm():
+    """GroupNorm(1, C) (PoolFormer) exports as Reshape [N, 1, -1] -> InstanceNormalization: a LayerNorm over C*H*W.
+    Channels prune; the pruned model normalizes over the kept channels, which the verification reproduces."""
+    text = """
+    g (float[1,3,4,4] x) => (float[1,2,4,4] y) {
+      [c1] a = Conv(x, w1, b1)
+      [r1] g3 = Reshape(a, grp)
+      [in] n = InstanceNormalization<epsilon=1e-5>(g3, one, zero)
+      [r2] b = Reshape(n, back)
+      [mul] c = Mul(b, s)
+      [add] d = Add(c, bb)
+      [r] h = Relu(d)
+      [out] y = Conv(h, w2)
+    }"""
+    m = build(text, {"w1": (8, 3, 1, 1), "b1": (8,), "w2": (2, 8, 1, 1), "s": (8, 1, 1), "bb": (8, 1, 1),
+                     "grp": np.array([1, 1, -1], np.int64), "back": np.array([1, 8, 4, 4], np.int64),
+                     "one": np.ones(1, np.float32), "zero": np.zeros(1, np.float32)})  # fmt: skip
+    r = prune_onnx(m)
+    c = consts(r.model)
+    assert c["w1"].shape[0] == 4 and c["s"].shape == (4, 1, 1) and c["w2"].shape == (2, 4, 1, 1)
+    assert c["back"].tolist() == [1, 4, 4, 4]
+    # by hand: the kept channels of the first conv, normalized over themselves, then the pruned tail
+    feeds = r.traced.inputs
+    x = feeds["x"].astype(np.float64)
+    o = consts(m)
+    kept = [int(np.flatnonzero(o["b1"] == v)[0]) for v in c["b1"]]
+    a = np.einsum("oc,nchw->nohw", o["w1"][kept, :, 0, 0], x) + o["b1"][kept, None, None]
+    nrm = (a - a.mean()) / np.sqrt(a.var() + 1e-5)
+    h = np.maximum(nrm * o["s"][kept] + o["bb"][kept], 0)
+    want = np.einsum("oc,nchw->nohw", o["w2"][:, kept, 0, 0], h)
+    assert rel_err(want, run(r.model, feeds)[0]) < 1e-5
+
+
 def test_reduce_mean_over_channels_keeps_the_original_divisor():
     """RMSNorm as ONNX ops: ReduceMean of squares over the hidden dim gets a Mul(kept / original) after it."""
     text = """
@@ -934,4 +967,92 @@ def test_reduce_mean_over_channels_keeps_the_original_divisor():
     assert [o for o in op_types(r.model) if o in ("ReduceMean", "Mul")].count("Mul") == 3  # h*h, the scale, n*g1
     scale = [t for n, t in c.items() if n.endswith("_scale")]
     assert len(scale) == 1 and float(scale[0]) == 0.5
+    _check_independent(m, r)
+
+
+def test_expand_with_a_constant_shape_naming_the_channels_is_rewritten():
+    """x[..., 1] broadcast along the last dim with Expand(shape=[1, C, H, W]): the C in the shape follows the pruning,
+    a 1 in the shape stays 1 (ONNX's Expand broadcasts both ways)."""
+    text = """
+    g (float[1,3,4,4] x) => (float[1,2,4,4] y) {
+      [c1] a = Conv(x, w1, b1)
+      [r] h = Relu(a)
+      [mean] m = ReduceMean<axes=[3], keepdims=1>(h)
+      [ex] e = Expand(m, shp)
+      [ex1] e1 = Expand(m, one)
+      [add] s = Add(h, e)
+      [add1] s1 = Add(s, e1)
+      [c2] y = Conv(s1, w2)
+    }"""
+    m = build(text, {"w1": (8, 3, 1, 1), "b1": (8,), "w2": (2, 8, 1, 1), "shp": np.array([1, 8, 4, 4], np.int64),
+                     "one": np.array([1, 1, 1, 4], np.int64)})  # fmt: skip
+    r = prune_onnx(m)
+    c = consts(r.model)
+    assert c["w1"].shape == (4, 3, 1, 1) and c["w2"].shape == (2, 4, 1, 1)
+    ex = next(n for n in r.model.graph.node if n.name == "ex")
+    ex1 = next(n for n in r.model.graph.node if n.name == "ex1")
+    assert c[ex.input[1]].tolist() == [1, 4, 4, 4] and c[ex1.input[1]].tolist() == [1, 1, 1, 4]
+    assert not r.report.frozen_ops
+    _check_independent(m, r)
+
+
+def test_gather_with_a_scattered_constant_index_freezes_only_its_axis():
+    """An im2col written as Gather over the spatial axis (TNT exported to ONNX): channels still prune."""
+    text = """
+    g (float[1,3,6] x) => (float[1,2,2,3] y) {
+      [c1] a = Conv(x, w1, b1)
+      [r] h = Relu(a)
+      [gat] t = Gather<axis=2>(h, idx)
+      [c2] y = Conv(t, w2)
+    }"""
+    m = build(text, {"w1": (8, 3, 1), "b1": (8,), "w2": (2, 8, 1, 1), "idx": np.array([[0, 2, 4], [1, 3, 5]], np.int64)})
+    r = prune_onnx(m)
+    c = consts(r.model)
+    assert c["w1"].shape == (4, 3, 1) and c["w2"].shape == (2, 4, 1, 1)
+    assert c["idx"].tolist() == [[0, 2, 4], [1, 3, 5]]
+    assert not r.report.frozen_ops
+    _check_independent(m, r)
+
+
+def test_gather_of_channels_by_a_scattered_constant_index_freezes_them():
+    text = """
+    g (float[1,3,4] x) => (float[1,3,4] y) {
+      [c1] a = Conv(x, w1, b1)
+      [r] h = Relu(a)
+      [gat] y = Gather<axis=1>(h, idx)
+    }"""
+    m = build(text, {"w1": (8, 3, 1), "b1": (8,), "idx": np.array([6, 1, 3], np.int64)})
+    r = prune_onnx(m)
+    assert consts(r.model)["w1"].shape == (8, 3, 1)  # nothing to prune: every channel is frozen
+    assert any("indexing a channel dimension" in why for g in r.report.groups for why in g.reasons)
+
+
+def test_constant_computed_from_pruned_weights_is_taken_from_the_sliced_original():
+    """EdgeNeXt's position encoding: a conv over a grid computed from the input's shape, added to the features;
+    the exporter gave it the same (all-zero) bias initializer as a pruned conv. Re-run on the sliced bias it
+    fails; its value is the original's, sliced."""
+    text = """
+    g (float[1,3,2,2] x) => (float[1,2,2,2] y) {
+      [c1] a = Conv(x, w1, b1)
+      [sh] xs = Shape(x)
+      [gr] ones = ConstantOfShape<value=float[1] {1.5}>(xs)
+      [gm] grid = Mul(ones, g0)
+      [pc] p = Conv(grid, wp, b1)
+      [pr] q = Reshape(p, shp)
+      [pt] pe = Transpose<perm=[0,2,1]>(q)
+      [ar] a3 = Reshape(a, shp2)
+      [at] a4 = Transpose<perm=[0,2,1]>(a3)
+      [add] s = Add(a4, pe)
+      [back] s2 = Transpose<perm=[0,2,1]>(s)
+      [br] s3 = Reshape(s2, shp3)
+      [c2] y = Conv(s3, w2)
+    }"""
+    m = build(text, {"w1": (8, 3, 1, 1), "b1": (8,), "g0": (1, 3, 2, 2), "wp": (8, 3, 1, 1),
+                     "shp": np.array([1, 8, 4], np.int64), "shp2": np.array([1, 8, 4], np.int64),
+                     "shp3": np.array([1, 8, 2, 2], np.int64), "w2": (2, 8, 1, 1)})  # fmt: skip
+    r = prune_onnx(m, removed_ok=("sh", "gr", "gm", "pc", "pr", "pt"))
+    c = consts(r.model)
+    assert c["w1"].shape == (4, 3, 1, 1) and c["w2"].shape == (2, 4, 1, 1)
+    add = next(n for n in r.model.graph.node if n.name == "add")
+    assert c[add.input[1]].shape == (1, 4, 4)
     _check_independent(m, r)
