@@ -745,11 +745,21 @@ def _h_split(lw, node, args, kwargs) -> bool:
     equal = fn == "chunk" or isinstance(spec, int)
     if not equal and not (isinstance(spec, (list, tuple)) and all(isinstance(s, int) for s in spec)):
         return False
+    if equal and len(set(sizes)) > 1 and fn in ("chunk", "split") and isinstance(spec, int) and resizable_split(node):
+        # chunk(3) of 88 channels is 30, 30, 28: pruned apiece, the rewrite spells the sizes out (split(sizes))
+        equal = False
     outs = lw._out(node)
     lw.graph.add_op(
         Op(node.name, "split", [x], outs, {"axis": dim, "sizes": sizes, "equal": equal}, node.name, _target_label(node, lw.gm), node)
     )
     return True
+
+
+def resizable_split(node: torch.fx.Node) -> bool:
+    """A chunk/split by a size the rewrite can turn into a split with explicit sizes (the call forms it knows)."""
+    if node.op == "call_method":
+        return node.target in ("chunk", "split")
+    return node.target in (torch.chunk, torch.split, torch.ops.aten.split.Tensor, torch.ops.aten.chunk.default)
 
 
 @_handles("view", "reshape", "flatten", "unflatten", "squeeze", "unsqueeze", "view_as", "reshape_as", "_unsafe_view")

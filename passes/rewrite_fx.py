@@ -270,6 +270,21 @@ class RewriteFX:
             old_d, new_d = graph.shape(q)[-1], shape(q)[-1]
             if old_d != new_d and op.attrs.get("scale") is None:
                 kwargs["scale"] = 1.0 / math.sqrt(old_d)
+        elif op.kind == "split" and not op.attrs.get("equal") and fn in ("chunk", "split") and isinstance(
+            _arg_at(args, kwargs, 1, ("chunks", "split_size_or_sections", "split_size")), int
+        ):
+            # an uneven chunk/split by size, pruned chunk by chunk: a split with the new sizes spelled out
+            ax = op.attrs["axis"] % len(graph.shape(op.inputs[0]))
+            new_sizes = [shape(o)[ax] for o in op.outputs]
+            dim = _arg_at(args, kwargs, 2, ("dim",))
+            args = [args[0], list(new_sizes), 0 if dim is None else dim]
+            kwargs = {}
+            if node.op == "call_method":
+                node.target = "split"
+            elif node.target in (torch.ops.aten.split.Tensor, torch.ops.aten.chunk.default):
+                node.target = torch.ops.aten.split_with_sizes.default
+            else:
+                node.target = torch.split
         elif op.kind == "split":
             ax = op.attrs["axis"] % len(graph.shape(op.inputs[0]))
             new_sizes = [shape(o)[ax] for o in op.outputs]
@@ -373,6 +388,13 @@ class RewriteFX:
             node.args, node.kwargs = tuple(args), kwargs
             return True
         return False
+
+
+def _arg_at(args: list, kwargs: dict, pos: int, names: tuple[str, ...]) -> Any:
+    """A call's argument by position or by one of its keyword names (None: absent)."""
+    if len(args) > pos:
+        return args[pos]
+    return next((kwargs[k] for k in names if k in kwargs), None)
 
 
 def _drop_dead_size_arithmetic(graph: torch.fx.Graph) -> None:

@@ -6,6 +6,12 @@ it), ``target_macs`` (the smallest global ratio whose planned MACs meet it).
 Then per group: kept counts round *up* to a multiple of ``granularity`` channels
 where the group is larger than that, and never below ``min_channels``; the
 lowest-scored prunable classes go first. Frozen classes are never selected.
+
+A group whose channels a split cuts into pieces (a CSP stage's two halves, an
+uneven ``chunk``, an exported ``Split``) loses the same share of every piece
+under a per-group ratio: the lowest-scored channels of each piece go, not the
+lowest of the group, which could leave one piece a single channel. An unused
+piece goes first.
 """
 
 from __future__ import annotations
@@ -94,6 +100,7 @@ class Selection:
             return pruned
         assert ratio is not None
         if self.scope == "local":
+            scores = balanced_scores(analysis, scores)
             for g in groups:
                 self._finish(g, scores, int(round(ratio * (~g.frozen).sum())), pruned)
             return pruned
@@ -182,3 +189,54 @@ def keep_nonempty(analysis: AnalysisResult, scores: np.ndarray, pruned: np.ndarr
                 cls = np.unique(analysis.atom_class[d])
                 pruned[cls[np.argmax(np.nan_to_num(scores[cls], nan=-np.inf))]] = False
     return pruned
+
+
+def split_cells(analysis: AnalysisResult) -> tuple[np.ndarray, np.ndarray]:
+    """Per class: a cell id (the classes of one group in the same piece of every sized split share one) and
+    whether the class lies in a piece nothing reads."""
+    graph = analysis.graph
+    used = {v for op in graph.ops.values() for v in op.inputs if v}
+    sig = np.zeros(analysis.n_classes, dtype=np.uint64)
+    dead = np.zeros(analysis.n_classes, dtype=bool)
+    rng = np.random.default_rng(0)
+    for op in graph.ops.values():
+        if op.kind != "split" or op.attrs.get("equal") or len(op.outputs) < 2:
+            continue
+        x = op.inputs[0]
+        lab = analysis.labels.get(x)
+        if not lab:
+            continue
+        ax = int(op.attrs["axis"]) % len(lab)
+        if lab[ax] is None:
+            continue
+        for out in op.outputs:
+            ol = analysis.labels.get(out)
+            if not ol or ol[ax] is None or not ol[ax].size:
+                continue
+            cls = np.unique(analysis.atom_class[ol[ax]])
+            sig[cls] ^= rng.integers(1, 2**63, dtype=np.uint64)
+            if out not in used:
+                dead[cls] = True
+    return sig, dead
+
+
+def balanced_scores(analysis: AnalysisResult, scores: np.ndarray) -> np.ndarray:
+    """Scores re-expressed, in groups that sized splits cut into pieces, as each channel's rank within its piece
+    (0 lowest .. 1 highest; channels of unused pieces below 0), so a per-group ratio takes the same share of
+    every piece. Other groups keep their scores."""
+    sig, dead = split_cells(analysis)
+    if not sig.any():
+        return scores
+    out = np.array(scores, dtype=np.float64, copy=True)
+    for g in analysis.groups:
+        cls = g.classes[~g.frozen]
+        if cls.size < 2 or np.unique(sig[cls]).size < 2:
+            continue
+        s = np.nan_to_num(np.asarray(scores, dtype=np.float64)[cls], nan=np.inf)
+        for cell in np.unique(sig[cls]):
+            members = np.flatnonzero(sig[cls] == cell)
+            order = np.argsort(s[members], kind="stable")
+            q = np.empty(members.size)
+            q[order] = (np.arange(members.size) + 0.5) / members.size
+            out[cls[members]] = np.where(dead[cls[members]], q - 2.0, q)
+    return out

@@ -833,6 +833,71 @@ def test_split(how):
         assert [k for k in keep if k < 8] == [k - 8 for k in keep if k >= 8]
 
 
+class UnevenChunkNet(nn.Module):
+    """EdgeNeXt's split of 11 channels into chunk(3) = 4, 4, 3 (or split(4) = 4, 4, 3), each piece through its
+    own depthwise conv: pruned piece by piece, the call becomes a split with the new sizes."""
+
+    def __init__(self, how: str, loop: bool = False) -> None:
+        super().__init__()
+        self.how, self.loop = how, loop
+        self.c1, self.c2 = nn.Conv2d(3, 11, 1), nn.Conv2d(11, 5, 1)
+        self.dw = nn.ModuleList([nn.Conv2d(k, k, 3, padding=1, groups=k) for k in (4, 4, 3)])
+
+    def forward(self, x):
+        h = F.relu(self.c1(x))
+        if self.how == "method":
+            parts = h.chunk(3, dim=1)
+        elif self.how == "function":
+            parts = torch.chunk(h, 3, 1)
+        else:
+            parts = torch.split(h, 4, dim=1)
+        if self.loop:  # not symbolically traceable: torch.export, aten.chunk / aten.split
+            return self.c2(torch.cat([d(p) for d, p in zip(self.dw, parts, strict=True)], 1))
+        return self.c2(torch.cat([self.dw[0](parts[0]), self.dw[1](parts[1]), self.dw[2](parts[2])], 1))
+
+
+@pytest.mark.parametrize("loop", [False, True], ids=["fx", "export"])
+@pytest.mark.parametrize("how", ["method", "function", "split_int"])
+def test_uneven_chunk_prunes_each_piece(how, loop):
+    m = UnevenChunkNet(how, loop).eval()
+    with torch.no_grad():  # the last piece matters least: it keeps the fewest channels but at least one
+        m.c1.weight[8:] *= 0.01
+    # the independent reference matches modules by type, which torch.export's graph does not keep
+    r = check(m, torch.randn(1, 3, 8, 8), independent=not loop, granularity=1)
+    assert not frozen_targets(r) and r.report.macs_ratio < 0.6
+    c1 = sub(r, "c1")
+    keep = kept_indices(m.c1.weight, c1.weight, 0)
+    pieces = [sum(1 for k in keep if lo <= k < hi) for lo, hi in ((0, 4), (4, 8), (8, 11))]
+    assert [sub(r, f"dw.{i}").weight.shape[0] for i in range(3)] == pieces and min(pieces) >= 1
+    calls = [n for n in r.model.graph.nodes if "split" in str(n.target) or "chunk" in str(n.target)]
+    assert len(calls) == 1 and list(calls[0].args[1]) == pieces
+
+
+@pytest.mark.parametrize("ratio", [0.5, 0.75])
+def test_split_pieces_lose_the_same_share(ratio):
+    """A CSP stage: one conv's output split in two halves that go different ways. The first half's filters are
+    tiny, yet each half keeps the same share of its channels (ranking the whole group would leave it one)."""
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c1, self.a, self.b = nn.Conv2d(3, 16, 1), nn.Conv2d(8, 4, 1), nn.Conv2d(8, 4, 1)
+
+        def forward(self, x):
+            p, q = torch.split(F.relu(self.c1(x)), [8, 8], dim=1)
+            return self.a(p) + self.b(q)
+
+    m = Net()
+    with torch.no_grad():
+        m.c1.weight[:8] *= 1e-3
+    r = check(m, torch.randn(2, 3, 5, 5), granularity=1, ratio=ratio)
+    n = round(8 * (1 - ratio))
+    assert sub(r, "a").in_channels == sub(r, "b").in_channels == n
+    # the threshold policy still compares every channel with one threshold: the tiny half goes
+    r = check(m, torch.randn(2, 3, 5, 5), granularity=1, threshold=0.01)
+    assert sub(r, "a").in_channels == 1 and sub(r, "b").in_channels == 8
+
+
 def test_split_three_way_with_unused_part():
     class Net(nn.Module):
         def __init__(self):
