@@ -104,7 +104,10 @@ def models(args) -> list[tuple[str, str]]:
 
 
 def _export_onnx(m, x, path: str):
-    """The model through the TorchScript ONNX exporter (opset 17), as a user would hand it to ``prunec``."""
+    """The model as a user would hand it to ``prunec``: through the TorchScript ONNX exporter (opset 17), else
+    (a model it cannot export, such as EVA-02) through the dynamo exporter (opset 18). Returns (proto, exporter)."""
+    import contextlib
+    import io
     import warnings
 
     import onnx
@@ -112,8 +115,16 @@ def _export_onnx(m, x, path: str):
 
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
-        torch.onnx.export(m, (x,), path, dynamo=False, opset_version=17, input_names=["x"])
-    return onnx.load(path)
+        try:
+            torch.onnx.export(m, (x,), path, dynamo=False, opset_version=17, input_names=["x"])
+            return onnx.load(path), "torchscript"
+        except Exception as first:
+            try:
+                with contextlib.redirect_stdout(io.StringIO()):
+                    torch.onnx.export(m, (x,), path, dynamo=True, opset_version=18, input_names=["x"])
+            except Exception:
+                raise first from None
+            return onnx.load(path), "dynamo"
 
 
 def one(name: str, family: str, max_params: float, via_onnx: bool = False) -> dict:
@@ -148,7 +159,7 @@ def one(name: str, family: str, max_params: float, via_onnx: bool = False) -> di
 
         try:
             with tempfile.TemporaryDirectory() as tmp:
-                proto = _export_onnx(m, x, os.path.join(tmp, "model.onnx"))
+                proto, exporter = _export_onnx(m, x, os.path.join(tmp, "model.onnx"))
         except Exception as exc:
             row.update(status="export failed", error=f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:200]}")
             return row
@@ -168,7 +179,7 @@ def one(name: str, family: str, max_params: float, via_onnx: bool = False) -> di
     reasons = sorted({reason.split(": ", 1)[-1] for g in frozen for reason in g.reasons})
     row.update(
         status="ok" if rep.verification["passed"] else "verification failed",
-        traced=rep.trace_method,
+        traced=rep.trace_method + (" (dynamo export)" if via_onnx and exporter == "dynamo" else ""),
         groups=len(rep.groups),
         frozen=len(frozen),
         reasons="; ".join(reasons)[:160],
@@ -216,7 +227,8 @@ def write(rows: list[dict], total: int, timm: bool = False, via_onnx: bool = Fal
     if via_onnx:
         what += ", exported to ONNX,"
         cmd = cmd[:-1] + " --onnx`"
-        how = ("each model exported with the TorchScript ONNX exporter (opset 17, static shapes), then "
+        how = ("each model exported with the TorchScript ONNX exporter (opset 17, static shapes; where that "
+               "fails, the dynamo exporter, opset 18, marked in `traced`), then "
                "`compiler.compile(onnx_model, ratio=0.5)` (what `prunec compile model.onnx` does)")
     lines = [
         f"# Coverage: {what} through prunec",
