@@ -379,14 +379,15 @@ def _spatial(op: Op, ctx: RuleContext) -> None:
 
 @register("reduce")
 def _reduce(op: Op, ctx: RuleContext) -> None:
-    """Reductions: a sum over channels is exact with removed channels; so is a mean whose rewrite keeps
-    the original divisor (``rescalable``: the torch rewrite multiplies it by kept / original count,
-    RMSNorm's mean of squares); max/min/var/... over channels are not."""
+    """Reductions: a sum over channels is exact with removed channels, and so are the L1 and L2 norms and
+    the sum of squares (a zeroed channel adds 0); so is a mean whose rewrite keeps the original divisor
+    (``rescalable``: the torch rewrite multiplies it by kept / original count, RMSNorm's mean of squares);
+    max/min/var/logsumexp/... over channels are not."""
     x = op.inputs[0]
     xl = ctx.get(x)
     dims = {_axis(d, len(xl)) for d in op.attrs["dims"]}
     keepdim = bool(op.attrs.get("keepdim", False))
-    exact = op.attrs.get("fn") == "sum" or (op.attrs.get("fn") == "mean" and op.attrs.get("rescalable", False))
+    exact = op.attrs.get("fn") in ("sum", "l1", "l2", "sumsquare") or (op.attrs.get("fn") == "mean" and op.attrs.get("rescalable", False))
     out: Labels = []
     for d, lab in enumerate(xl):
         if d in dims:
@@ -674,7 +675,9 @@ def _attention(op: Op, ctx: RuleContext) -> None:
 
 @register("expand")
 def _expand(op: Op, ctx: RuleContext) -> None:
-    """expand/broadcast_to: kept dims keep their channels; size-1 dims grown by broadcasting have none."""
+    """expand/broadcast_to: kept dims keep their channels. A size-1 dim grown by broadcasting holds copies of
+    one value, so it can take any channels: it gets fresh atoms, which whatever it meets ties to (F.normalize as
+    exported to ONNX: x / Expand(ReduceL2(x), Shape(x)) prunes with x; the rewrite fits the target shape)."""
     x, y = op.inputs[0], op.outputs[0]
     xl, si, so = ctx.get(x), ctx.shape(x), ctx.shape(y)
     lead = len(so) - len(si)
@@ -684,7 +687,7 @@ def _expand(op: Op, ctx: RuleContext) -> None:
             out.append(lab)
         else:
             ctx.freeze(lab, "expand of a single-channel dimension")
-            out.append(None)
+            out.append(ctx.atoms.fresh(so[lead + d]))
     ctx.set(y, out)
 
 

@@ -1056,3 +1056,25 @@ def test_constant_computed_from_pruned_weights_is_taken_from_the_sliced_original
     add = next(n for n in r.model.graph.node if n.name == "add")
     assert c[add.input[1]].shape == (1, 4, 4)
     _check_independent(m, r)
+
+
+def test_l2_normalize_as_exported_prunes_with_its_input():
+    """F.normalize exported by TorchScript: x / Expand(Clip(ReduceL2(x)), Shape(x)) over the channel dim (SwinV2's
+    cosine attention). A removed channel adds nothing to the norm, so the channels prune; the expanded divisor
+    follows x."""
+    text = """
+    g (float[1,3,4] x) => (float[1,2,4] y) {
+      [c1] a = Conv(x, w1, b1)
+      [n2] nrm = ReduceL2<axes=[1], keepdims=1>(a)
+      [clip] c = Clip(nrm, eps)
+      [sh] s = Shape(a)
+      [ex] e = Expand(c, s)
+      [div] d = Div(a, e)
+      [c2] y = Conv(d, w2)
+    }"""
+    m = build(text, {"w1": (8, 3, 1), "b1": (8,), "w2": (2, 8, 1), "eps": np.array(1e-12, np.float32)})
+    r = prune_onnx(m)
+    c = consts(r.model)
+    assert c["w1"].shape == (4, 3, 1) and c["w2"].shape == (2, 4, 1)
+    assert not any(g.frozen and g.channels_before == 8 for g in r.report.groups)
+    _check_independent(m, r)
