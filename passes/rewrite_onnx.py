@@ -72,14 +72,10 @@ def _tensor(arr: np.ndarray, name: str, data_type: int | None = None) -> onnx.Te
 
 def _broadcast_shape(a: tuple[int, ...], b: list[int]) -> tuple[int, ...] | None:
     """numpy/ONNX multidirectional broadcasting of two shapes (None: incompatible)."""
-    rank = max(len(a), len(b))
-    a2, b2 = [1] * (rank - len(a)) + list(a), [1] * (rank - len(b)) + list(b)
-    out = []
-    for p, q in zip(a2, b2, strict=True):
-        if p != q and 1 not in (p, q):
-            return None
-        out.append(q if p == 1 else p)
-    return tuple(out)
+    try:
+        return tuple(int(n) for n in np.broadcast_shapes(tuple(a), tuple(b)))
+    except ValueError:
+        return None
 
 
 def _same(a: np.ndarray | None, b: np.ndarray | None) -> bool:
