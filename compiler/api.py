@@ -10,7 +10,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from compiler.pipeline import Options, Plan, Steps, build_report, plan, weight_updates
+from compiler.options import Options
+from compiler.pipeline import Plan, Steps, build_report, plan, weight_updates
 from compiler.report import Report
 from frontends.errors import InvalidArgumentError, PrunecError, UnsupportedModelError
 
@@ -66,46 +67,6 @@ class CompileResult:
         if isinstance(out, list):  # ONNX Runtime: a list of arrays
             return out[0] if len(out) == 1 else out
         return out
-
-
-def _check_options(opts: Options) -> None:
-    from passes.saliency import EQUALIZATIONS, NORMALIZERS, Saliency
-
-    if opts.importance not in Saliency.CRITERIA:
-        raise InvalidArgumentError(
-            f"importance={opts.importance!r} is not available; choose from {', '.join(Saliency.CRITERIA)}"
-        )
-    if opts.equalization not in EQUALIZATIONS:
-        raise InvalidArgumentError(f"equalization={opts.equalization!r}; choose from {', '.join(EQUALIZATIONS)}")
-    if opts.normalizer not in NORMALIZERS:
-        raise InvalidArgumentError(f"normalizer={opts.normalizer!r}; choose from {', '.join(NORMALIZERS)}")
-    given = [x is not None for x in (opts.ratio, opts.threshold, opts.target_macs, opts.f_nz, opts.target_latency)]
-    if sum(given) > 1:
-        raise InvalidArgumentError("give only one of ratio=, threshold=, target_macs=, target_latency=, f_nz=")
-    if opts.allocation not in ("uniform", "latency"):
-        raise InvalidArgumentError(f"allocation must be 'uniform' or 'latency', got {opts.allocation!r}")
-    if opts.allocation == "latency" and opts.target_macs is None:
-        raise InvalidArgumentError("allocation='latency' goes with target_macs= (target_latency= allocates by latency already)")
-    if opts.target_latency is not None and not (
-        isinstance(opts.target_latency, (int, float)) and math.isfinite(opts.target_latency) and opts.target_latency > 0
-    ):
-        raise InvalidArgumentError(f"target_latency must be positive milliseconds or a fraction, got {opts.target_latency!r}")
-    if opts.f_nz is not None and not (isinstance(opts.f_nz, (int, float)) and 0.0 <= opts.f_nz < 1.0):
-        raise InvalidArgumentError(f"f_nz must be a fraction in [0, 1), got {opts.f_nz!r}")
-    if opts.ratio is not None and not (isinstance(opts.ratio, (int, float)) and 0.0 <= opts.ratio < 1.0):
-        raise InvalidArgumentError(f"ratio must be a number in [0, 1), got {opts.ratio!r}")
-    if opts.target_macs is not None and not opts.target_macs > 0:
-        raise InvalidArgumentError(f"target_macs must be positive, got {opts.target_macs!r}")
-    if not isinstance(opts.granularity, int) or opts.granularity < 1:
-        raise InvalidArgumentError(f"granularity must be an integer >= 1, got {opts.granularity!r}")
-    if not isinstance(opts.min_channels, int) or opts.min_channels < 1:
-        raise InvalidArgumentError(f"min_channels must be an integer >= 1, got {opts.min_channels!r}")
-    if opts.attention not in ("head_dim", "heads", "both"):
-        raise InvalidArgumentError(f"attention must be 'head_dim', 'heads' or 'both', got {opts.attention!r}")
-    if opts.scope not in ("local", "global"):
-        raise InvalidArgumentError(f"scope must be 'local' or 'global', got {opts.scope!r}")
-    if isinstance(opts.ignore, str):
-        opts.ignore = [opts.ignore]
 
 
 def _check_backend(backend: str, provider: str, fp16: Any) -> None:
@@ -208,7 +169,7 @@ def compile(  # noqa: A001 - the public contract's name
         target_latency=target_latency,
         allocation=allocation,
     )
-    _check_options(opts)
+    opts.validate()
     _check_backend(backend, provider, fp16)
     backend_options = {"backend": backend, "provider": provider, "fp16": bool(fp16)}
     try:

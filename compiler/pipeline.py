@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from compiler.graph_view import build_graph_view
+from compiler.options import Options
 from compiler.report import FrozenOp, GroupReport, LayerReport, Report
 from frontends.errors import PrunecError
 from frontends.graph import ChannelGraph
@@ -22,46 +23,7 @@ from passes.selection import Selection, SelectionResult
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Options", "Plan", "plan", "select_latency", "build_report", "Steps"]
-
-
-@dataclass
-class Options:
-    ratio: float | None = None
-    threshold: float | None = None
-    target_macs: float | None = None
-    importance: str = "l2"
-    equalization: str = "arithmetic_mean"
-    normalizer: str = "max"
-    granularity: int = 8
-    min_channels: int = 1
-    scope: str = "local"
-    ignore: Sequence[str] = ()
-    verify: bool = True
-    rtol: float = 1e-5
-    seed: int = 0
-    f_nz: float | None = None
-    bias_propagation: bool | None = None  # None: on for mrs and f_nz
-    compensate: bool | None = None  # None: on for obs
-    probes: int = 4
-    attention: str = "head_dim"  # or "heads": what a reshape into attention heads prunes
-    target_latency: float | None = None  # milliseconds (> 1) or a fraction of the original's latency (<= 1)
-    allocation: str = "uniform"  # target_macs: "uniform" ratio per group, or "latency": saliency per measured ms saved
-
-    @property
-    def propagate_bias(self) -> bool:
-        if self.bias_propagation is not None:
-            return self.bias_propagation
-        return self.importance == "mrs" or self.f_nz is not None
-
-    @property
-    def compensates(self) -> bool:
-        return self.compensate if self.compensate is not None else self.importance == "obs"
-
-    def settings(self) -> dict[str, Any]:
-        d = dict(self.__dict__)
-        d["ignore"] = list(self.ignore)
-        return d
+__all__ = ["Plan", "plan", "select_latency", "build_report", "Steps"]
 
 
 class Steps:

@@ -30,7 +30,8 @@ from compiler.backend import (
     time_interleaved,
 )
 from compiler.latency import ConvSpec, LatencyModel, LinearSpec, _Table
-from compiler.pipeline import Options, select_latency
+from compiler.options import Options
+from compiler.pipeline import select_latency
 from frontends.errors import InvalidArgumentError, PrunecError
 from frontends.torch_fx import load_torch
 from passes.channel_analysis import ChannelAnalysis

@@ -78,7 +78,8 @@ def small() -> compiler.CompileResult:
 def r50():
     """ResNet-50's report, planned but not rewritten (the page needs only the report; this halves the time)."""
     torchvision = pytest.importorskip("torchvision")
-    from compiler.pipeline import Options, Steps, build_report, plan
+    from compiler.options import Options
+    from compiler.pipeline import Steps, build_report, plan
     from frontends.torch_fx import load_torch
 
     model = torchvision.models.resnet50(weights=None).eval()

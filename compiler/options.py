@@ -1,0 +1,99 @@
+"""Compile options: one record, validated once (``Options.validate``) at the API's door."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from frontends.errors import InvalidArgumentError
+
+__all__ = ["Options"]
+
+
+@dataclass
+class Options:
+    ratio: float | None = None
+    threshold: float | None = None
+    target_macs: float | None = None
+    importance: str = "l2"
+    equalization: str = "arithmetic_mean"
+    normalizer: str = "max"
+    granularity: int = 8
+    min_channels: int = 1
+    scope: str = "local"
+    ignore: Sequence[str] = ()
+    verify: bool = True
+    rtol: float = 1e-5
+    seed: int = 0
+    f_nz: float | None = None
+    bias_propagation: bool | None = None  # None: on for mrs and f_nz
+    compensate: bool | None = None  # None: on for obs
+    probes: int = 4
+    attention: str = "head_dim"  # or "heads": what a reshape into attention heads prunes
+    target_latency: float | None = None  # milliseconds (> 1) or a fraction of the original's latency (<= 1)
+    allocation: str = "uniform"  # target_macs: "uniform" ratio per group, or "latency": saliency per measured ms saved
+    # raw criterion statistics and weight updates pass through this (an all-reduce under torch.distributed)
+    statistics_reducer: Callable[[np.ndarray], np.ndarray] | None = field(default=None, repr=False)
+
+    def reduce(self, a: np.ndarray) -> np.ndarray:
+        return a if self.statistics_reducer is None else self.statistics_reducer(a)
+
+    @property
+    def propagate_bias(self) -> bool:
+        if self.bias_propagation is not None:
+            return self.bias_propagation
+        return self.importance == "mrs" or self.f_nz is not None
+
+    @property
+    def compensates(self) -> bool:
+        return self.compensate if self.compensate is not None else self.importance == "obs"
+
+    def settings(self) -> dict[str, Any]:
+        d = dict(self.__dict__)
+        d.pop("statistics_reducer")
+        d["ignore"] = list(self.ignore)
+        return d
+
+    def validate(self) -> None:
+        """Raise :class:`InvalidArgumentError` naming the first bad option; the passes trust what passes here."""
+        from passes.saliency import EQUALIZATIONS, NORMALIZERS, Saliency
+
+        if self.importance not in Saliency.CRITERIA:
+            raise InvalidArgumentError(
+                f"importance={self.importance!r} is not available; choose from {', '.join(Saliency.CRITERIA)}"
+            )
+        if self.equalization not in EQUALIZATIONS:
+            raise InvalidArgumentError(f"equalization={self.equalization!r}; choose from {', '.join(EQUALIZATIONS)}")
+        if self.normalizer not in NORMALIZERS:
+            raise InvalidArgumentError(f"normalizer={self.normalizer!r}; choose from {', '.join(NORMALIZERS)}")
+        given = [x is not None for x in (self.ratio, self.threshold, self.target_macs, self.f_nz, self.target_latency)]
+        if sum(given) > 1:
+            raise InvalidArgumentError("give only one of ratio=, threshold=, target_macs=, target_latency=, f_nz=")
+        if self.allocation not in ("uniform", "latency"):
+            raise InvalidArgumentError(f"allocation must be 'uniform' or 'latency', got {self.allocation!r}")
+        if self.allocation == "latency" and self.target_macs is None:
+            raise InvalidArgumentError("allocation='latency' goes with target_macs= (target_latency= allocates by latency already)")
+        if self.target_latency is not None and not (
+            isinstance(self.target_latency, (int, float)) and math.isfinite(self.target_latency) and self.target_latency > 0
+        ):
+            raise InvalidArgumentError(f"target_latency must be positive milliseconds or a fraction, got {self.target_latency!r}")
+        if self.f_nz is not None and not (isinstance(self.f_nz, (int, float)) and 0.0 <= self.f_nz < 1.0):
+            raise InvalidArgumentError(f"f_nz must be a fraction in [0, 1), got {self.f_nz!r}")
+        if self.ratio is not None and not (isinstance(self.ratio, (int, float)) and 0.0 <= self.ratio < 1.0):
+            raise InvalidArgumentError(f"ratio must be a number in [0, 1), got {self.ratio!r}")
+        if self.target_macs is not None and not self.target_macs > 0:
+            raise InvalidArgumentError(f"target_macs must be positive, got {self.target_macs!r}")
+        if not isinstance(self.granularity, int) or self.granularity < 1:
+            raise InvalidArgumentError(f"granularity must be an integer >= 1, got {self.granularity!r}")
+        if not isinstance(self.min_channels, int) or self.min_channels < 1:
+            raise InvalidArgumentError(f"min_channels must be an integer >= 1, got {self.min_channels!r}")
+        if self.attention not in ("head_dim", "heads", "both"):
+            raise InvalidArgumentError(f"attention must be 'head_dim', 'heads' or 'both', got {self.attention!r}")
+        if self.scope not in ("local", "global"):
+            raise InvalidArgumentError(f"scope must be 'local' or 'global', got {self.scope!r}")
+        if isinstance(self.ignore, str):
+            self.ignore = [self.ignore]
