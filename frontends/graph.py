@@ -4,7 +4,7 @@ A :class:`ChannelGraph` is a list of :class:`Op` in topological order over named
 :class:`Value` s. Constants (weights, buffers, ONNX initializers) are values with
 ``data``; every op keeps a handle (``source``) to the node it came from so that a
 rewrite can go back to the source format. Op ``kind`` s are the neutral vocabulary
-the op registry (:mod:`passes.registry`) understands; an op a frontend cannot map
+the op specs (:mod:`passes.ops`) understand; an op a frontend cannot map
 is lowered with ``kind="unknown"`` and its source-level ``target`` name.
 """
 

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from frontends.errors import InvalidArgumentError
 from frontends.torch_fx import TracedModel
 from passes.channel_analysis import AnalysisResult
+from passes.ops import lookup
 
 log = logging.getLogger(__name__)
 
@@ -137,40 +138,24 @@ class Consumer:
 
 
 def consumers(traced: TracedModel, analysis: AnalysisResult) -> list[Consumer]:
-    """Every op that contracts over a tracked channel dim of its input."""
-    graph = analysis.graph
+    """Every op that contracts over a tracked channel dim of its input (its spec's ``reads``)."""
     out: list[Consumer] = []
-    for op in graph.ops.values():
+    for op in analysis.graph.ops.values():
         node = op.source
-        if not isinstance(node, torch.fx.Node):
+        spec = lookup(op)
+        if not isinstance(node, torch.fx.Node) or spec is None or spec.reads is None:
             continue
-        if op.kind == "conv" and not op.attrs.get("transposed"):
-            x, dim, w = op.inputs[0], 1, op.inputs[1]
-        elif op.kind == "conv":
-            x, dim, w = op.inputs[0], 1, op.inputs[1]
-        elif op.kind == "linear":
-            x, dim, w = op.inputs[0], len(graph.shape(op.inputs[0])) - 1, op.inputs[1]
-        elif op.kind == "matmul":
-            x, dim = op.inputs[0], len(graph.shape(op.inputs[0])) - 1
-            w = op.inputs[1] if graph.values[op.inputs[1]].is_const else None
-        elif op.kind == "reduce" and (op.attrs.get("fn") == "sum" or (op.attrs.get("fn") == "mean" and op.attrs.get("rescalable"))):
-            x = op.inputs[0]
-            rank = len(graph.shape(x))
-            dims = [d % rank for d in op.attrs["dims"]]
-            lab = analysis.labels.get(x)
-            tracked = [d for d in dims if lab and lab[d] is not None]
-            if not tracked:
-                continue
-            dim, w = tracked[0], None
-        else:
+        read = spec.reads(op, analysis)
+        if read is None:
             continue
-        lab = analysis.labels.get(x)
-        if not lab or lab[dim] is None:
+        x = op.inputs[read.input]
+        lab = analysis.labels.get(x) if x is not None else None
+        if not lab or lab[read.dim] is None:
             continue
         if not node.args or not isinstance(node.args[0], torch.fx.Node):
             continue
-        cls = analysis.atom_class[lab[dim]]
-        out.append(Consumer(op.name, node.name, 0, x, dim, cls, op.kind, w, dict(op.attrs)))
+        cls = analysis.atom_class[lab[read.dim]]
+        out.append(Consumer(op.name, node.name, read.input, x, read.dim, cls, op.kind, read.weight, dict(op.attrs)))
     return out
 
 

@@ -1,10 +1,10 @@
 """Analysis pass: channel atoms, coupling groups and frozen channels.
 
-Walks the channel graph once in topological order, applying the registry rule of
-each op. Then solves the recorded ties into channel classes and groups classes by
+Walks the channel graph once in topological order, applying the channel rule of
+each op's spec (:mod:`passes.ops`). Then solves the recorded ties into channel classes and groups classes by
 the producers (scored layers) they share.
 
-Rewrite cases the rules handle are listed in :mod:`passes.registry`. Channels are
+The cases the rules handle are listed in the op families of :mod:`passes.ops`. Channels are
 frozen (never pruned) where they touch: the model's inputs and outputs, an op
 with no rule (named in ``unknown_ops``), a layer in ``ignore``, and the places a
 rule cannot prune exactly.
@@ -23,7 +23,7 @@ from scipy.sparse.csgraph import connected_components
 
 from frontends.graph import ChannelGraph, Op
 from passes.atoms import AtomTable, Labels
-from passes.registry import Producer, RuleContext, lookup
+from passes.ops import Producer, RuleContext, lookup
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +115,8 @@ class ChannelAnalysis:
         rule_calls = 0
         for op in graph.ops.values():
             ctx.op = op
-            rule = lookup(op)
+            spec = lookup(op)
+            rule = spec.rule if spec is not None else None
             if rule is None:
                 self._freeze_unknown(op, ctx)
                 unknown.append(UnknownOp(op.name, op.target, op.label))

@@ -2,35 +2,24 @@
 
 Shapes come from a function so the same code counts the original graph and a
 planned pruning (``AnalysisResult.pruned_shape``) before anything is rewritten.
+Each op kind's count is part of its spec (:mod:`passes.ops`).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 from frontends.graph import ChannelGraph, Op
+from passes.ops import lookup
+from passes.ops.spec import ShapeFn
 
 __all__ = ["op_macs", "graph_macs", "graph_params"]
 
-ShapeFn = Callable[[str], tuple[int, ...]]
-
 
 def op_macs(op: Op, shape: ShapeFn) -> int:
-    """Multiply-accumulates of one op (0 for ops that are not layers)."""
-    if op.kind == "conv":
-        w = shape(op.inputs[1])
-        n = math.prod(shape(op.inputs[0])) if op.attrs.get("transposed") else math.prod(shape(op.outputs[0]))
-        return n * math.prod(w[1:])
-    if op.kind == "linear":
-        return math.prod(shape(op.outputs[0])) * shape(op.inputs[1])[1]
-    if op.kind == "matmul":
-        return math.prod(shape(op.outputs[0])) * shape(op.inputs[0])[-1]
-    if op.kind == "attention":  # q @ k^T, then weights @ v
-        q, k, v = shape(op.inputs[0]), shape(op.inputs[1]), shape(op.inputs[2])
-        scores = math.prod(q[:-1]) * k[-2]
-        return scores * q[-1] + scores * v[-1]
-    return 0
+    """Multiply-accumulates of one op: its spec's ``macs`` (0 for ops whose spec counts none)."""
+    spec = lookup(op)
+    return spec.macs(op, shape) if spec is not None and spec.macs is not None else 0
 
 
 def graph_macs(graph: ChannelGraph, shape: ShapeFn | None = None) -> int:

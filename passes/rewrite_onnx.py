@@ -44,7 +44,7 @@ from frontends.onnx_frontend import (
     slice_range,
 )
 from passes.channel_analysis import AnalysisResult
-from passes.registry import strided_blocks
+from passes.ops import strided_blocks
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 
 from frontends.torch_fx import load_torch
-from passes import registry
+from passes.ops import SPECS, OpSpec
 from passes.channel_analysis import ChannelAnalysis
 from passes.rewrite_fx import RewriteFX
 
@@ -141,14 +141,14 @@ def test_analysis_and_rewrite_work_is_linear(cls):
 
 def test_a_quadratic_rule_is_caught(monkeypatch):
     """The check has teeth: an activation rule that looks at every value of the graph makes the analysis quadratic."""
-    inner = registry.RULES["unary"]
+    inner = SPECS["unary"].rule
 
     def scanning(op, ctx):  # noqa: ANN001
         for v in ctx.graph.values:
             ctx.graph.shape(v)
         return inner(op, ctx)
 
-    monkeypatch.setitem(registry.RULES, "unary", scanning)
+    monkeypatch.setitem(SPECS, "unary", OpSpec("unary", rule=scanning))
     measure(Residual, DEPTHS[0])
     rows = [measure(Residual, n) for n in DEPTHS]
     assert marginal_growth(rows, "analysis_calls") > GROWTH_LIMIT

@@ -1,4 +1,4 @@
-"""Every op kind of the registry (passes/registry.py RULES), one tiny model at a time.
+"""Every op kind of the op specs (passes/ops), one tiny model at a time.
 
 Each test compiles with ``ratio=0.5, granularity=1`` and checks
 
@@ -30,7 +30,7 @@ from _checks import (
     masked_reference,
     prune,
 )
-from passes.registry import RULES, register
+from passes.ops import SPECS, OpSpec, register
 
 
 @pytest.fixture(autouse=True)
@@ -1188,7 +1188,7 @@ def test_channel_shuffle_module_is_frozen_unless_registered(monkeypatch):
     assert sub(r, "c1").out_channels == 16 and sub(r, "c2").in_channels == 16
     assert "ChannelShuffle" in " ".join(group_of(r, "c1").reasons)
 
-    monkeypatch.delitem(RULES, "ChannelShuffle", raising=False)
+    monkeypatch.setitem(SPECS, "ChannelShuffle", OpSpec("ChannelShuffle"))  # undone after the test
 
     @register("ChannelShuffle")
     def shuffle_rule(op, ctx):
@@ -1200,7 +1200,6 @@ def test_channel_shuffle_module_is_frozen_unless_registered(monkeypatch):
         out[1] = xl[1].reshape(g, c // g).T.reshape(-1)
         ctx.set(op.outputs[0], out)
 
-    monkeypatch.setitem(RULES, "ChannelShuffle", shuffle_rule)  # undone after the test
     r = check(m, x)
     assert r.report.frozen_ops == []
     assert sub(r, "c1").out_channels == 8 and sub(r, "c2").in_channels == 8
@@ -1272,12 +1271,12 @@ def test_user_registered_rule_makes_an_unknown_op_prunable(monkeypatch):
     m = UnknownNet("wrapped")
     x = torch.randn(2, 3, 5, 5)
     target = f"{__name__}.opaque_gate"
-    assert target not in RULES
+    assert target not in SPECS
 
     def passthrough(op, ctx):
         ctx.set(op.outputs[0], ctx.get(op.inputs[0]))
 
-    monkeypatch.setitem(RULES, target, passthrough)
+    monkeypatch.setitem(SPECS, target, OpSpec(target))  # undone after the test
     register(target)(passthrough)
     r = check(m, x)
     assert r.report.frozen_ops == []
@@ -1296,7 +1295,7 @@ def test_user_rule_for_flip(monkeypatch):
                 xl[d] = xl[d][::-1].copy()
         ctx.set(op.outputs[0], xl)
 
-    monkeypatch.setitem(RULES, "Tensor.flip", flip_rule)
+    monkeypatch.setitem(SPECS, "Tensor.flip", OpSpec("Tensor.flip", rule=flip_rule))
     r = check(m, x)
     assert r.report.frozen_ops == []
     keep = kept_indices(m.c1.weight, sub(r, "c1").weight, 0)
@@ -1646,7 +1645,7 @@ def test_einsum_attention_and_weight_contraction():
 
 
 def test_einsum_parse_and_unknown_forms():
-    from passes.registry import parse_einsum
+    from passes.ops import parse_einsum
 
     assert parse_einsum("b h i d, b h j d -> b h i j", 2) == (["bhid", "bhjd"], "bhij")
     assert parse_einsum("ij,jk", 2) == (["ij", "jk"], "ik")  # implicit output
