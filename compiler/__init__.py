@@ -4,11 +4,12 @@
 model of the same kind, its report, and a callable that runs it.
 """
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from compiler.api import CompileResult, compile
 from compiler.report import Report
 from frontends.errors import (
+    InternalError,
     InvalidArgumentError,
     PrunecError,
     TraceError,
@@ -25,6 +26,7 @@ __all__ = [
     "TraceError",
     "UnsupportedModelError",
     "VerificationError",
+    "InternalError",
     "iterative_prune",
     "lottery_ticket",
     "rewind",
@@ -37,7 +39,7 @@ __all__ = [
 ]
 __version__ = "0.1.0"
 
-# The workflows (compiler/workflows.py) import torch; they load on first use so that
+# The workflows (compiler/workflows/) import torch; they load on first use so that
 # ``import compiler`` stays free of it.
 _WORKFLOWS = (
     "iterative_prune",
@@ -64,7 +66,7 @@ if TYPE_CHECKING:
     )
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> Any:
     if name in _WORKFLOWS:
         from compiler import workflows
 

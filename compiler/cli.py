@@ -1,7 +1,9 @@
 """The ``prunec`` command line.
 
-Exit codes: 0 success; 2 bad input or unsupported model (one line on stderr, no
-traceback, no output written); 1 an internal error.
+Exit codes: 0 success; 2 bad input or unsupported model (:class:`PrunecError`: one line on
+stderr, no traceback, no output written); 1 an internal error (:class:`InternalError` or any
+other exception: one line starting ``prunec: internal error:``; with ``--debug`` or
+``PRUNEC_DEBUG=1`` in the environment, the traceback first).
 """
 
 from __future__ import annotations
@@ -13,11 +15,12 @@ import logging
 import os
 import sys
 import time
+import traceback
 from collections.abc import Sequence
 from typing import Any
 
 from compiler.atomic import check_writable, write_atomic
-from frontends.errors import InvalidArgumentError, PrunecError, UnsupportedModelError
+from frontends.errors import InternalError, InvalidArgumentError, PrunecError, UnsupportedModelError
 
 log = logging.getLogger(__name__)
 
@@ -57,10 +60,21 @@ def load_model_spec(spec: str) -> Any:
         module = importlib.import_module(mod_name)
     except ImportError as exc:
         raise InvalidArgumentError(f"{spec}: cannot import {mod_name!r} ({exc})") from None
+    except Exception as exc:  # the user's module fails while it is imported
+        raise UnsupportedModelError(f"{spec}: importing {mod_name!r} failed: {_describe(exc)}") from exc
     fn = getattr(module, attr, None)
     if fn is None or not callable(fn):
         raise InvalidArgumentError(f"{spec}: {mod_name} has no callable {attr!r}")
-    return fn()
+    try:
+        return fn()
+    except Exception as exc:  # the user's factory fails: their code, not prunec's
+        raise UnsupportedModelError(f"{spec}: the model factory failed: {_describe(exc)}") from exc
+
+
+def _describe(exc: BaseException) -> str:
+    """``Type: first line of the message``: one line, whatever the exception."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
 
 
 def _default_shape(spec: str) -> tuple[int, ...]:
@@ -404,7 +418,7 @@ def _add_prune_parser(sub: Any) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="prunec", description="Structured pruning compiler: smaller dense models, verified.")
-    p.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    p.add_argument("--debug", action="store_true", help="show tracebacks and debug logs (also: PRUNEC_DEBUG=1)")
     sub = p.add_subparsers(dest="command", required=True)
 
     d = sub.add_parser("demo", help="self-contained first run: build, train briefly, prune, verify, report")
@@ -428,22 +442,34 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _debug_env() -> bool:
+    return os.environ.get("PRUNEC_DEBUG", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; returns the exit code (0 success, 2 the input's fault, 1 prunec's own)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING, format="%(name)s: %(message)s")
+    debug = bool(args.debug) or _debug_env()
+    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(name)s: %(message)s")
     try:
         return int(args.func(args) or 0)
-    except PrunecError as exc:
-        print(f"prunec: error: {exc}", file=sys.stderr)
+    except PrunecError as exc:  # the input's fault: InvalidArgumentError, TraceError, UnsupportedModelError
+        print(f"prunec: error: {_one_line(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("prunec: interrupted", file=sys.stderr)
         return 130
-    except Exception as exc:  # an internal error: say so, keep it short unless --debug
-        if args.debug:
-            raise
-        print(f"prunec: internal error: {type(exc).__name__}: {exc} (run with --debug for a traceback)", file=sys.stderr)
+    except Exception as exc:  # InternalError (VerificationError, failed checks) or any other bug of prunec
+        if debug:
+            traceback.print_exc(file=sys.stderr)
+        hint = "" if debug else " (set PRUNEC_DEBUG=1 for a traceback)"
+        what = "" if type(exc) is InternalError else f"{type(exc).__name__}: "  # a subclass or a bug: name it
+        print(f"prunec: internal error: {what}{_one_line(str(exc))}{hint}", file=sys.stderr)
         return 1
 
 

@@ -144,3 +144,80 @@ def test_main_in_process(capsys):
     assert main(["inspect", "torchvision:nope"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("prunec: error:")
+
+
+# -- the exit-code contract: 2 for the input's fault, 1 for prunec's own -----------------------------
+
+
+def assert_internal_error(proc: subprocess.CompletedProcess, *words: str) -> None:
+    """Exit 1; besides progress lines, exactly one line on stderr, starting ``prunec: internal error:``."""
+    assert proc.returncode == 1, (proc.returncode, proc.stderr)
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip() and not PROGRESS.match(ln)]
+    assert len(lines) == 1, proc.stderr
+    assert "Traceback" not in proc.stderr and "Traceback" not in proc.stdout
+    assert lines[0].startswith("prunec: internal error:"), lines[0]
+    for w in words:
+        assert w in lines[0], lines[0]
+
+
+def _fail_in_analysis(monkeypatch: pytest.MonkeyPatch, exc: BaseException) -> None:
+    """Make the channel analysis, deep inside ``compile``, raise ``exc``."""
+    from passes.channel_analysis import ChannelAnalysis
+
+    def fail(self, *args, **kwargs):
+        raise exc
+
+    monkeypatch.setattr(ChannelAnalysis, "call", fail)
+    monkeypatch.delenv("PRUNEC_DEBUG", raising=False)
+
+
+SMALL = ["inspect", "test_errors:small", "--input-shape", "1,3,8,8"]
+
+
+def _internal_errors():
+    from frontends.errors import InternalError, VerificationError
+
+    return {
+        "internal-error": InternalError("the pruned graph has 10 MACs, the plan said 12"),
+        "verification-error": VerificationError("pruned model differs from the original by 0.5", max_abs_error=0.5),
+    }
+
+
+@pytest.mark.parametrize("case", ["internal-error", "verification-error"])
+def test_internal_error_exits_1_with_one_line(tmp_path, capfd, monkeypatch, case):
+    """prunec's own failure on an input it accepted (a failed check, a verification mismatch) is exit 1, never 2."""
+    exc = _internal_errors()[case]
+    _fail_in_analysis(monkeypatch, exc)
+    out = tmp_path / "report.json"
+    proc = run_main(capfd, *SMALL, "--json", str(out))
+    assert_internal_error(proc, str(exc))
+    assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+def test_unexpected_exception_deep_inside_exits_1_with_one_line(tmp_path, capfd, monkeypatch):
+    _fail_in_analysis(monkeypatch, RuntimeError("index 7 is out of bounds\nfor dimension 0 with size 4"))
+    out = tmp_path / "report.json"
+    proc = run_main(capfd, *SMALL, "--json", str(out))
+    assert_internal_error(proc, "RuntimeError", "index 7 is out of bounds for dimension 0 with size 4", "PRUNEC_DEBUG")
+    assert list(tmp_path.iterdir()) == []
+    # PRUNEC_DEBUG=1: the traceback first, then the same line; still exit 1
+    monkeypatch.setenv("PRUNEC_DEBUG", "1")
+    proc = run_main(capfd, *SMALL)
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" in proc.stderr and "in fail" in proc.stderr
+    assert proc.stderr.splitlines()[-1].startswith("prunec: internal error: RuntimeError: index 7")
+
+
+def broken_factory():
+    raise RuntimeError("this model needs a config file")
+
+
+def test_a_failing_model_factory_is_bad_input_exit_2(tmp_path, capfd, monkeypatch):
+    """The user's factory or module raising is their code at fault: exit 2 naming the spec, not an internal error."""
+    monkeypatch.delenv("PRUNEC_DEBUG", raising=False)
+    proc = run_main(capfd, "inspect", "test_cli:broken_factory", "--input-shape", "1,3,8,8")
+    assert_one_line_error(proc, "test_cli:broken_factory", "RuntimeError", "needs a config file")
+    (tmp_path / "explodes_on_import.py").write_text("raise KeyError('MODEL_HOME')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    proc = run_main(capfd, "inspect", "explodes_on_import:build", "--input-shape", "1,3,8,8")
+    assert_one_line_error(proc, "explodes_on_import", "KeyError", "MODEL_HOME")

@@ -11,7 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import compiler
-from compiler import InvalidArgumentError, PrunecError, TraceError, UnsupportedModelError
+from compiler import InternalError, InvalidArgumentError, PrunecError, TraceError, UnsupportedModelError
 
 
 class DataDependentGate(nn.Module):
@@ -41,9 +41,15 @@ def small() -> nn.Module:
 X = torch.randn(1, 3, 8, 8)
 
 
-def test_all_errors_are_prunec_errors():
-    for cls in (InvalidArgumentError, TraceError, UnsupportedModelError, compiler.VerificationError):
-        assert issubclass(cls, PrunecError)
+def test_input_errors_are_prunec_errors_and_prunec_failures_are_internal_errors():
+    """Two families, one per exit code: ``except PrunecError`` (the input's fault) never catches prunec's own failure."""
+    for cls in (InvalidArgumentError, TraceError, UnsupportedModelError):
+        assert issubclass(cls, PrunecError) and not issubclass(cls, InternalError)
+    assert not issubclass(InternalError, PrunecError)
+    # a verification failure on an input prunec accepted is prunec's failure; its name and fields stay
+    assert issubclass(compiler.VerificationError, InternalError) and not issubclass(compiler.VerificationError, PrunecError)
+    err = compiler.VerificationError("differs by 0.5", max_abs_error=0.5)
+    assert err.max_abs_error == 0.5 and str(err) == "differs by 0.5"
 
 
 def test_untraceable_model_raises_trace_error_naming_module_and_line():
