@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Mapping
 from types import TracebackType
 from typing import IO, Any
 
@@ -158,7 +159,7 @@ class Staging:
         return InvalidArgumentError(f"{where}cannot write ({exc.strerror or exc})")
 
 
-def write_atomic(files: dict[str, str | bytes], *, wrap_oserror: bool = True) -> None:
+def write_atomic(files: Mapping[str, str | bytes], *, wrap_oserror: bool = True) -> None:
     """Write every ``path: text or bytes`` or none: all go to temporary files first, then each is renamed into place.
 
     Text is written as UTF-8. An ``OSError`` becomes :class:`InvalidArgumentError` naming the path

@@ -17,7 +17,6 @@ the ratios of a side-by-side comparison are not skewed by the machine drifting.
 from __future__ import annotations
 
 import copy
-import io
 import json
 import math
 import os
@@ -262,8 +261,7 @@ def make_runner(model: Any, backend: str = "auto", provider: str = "auto", fp16:
         return OrtRunner(export_onnx(model, example_inputs), provider=provider, fp16=fp16)
     if provider not in ("auto", "cpu", "cuda"):
         raise InvalidArgumentError(f"provider {provider!r} is an ONNX Runtime provider; use backend='onnxruntime'")
-    device = {"auto": "auto", "cpu": "cpu", "cuda": "cuda"}[provider]
-    return TorchRunner(model, mode=backend, device=device, fp16=fp16)
+    return TorchRunner(model, mode=backend, device=provider, fp16=fp16)
 
 
 def export_onnx(module: Any, example_inputs: Sequence[Any], dynamic_batch: bool = True, opset: int = 17) -> Any:
@@ -288,7 +286,6 @@ def export_onnx(module: Any, example_inputs: Sequence[Any], dynamic_batch: bool 
     out_names = ["output"] if n_out == 1 else [f"output{i}" for i in range(n_out)]
     errors = []
     for dynamo in (False, True):
-        buf = io.BytesIO()
         kw: dict[str, Any] = {"input_names": names, "opset_version": opset if not dynamo else max(opset, 18)}
         if not dynamo:
             kw["output_names"] = out_names
@@ -302,9 +299,13 @@ def export_onnx(module: Any, example_inputs: Sequence[Any], dynamic_batch: bool 
             # not under no_grad: there nn.MultiheadAttention takes its fused fast path, which does not export
             if dynamo:
                 prog = torch.onnx.export(module, args, dynamo=True, **kw)
+                if prog is None:  # the dynamo exporter returns its program when no file is given
+                    raise RuntimeError("torch.onnx.export(dynamo=True) returned no program")
                 return prog.model_proto
-            torch.onnx.export(module, args, buf, dynamo=False, **kw)
-            return onnx.load_from_string(buf.getvalue())
+            with tempfile.TemporaryDirectory(prefix="prunec-export-") as tmp:
+                path = os.path.join(tmp, "model.onnx")
+                torch.onnx.export(module, args, path, dynamo=False, **kw)
+                return onnx.load(path)
         except Exception as exc:  # both exporters raise many types
             errors.append(f"{'dynamo' if dynamo else 'torchscript'} exporter: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
     raise UnsupportedModelError("cannot export the model to ONNX: " + "; ".join(errors))

@@ -164,7 +164,7 @@ def _inspect_report(spec: str, args: argparse.Namespace, ratio: float, importanc
 
 
 def _compare_table(report: Any, compare: dict[str, Any]) -> str:
-    from compiler.report import _table
+    from compiler.report import text_table
 
     rows = [("layer", "out before", "out planned", "out in pruned model", "params in pruned model", "")]
     differ = 0
@@ -180,7 +180,7 @@ def _compare_table(report: Any, compare: dict[str, Any]) -> str:
         f"compared with {compare['model']}: {compare['matched']}/{len(report.layers)} layers matched by {compare['matched_by']}, "
         f"{differ} differ from this plan"
     )
-    return head + "\n" + _table(rows)
+    return head + "\n" + text_table(rows)
 
 
 def _is_onnx_file(spec: str) -> bool:
@@ -325,9 +325,26 @@ def _bench_load(spec: str, args: argparse.Namespace) -> Any:
     return model, (torch.randn(*shape),)
 
 
+def _bench_prune(args: argparse.Namespace, base: Any, example: Any) -> Any:
+    """Prune the bench's model here (``--ratio`` or ``--target-macs``); returns the pruned model."""
+    import compiler
+
+    ratio = _number("--ratio", args.ratio)
+    target = _number("--target-macs", args.target_macs)
+    if ratio is not None and target is not None:
+        raise InvalidArgumentError("give only one of --ratio and --target-macs")
+    if ratio is None and target is None:
+        ratio = 0.5
+    _progress(f"pruning {args.model} ({'ratio ' + str(ratio) if ratio is not None else 'target MACs ' + str(target)})")
+    inputs = example if example is not None else _onnx_inputs(args.model, args.input_shape)
+    compiled = compiler.compile(base if example is not None else args.model, inputs, ratio=ratio, target_macs=target,
+                                importance=args.importance, granularity=_number("--granularity", args.granularity, int),
+                                progress=_progress)
+    return compiled.model
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     """Latency and throughput of a model and its pruned version, side by side on one runtime."""
-    import compiler
     from compiler.backend import export_onnx
     from compiler.bench import bench as run_bench
     from compiler.bench import check_finite, format_table, onnx_bench_model, parse_batches, torch_bench_model
@@ -344,18 +361,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         pruned, pex = _bench_load(args.pruned, args)
         example_pruned = pex if pex is not None else example
     else:
-        ratio = _number("--ratio", args.ratio)
-        target = _number("--target-macs", args.target_macs)
-        if ratio is not None and target is not None:
-            raise InvalidArgumentError("give only one of --ratio and --target-macs")
-        if ratio is None and target is None:
-            ratio = 0.5
-        _progress(f"pruning {args.model} ({'ratio ' + str(ratio) if ratio is not None else 'target MACs ' + str(target)})")
-        inputs = example if example is not None else _onnx_inputs(args.model, args.input_shape)
-        result = compiler.compile(base if example is not None else args.model, inputs, ratio=ratio, target_macs=target,
-                                  importance=args.importance, granularity=_number("--granularity", args.granularity, int),
-                                  progress=_progress)
-        pruned, example_pruned = result.model, example
+        pruned, example_pruned = _bench_prune(args, base, example), example
     models = []
     for label, m, ex in (("original", base, example), ("pruned", pruned, example_pruned)):
         if ex is None:  # ONNX
@@ -366,13 +372,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
         else:
             models.append(torch_bench_model(label, m, ex))
     threads = _number("--threads", args.threads, int) if args.threads else None
-    result = run_bench(models, batches, runtime="onnxruntime" if args.runtime == "onnxruntime" or example is None else "torch",
-                       provider=args.provider, fp16=args.fp16, warmup=args.warmup, runs=runs, memory=args.memory,
-                       threads=threads, progress=_progress)
-    check_finite(result)
-    print(format_table(result))
+    timings = run_bench(models, batches, runtime="onnxruntime" if args.runtime == "onnxruntime" or example is None else "torch",
+                        provider=args.provider, fp16=args.fp16, warmup=args.warmup, runs=runs, memory=args.memory,
+                        threads=threads, progress=_progress)
+    check_finite(timings)
+    print(format_table(timings))
     if args.json:
-        _write_atomic(args.json, json.dumps(result, indent=2))
+        _write_atomic(args.json, json.dumps(timings, indent=2))
         print(f"wrote {args.json}")
     return 0
 

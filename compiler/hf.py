@@ -25,7 +25,7 @@ import torch
 import torch.fx
 import torch.nn as nn
 
-from frontends.errors import UnsupportedModelError, VerificationError
+from frontends.errors import InvalidArgumentError, UnsupportedModelError, VerificationError
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,20 @@ def is_hf_model(model: Any) -> bool:
         and hasattr(model, "save_pretrained")
         and type(cfg).__module__.startswith("transformers.")
     )
+
+
+def _config(model: nn.Module) -> Any:
+    """The model's ``transformers`` config (typed ``Any``: transformers is an optional dependency)."""
+    cfg = getattr(model, "config", None)
+    if cfg is None:
+        raise UnsupportedModelError(f"{type(model).__name__} has no config: not a Hugging Face transformers model")
+    return cfg
+
+
+def _graph_module(pruned: Any) -> torch.fx.GraphModule:
+    if not isinstance(pruned, torch.fx.GraphModule):
+        raise InvalidArgumentError(f"expected the pruned torch.fx.GraphModule that compile returned, got {type(pruned).__name__}")
+    return pruned
 
 
 def _child(mod: nn.Module, names: tuple[str, ...]) -> tuple[str, nn.Linear] | None:
@@ -95,16 +109,23 @@ def _head_shapes(gm: torch.fx.GraphModule, inputs: tuple) -> dict[str, tuple[int
 
 def pruned_config(model: nn.Module, pruned: nn.Module, inputs: tuple) -> Any:
     """A copy of ``model.config`` with the sizes of the pruned weights."""
-    return _config_plan(model, pruned, inputs)[0]
+    return _config_plan(model, _graph_module(pruned), inputs)[0]
 
 
-def _config_plan(model: nn.Module, pruned: nn.Module, inputs: tuple) -> tuple[Any, dict[str, float]]:
+def _config_plan(model: nn.Module, pruned: torch.fx.GraphModule, inputs: tuple) -> tuple[Any, dict[str, float]]:
     """The pruned config, and the query projections to rescale where the head size changed."""
-    cfg = copy.deepcopy(model.config)
+    old_cfg = _config(model)
+    cfg = copy.deepcopy(old_cfg)
     rescale: dict[str, float] = {}
     sd = pruned.state_dict()
-    size = lambda key, dim: int(sd[key].shape[dim]) if key in sd else None  # noqa: E731
+
+    def size(key: str) -> int:
+        if key not in sd:
+            raise UnsupportedModelError(f"{key}: not in the pruned model; keep the pruned GraphModule")
+        return int(sd[key].shape[0])
+
     heads = _head_shapes(pruned, inputs)
+    queries: list[str] = []  # the query projections, by qualified name
     n_q: dict[str, int] = {}
     n_kv: dict[str, int] = {}
     d_head: dict[str, int] = {}
@@ -119,12 +140,12 @@ def _config_plan(model: nn.Module, pruned: nn.Module, inputs: tuple) -> tuple[An
                 raise UnsupportedModelError(f"{prefix}{child}: cannot find its reshape into heads in the pruned model")
             if role == "q":
                 n_q[name] = hd[0]
+                queries.append(f"{prefix}{child}")
             elif role == "k":
                 n_kv[name] = hd[0]
             d_head[f"{name} ({role})"] = hd[1]
     if n_q:
-        old_d = getattr(model.config, "head_dim", None) or model.config.hidden_size // model.config.num_attention_heads
-        queries = [f"{name}.{_child(dict(model.named_modules())[name], _Q)[0]}" for name in n_q]
+        old_d = getattr(old_cfg, "head_dim", None) or old_cfg.hidden_size // old_cfg.num_attention_heads
         cfg.num_attention_heads = _uniform("numbers of attention heads", n_q)
         if hasattr(cfg, "num_key_value_heads") and cfg.num_key_value_heads is not None:
             cfg.num_key_value_heads = _uniform("numbers of key/value heads", n_kv)
@@ -139,7 +160,7 @@ def _config_plan(model: nn.Module, pruned: nn.Module, inputs: tuple) -> tuple[An
     norm: dict[str, int] = {}
     for name, mod in model.named_modules():
         if isinstance(mod, nn.Linear) and inter is not None and mod.out_features == inter and mod.out_features != hidden:
-            ffn[name] = size(f"{name}.weight", 0)
+            ffn[name] = size(f"{name}.weight")
         elif (
             hidden is not None
             and isinstance(getattr(mod, "weight", None), torch.Tensor)
@@ -147,10 +168,10 @@ def _config_plan(model: nn.Module, pruned: nn.Module, inputs: tuple) -> tuple[An
             and mod.weight.shape[0] == hidden
             and "norm" in type(mod).__name__.lower()
         ):
-            norm[name] = size(f"{name}.weight", 0)
+            norm[name] = size(f"{name}.weight")
     if ffn:
         cfg.intermediate_size = _uniform("FFN widths (intermediate_size)", ffn)
-    if norm:
+    if norm and hidden is not None:  # (norm is only filled when the config has a hidden_size)
         cfg.hidden_size = _uniform("hidden sizes", norm)
         if cfg.hidden_size != hidden and getattr(cfg, "rms_norm_eps", None) is not None:
             # The pruned RMSNorm keeps the original mean (sum of squares / old width: the removed channels count as
@@ -190,13 +211,13 @@ def to_hf(model: nn.Module, pruned: nn.Module, inputs: tuple, rtol: float = 1e-4
         got = pruned_buffers.get(key)
         if key not in persistent and got is not None and tuple(got.shape) != tuple(buf.shape):
             raise UnsupportedModelError(
-                f"{type(model.config).__name__} cannot express the pruned {key} (shape {tuple(buf.shape)} -> {tuple(got.shape)}): "
+                f"{type(_config(model)).__name__} cannot express the pruned {key} (shape {tuple(buf.shape)} -> {tuple(got.shape)}): "
                 "the class recomputes it from the config (rotary frequencies of a pruned head size); "
                 "use attention='heads', or keep the pruned GraphModule"
             )
-    cfg, rescale = _config_plan(model, pruned, inputs)
+    cfg, rescale = _config_plan(model, _graph_module(pruned), inputs)
     try:
-        new = type(model)(cfg).to(dtype=next(model.parameters()).dtype).eval()
+        new: Any = type(model)(cfg).to(dtype=next(model.parameters()).dtype).eval()  # a transformers PreTrainedModel
     except (ValueError, AssertionError) as exc:  # the class's own checks of the config
         raise UnsupportedModelError(f"{type(cfg).__name__} cannot express the pruned sizes: {exc}") from exc
     sd = pruned.state_dict()
@@ -232,6 +253,6 @@ def to_hf(model: nn.Module, pruned: nn.Module, inputs: tuple, rtol: float = 1e-4
 
 def save_pretrained(model: nn.Module, pruned: nn.Module, inputs: tuple, directory: str, **kwargs: Any) -> nn.Module:
     """Rebuild (:func:`to_hf`) and ``save_pretrained(directory)``; returns the rebuilt model."""
-    new = to_hf(model, pruned, inputs)
+    new: Any = to_hf(model, pruned, inputs)
     new.save_pretrained(directory, **kwargs)
     return new

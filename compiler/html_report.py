@@ -18,6 +18,7 @@ from __future__ import annotations
 import html
 import json
 import logging
+import math
 import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -113,7 +114,7 @@ def _json_for_script(data: Any) -> str:
 def _clean(obj: Any) -> Any:
     """NaN and infinities become null (JSON has neither)."""
     if isinstance(obj, float):
-        return obj if obj == obj and obj not in (float("inf"), float("-inf")) else None
+        return obj if math.isfinite(obj) else None
     if isinstance(obj, dict):
         return {k: _clean(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):

@@ -335,8 +335,8 @@ class LatencyTarget:
         self.progress = progress
         self.timer: TorchLayerTimer | OrtLayerTimer | None = None
         self.runtime = ""
-        first = self.inputs[0] if self.inputs else None
-        self.batch = int(first.shape[0]) if getattr(first, "shape", None) is not None and len(first.shape) else 1
+        shape = getattr(self.inputs[0], "shape", None) if self.inputs else None
+        self.batch = int(shape[0]) if shape is not None and len(shape) else 1
 
     def measure(self, model: Any) -> float:
         """Median milliseconds of one run of ``model`` on the backend, at the example inputs."""

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-__all__ = ["Report", "LayerReport", "GroupReport", "FrozenOp", "GraphView", "GraphNode", "GraphBlock"]
+__all__ = ["Report", "LayerReport", "GroupReport", "FrozenOp", "GraphView", "GraphNode", "GraphBlock", "text_table"]
 
 
 @dataclass
@@ -111,7 +112,7 @@ class Report:
         d = asdict(self)
         d["macs_ratio"] = self.macs_ratio
         d["params_ratio"] = self.params_ratio
-        for g, gd in zip(self.groups, d["groups"]):
+        for g, gd in zip(self.groups, d["groups"], strict=True):
             gd["frozen"] = g.frozen
         return d
 
@@ -155,7 +156,7 @@ class Report:
             why = ",".join(str(ref[r]) for r in g.reasons[:4]) + ("+" if len(g.reasons) > 4 else "")
             eq = g.equalization or "-"
             rows.append((str(g.id), str(g.channels_before), str(g.channels_after), eq, sal, frozen, why, members))
-        text = _table(rows)
+        text = text_table(rows)
         if limit and len(self.groups) > limit:
             text += f"\n... {len(self.groups) - limit} more groups"
         if reasons:
@@ -180,7 +181,7 @@ class Report:
                     _h(lr.macs[1]),
                 )
             )
-        text = _table(rows)
+        text = text_table(rows)
         if limit and len(self.layers) > limit:
             text += f"\n... {len(self.layers) - limit} more layers"
         return text
@@ -210,11 +211,12 @@ def _h(n: float) -> str:
     return str(int(n))
 
 
-def _table(rows: list[tuple[str, ...]]) -> str:
+def text_table(rows: Sequence[Sequence[str]]) -> str:
+    """A plain-text table: the first row is the header, columns padded to their widest cell."""
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     out = []
     for k, r in enumerate(rows):
-        out.append("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+        out.append("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
         if k == 0:
             out.append("  ".join("-" * w for w in widths))
     return "\n".join(out)
