@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import copy
 import logging
-import math
 import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from compiler.options import Options
-from compiler.pipeline import Plan, Steps, build_report, plan, weight_updates
+from compiler.pipeline import Plan, compile_with
 from compiler.report import Report
-from frontends.errors import InvalidArgumentError, PrunecError, UnsupportedModelError
+from frontends.adapter import Adapter
+from frontends.errors import InvalidArgumentError, UnsupportedModelError
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +108,7 @@ def compile(  # noqa: A001 - the public contract's name
     rtol: float = 1e-5,
     seed: int = 0,
     progress: Callable[[str], None] | None = None,
+    statistics_reducer: Callable[[Any], Any] | None = None,
 ) -> CompileResult:
     """Prune ``model`` into a smaller dense model of the same kind.
 
@@ -145,6 +145,10 @@ def compile(  # noqa: A001 - the public contract's name
     ``provider`` picks ONNX Runtime's execution provider (``auto``: TensorRT,
     else CUDA, else CPU) or PyTorch's device (``cpu``/``cuda``); ``fp16`` runs in
     half precision. ``result.backend`` names what actually runs.
+
+    ``statistics_reducer(array) -> array`` is applied to raw criterion statistics
+    and weight updates (``compiler.workflows.distributed_compile`` passes an
+    all-reduce so that every rank prunes identically).
     """
     if ratio is None and threshold is None and target_macs is None and f_nz is None and target_latency is None:
         ratio = 0.5
@@ -168,91 +172,57 @@ def compile(  # noqa: A001 - the public contract's name
         attention=attention,
         target_latency=target_latency,
         allocation=allocation,
+        statistics_reducer=statistics_reducer,
     )
     opts.validate()
     _check_backend(backend, provider, fp16)
     backend_options = {"backend": backend, "provider": provider, "fp16": bool(fp16)}
+    adapter_for = _adapter_factory(model, example_inputs, calibration, loss_fn, opts, backend, seed)
+    if opts.attention == "both":  # two verified passes: whole heads, then head dims (compiler.attention_both)
+        from compiler.attention_both import compile_both
+
+        result = compile_both(model, opts, lambda m, o: _run(adapter_for(m), o, progress, backend_options))
+    else:
+        result = _run(adapter_for(model), opts, progress, backend_options)
+    return result
+
+
+def _adapter_factory(
+    model: Any,
+    example_inputs: Any,
+    calibration: Iterable[Any] | None,
+    loss_fn: Callable[[Any, Any], Any] | None,
+    opts: Options,
+    backend: str,
+    seed: int,
+) -> Callable[[Any], Adapter]:
+    """The adapter for ``model``'s format (called again on a pruned model by ``attention="both"``)."""
     try:
         import torch.nn as nn
     except ImportError as exc:  # pragma: no cover - torch is a dependency
         raise UnsupportedModelError("PyTorch is not installed") from exc
     if isinstance(model, nn.Module):
-        if opts.attention == "both":  # two verified passes: whole heads, then head dims (compiler.attention_both)
-            from compiler.attention_both import compile_both
+        from frontends.torch_adapter import TorchAdapter
 
-            run = lambda m, o: _compile_torch(m, example_inputs, o, progress, calibration, loss_fn, backend_options)  # noqa: E731
-            result = compile_both(model, opts, run)
-        else:
-            result = _compile_torch(model, example_inputs, opts, progress, calibration, loss_fn, backend_options)
-        result.backend_options = {**backend_options, "example_inputs": result.traced.example_inputs}
-        return result
+        return lambda m: TorchAdapter(m, example_inputs, calibration, loss_fn)
     if isinstance(model, (str, os.PathLike)) or type(model).__name__ == "ModelProto":
+        from frontends.onnx_adapter import OnnxAdapter
+
         if opts.attention == "both":
             raise InvalidArgumentError("attention='both' is available for PyTorch models")
         if backend in ("eager", "torch.compile"):
             raise InvalidArgumentError(f"backend={backend!r} runs PyTorch modules; an ONNX model runs in onnxruntime")
-        result = _compile_onnx(model, example_inputs, opts, progress, backend_options)
-        result.backend_options = backend_options
-        return result
+        return lambda m: OnnxAdapter(m, example_inputs, seed)
     raise UnsupportedModelError(f"cannot prune a {type(model).__name__}: expected a torch.nn.Module")
 
 
-def _compile_torch(
-    model: Any,
-    example_inputs: Any,
-    opts: Options,
-    progress: Callable[[str], None] | None,
-    calibration: Iterable[Any] | None = None,
-    loss_fn: Callable[[Any, Any], Any] | None = None,
-    backend_options: dict[str, Any] | None = None,
-) -> CompileResult:
-    import torch
-
-    from frontends.torch_fx import load_torch
-    from passes.calibration import CalibrationData
-    from passes.criteria import DataCriteria
-    from passes.rewrite_fx import RewriteFX
-    from passes.verify import VerifyFX
-
-    if example_inputs is None:
-        raise InvalidArgumentError("example_inputs are required for a PyTorch model, e.g. (torch.randn(1, 3, 224, 224),)")
-    if isinstance(example_inputs, torch.Tensor):
-        example_inputs = (example_inputs,)
-    example_inputs = tuple(example_inputs)
-    steps = Steps(progress)
-    traced = steps("trace", load_torch, model, example_inputs)
-    data = CalibrationData.from_user(calibration, example_inputs, loss_fn)
-    make_data = lambda analysis: DataCriteria(traced, analysis, data, probes=opts.probes, seed=opts.seed)  # noqa: E731
-    latency, run_opts = _latency_setup(opts, backend_options, example_inputs, progress, steps, lambda: copy.deepcopy(traced.gm))
-    p = plan(traced.graph, run_opts, steps, make_data, latency and latency.cost_model)
-
-    def build(p: Plan) -> Any:
-        updates, info = weight_updates(p, opts, steps)
-        return updates, info, steps("rewrite", RewriteFX().call, traced, p.analysis, p.selection.pruned, updates)
-
-    if latency is None or opts.target_latency is None:
-        updates, update_info, rewritten = build(p)
-    else:
-        p, (updates, update_info, rewritten), info = latency.meet(p, run_opts.target_latency, run_opts, build, lambda b: b[2].module)
-        update_info = {**update_info, "latency": {**info, "original_ms": round(latency.original_ms, 4)}}
-    verification = None
-    if opts.verify:
-        verification = steps(
-            "verify",
-            VerifyFX(rtol=opts.rtol).call,
-            traced,
-            p.analysis,
-            p.selection.pruned,
-            rewritten.module,
-            example_inputs,
-            updates,
-        ).to_dict()
-    try:
-        after = steps("measure", load_torch, rewritten.module, example_inputs)
-    except PrunecError as exc:
-        raise PrunecError(f"internal check failed: the pruned model does not trace again: {exc}") from exc
-    report = build_report(type(model).__name__, traced.method, p, after.graph, opts, verification, steps.timings, update_info)
-    return CompileResult(rewritten.module, report, "torch-eager", p, traced, source=model)
+def _run(adapter: Adapter, opts: Options, progress: Callable[[str], None] | None, backend_options: dict[str, Any]) -> CompileResult:
+    """One compile through the pipeline, wrapped as the result kind of the adapter's format."""
+    done = compile_with(adapter, opts, progress, backend_options)
+    if adapter.name == "onnx":
+        return OnnxCompileResult(done.model, done.report, "onnxruntime", done.plan, adapter.handle, backend_options)
+    options = {**backend_options, "example_inputs": adapter.example_inputs()}
+    return CompileResult(done.model, done.report, "torch-eager", done.plan, adapter.handle, options, source=adapter.model)
 
 
 @dataclass
@@ -268,94 +238,3 @@ class OnnxCompileResult(CompileResult):
     def session(self) -> Any:
         """The ONNX Runtime ``InferenceSession`` that runs the pruned model."""
         return self.runtime().session
-
-
-class _Latency:
-    """What ``target_latency`` needs in a compile: the measurer, the original's latency, the cost model."""
-
-    def __init__(self, target: Any, original_ms: float, granularity: int, progress: Callable[[str], None] | None) -> None:
-        self.target, self.original_ms, self.granularity, self.progress = target, original_ms, granularity, progress
-
-    def cost_model(self, analysis: Any) -> Any:
-        from compiler.latency import LatencyModel
-
-        return LatencyModel(analysis, self.target.timer, self.original_ms, self.granularity, self.progress)
-
-    def meet(self, *args: Any) -> Any:
-        return self.target.meet(*args)
-
-
-def _latency_setup(
-    opts: Options,
-    backend_options: dict[str, Any] | None,
-    example_inputs: Any,
-    progress: Callable[[str], None] | None,
-    steps: Steps,
-    original: Callable[[], Any],
-) -> tuple[_Latency | None, Options]:
-    """For ``target_latency``: measure the original on the backend and turn a fraction into milliseconds."""
-    if opts.target_latency is None and opts.allocation != "latency":
-        return None, opts
-    from dataclasses import replace
-
-    from compiler.latency import LatencyTarget
-
-    measurer = LatencyTarget(backend_options or {}, example_inputs, progress)
-    original_ms = steps("measure original", measurer.measure, original())
-    if progress:
-        progress(f"original {original_ms:.3f} ms on {measurer.runtime} at batch {measurer.batch}")
-    if opts.target_latency is None:
-        return _Latency(measurer, original_ms, opts.granularity, progress), opts
-    target_ms = measurer.target_ms(opts.target_latency, original_ms)
-    return _Latency(measurer, original_ms, opts.granularity, progress), replace(opts, target_latency=target_ms)
-
-
-def _compile_onnx(
-    model: Any,
-    example_inputs: Any,
-    opts: Options,
-    progress: Callable[[str], None] | None,
-    backend_options: dict[str, Any] | None = None,
-) -> CompileResult:
-    """Load -> plan -> rewrite -> verify in ONNX Runtime -> re-lower the pruned model and check its MACs."""
-    from frontends.onnx_frontend import load_onnx
-    from passes.rewrite_onnx import RewriteONNX
-    from passes.saliency import Saliency
-    from passes.verify_onnx import VerifyONNX
-
-    if opts.importance in Saliency.NEEDS_MODEL or opts.f_nz is not None or opts.propagate_bias or opts.compensates:
-        raise UnsupportedModelError(
-            f"importance={opts.importance!r}, f_nz, bias propagation and compensation run the model in PyTorch; "
-            "for ONNX models use a weight criterion (l1, l2, random)"
-        )
-    steps = Steps(progress)
-    loaded = steps("load", load_onnx, model, example_inputs, opts.seed)
-    latency, run_opts = _latency_setup(opts, backend_options, loaded.input_tuple(), progress, steps, lambda: loaded.model)
-    p = plan(loaded.graph, run_opts, steps, None, latency and latency.cost_model)
-    latency_info = {}
-    if latency is None or opts.target_latency is None:
-        rewritten = steps("rewrite", RewriteONNX().call, loaded, p.analysis, p.selection.pruned)
-    else:
-        build = lambda p: steps("rewrite", RewriteONNX().call, loaded, p.analysis, p.selection.pruned)  # noqa: E731
-        p, rewritten, info = latency.meet(p, run_opts.target_latency, run_opts, build, lambda b: b.model)
-        latency_info = {"latency": {**info, "original_ms": round(latency.original_ms, 4)}}
-    verification = None
-    if opts.verify:
-        verifier = VerifyONNX(rtol=max(opts.rtol, 1e-4))  # ONNX Runtime computes in float32
-        verification = steps("verify", verifier.call, loaded, p.analysis, p.selection.pruned, rewritten.model).to_dict()
-    try:
-        after = steps("measure", load_onnx, rewritten.model, loaded.inputs)
-    except PrunecError as exc:
-        raise PrunecError(f"internal check failed: the pruned ONNX model does not load again: {exc}") from exc
-    extra = {
-        "onnx": {
-            "sliced_constants": rewritten.sliced,
-            "updated_arguments": rewritten.updated_args,
-            "materialized_constants": len(rewritten.materialized),
-            "removed_nodes": rewritten.removed_nodes,
-            "notes": loaded.notes,
-        },
-        **latency_info,
-    }
-    report = build_report(loaded.name, loaded.method, p, after.graph, opts, verification, steps.timings, extra)
-    return OnnxCompileResult(rewritten.model, report, "onnxruntime", p, loaded)

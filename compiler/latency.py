@@ -19,13 +19,14 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from frontends.graph import Op
 from passes.channel_analysis import AnalysisResult
+from passes.ops import lookup
+from passes.ops.layers import ConvSpec, LatencyLayer, LinearSpec
 
 __all__ = ["LatencyModel", "TorchLayerTimer", "OrtLayerTimer", "layer_timer"]
 
@@ -46,38 +47,6 @@ def _time_fn(fn: Callable[[], Any], budget_s: float = 0.015, min_runs: int = 3, 
         fn()
         samples.append(time.perf_counter() - t0)
     return float(np.median(samples) * 1e3)
-
-
-@dataclass(frozen=True)
-class ConvSpec:
-    """A 2-d convolution up to its channel counts: batch, spatial sizes, kernel, stride, padding."""
-
-    n: int
-    h: int
-    w: int
-    kh: int
-    kw: int
-    stride: tuple[int, int]
-    padding: tuple[int, int]
-    depthwise: bool
-    group_width: int  # input channels per group (grouped convs prune whole groups)
-
-
-@dataclass(frozen=True)
-class LinearSpec:
-    m: int  # rows: product of the leading dims
-
-
-def _conv_geometry(x: Sequence[int], w: Sequence[int], y: Sequence[int]) -> tuple[tuple[int, int], tuple[int, int]]:
-    """Stride and padding that give ``y``'s spatial size from ``x``'s with kernel ``w``."""
-    stride, pad = [], []
-    for i in range(2):
-        n_in, n_out, k = x[2 + i], y[2 + i], w[2 + i]
-        s = max(1, round(n_in / max(n_out, 1)))
-        p = max(0, math.ceil(((n_out - 1) * s + k - n_in) / 2))
-        stride.append(s)
-        pad.append(p)
-    return (stride[0], stride[1]), (pad[0], pad[1])
 
 
 class TorchLayerTimer:
@@ -225,13 +194,13 @@ class LatencyModel:
         graph = analysis.graph
         self.layers: list[tuple[Op, Any, Any]] = []  # (op, table, spec)
         tables: dict[Any, _Table] = {}
-        ops = [op for op in graph.ops.values() if op.kind in ("conv", "linear")]
+        ops = [op for op in graph.ops.values() if (s := lookup(op)) is not None and s.latency is not None]
         t0 = time.perf_counter()
         for k, op in enumerate(ops):
-            spec = self._spec(op)
-            if spec is None:
+            layer = self._layer(op, graph.shape)
+            if layer is None:
                 continue
-            key, cin, cout = spec
+            key, cin, cout = layer.layer, layer.cin, layer.cout
             if key not in tables:
                 tables[key] = self._measure(key, cin, cout, granularity)
             self.layers.append((op, tables[key], key))
@@ -245,20 +214,11 @@ class LatencyModel:
         self._act_full = max(self._activation_elems(full), 1)
 
     # -- tables ----------------------------------------------------------------
-    def _spec(self, op: Op) -> tuple[Any, int, int] | None:
-        shape = self.analysis.graph.shape
-        if op.kind == "conv" and not op.attrs.get("transposed"):
-            x, w, y = shape(op.inputs[0]), shape(op.inputs[1]), shape(op.outputs[0])
-            if len(x) != 4 or len(w) != 4 or len(y) != 4:
-                return None
-            stride, pad = _conv_geometry(x, w, y)
-            groups = int(op.attrs.get("groups", 1))
-            depthwise = groups > 1 and groups == x[1] and w[1] == 1
-            return ConvSpec(x[0], x[2], x[3], w[2], w[3], stride, pad, depthwise, w[1]), x[1], w[0]
-        if op.kind == "linear":
-            x, w = shape(op.inputs[0]), shape(op.inputs[1])
-            return LinearSpec(int(math.prod(x[:-1]))), w[1], w[0]
-        return None
+    @staticmethod
+    def _layer(op: Op, shape: Callable[[str], tuple[int, ...]]) -> LatencyLayer | None:
+        """The op's spec describes the layer a table times, and its widths under ``shape``."""
+        spec = lookup(op)
+        return spec.latency(op, shape) if spec is not None and spec.latency is not None else None
 
     def _measure(self, spec: Any, cin: int, cout: int, granularity: int) -> _Table:
         if isinstance(spec, ConvSpec) and spec.depthwise:
@@ -277,13 +237,11 @@ class LatencyModel:
 
     # -- estimates -------------------------------------------------------------
     def _layers_ms(self, pruned: np.ndarray) -> float:
-        ps = self.analysis.pruned_shape
         total = 0.0
         for op, table, _ in self.layers:
-            if op.kind == "conv":
-                total += table(ps(op.inputs[0], pruned)[1], ps(op.inputs[1], pruned)[0])
-            else:
-                total += table(ps(op.inputs[0], pruned)[-1], ps(op.inputs[1], pruned)[0])
+            layer = self._layer(op, lambda v: self.analysis.pruned_shape(v, pruned))
+            assert layer is not None
+            total += table(layer.cin, layer.cout)
         return total
 
     def _activation_elems(self, pruned: np.ndarray) -> int:

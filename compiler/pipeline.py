@@ -1,12 +1,12 @@
-"""The pipeline: one linear function of named steps per source format."""
+"""The pipeline: one linear function of named steps (``compile_with``) over any framework adapter."""
 
 from __future__ import annotations
 
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -14,16 +14,17 @@ import numpy as np
 from compiler.graph_view import build_graph_view
 from compiler.options import Options
 from compiler.report import FrozenOp, GroupReport, LayerReport, Report
-from frontends.errors import PrunecError
+from frontends.adapter import Adapter, Rewritten
+from frontends.errors import InternalError, UnsupportedModelError
 from frontends.graph import ChannelGraph
 from passes.channel_analysis import AnalysisResult, ChannelAnalysis
 from passes.cost import graph_macs, graph_params, op_macs
-from passes.saliency import Saliency, SaliencyResult, reduce_stat
+from passes.saliency import Saliency, SaliencyResult
 from passes.selection import Selection, SelectionResult
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Plan", "plan", "select_latency", "build_report", "Steps"]
+__all__ = ["Plan", "plan", "select_latency", "build_report", "Steps", "compile_with", "Compiled", "latency_setup"]
 
 
 class Steps:
@@ -87,7 +88,7 @@ def plan(
     needs = opts.importance in Saliency.NEEDS_MODEL or opts.f_nz is not None or opts.propagate_bias or opts.compensates
     data = make_data(analysis) if (needs and make_data is not None) else None
     if needs and data is None:
-        raise PrunecError(f"importance={opts.importance!r} and weight updates need a model that can run here")
+        raise InternalError(f"importance={opts.importance!r} and weight updates need a model that can run here")
     if opts.f_nz is not None:
         raw = steps("saliency", data.nz_fraction)
         scores = np.full(analysis.n_classes, np.nan)
@@ -100,13 +101,13 @@ def plan(
         saliency = steps("saliency", scorer.call, analysis, data)
         if opts.target_latency is not None:
             if latency is None:
-                raise PrunecError("target_latency needs a runtime to measure the model on")
+                raise InternalError("target_latency needs a runtime to measure the model on")
             model = steps("latency tables", latency, analysis)
             selection = steps("select", select_latency, analysis, saliency.scores, model, opts.target_latency, opts)
             return Plan(analysis, saliency, selection, data, model)
         if opts.target_macs is not None and opts.allocation == "latency":
             if latency is None:
-                raise PrunecError("allocation='latency' needs a runtime to measure the model on")
+                raise InternalError("allocation='latency' needs a runtime to measure the model on")
             model = steps("latency tables", latency, analysis)
             selection = steps("select", select_latency, analysis, saliency.scores, model, opts.target_macs, opts, "macs")
             return Plan(analysis, saliency, selection, data, model)
@@ -137,7 +138,7 @@ def weight_updates(p: Plan, opts: Options, steps: Steps) -> tuple[dict[str, np.n
         info["bias_propagated_constants"] = len(u)
         if skipped:
             info["bias_propagation_skipped"] = sorted(set(skipped))
-    updates = {k: reduce_stat(updates[k]) for k in sorted(updates)}  # across processes, where set (workflows)
+    updates = {k: opts.reduce(updates[k]) for k in sorted(updates)}  # across processes, where set (workflows)
     return updates, info
 
 
@@ -159,9 +160,7 @@ def build_report(
     if after is not None:
         macs_after, params_after = graph_macs(after), graph_params(after)
         if macs_after != p.selection.planned_macs:
-            raise PrunecError(
-                f"internal check failed: pruned graph has {macs_after} MACs, the plan said {p.selection.planned_macs}"
-            )
+            raise InternalError(f"the pruned graph has {macs_after} MACs, the plan said {p.selection.planned_macs}")
     else:
         macs_after, params_after = p.selection.planned_macs, graph_params(g, shape_after)
     layers: list[LayerReport] = []
@@ -237,3 +236,108 @@ def build_report(
         timings,
         graph_view,
     )
+
+
+# ---------------------------------------------------------------------------
+# the one pipeline
+
+
+@dataclass
+class Compiled:
+    """What one run of the pipeline made: the pruned model, the plan it came from, the report."""
+
+    model: Any
+    plan: Plan
+    report: Report
+
+
+def required_capabilities(opts: Options) -> frozenset[str]:
+    """What the adapter must supply for these options: the criterion's needs, plus weight updates."""
+    from passes.saliency import Saliency
+
+    needs = {"weights"}
+    if opts.importance in Saliency.NEEDS_MODEL:
+        needs.add("activations")
+    if opts.f_nz is not None or opts.propagate_bias or opts.compensates:
+        needs |= {"activations", "weight_updates"}
+    return frozenset(needs)
+
+
+def check_capabilities(adapter: Adapter, opts: Options) -> None:
+    """Refuse, in one line, options the adapter cannot serve, naming the criteria it can."""
+    missing = required_capabilities(opts) - adapter.capabilities
+    if missing:
+        raise UnsupportedModelError(
+            f"importance={opts.importance!r}, f_nz, bias propagation and compensation run the model in PyTorch; "
+            "for ONNX models use a weight criterion (l1, l2, random)"
+        )
+
+
+def compile_with(
+    adapter: Adapter, opts: Options, progress: Callable[[str], None] | None, backend_options: dict[str, Any]
+) -> Compiled:
+    """load -> plan (analyze, saliency, select) -> weight updates -> rewrite -> verify -> measure -> report."""
+    steps = Steps(progress)
+    adapter.load(steps)
+    check_capabilities(adapter, opts)
+    latency, run_opts = latency_setup(opts, backend_options, adapter.example_inputs(), progress, steps, adapter.latency_model)
+    make_data = lambda analysis: adapter.criteria_data(analysis, opts)  # noqa: E731
+    p = plan(adapter.graph, run_opts, steps, make_data, latency and latency.cost_model)
+
+    def build(p: Plan) -> tuple[dict[str, np.ndarray], dict[str, Any], Rewritten]:
+        updates, info = weight_updates(p, opts, steps)
+        return updates, info, steps("rewrite", adapter.rewrite, p, updates)
+
+    if latency is None or opts.target_latency is None:
+        updates, info, rewritten = build(p)
+    else:
+        p, (updates, info, rewritten), met = latency.meet(p, run_opts.target_latency, run_opts, build, lambda b: b[2].model)
+        info = {**info, "latency": {**met, "original_ms": round(latency.original_ms, 4)}}
+    verification = None
+    if opts.verify:
+        rtol = max(opts.rtol, adapter.tolerance_floor)
+        verification = steps("verify", adapter.verify, p, rewritten, updates, rtol)
+    after = steps("measure", adapter.measure, rewritten)
+    settings = {**rewritten.info, **info}
+    report = build_report(adapter.model_name, adapter.trace_method, p, after, opts, verification, steps.timings, settings)
+    return Compiled(rewritten.model, p, report)
+
+
+class _Latency:
+    """What ``target_latency`` needs in a compile: the measurer, the original's latency, the cost model."""
+
+    def __init__(self, target: Any, original_ms: float, granularity: int, progress: Callable[[str], None] | None) -> None:
+        self.target, self.original_ms, self.granularity, self.progress = target, original_ms, granularity, progress
+
+    def cost_model(self, analysis: Any) -> Any:
+        from compiler.latency import LatencyModel
+
+        return LatencyModel(analysis, self.target.timer, self.original_ms, self.granularity, self.progress)
+
+    def meet(self, *args: Any) -> Any:
+        return self.target.meet(*args)
+
+
+def latency_setup(
+    opts: Options,
+    backend_options: dict[str, Any] | None,
+    example_inputs: Any,
+    progress: Callable[[str], None] | None,
+    steps: Steps,
+    original: Callable[[], Any],
+) -> tuple[_Latency | None, Options]:
+    """For ``target_latency``: measure the original on the backend and turn a fraction into milliseconds."""
+    if opts.target_latency is None and opts.allocation != "latency":
+        return None, opts
+    from dataclasses import replace
+
+    from compiler.latency import LatencyTarget
+
+    measurer = LatencyTarget(backend_options or {}, example_inputs, progress)
+    original_ms = steps("measure original", measurer.measure, original())
+    if progress:
+        progress(f"original {original_ms:.3f} ms on {measurer.runtime} at batch {measurer.batch}")
+    if opts.target_latency is None:
+        return _Latency(measurer, original_ms, opts.granularity, progress), opts
+    target_ms = measurer.target_ms(opts.target_latency, original_ms)
+    return _Latency(measurer, original_ms, opts.granularity, progress), replace(opts, target_latency=target_ms)

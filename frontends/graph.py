@@ -14,7 +14,6 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-import networkx as nx
 import numpy as np
 
 log = logging.getLogger(__name__)
@@ -99,21 +98,6 @@ class ChannelGraph:
 
     def constants(self) -> list[Value]:
         return [v for v in self.values.values() if v.is_const]
-
-    def to_networkx(self) -> nx.DiGraph:
-        """Op-level dependency graph; edges carry the value names they pass."""
-        g = nx.DiGraph()
-        for op in self.ops.values():
-            g.add_node(op.name, kind=op.kind, target=op.target, label=op.label)
-        for op in self.ops.values():
-            for v in op.tensor_inputs():
-                prod = self.values[v].producer
-                if prod is not None:
-                    if g.has_edge(prod, op.name):
-                        g.edges[prod, op.name]["values"].append(v)
-                    else:
-                        g.add_edge(prod, op.name, values=[v])
-        return g
 
     def __repr__(self) -> str:
         return f"ChannelGraph({self.framework}, {len(self.ops)} ops, {len(self.values)} values)"

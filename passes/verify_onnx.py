@@ -21,7 +21,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from frontends.errors import VerificationError
+from frontends.errors import UnsupportedModelError, VerificationError
 from frontends.onnx_frontend import OnnxModel, _attrs, run_ort
 from passes.channel_analysis import AnalysisResult
 from passes.rewrite_onnx import _Names
@@ -201,6 +201,13 @@ class VerifyONNX:
             ref = run_ort(ref_model, feeds, optimize=False)
         except Exception as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            try:  # the input itself does not run in ONNX Runtime: nothing can verify it (the user's, exit 2)
+                run_ort(om.model, feeds, optimize=False)
+            except Exception:
+                raise UnsupportedModelError(
+                    f"{om.name}: cannot verify: ONNX Runtime cannot run the model ({first}); prune without verification "
+                    "(--no-verify, verify=False) to accept the result unchecked"
+                ) from None
             raise VerificationError(f"cannot run the masked original in ONNX Runtime: {first}") from None
         try:
             got = run_ort(model, feeds, optimize=False)

@@ -32,7 +32,7 @@ from compiler.backend import (
 from compiler.latency import ConvSpec, LatencyModel, LinearSpec, _Table
 from compiler.options import Options
 from compiler.pipeline import select_latency
-from frontends.errors import InvalidArgumentError, PrunecError
+from frontends.errors import InternalError, InvalidArgumentError
 from frontends.torch_fx import load_torch
 from passes.channel_analysis import ChannelAnalysis
 from passes.saliency import Saliency
@@ -271,7 +271,7 @@ def test_pipeline_without_runtime_refuses_target_latency():
 
     model, (x,) = small()
     traced = load_torch(model, (x,))
-    with pytest.raises(PrunecError, match="needs a runtime"):
+    with pytest.raises(InternalError, match="needs a runtime"):  # a caller's bug, not the user's input
         plan(traced.graph, Options(target_latency=1.0), Steps())
 
 

@@ -1,0 +1,94 @@
+"""The framework adapter interface: what one source format gives the one pipeline.
+
+``compiler.pipeline.compile_with(adapter, options)`` runs the same steps for every
+source format; an adapter is the only place that knows the format:
+
+=====================  ===========================================================
+``load(steps)``        bring the model into a :class:`ChannelGraph` (trace / parse)
+``capabilities``       what it can supply to criteria and weight updates, from the
+                       vocabulary in :data:`CAPABILITIES`
+``criteria_data(a)``   a runner over calibration data for data-driven criteria
+                       (captures activations and gradients), or None
+``rewrite(plan, u)``   the smaller dense model from a plan and weight updates
+``verify(...)``        compare it with the original, removed channels zeroed, on
+                       intermediate tensors as well as outputs
+``measure(r)``         the pruned model lowered again (MACs and params re-counted)
+``latency_model()``    the model the latency tables and measurements run
+=====================  ===========================================================
+
+A third frontend (a JAX or TFLite graph) is one more subclass plus its lowering
+into the channel graph and its per-op rewrite handlers (docs/architecture.md).
+"""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from frontends.graph import ChannelGraph
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Adapter", "Rewritten", "CAPABILITIES"]
+
+CAPABILITIES: dict[str, str] = {
+    "weights": "read constant weights",
+    "activations": "run the model on calibration data and capture the tensors layers read",
+    "gradients": "back-propagate a loss to channel gates",
+    "labels": "compute a task loss from labels",
+    "hvp": "Hessian-vector products (double back-propagation)",
+    "weight_updates": "write new values of constants before the rewrite (compensation, bias propagation)",
+}
+
+
+@dataclass
+class Rewritten:
+    """The pruned model and what the rewrite reports about itself (``info`` goes to the report's settings)."""
+
+    model: Any
+    info: dict[str, Any] = field(default_factory=dict)
+    raw: Any = None  # the adapter's own rewrite result
+
+
+class Adapter(ABC):
+    """One source format (see the module docstring)."""
+
+    name: ClassVar[str]
+    capabilities: ClassVar[frozenset[str]]
+    tolerance_floor: ClassVar[float] = 0.0  # the smallest rtol the format's runtime computes to
+
+    graph: ChannelGraph
+    handle: Any  # the adapter's loaded form (a TracedModel, an OnnxModel): CompileResult.traced
+    model_name: str
+    trace_method: str
+
+    @abstractmethod
+    def load(self, steps: Callable[..., Any]) -> ChannelGraph:
+        """Bring the model in; sets ``graph``, ``model_name`` and ``trace_method``."""
+
+    @abstractmethod
+    def example_inputs(self) -> tuple[Any, ...]:
+        """The inputs the model was traced with (what latency is measured at)."""
+
+    def criteria_data(self, analysis: Any, opts: Any) -> Any:
+        """The calibration runner data-driven criteria and weight updates read; None where it cannot run."""
+        return None
+
+    @abstractmethod
+    def rewrite(self, plan: Any, updates: dict[str, Any]) -> Rewritten:
+        """The smaller dense model; the input model is never modified."""
+
+    @abstractmethod
+    def verify(self, plan: Any, rewritten: Rewritten, updates: dict[str, Any], rtol: float) -> dict[str, Any]:
+        """Compare with the original (removed channels zeroed); raise ``VerificationError`` on a mismatch."""
+
+    @abstractmethod
+    def measure(self, rewritten: Rewritten) -> ChannelGraph:
+        """The pruned model lowered again: MACs and params are counted on what was built."""
+
+    @abstractmethod
+    def latency_model(self) -> Any:
+        """A model the backend can run for latency measurements of the original."""
