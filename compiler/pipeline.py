@@ -152,45 +152,71 @@ def build_report(
     timings: dict[str, float],
     extra_settings: dict[str, Any] | None = None,
 ) -> Report:
+    """The report of one compile; ``after`` (the pruned model lowered again) must have the MACs the plan said."""
     a, pruned = p.analysis, p.selection.pruned
     g = a.graph
     shape_after = lambda v: a.pruned_shape(v, pruned)  # noqa: E731
-    macs_before = graph_macs(g)
-    params_before = graph_params(g)
+    macs_before, params_before = graph_macs(g), graph_params(g)
     if after is not None:
         macs_after, params_after = graph_macs(after), graph_params(after)
         if macs_after != p.selection.planned_macs:
             raise InternalError(f"the pruned graph has {macs_after} MACs, the plan said {p.selection.planned_macs}")
     else:
         macs_after, params_after = p.selection.planned_macs, graph_params(g, shape_after)
+    layers, layer_of = _layer_reports(a, shape_after)
+    groups = _group_reports(p)
+    unknown = {u.op for u in a.unknown_ops}
+    graph_view = build_graph_view(a, layer_of, unknown, shape_after)
+    frozen_ops = [FrozenOp(u.op, u.target, u.label) for u in a.unknown_ops]
+    settings = opts.settings()
+    if p.selection.ratio is not None:
+        settings["ratio_used"] = p.selection.ratio
+    settings.update(extra_settings or {})
+    return Report(
+        model_name, g.framework, trace_method, params_before, params_after, macs_before, macs_after, settings,
+        layers, groups, frozen_ops, verification, timings, graph_view,
+    )  # fmt: skip
+
+
+_LAYER_KINDS = ("conv", "linear", "matmul", "embedding")
+
+
+def _layer_reports(a: AnalysisResult, shape_after: Callable[[str], tuple[int, ...]]) -> tuple[list[LayerReport], dict[str, int]]:
+    """One row per layer (conv, linear, matmul, embedding): channels, MACs and own parameters before and after."""
+    g = a.graph
     layers: list[LayerReport] = []
     layer_of: dict[str, int] = {}
     producer_group = {name: grp.id for grp in a.groups for name in grp.producers}
     for op in g.ops.values():
-        if op.kind not in ("conv", "linear", "matmul", "embedding"):
+        if op.kind not in _LAYER_KINDS:
             continue
         x, y = op.inputs[0], op.outputs[0]
-        ax_in = 1 if op.kind == "conv" else -1
-        ax_out = 1 if op.kind == "conv" else -1
+        ax = 1 if op.kind == "conv" else -1
         own = [v for v in op.tensor_inputs() if g.values[v].is_const and g.values[v].trainable]
+        x_shape = g.shape(x) if x is not None and g.values[x].is_tensor else None
+        channels_in = (x_shape[ax], shape_after(x)[ax]) if x_shape and op.kind != "embedding" else (0, 0)
         layer_of[op.name] = len(layers)
         layers.append(
             LayerReport(
                 op.label or op.name,
                 op.target,
-                (g.shape(x)[ax_in] if g.shape(x) else 0, shape_after(x)[ax_in] if g.shape(x) else 0)
-                if op.kind != "embedding"
-                else (0, 0),
-                (g.shape(y)[ax_out], shape_after(y)[ax_out]),
+                channels_in,
+                (g.shape(y)[ax], shape_after(y)[ax]),
                 (op_macs(op, g.shape), op_macs(op, shape_after)),
                 (sum(math.prod(g.shape(v)) for v in own), sum(math.prod(shape_after(v)) for v in own)),
                 op.kind,
                 producer_group.get(op.name),
             )
         )
+    return layers, layer_of
+
+
+def _group_reports(p: Plan) -> list[GroupReport]:
+    """One row per coupling group: channels before/after/frozen, why frozen, saliency spread, what was removed."""
+    a, pruned = p.analysis, p.selection.pruned
+    op_label = {op.name: op.label or op.name for op in a.graph.ops.values()}
+    scored_per_unit = criterion_level(p.saliency.importance) == "unit"
     groups: list[GroupReport] = []
-    op_label = {op.name: op.label or op.name for op in g.ops.values()}
-    scored_per_unit = p.saliency.importance in Saliency.UNIT
     for grp in a.groups:
         kept = ~pruned[grp.classes]
         sal_all = p.saliency.scores[grp.classes]
@@ -212,30 +238,14 @@ def build_report(
                 np.flatnonzero(grp.frozen).tolist(),
             )
         )
-    unknown = {u.op for u in a.unknown_ops}
-    graph_view = build_graph_view(a, layer_of, unknown, shape_after)
-    frozen_ops = [FrozenOp(u.op, u.target, u.label) for u in a.unknown_ops]
-    settings = opts.settings()
-    if p.selection.ratio is not None:
-        settings["ratio_used"] = p.selection.ratio
-    settings.pop("loss_fn", None)
-    settings.update(extra_settings or {})
-    return Report(
-        model_name,
-        g.framework,
-        trace_method,
-        params_before,
-        params_after,
-        macs_before,
-        macs_after,
-        settings,
-        layers,
-        groups,
-        frozen_ops,
-        verification,
-        timings,
-        graph_view,
-    )
+    return groups
+
+
+def criterion_level(name: str) -> str:
+    """``"unit"`` for criteria that score producers' units (equalized across a group), else ``"class"``."""
+    from passes.saliency import Saliency
+
+    return "unit" if name in Saliency.UNIT else "class"
 
 
 # ---------------------------------------------------------------------------
