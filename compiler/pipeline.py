@@ -90,6 +90,7 @@ def plan(
     if needs and data is None:
         raise InternalError(f"importance={opts.importance!r} and weight updates need a model that can run here")
     if opts.f_nz is not None:
+        assert data is not None  # f_nz makes `needs` true: without data we raised above
         raw = steps("saliency", data.nz_fraction)
         scores = np.full(analysis.n_classes, np.nan)
         for grp in analysis.groups:
@@ -193,8 +194,9 @@ def _layer_reports(a: AnalysisResult, shape_after: Callable[[str], tuple[int, ..
         x, y = op.inputs[0], op.outputs[0]
         ax = 1 if op.kind == "conv" else -1
         own = [v for v in op.tensor_inputs() if g.values[v].is_const and g.values[v].trainable]
-        x_shape = g.shape(x) if x is not None and g.values[x].is_tensor else None
-        channels_in = (x_shape[ax], shape_after(x)[ax]) if x_shape and op.kind != "embedding" else (0, 0)
+        channels_in = (0, 0)
+        if x is not None and g.values[x].is_tensor and g.shape(x) and op.kind != "embedding":
+            channels_in = (g.shape(x)[ax], shape_after(x)[ax])
         layer_of[op.name] = len(layers)
         layers.append(
             LayerReport(
@@ -292,7 +294,7 @@ def compile_with(
     check_capabilities(adapter, opts)
     latency, run_opts = latency_setup(opts, backend_options, adapter.example_inputs(), progress, steps, adapter.latency_model)
     make_data = lambda analysis: adapter.criteria_data(analysis, opts)  # noqa: E731
-    p = plan(adapter.graph, run_opts, steps, make_data, latency and latency.cost_model)
+    p = plan(adapter.graph, run_opts, steps, make_data, latency.cost_model if latency is not None else None)
 
     def build(p: Plan) -> tuple[dict[str, np.ndarray], dict[str, Any], Rewritten]:
         updates, info = weight_updates(p, opts, steps)

@@ -62,6 +62,7 @@ class Adapter(ABC):
 
     graph: ChannelGraph
     handle: Any  # the adapter's loaded form (a TracedModel, an OnnxModel): CompileResult.traced
+    model: Any  # the model as given to compile() (an nn.Module; for ONNX, whatever load_onnx accepts)
     model_name: str
     trace_method: str
 

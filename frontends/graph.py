@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from frontends.errors import InternalError
+
 log = logging.getLogger(__name__)
 
 __all__ = ["Value", "Op", "ChannelGraph"]
@@ -61,6 +63,13 @@ class Op:
 
     def tensor_inputs(self) -> list[str]:
         return [v for v in self.inputs if v is not None]
+
+    def input(self, i: int) -> str:
+        """The name of input ``i``, one the op's kind requires (absent only through a frontend's bug)."""
+        v = self.inputs[i]
+        if v is None:
+            raise InternalError(f"op {self.name} ({self.kind}): required input {i} is absent")
+        return v
 
 
 class ChannelGraph:

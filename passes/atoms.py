@@ -18,7 +18,7 @@ __all__ = ["AtomTable", "Labels"]
 
 # Per-dimension atom arrays of one tensor; ``None`` for a dimension without
 # channel structure (batch, spatial, or anything that must not be pruned).
-Labels = list  # list[np.ndarray | None]
+Labels = list[np.ndarray | None]
 
 
 @dataclass

@@ -192,7 +192,7 @@ class ChannelAnalysis:
                 if p.op not in names:
                     names.append(p.op)
                 cls, counts = np.unique(atom_class[p.atoms], return_counts=True)
-                for k, n in zip(cls.tolist(), counts.tolist()):
+                for k, n in zip(cls.tolist(), counts.tolist(), strict=True):
                     width[k] = max(width.get(k, 0), n)
             classes = np.array(sorted(width), dtype=np.int64)
             widths = np.array([width[k] for k in classes.tolist()], dtype=np.int64)

@@ -34,6 +34,7 @@ def sparsify(model: nn.Module, amount: float | None = None, threshold: float | N
             for w in weights:
                 w[w.abs() < threshold] = 0.0
             return out
+        assert amount is not None  # exactly one of amount= and threshold= was given, and threshold is None
         if scope == "global":
             allw = torch.cat([w.abs().flatten() for w in weights])
             k = int(amount * allw.numel())

@@ -24,7 +24,7 @@ def broadcast_labels(ctx: RuleContext, labels: list[Labels], shapes: list[tuple[
     for d in range(rank):
         label, size = None, None
         ones: list[np.ndarray | None] = []
-        for lab, s in zip(labels, shapes, strict=False):
+        for lab, s in zip(labels, shapes, strict=True):
             k = d - (rank - len(s))
             if k < 0:
                 continue
@@ -36,8 +36,8 @@ def broadcast_labels(ctx: RuleContext, labels: list[Labels], shapes: list[tuple[
             else:
                 label = ctx.tie(label, lab[k], reason)
         if size is None:  # size 1 everywhere: the same single channel
-            for lab in ones:
-                label = lab if label is None else ctx.tie(label, lab, reason)
+            for one in ones:
+                label = one if label is None else ctx.tie(label, one, reason)
         out.append(label)
     return out
 

@@ -64,7 +64,7 @@ class RuleContext:
             return
         if len(labels) != len(shape):
             raise AssertionError(f"{value}: {len(labels)} labels for shape {shape}")
-        for d, (lab, n) in enumerate(zip(labels, shape, strict=False)):
+        for d, (lab, n) in enumerate(zip(labels, shape, strict=True)):
             if lab is not None and len(lab) != n:
                 raise AssertionError(f"{value} dim {d}: {len(lab)} atoms for size {n}")
         self.labels[value] = list(labels)

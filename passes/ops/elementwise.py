@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 @register("identity", "unary")
 def _unary(op: Op, ctx: RuleContext) -> None:
     """Element-wise op of one tensor (activations, dropout, clamp, ...)."""
-    ctx.set(op.outputs[0], ctx.get(op.inputs[0]))
+    ctx.set(op.outputs[0], ctx.get(op.input(0)))
 
 
 @register("binary")
@@ -33,7 +33,7 @@ def _binary(op: Op, ctx: RuleContext) -> None:
 @register("softmax")
 def _softmax(op: Op, ctx: RuleContext) -> None:
     """Softmax over a dim couples all of it: a tracked softmax dim is frozen."""
-    x = op.inputs[0]
+    x = op.input(0)
     xl = list(ctx.get(x))
     ax = axis(int(op.attrs["axis"]), len(xl))
     ctx.freeze(xl[ax], f"{op.target} over a channel dimension")
@@ -46,7 +46,7 @@ def _reduce(op: Op, ctx: RuleContext) -> None:
     the sum of squares (a zeroed channel adds 0); so is a mean whose rewrite keeps the original divisor
     (``rescalable``: the torch rewrite multiplies it by kept / original count, RMSNorm's mean of squares);
     max/min/var/logsumexp/... over channels are not."""
-    x = op.inputs[0]
+    x = op.input(0)
     xl = ctx.get(x)
     dims = {axis(d, len(xl)) for d in op.attrs["dims"]}
     keepdim = bool(op.attrs.get("keepdim", False))
@@ -66,7 +66,7 @@ def _reduce(op: Op, ctx: RuleContext) -> None:
 @register("scan")
 def _scan(op: Op, ctx: RuleContext) -> None:
     """cumsum/cumprod along ``axis``: every position mixes those before it, so a channel axis is frozen."""
-    xl = list(ctx.get(op.inputs[0]))
+    xl = list(ctx.get(op.input(0)))
     d = axis(int(op.attrs["axis"]), len(xl))
     ctx.freeze(xl[d], "running sum along a channel dimension")
     xl[d] = None
@@ -85,7 +85,7 @@ def _reduce_reads(op: Op, analysis: Any) -> ChannelRead | None:
     """A sum over channels, or a mean that the rewrite rescales, contracts its first tracked reduced dim."""
     if not (op.attrs.get("fn") == "sum" or (op.attrs.get("fn") == "mean" and op.attrs.get("rescalable"))):
         return None
-    x = op.inputs[0]
+    x = op.input(0)
     rank = len(analysis.graph.shape(x))
     lab = analysis.labels.get(x)
     tracked = [d % rank for d in op.attrs["dims"] if lab and lab[d % rank] is not None]

@@ -16,7 +16,7 @@ log = logging.getLogger(__name__)
 def _index(op: Op, ctx: RuleContext) -> None:
     """Basic indexing x[..., a:b:s, i, None]: contiguous slices of a channel dim keep their channels;
     strided slices and single indices of a channel dim are frozen."""
-    labels, _ = indexed_labels(ctx, op.inputs[0], op.attrs["items"], "indexing", ctx.shape(op.outputs[0]))
+    labels, _ = indexed_labels(ctx, op.input(0), op.attrs["items"], "indexing", ctx.shape(op.outputs[0]))
     ctx.set(op.outputs[0], labels)
 
 
@@ -27,9 +27,9 @@ def _setitem(op: Op, ctx: RuleContext) -> None:
     Contiguous slices of a channel dim keep their channels (the rewrite moves the
     bounds); a single index or a strided slice of a channel dim freezes it.
     """
-    labels, sizes = indexed_labels(ctx, op.inputs[0], op.attrs["items"], "writing into")
+    labels, sizes = indexed_labels(ctx, op.input(0), op.attrs["items"], "writing into")
     if len(op.inputs) > 1:
-        v = op.inputs[1]
+        v = op.input(1)
         broadcast_labels(ctx, [labels, ctx.get(v)], [tuple(sizes), ctx.shape(v)], "value written into a slice")
 
 
@@ -41,12 +41,12 @@ def _take(op: Op, ctx: RuleContext) -> None:
     index's dims replace the axis; the other dims keep their channels (Swin's
     relative position bias table keeps its head dim).
     """
-    x = op.inputs[0]
+    x = op.input(0)
     xl = list(ctx.get(x))
     ax = axis(int(op.attrs["axis"]), len(xl))
     ctx.freeze(xl[ax], "indexing a channel dimension with a tensor")
     if len(op.inputs) > 1:
-        idx = op.inputs[1]
+        idx = op.input(1)
         ctx.freeze_all(idx, "index tensor")
         index_rank = len(ctx.shape(idx))
     else:  # a constant index (ONNX Gather with static indices): only its shape matters here

@@ -27,7 +27,7 @@ def _conv(op: Op, ctx: RuleContext) -> None:
     groups: the input block and the output block of each group are one channel,
     so the group width never changes (depthwise: width 1, channel multiplier ok).
     """
-    x, w = op.inputs[0], op.inputs[1]
+    x, w = op.input(0), op.input(1)
     b = op.inputs[2] if len(op.inputs) > 2 else None
     xl, wl = ctx.get(x), ctx.get(w)
     groups = int(op.attrs.get("groups", 1))
@@ -47,7 +47,9 @@ def _conv(op: Op, ctx: RuleContext) -> None:
         else:  # weight [C_out, C_in/g, k...]
             out_atoms = wl[0]
             ctx.producer(w, 0, out_atoms)
-        if xl[1] is None:
+        if out_atoms is None:  # an untracked weight (a model input, an unknown op's output): no groups to prune
+            ctx.freeze(xl[1], "grouped conv with an untracked weight")
+        elif xl[1] is None:
             ctx.freeze(out_atoms, "grouped conv over an untracked input")
         else:
             xin = xl[1].reshape(groups, c_in // groups)
@@ -63,7 +65,7 @@ def _conv(op: Op, ctx: RuleContext) -> None:
 @register("linear")
 def _linear(op: Op, ctx: RuleContext) -> None:
     """y = x @ W.T + b on the last dimension; W is [out, in]."""
-    x, w = op.inputs[0], op.inputs[1]
+    x, w = op.input(0), op.input(1)
     b = op.inputs[2] if len(op.inputs) > 2 else None
     xl, wl = ctx.get(x), ctx.get(w)
     ctx.tie(xl[-1], wl[1], "linear over an untracked input")
@@ -79,14 +81,16 @@ def _matmul(op: Op, ctx: RuleContext) -> None:
 
     A constant operand is a layer: its non-contracted axis is scored as a producer.
     """
-    a, b = op.inputs[0], op.inputs[1]
+    a, b = op.input(0), op.input(1)
     al, bl = list(ctx.get(a)), list(ctx.get(b))
     sa, sb = ctx.shape(a), ctx.shape(b)
     squeeze_a, squeeze_b = len(sa) == 1, len(sb) == 1
     if squeeze_a:
-        al, sa = [None] + al, (1,) + sa
+        al.insert(0, None)
+        sa = (1, *sa)
     if squeeze_b:
-        bl, sb = bl + [None], sb + (1,)
+        bl.append(None)
+        sb = (*sb, 1)
     ctx.tie(al[-1], bl[-2], "matmul contraction over an untracked operand")
     batch = broadcast_labels(ctx, [al[:-2], bl[:-2]], [sa[:-2], sb[:-2]], "matmul batch dims")
     out = batch + [al[-2], bl[-1]]
@@ -104,7 +108,7 @@ def _matmul(op: Op, ctx: RuleContext) -> None:
 @register("embedding")
 def _embedding(op: Op, ctx: RuleContext) -> None:
     """Lookup rows of W [vocab, dim]: the embedding dim is a producer's channel."""
-    idx, w = op.inputs[0], op.inputs[1]
+    idx, w = op.input(0), op.input(1)
     wl = ctx.get(w)
     ctx.producer(w, 1, wl[1])
     ctx.set(op.outputs[0], list(ctx.get(idx)) + [wl[1]])
@@ -118,7 +122,8 @@ def _attention(op: Op, ctx: RuleContext) -> None:
     are the same positions. A pruned head dim keeps the original scale (the
     rewrite passes it explicitly).
     """
-    q, k, v, mask = (op.inputs + [None] * 4)[:4]
+    q, k, v = op.input(0), op.input(1), op.input(2)
+    mask = op.inputs[3] if len(op.inputs) > 3 else None
     ql, kl, vl = ctx.get(q), ctx.get(k), ctx.get(v)
     sq, sk, sv = ctx.shape(q), ctx.shape(k), ctx.shape(v)
     ctx.tie(ql[-1], kl[-1], "attention over an untracked query/key")
@@ -150,7 +155,7 @@ def _einsum(op: Op, ctx: RuleContext) -> None:
     subs, out = parsed
     label: dict[str, np.ndarray | None] = {}
     seen: set[str] = set()
-    for v, sub in zip(ins, subs, strict=False):
+    for v, sub in zip(ins, subs, strict=True):
         lab, shape = ctx.get(v), ctx.shape(v)
         for c, lc, n in zip(sub, lab, shape, strict=False):
             if n == 1 and len(ins) > 1:
@@ -161,7 +166,7 @@ def _einsum(op: Op, ctx: RuleContext) -> None:
                 label[c] = lc
             else:
                 label[c] = ctx.tie(label[c], lc, "einsum over a tracked and an untracked operand")
-    for k, (v, sub) in enumerate(zip(ins, subs, strict=False)):
+    for k, (v, sub) in enumerate(zip(ins, subs, strict=True)):
         if not ctx.is_const(v):
             continue
         others = "".join(s for j, s in enumerate(subs) if j != k)
@@ -181,25 +186,25 @@ conv, linear, matmul, attention = op_spec("conv"), op_spec("linear"), op_spec("m
 
 @conv.cost
 def _conv_macs(op: Op, shape: ShapeFn) -> int:
-    w = shape(op.inputs[1])
-    n = math.prod(shape(op.inputs[0])) if op.attrs.get("transposed") else math.prod(shape(op.outputs[0]))
+    w = shape(op.input(1))
+    n = math.prod(shape(op.input(0))) if op.attrs.get("transposed") else math.prod(shape(op.outputs[0]))
     return n * math.prod(w[1:])
 
 
 @linear.cost
 def _linear_macs(op: Op, shape: ShapeFn) -> int:
-    return math.prod(shape(op.outputs[0])) * shape(op.inputs[1])[1]
+    return math.prod(shape(op.outputs[0])) * shape(op.input(1))[1]
 
 
 @matmul.cost
 def _matmul_macs(op: Op, shape: ShapeFn) -> int:
-    return math.prod(shape(op.outputs[0])) * shape(op.inputs[0])[-1]
+    return math.prod(shape(op.outputs[0])) * shape(op.input(0))[-1]
 
 
 @attention.cost
 def _attention_macs(op: Op, shape: ShapeFn) -> int:
     """q @ k^T, then weights @ v."""
-    q, k, v = shape(op.inputs[0]), shape(op.inputs[1]), shape(op.inputs[2])
+    q, k, v = shape(op.input(0)), shape(op.input(1)), shape(op.input(2))
     scores = math.prod(q[:-1]) * k[-2]
     return scores * q[-1] + scores * v[-1]
 
@@ -268,7 +273,7 @@ def _conv_geometry(x: Sequence[int], w: Sequence[int], y: Sequence[int]) -> tupl
 def _conv_latency(op: Op, shape: ShapeFn) -> LatencyLayer | None:
     if op.attrs.get("transposed"):
         return None
-    x, w, y = shape(op.inputs[0]), shape(op.inputs[1]), shape(op.outputs[0])
+    x, w, y = shape(op.input(0)), shape(op.input(1)), shape(op.outputs[0])
     if len(x) != 4 or len(w) != 4 or len(y) != 4:
         return None
     stride, pad = _conv_geometry(x, w, y)
@@ -279,5 +284,5 @@ def _conv_latency(op: Op, shape: ShapeFn) -> LatencyLayer | None:
 
 @linear.latency_layer
 def _linear_latency(op: Op, shape: ShapeFn) -> LatencyLayer:
-    x, w = shape(op.inputs[0]), shape(op.inputs[1])
+    x, w = shape(op.input(0)), shape(op.input(1))
     return LatencyLayer(LinearSpec(int(math.prod(x[:-1]))), w[1], w[0])

@@ -18,7 +18,7 @@ def _per_channel_norm(op: Op, ctx: RuleContext) -> None:
     InstanceNorm's statistics span every dim after axis 1; a tracked one there (a
     GroupNorm exported as Reshape -> InstanceNormalization) is frozen.
     """
-    x = op.inputs[0]
+    x = op.input(0)
     xl = ctx.get(x)
     for p in op.inputs[1:]:
         if p is not None and len(ctx.shape(p)) == 1 and ctx.shape(p)[0] == ctx.shape(x)[1]:
@@ -36,7 +36,7 @@ def _layer_norm(op: Op, ctx: RuleContext) -> None:
     Removing channels changes the statistics, so the verification reference
     normalizes over the kept channels only.
     """
-    x = op.inputs[0]
+    x = op.input(0)
     xl = ctx.get(x)
     k = int(op.attrs["ndim"])
     for p in op.inputs[1:3]:
@@ -56,7 +56,7 @@ def _group_norm(op: Op, ctx: RuleContext) -> None:
     verification reference can take its statistics over the kept channels
     (``stats_over_kept``, the torch path).
     """
-    x = op.inputs[0]
+    x = op.input(0)
     xl = ctx.get(x)
     groups = int(op.attrs["num_groups"])
     c = ctx.shape(x)[1]
@@ -71,7 +71,7 @@ def _group_norm(op: Op, ctx: RuleContext) -> None:
 @register("prelu")
 def _prelu(op: Op, ctx: RuleContext) -> None:
     """PReLU: a per-channel slope (axis 1) follows its channel; a single slope broadcasts."""
-    x, w = op.inputs[0], op.inputs[1]
+    x, w = op.input(0), op.input(1)
     xl = ctx.get(x)
     ws = ctx.shape(w)
     if len(ws) == 1 and ws[0] > 1 and len(xl) > 1:
@@ -83,7 +83,7 @@ def _prelu(op: Op, ctx: RuleContext) -> None:
 def _normalize(op: Op, ctx: RuleContext) -> None:
     """F.normalize: x / ||x||_p along an axis. For p > 0 a removed (zeroed) channel adds nothing to
     the norm, so the kept channels' values are exact; other p freeze the axis."""
-    xl = list(ctx.get(op.inputs[0]))
+    xl = list(ctx.get(op.input(0)))
     if not float(op.attrs.get("p", 2.0)) > 0:
         ctx.freeze(xl[axis(int(op.attrs["axis"]), len(xl))], "normalize with p <= 0 over a channel dimension")
     ctx.set(op.outputs[0], xl)

@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 @register("spatial")
 def _spatial(op: Op, ctx: RuleContext) -> None:
     """Pooling (max, avg, adaptive), resize: the last ``nspatial`` dims change, channels pass."""
-    x = op.inputs[0]
+    x = op.input(0)
     xl = ctx.get(x)
     k = int(op.attrs["nspatial"])
     out_rank = len(ctx.shape(op.outputs[0]))
@@ -36,7 +36,7 @@ def _concat(op: Op, ctx: RuleContext) -> None:
     ax = axis(int(op.attrs["axis"]), rank)
     labs = [ctx.get(v) for v in ins]
     along = []
-    for v, lab in zip(ins, labs, strict=False):
+    for v, lab in zip(ins, labs, strict=True):
         a = lab[ax]
         if a is None:  # an untracked part (a model input, an unknown op's output): its own frozen channels
             a = ctx.atoms.fresh(ctx.shape(v)[ax])
@@ -79,7 +79,7 @@ def _split(op: Op, ctx: RuleContext) -> None:
     Sizes given as a list are rewritten per chunk; a split into equal chunks
     (chunk(n), split(size)) stays equal: position j of every chunk goes together.
     """
-    x = op.inputs[0]
+    x = op.input(0)
     xl = ctx.get(x)
     ax = axis(int(op.attrs["axis"]), len(xl))
     sizes = [int(s) for s in op.attrs["sizes"]]
@@ -100,7 +100,7 @@ def _split(op: Op, ctx: RuleContext) -> None:
 @register("slice")
 def _slice(op: Op, ctx: RuleContext) -> None:
     """Slice along one axis: contiguous, or one position of every block of channels (else frozen)."""
-    x = op.inputs[0]
+    x = op.input(0)
     xl = list(ctx.get(x))
     ax = axis(int(op.attrs["axis"]), len(xl))
     n = ctx.shape(x)[ax]
@@ -112,7 +112,7 @@ def _slice(op: Op, ctx: RuleContext) -> None:
 @register("pad")
 def _pad(op: Op, ctx: RuleContext) -> None:
     """Constant/reflect padding: a padded channel dim is frozen, others pass."""
-    x = op.inputs[0]
+    x = op.input(0)
     xl = list(ctx.get(x))
     if "padded_dims" in op.attrs:  # widths known only at run time
         padded = [axis(d, len(xl)) for d in op.attrs["padded_dims"]]
@@ -127,7 +127,7 @@ def _pad(op: Op, ctx: RuleContext) -> None:
 
 @register("permute")
 def _permute(op: Op, ctx: RuleContext) -> None:
-    xl = ctx.get(op.inputs[0])
+    xl = ctx.get(op.input(0))
     ctx.set(op.outputs[0], [xl[axis(p, len(xl))] for p in op.attrs["perm"]])
 
 
@@ -142,7 +142,7 @@ def _reshape(op: Op, ctx: RuleContext) -> None:
     that it does (heads split [h*d] -> [h, d] prunes head dims; channel shuffle
     [C] -> [g, C/g] ties channel j of every group).
     """
-    x, y = op.inputs[0], op.outputs[0]
+    x, y = op.input(0), op.outputs[0]
     xl = ctx.get(x)
     si, so = ctx.shape(x), ctx.shape(y)
     yl: Labels = [None] * len(so)
@@ -161,7 +161,9 @@ def _reshape(op: Op, ctx: RuleContext) -> None:
         total = math.prod(si[d] for d in gi)
         stride = math.prod(si[d] for d in gi[gi.index(t) + 1 :])
         pos = np.arange(total)
-        lab = xl[t][(pos // stride) % si[t]]
+        xt = xl[t]
+        assert xt is not None  # t is in tracked
+        lab = xt[(pos // stride) % si[t]]
         if len(go) == 1:
             yl[go[0]] = lab
             continue
@@ -188,7 +190,7 @@ def _expand(op: Op, ctx: RuleContext) -> None:
     """expand/broadcast_to: kept dims keep their channels. A size-1 dim grown by broadcasting holds copies of
     one value, so it can take any channels: it gets fresh atoms, which whatever it meets ties to (F.normalize as
     exported to ONNX: x / Expand(ReduceL2(x), Shape(x)) prunes with x; the rewrite fits the target shape)."""
-    x, y = op.inputs[0], op.outputs[0]
+    x, y = op.input(0), op.outputs[0]
     xl, si, so = ctx.get(x), ctx.shape(x), ctx.shape(y)
     lead = len(so) - len(si)
     out: Labels = [None] * lead
@@ -205,7 +207,7 @@ def _expand(op: Op, ctx: RuleContext) -> None:
 def _unbind_select(op: Op, ctx: RuleContext) -> None:
     """unbind(dim) / x.select(dim, i) / x[:, i]: each output is one index of ``dim``, which goes away
     (a tracked dim there is frozen)."""
-    xl = list(ctx.get(op.inputs[0]))
+    xl = list(ctx.get(op.input(0)))
     ax = axis(int(op.attrs["axis"]), len(xl))
     ctx.freeze(xl[ax], "unbind along a channel dimension" if op.kind == "unbind" else "indexing a single channel")
     for out in op.outputs:
@@ -216,7 +218,7 @@ def _unbind_select(op: Op, ctx: RuleContext) -> None:
 def _unfold(op: Op, ctx: RuleContext) -> None:
     """im2col ([N, C, H, W] -> [N, C*k, L], channel-major): each channel expands to its k kernel positions,
     as in a flatten; the spatial dims become the window index L (a tracked one is frozen)."""
-    x, y = op.inputs[0], op.outputs[0]
+    x, y = op.input(0), op.outputs[0]
     xl = ctx.get(x)
     si, so = ctx.shape(x), ctx.shape(y)
     for d in (2, 3):
@@ -228,7 +230,7 @@ def _unfold(op: Op, ctx: RuleContext) -> None:
 @register("roll")
 def _roll(op: Op, ctx: RuleContext) -> None:
     """torch.roll: a rolled channel dim is frozen (its order changes); other dims pass."""
-    xl = list(ctx.get(op.inputs[0]))
+    xl = list(ctx.get(op.input(0)))
     for d in op.attrs["dims"]:
         d = axis(d, len(xl))
         ctx.freeze(xl[d], "roll along a channel dimension")
@@ -240,9 +242,10 @@ def _roll(op: Op, ctx: RuleContext) -> None:
 def _repeat(op: Op, ctx: RuleContext) -> None:
     """repeat_interleave / Tensor.repeat along ``axes`` (input dims): a repeated channel dim is frozen; other
     dims keep their channels; ``lead`` new leading dims (Tensor.repeat with more repeats than dims) have none."""
-    xl = list(ctx.get(op.inputs[0]))
+    xl = list(ctx.get(op.input(0)))
     for d in op.attrs["axes"]:
         d = axis(d, len(xl))
         ctx.freeze(xl[d], "repeat along a channel dimension")
         xl[d] = None
-    ctx.set(op.outputs[0], [None] * int(op.attrs.get("lead", 0)) + xl)
+    lead: Labels = [None] * int(op.attrs.get("lead", 0))
+    ctx.set(op.outputs[0], lead + xl)
