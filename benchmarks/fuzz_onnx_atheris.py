@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     sys.addaudithook(_audit)
     with atheris.instrument_imports(include=["frontends", "compiler", "passes", "onnx"]):
         import compiler  # noqa: F401
-        import frontends.onnx_frontend  # noqa: F401
+        import frontends.onnx  # noqa: F401
     import torch
 
     torch.set_num_threads(1)

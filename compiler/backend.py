@@ -92,7 +92,7 @@ def _model_bytes(model: Any) -> bytes:
     if isinstance(model, (bytes, bytearray)):
         return bytes(model)
     if isinstance(model, (str, os.PathLike)):
-        from frontends.onnx_frontend import load_proto
+        from frontends.onnx import load_proto
 
         return load_proto(model)[0].SerializeToString()
     if type(model).__name__ == "ModelProto":
@@ -148,11 +148,11 @@ class OrtRunner:
         self.output_names = [o.name for o in self.session.get_outputs()]
 
     def feeds(self, inputs: Sequence[Any]) -> dict[str, np.ndarray]:
-        from frontends.onnx_frontend import _to_numpy
+        from frontends.onnx import to_numpy
 
         if len(inputs) != len(self.input_names):
             raise InvalidArgumentError(f"the model takes {len(self.input_names)} inputs {self.input_names}, got {len(inputs)}")
-        return {n: _to_numpy(x) for n, x in zip(self.input_names, inputs, strict=True)}
+        return {n: to_numpy(x) for n, x in zip(self.input_names, inputs, strict=True)}
 
     def __call__(self, *inputs: Any) -> list[np.ndarray]:
         return self.session.run(self.output_names, self.feeds(inputs))

@@ -51,19 +51,19 @@ class BenchModel:
 
 def onnx_bench_model(label: str, proto: Any, shapes: Sequence[tuple[int, ...]] | None = None) -> BenchModel:
     """Shapes and MACs of an ONNX model (its first dim is the batch)."""
-    from frontends.onnx_frontend import _dims, _np_dtype, _real_inputs, load_onnx
+    from frontends.onnx import load_onnx, numpy_dtype, real_inputs, tensor_dims
     from passes.cost import graph_macs
 
     given = None
-    ins = _real_inputs(proto)
+    ins = real_inputs(proto)
     if shapes:
         if len(shapes) != len(ins):
             raise InvalidArgumentError(f"{label}: the model has {len(ins)} inputs, got {len(shapes)} --input-shape")
-        given = {i.name: np.zeros(s, dtype=_np_dtype(i.type.tensor_type.elem_type)) for i, s in zip(ins, shapes, strict=True)}
+        given = {i.name: np.zeros(s, dtype=numpy_dtype(i.type.tensor_type.elem_type)) for i, s in zip(ins, shapes, strict=True)}
     loaded = load_onnx(proto, given)
     static = None
     for i in ins:
-        dims = _dims(i.type)
+        dims = tensor_dims(i.type)
         if dims is not None and dims:
             static = dims[0]
     arrays = list(loaded.inputs.values())
@@ -72,7 +72,7 @@ def onnx_bench_model(label: str, proto: Any, shapes: Sequence[tuple[int, ...]] |
 
 
 def torch_bench_model(label: str, module: Any, example_inputs: Sequence[Any]) -> BenchModel:
-    from frontends.torch_fx import load_torch
+    from frontends.torch import load_torch
     from passes.cost import graph_macs
 
     traced = load_torch(module, tuple(example_inputs))

@@ -203,16 +203,16 @@ def _onnx_inputs(path: str, shapes: Sequence[str] | None) -> dict[str, Any] | No
         return None
     import numpy as np
 
-    from frontends.onnx_frontend import _np_dtype, _real_inputs, check_input_size, load_proto
+    from frontends.onnx import check_input_size, load_proto, numpy_dtype, real_inputs
 
     proto, _ = load_proto(path)
-    ins = _real_inputs(proto)
+    ins = real_inputs(proto)
     if len(shapes) != len(ins):
         raise InvalidArgumentError(f"{path}: the model has {len(ins)} inputs {[i.name for i in ins]}, got {len(shapes)} --input-shape")
     rng = np.random.default_rng(0)
     out = {}
     for vi, text in zip(ins, shapes, strict=True):
-        shape, dt = _parse_shape(text), _np_dtype(vi.type.tensor_type.elem_type)
+        shape, dt = _parse_shape(text), numpy_dtype(vi.type.tensor_type.elem_type)
         check_input_size(vi.name, shape, path)
         out[vi.name] = rng.standard_normal(shape).astype(dt) if dt.kind == "f" else np.zeros(shape, dtype=dt)
     return out
@@ -231,7 +231,7 @@ def _file_bytes(path: str) -> int:
     """Size of an ONNX file with its external data files."""
     import onnx
 
-    from frontends.onnx_frontend import _all_tensors
+    from frontends.onnx import all_tensors
 
     total = os.path.getsize(path)
     folder = os.path.dirname(os.path.abspath(path))
@@ -240,7 +240,7 @@ def _file_bytes(path: str) -> int:
         proto = onnx.load(path, load_external_data=False)
     except Exception:
         return total
-    for t in _all_tensors(proto):
+    for t in all_tensors(proto):
         if t.data_location == onnx.TensorProto.EXTERNAL:
             loc = {e.key: e.value for e in t.external_data}.get("location", "")
             full = os.path.join(folder, loc)
@@ -315,7 +315,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
 def _bench_load(spec: str, args: argparse.Namespace) -> Any:
     """(model, example inputs) for a bench spec: an .onnx file or a PyTorch factory."""
     if _is_onnx_file(spec):
-        from frontends.onnx_frontend import load_proto
+        from frontends.onnx import load_proto
 
         return load_proto(spec)[0], None
     import torch

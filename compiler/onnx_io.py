@@ -35,9 +35,9 @@ def data_file_pattern(path: str) -> re.Pattern[str]:
 
 
 def _tensors(m: onnx.ModelProto) -> list[onnx.TensorProto]:
-    from frontends.onnx_frontend import _all_tensors
+    from frontends.onnx import all_tensors
 
-    return list(_all_tensors(m))
+    return list(all_tensors(m))
 
 
 def _referenced(path: str) -> set[str]:

@@ -26,7 +26,7 @@ class OnnxAdapter(Adapter):
         self.model, self.given_inputs, self.seed = model, example_inputs, seed
 
     def load(self, steps: Callable[..., Any]) -> ChannelGraph:
-        from frontends.onnx_frontend import load_onnx
+        from frontends.onnx import load_onnx
 
         self.loaded = steps("load", load_onnx, self.model, self.given_inputs, self.seed)
         self.handle, self.graph = self.loaded, self.loaded.graph
@@ -57,7 +57,7 @@ class OnnxAdapter(Adapter):
         return VerifyONNX(rtol=rtol).call(self.loaded, plan.analysis, plan.selection.pruned, rewritten.model).to_dict()
 
     def measure(self, rewritten: Rewritten) -> ChannelGraph:
-        from frontends.onnx_frontend import load_onnx
+        from frontends.onnx import load_onnx
 
         try:
             return load_onnx(rewritten.model, self.loaded.inputs).graph

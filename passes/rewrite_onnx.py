@@ -35,11 +35,12 @@ import onnx
 from onnx import helper, numpy_helper
 
 from frontends.errors import UnsupportedModelError
-from frontends.onnx_frontend import (
+from frontends.onnx import (
     OnnxModel,
-    _attrs,
-    _implicit_inputs,
+    UniqueNames,
     evaluate_static,
+    implicit_inputs,
+    node_attrs,
     reshape_result,
     slice_range,
 )
@@ -85,21 +86,6 @@ def _same(a: np.ndarray | None, b: np.ndarray | None) -> bool:
     return a.shape == b.shape and bool(np.array_equal(a, b))
 
 
-class _Names:
-    def __init__(self, g: onnx.GraphProto) -> None:
-        self.used = {vi.name for vi in list(g.input) + list(g.output) + list(g.value_info)}
-        self.used |= {t.name for t in g.initializer}
-        self.used |= {o for n in g.node for o in n.output}
-
-    def fresh(self, base: str) -> str:
-        name, k = base, 1
-        while name in self.used:
-            name = f"{base}_{k}"
-            k += 1
-        self.used.add(name)
-        return name
-
-
 class RewriteONNX:
     """``call(loaded, analysis, pruned) -> RewriteOnnxResult``."""
 
@@ -108,7 +94,7 @@ class RewriteONNX:
         m.CopyFrom(om.model)
         g = m.graph
         graph = analysis.graph
-        names = _Names(g)
+        names = UniqueNames(g)
         nodes = g.node
         static_nodes = set(om.static_nodes)
         init_pos = {t.name: k for k, t in enumerate(g.initializer)}
@@ -171,7 +157,7 @@ class RewriteONNX:
             needed = {a.value for a in om.args}
             for i, n in enumerate(nodes):
                 if i not in static_nodes:
-                    needed |= {x for x in list(n.input) + _implicit_inputs(n) if x}
+                    needed |= {x for x in list(n.input) + implicit_inputs(n) if x}
             needed |= {o.name for o in g.output}
             stuck = [nodes[i].name or nodes[i].op_type for i in lost_nodes if any(o in needed and o not in desired for o in nodes[i].output)]
             if stuck:
@@ -184,7 +170,7 @@ class RewriteONNX:
             for k, x in enumerate(n.input):
                 if x:
                     consumers[x].append((i, k))
-            for x in _implicit_inputs(n):
+            for x in implicit_inputs(n):
                 consumers[x].append((i, -1))
         outputs = {o.name for o in g.output}
 
@@ -258,13 +244,13 @@ class RewriteONNX:
             elif n.op_type == "Gather":
                 fixed |= self._gather(om, analysis, pruned, n, i, env, set_arg)
             elif n.op_type == "Split" and 1 in slots:
-                ax = int(_attrs(n).get("axis", 0))
+                ax = int(node_attrs(n).get("axis", 0))
                 ax = ax + len(om.shapes[n.input[0]]) if ax < 0 else ax
                 set_arg(i, 1, np.array([pshape(o)[ax] for o in n.output], dtype=np.int64))
                 fixed.add(1)
             elif n.op_type == "Resize" and 3 in slots:
                 out = pshape(n.output[0])
-                axes = _attrs(n).get("axes")
+                axes = node_attrs(n).get("axes")
                 rank = len(out)
                 want = [out[a + rank if a < 0 else a] for a in axes] if axes else list(out)
                 set_arg(i, 3, np.array(want, dtype=np.int64))
@@ -320,7 +306,7 @@ class RewriteONNX:
     @staticmethod
     def _reshape(om, n, i, env, pshape, set_arg) -> set[int]:
         x, y, spec_name = n.input[0], n.output[0], n.input[1]
-        allowzero = bool(int(_attrs(n).get("allowzero", 0)))
+        allowzero = bool(int(node_attrs(n).get("allowzero", 0)))
         pin, pout = pshape(x), pshape(y)
         if reshape_result(pin, env[spec_name].reshape(-1).tolist(), allowzero) == pout:
             return {1}
@@ -419,7 +405,7 @@ class RewriteONNX:
     def _gather(om, analysis, pruned, n, i, env, set_arg) -> set[int]:
         x, idx = n.input[0], n.input[1]
         sx = om.shapes[x]
-        ax = int(_attrs(n).get("axis", 0))
+        ax = int(node_attrs(n).get("axis", 0))
         ax = ax + len(sx) if ax < 0 else ax
         orig = np.asarray(om.static[idx])
         vals = [int(v) + sx[ax] if v < 0 else int(v) for v in orig.reshape(-1)]
@@ -440,7 +426,7 @@ class RewriteONNX:
         def uses(graph: onnx.GraphProto) -> dict[str, int]:
             c: dict[str, int] = defaultdict(int)
             for n in graph.node:
-                for x in list(n.input) + _implicit_inputs(n):
+                for x in list(n.input) + implicit_inputs(n):
                     if x:
                         c[x] += 1
             for o in graph.output:

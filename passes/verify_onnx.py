@@ -22,9 +22,8 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from frontends.errors import UnsupportedModelError, VerificationError
-from frontends.onnx_frontend import OnnxModel, _attrs, run_ort
+from frontends.onnx import OnnxModel, UniqueNames, node_attrs, run_ort
 from passes.channel_analysis import AnalysisResult
-from passes.rewrite_onnx import _Names
 from passes.verify import VerifyResult
 
 log = logging.getLogger(__name__)
@@ -56,7 +55,7 @@ def masked_reference(om: OnnxModel, analysis: AnalysisResult, pruned: np.ndarray
     m = onnx.ModelProto()
     m.CopyFrom(om.model)
     g = m.graph
-    names = _Names(g)
+    names = UniqueNames(g)
     graph = analysis.graph
     outputs = {o.name for o in g.output}
     zeros: dict[int, str] = {}
@@ -116,13 +115,13 @@ def masked_reference(om: OnnxModel, analysis: AnalysisResult, pruned: np.ndarray
 
 
 def _masked_layer_norm(
-    n: onnx.NodeProto, k: int, om: OnnxModel, analysis: AnalysisResult, pruned: np.ndarray, const, names: _Names
+    n: onnx.NodeProto, k: int, om: OnnxModel, analysis: AnalysisResult, pruned: np.ndarray, const, names: UniqueNames
 ) -> list[onnx.NodeProto]:
     """LayerNormalization with mean and variance over the kept channels only."""
     x, y = n.input[0], n.output[0]
     scale = n.input[1] if len(n.input) > 1 and n.input[1] else None
     bias = n.input[2] if len(n.input) > 2 and n.input[2] else None
-    eps = float(_attrs(n).get("epsilon", 1e-5))
+    eps = float(node_attrs(n).get("epsilon", 1e-5))
     rank = len(om.shapes[x])
     dims = range(rank - k, rank)
     mask = _mask(analysis, x, pruned, dims)

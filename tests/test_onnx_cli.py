@@ -17,7 +17,7 @@ import pytest
 
 import compiler
 from compiler import cli
-from frontends.onnx_frontend import load_proto
+from frontends.onnx import load_proto
 from tests._onnx_helpers import build, consts, run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -16,7 +16,7 @@ import pytest
 from onnx import helper, numpy_helper
 
 import compiler
-from frontends.onnx_frontend import load_onnx
+from frontends.onnx import load_onnx
 from passes.rewrite_onnx import RewriteONNX
 from passes.verify_onnx import VerifyONNX, masked_reference
 from tests._onnx_helpers import build, consts, independent_reference, inputs_for, op_types, prune_onnx, rel_err, run

@@ -1,0 +1,67 @@
+"""The ONNX frontend as one sequence of named steps: load -> example inputs -> shapes -> static values -> lowering."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import numpy as np
+import onnx
+
+from frontends.onnx.evaluate import evaluate_static, static_candidates
+from frontends.onnx.inputs import make_example_inputs
+from frontends.onnx.load import MIN_OPSET, load_proto
+from frontends.onnx.lower import lower_graph
+from frontends.onnx.model import OnnxModel
+from frontends.onnx.proto import onnx_opset
+from frontends.onnx.shapes import add_value_shapes, infer_shapes, shapes_from_ort, unshaped_values
+
+log = logging.getLogger(__name__)
+
+__all__ = ["load_onnx", "lower_onnx"]
+
+
+def load_onnx(model: str | os.PathLike | onnx.ModelProto, example_inputs: Any = None, seed: int = 0) -> OnnxModel:
+    """Load, validate and lower an ONNX model (a path or a ModelProto)."""
+    proto, path = load_proto(model)
+    where = path or proto.graph.name or "model"
+    inputs = make_example_inputs(proto, example_inputs, where, seed)
+    return lower_onnx(proto, inputs, path)
+
+
+def lower_onnx(
+    proto: onnx.ModelProto,
+    inputs: dict[str, np.ndarray],
+    path: str | None = None,
+) -> OnnxModel:
+    """Shapes, static values and the channel graph of a loaded, validated model."""
+    where = path or proto.graph.name or "model"
+    notes: list[str] = []
+    shapes, types = infer_shapes(proto, inputs)
+    candidates, _ = static_candidates(proto)
+    missing = unshaped_values(proto, shapes, set(candidates))
+    if missing:
+        notes.append(shapes_from_ort(proto, inputs, missing, shapes, types, where))
+    static, done = evaluate_static(proto, candidates, shapes.get)
+    # a node the evaluator could not run is dynamic, and so is every static node after it
+    _, derived = static_candidates(proto)
+    derived &= set(static)
+    add_value_shapes(static, shapes, types)
+    lowered = lower_graph(proto, shapes, types, static, done, derived, where)
+    return OnnxModel(
+        method="onnx shape inference" + (" + onnxruntime" if missing else ""),
+        model=proto,
+        graph=lowered.graph,
+        path=path,
+        inputs=dict(inputs),
+        shapes=shapes,
+        elem_types=types,
+        static=static,
+        static_nodes=done,
+        shape_derived=derived,
+        args=lowered.args,
+        node_ops=lowered.node_ops,
+        opset=onnx_opset(proto) or MIN_OPSET,
+        notes=notes,
+    )
