@@ -60,12 +60,11 @@ class Options:
 
     def validate(self) -> None:
         """Raise :class:`InvalidArgumentError` naming the first bad option; the passes trust what passes here."""
-        from passes.saliency import EQUALIZATIONS, NORMALIZERS, Saliency
+        from passes.importance import CRITERIA
+        from passes.saliency import EQUALIZATIONS, NORMALIZERS
 
-        if self.importance not in Saliency.CRITERIA:
-            raise InvalidArgumentError(
-                f"importance={self.importance!r} is not available; choose from {', '.join(Saliency.CRITERIA)}"
-            )
+        if self.importance not in CRITERIA:
+            raise InvalidArgumentError(f"importance={self.importance!r} is not available; choose from {', '.join(CRITERIA)}")
         if self.equalization not in EQUALIZATIONS:
             raise InvalidArgumentError(f"equalization={self.equalization!r}; choose from {', '.join(EQUALIZATIONS)}")
         if self.normalizer not in NORMALIZERS:

@@ -56,10 +56,7 @@ from passes.channel_analysis import AnalysisResult
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DataCriteria", "CLASS_CRITERIA", "UNIT_CRITERIA"]
-
-CLASS_CRITERIA = ("activation", "n2ps", "taylor", "taylor2", "mrs", "mrp", "obs")
-UNIT_CRITERIA = ("obd", "synflow", "bn_scale")
+__all__ = ["DataCriteria"]
 
 
 @dataclass

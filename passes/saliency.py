@@ -1,50 +1,35 @@
 """Saliency pass: score every channel class of every group.
 
-Each producer scores its units (seed 004: the L1/L2 norm of a unit's fan-in
-weights), normalized per layer by the layer's ``max`` (default) or ``mean`` unit
-score so that thresholds compare across layers. A class holds units of several
-layers (a residual stream, an SE gate, a whole conv group); units of one layer in
-a class are averaged, then the layers are combined by the equalization operator.
+The criterion comes from the registry (:mod:`passes.importance`). A unit-level
+criterion scores each producer's units (seed 004: the L1/L2 norm of a unit's
+fan-in weights), normalized per layer by the layer's ``max`` (default) or
+``mean`` unit score so that thresholds compare across layers; a class holds units
+of several layers (a residual stream, an SE gate, a whole conv group): units of
+one layer in a class are averaged, then the layers are combined by the
+equalization operator. A class-level criterion scores each coupled channel
+directly and is normalized per group.
+
+Options are validated once, by ``compiler.options.Options.validate``; this pass
+trusts them.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from passes.channel_analysis import AnalysisResult
+from passes.importance import CRITERIA, Criterion, ScoreInputs
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Saliency", "SaliencyResult", "EQUALIZATIONS", "unit_norms", "equalize", "reduce_statistics", "reduce_stat"]
+__all__ = ["Saliency", "SaliencyResult", "EQUALIZATIONS", "NORMALIZERS", "equalize"]
 
 _EPS = 1e-12
-
-# An optional reduction of raw statistics across processes (torch.distributed), set by
-# ``reduce_statistics``: applied to every criterion's raw scores before normalization and to
-# the weight updates (bias propagation, compensation), so that every rank prunes identically.
-_REDUCER: ContextVar[Callable[[np.ndarray], np.ndarray] | None] = ContextVar("prunec_reduce", default=None)
-
-
-@contextmanager
-def reduce_statistics(fn: Callable[[np.ndarray], np.ndarray]) -> Iterator[None]:
-    """Within the block, raw criterion statistics pass through ``fn(array) -> array`` (e.g. an all-reduce)."""
-    token = _REDUCER.set(fn)
-    try:
-        yield
-    finally:
-        _REDUCER.reset(token)
-
-
-def reduce_stat(a: np.ndarray) -> np.ndarray:
-    fn = _REDUCER.get()
-    return a if fn is None else fn(a)
-
 
 # name -> (per-class reducer over the member layers' scores)
 EQUALIZATIONS: dict[str, Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]] = {
@@ -62,15 +47,8 @@ EQUALIZATIONS: dict[str, Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarr
 NORMALIZERS = ("max", "mean", "none")
 
 
-def unit_norms(weight: np.ndarray, axis: int, p: int) -> np.ndarray:
-    w = np.moveaxis(np.asarray(weight, dtype=np.float64), axis, 0).reshape(weight.shape[axis], -1)
-    return np.abs(w).sum(1) if p == 1 else np.sqrt((w * w).sum(1))
-
-
 def equalize(cls: np.ndarray, layer: np.ndarray, value: np.ndarray, n_classes: int, op: str) -> np.ndarray:
-    """Combine per-unit scores into one score per class (NaN where a class has none)."""
-    if op not in EQUALIZATIONS:
-        raise ValueError(f"unknown equalization {op!r}; choose from {', '.join(EQUALIZATIONS)}")
+    """Combine per-unit scores into one score per class (NaN where a class has none); ``op`` names an EQUALIZATIONS entry."""
     out = np.full(n_classes, np.nan)
     if cls.size == 0:
         return out
@@ -97,35 +75,49 @@ class SaliencyResult:
 class Saliency:
     """Score channels. ``call(analysis, data=None) -> SaliencyResult``.
 
-    Unit criteria (``l1``, ``l2``, ``random``, ``obd``, ``synflow``) score each
-    producer's units, normalize per layer and equalize across the group.
-    Class criteria (the data-driven ones and ``bn_scale``) score each coupled
-    channel directly and are normalized per group. ``data`` is a
-    :class:`passes.criteria.DataCriteria` for the criteria that need the model.
+    ``data`` is the adapter's data object (:class:`passes.importance.CriteriaData`)
+    for a criterion that runs the model (``CRITERIA[importance].runs_model``).
+    ``reduce(array) -> array``, where given, is applied to such a criterion's raw
+    statistics before normalization (an all-reduce under torch.distributed, so that
+    every rank prunes identically); criteria of weights alone are the same on every
+    rank and are not reduced.
     """
 
-    UNIT = ("l1", "l2", "random", "obd", "synflow")
-    CLASS = ("bn_scale", "activation", "n2ps", "taylor", "taylor2", "mrs", "mrp", "obs")
-    CRITERIA = UNIT + CLASS
-    NEEDS_MODEL = ("obd", "synflow", "bn_scale", "activation", "n2ps", "taylor", "taylor2", "mrs", "mrp", "obs")
+    # Transitional (#16): compiler/pipeline.py reads these views of the registry until it asks
+    # passes.importance itself (CRITERIA[name].level / .runs_model / .needs); delete them then.
+    UNIT = tuple(name for name, c in CRITERIA.items() if c.level == "unit")
+    NEEDS_MODEL = tuple(name for name, c in CRITERIA.items() if c.runs_model)
 
-    def __init__(self, importance: str = "l2", equalization: str = "arithmetic_mean", normalizer: str = "max", seed: int = 0):
-        if importance not in self.CRITERIA:
-            raise ValueError(f"unknown importance {importance!r}; available: {', '.join(self.CRITERIA)}")
-        if equalization not in EQUALIZATIONS:
-            raise ValueError(f"unknown equalization {equalization!r}; choose from {', '.join(EQUALIZATIONS)}")
-        if normalizer not in NORMALIZERS:
-            raise ValueError(f"unknown normalizer {normalizer!r}; choose from {', '.join(NORMALIZERS)}")
+    def __init__(
+        self,
+        importance: str = "l2",
+        equalization: str = "arithmetic_mean",
+        normalizer: str = "max",
+        seed: int = 0,
+        reduce: Callable[[np.ndarray], np.ndarray] | None = None,
+    ) -> None:
+        self.criterion: Criterion = CRITERIA[importance]
         self.importance, self.equalization, self.normalizer = importance, equalization, normalizer
+        self.reduce = reduce
         self.rng = np.random.default_rng(seed)
 
-    def _weight_units(self, analysis: AnalysisResult, i: int, kind: str) -> np.ndarray:
-        p = analysis.producers[i]
-        w = analysis.graph.values[p.weight].data
-        assert w is not None
-        if kind == "random":
-            return self.rng.random(w.shape[p.axis])
-        return unit_norms(w, p.axis, 1 if kind == "l1" else 2)
+    def call(self, analysis: AnalysisResult, data: Any = None) -> SaliencyResult:
+        c = self.criterion
+        if c.runs_model and data is None:
+            raise ValueError(f"importance={c.name!r} needs the model and calibration data")
+        inputs = ScoreInputs(analysis, data, self.rng)
+        if c.level == "unit":
+            scores, unit = self._unit_level(inputs, c)
+            return SaliencyResult(scores, unit, c.name, self.equalization)
+        return SaliencyResult(self._class_level(inputs, c), {}, c.name, self.equalization)
+
+    def _raw(self, inputs: ScoreInputs, c: Criterion) -> Any:
+        raw = c.score(inputs)
+        if self.reduce is None or not c.runs_model:
+            return raw
+        if isinstance(raw, dict):
+            return {i: self.reduce(raw[i]) for i in sorted(raw)}  # the same order on every rank
+        return self.reduce(raw)
 
     def _normalize(self, s: np.ndarray) -> np.ndarray:
         if self.normalizer == "none" or s.size == 0 or np.all(np.isnan(s)):
@@ -133,20 +125,17 @@ class Saliency:
         norm = np.nanmax(s) if self.normalizer == "max" else np.nanmean(s)
         return s / norm if norm > 0 else np.zeros_like(s)
 
-    def _unit_scores(self, analysis: AnalysisResult, kind: str, data) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        computed: dict[int, np.ndarray] = {}
-        if kind == "obd":
-            computed = data.obd()
-        elif kind == "synflow":
-            computed = data.synflow()
-        computed = {i: reduce_stat(computed[i]) for i in sorted(computed)}
+    def _unit_level(self, inputs: ScoreInputs, c: Criterion) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Per-layer normalized unit scores, equalized into one score per class."""
+        analysis = inputs.analysis
+        raw = self._raw(inputs, c)
+        assert isinstance(raw, dict), f"unit criterion {c.name!r} returned {type(raw).__name__}"
         cls_parts, layer_parts, val_parts = [], [], []
         unit: dict[str, np.ndarray] = {}
         for i, p in enumerate(analysis.producers):
-            s = computed.get(i) if kind in ("obd", "synflow") else self._weight_units(analysis, i, kind)
-            if s is None:
+            if i not in raw:
                 continue
-            s = self._normalize(np.asarray(s, dtype=np.float64))
+            s = self._normalize(np.asarray(raw[i], dtype=np.float64))
             unit[p.op] = s
             cls_parts.append(analysis.atom_class[p.atoms])
             layer_parts.append(np.full(s.size, i))
@@ -158,24 +147,17 @@ class Saliency:
         )
         return scores, unit
 
-    def call(self, analysis: AnalysisResult, data=None) -> SaliencyResult:
-        kind = self.importance
-        if kind in self.NEEDS_MODEL and data is None:
-            raise ValueError(f"importance={kind!r} needs the model and calibration data")
-        if kind in self.UNIT:
-            scores, unit = self._unit_scores(analysis, kind, data)
-            return SaliencyResult(scores, unit, kind, self.equalization)
-        if kind == "mrp":
-            cand = np.concatenate([g.classes[~g.frozen] for g in analysis.groups]) if analysis.groups else np.zeros(0, int)
-            raw = data.mrp(cand)
-        else:
-            raw = getattr(data, kind)()
-        raw = reduce_stat(raw)
+    def _class_level(self, inputs: ScoreInputs, c: Criterion) -> np.ndarray:
+        """Per-group normalized class scores; the fallback criterion's scores where ``c`` leaves a class NaN."""
+        analysis = inputs.analysis
+        raw = self._raw(inputs, c)
+        assert isinstance(raw, np.ndarray), f"class criterion {c.name!r} returned {type(raw).__name__}"
         scores = np.full(analysis.n_classes, np.nan)
         for g in analysis.groups:
             scores[g.classes] = self._normalize(raw[g.classes].astype(np.float64))
-        if kind == "bn_scale":  # channels without a norm layer fall back to their weight norm
-            fallback, _ = self._unit_scores(analysis, "l2", None)
+        if c.fallback is not None:
+            fb = CRITERIA[c.fallback]
+            fallback = self._unit_level(inputs, fb)[0] if fb.level == "unit" else self._class_level(inputs, fb)
             missing = np.isnan(scores) & ~np.isnan(fallback)
             scores[missing] = fallback[missing]
-        return SaliencyResult(scores, {}, kind, self.equalization)
+        return scores

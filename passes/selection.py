@@ -2,16 +2,21 @@
 
 Policies (one of): ``ratio`` (fraction of each group's prunable channels, or of
 all of them with ``scope="global"``), ``threshold`` (normalized saliency below
-it), ``target_macs`` (the smallest global ratio whose planned MACs meet it).
-Then per group: kept counts round *up* to a multiple of ``granularity`` channels
-where the group is larger than that, and never below ``min_channels``; the
-lowest-scored prunable classes go first. Frozen classes are never selected.
+it), ``target_macs`` (the smallest global ratio whose planned MACs meet it) —
+:class:`Selection`; or any cost model with a target (an estimated latency) —
+:class:`CostSelection`. Then per group (:class:`GroupPlanner`): kept counts
+round *up* to a multiple of ``granularity`` channels where the group is larger
+than that, and never below ``min_channels``; the lowest-scored prunable classes
+go first. Frozen classes are never selected.
 
 A group whose channels a split cuts into pieces (a CSP stage's two halves, an
 uneven ``chunk``, an exported ``Split``) loses the same share of every piece
 under a per-group ratio: the lowest-scored channels of each piece go, not the
 lowest of the group, which could leave one piece a single channel. An unused
 piece goes first.
+
+Options are validated once, by ``compiler.options.Options.validate``; these
+passes trust them and never change their own settings.
 """
 
 from __future__ import annotations
@@ -29,45 +34,71 @@ from passes.cost import graph_macs
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Selection", "SelectionResult"]
+__all__ = ["Selection", "CostSelection", "SelectionResult", "GroupPlanner"]
 
 
 @dataclass
 class SelectionResult:
     pruned: np.ndarray  # bool per class
-    ratio: float | None  # the ratio used (target_macs: the one found)
+    ratio: float | None  # the ratio used (target_macs, CostSelection: the one found)
     planned_macs: int
 
 
-class Selection:
-    """``call(analysis, scores) -> SelectionResult``."""
+def _planned_macs(analysis: AnalysisResult, pruned: np.ndarray) -> int:
+    return graph_macs(analysis.graph, lambda v: analysis.pruned_shape(v, pruned))
 
-    def __init__(
-        self,
-        ratio: float | None = None,
-        threshold: float | None = None,
-        target_macs: float | None = None,
-        scope: str = "local",
-        granularity: int = 8,
-        min_channels: int = 1,
-    ) -> None:
-        given = [x is not None for x in (ratio, threshold, target_macs)]
-        if sum(given) != 1:
-            raise ValueError("give exactly one of ratio=, threshold=, target_macs=")
-        if ratio is not None and not 0.0 <= ratio < 1.0:
-            raise ValueError(f"ratio must be in [0, 1), got {ratio}")
-        if target_macs is not None and target_macs <= 0:
-            raise ValueError(f"target_macs must be positive, got {target_macs}")
-        if scope not in ("local", "global"):
-            raise ValueError(f"scope must be 'local' or 'global', got {scope!r}")
-        if int(granularity) < 1 or int(min_channels) < 1:
-            raise ValueError("granularity and min_channels must be >= 1")
-        self.ratio, self.threshold, self.target_macs = ratio, threshold, target_macs
-        self.scope, self.granularity, self.min_channels = scope, int(granularity), int(min_channels)
 
-    # -- per group ------------------------------------------------------------
-    def _finish(self, g: Group, scores: np.ndarray, n_remove: int, pruned: np.ndarray) -> None:
-        """Remove ``n_remove`` (before rounding) lowest classes of ``g``."""
+@dataclass(frozen=True)
+class GroupPlanner:
+    """Turns a ratio or threshold into pruned classes, group by group, within the rounding limits."""
+
+    granularity: int = 8
+    min_channels: int = 1
+
+    def by_ratio(self, analysis: AnalysisResult, scores: np.ndarray, ratio: float, scope: str) -> np.ndarray:
+        """``ratio`` of each group's prunable channels (``scope="local"``) or of all of them (``"global"``)."""
+        if scope == "local":
+            pruned = self._local(analysis, balanced_scores(analysis, scores), ratio)
+        else:
+            pruned = self._global(analysis, scores, ratio)
+        return keep_nonempty(analysis, scores, pruned)
+
+    def by_threshold(self, analysis: AnalysisResult, scores: np.ndarray, threshold: float) -> np.ndarray:
+        """The prunable channels scored below ``threshold``."""
+        pruned = np.zeros(analysis.n_classes, dtype=bool)
+        for g in _prunable(analysis):
+            s = scores[g.classes]
+            self._remove(g, scores, int(((s < threshold) & ~g.frozen).sum()), pruned)
+        return keep_nonempty(analysis, scores, pruned)
+
+    def _local(self, analysis: AnalysisResult, scores: np.ndarray, ratio: float) -> np.ndarray:
+        pruned = np.zeros(analysis.n_classes, dtype=bool)
+        for g in _prunable(analysis):
+            self._remove(g, scores, int(round(ratio * (~g.frozen).sum())), pruned)
+        return pruned
+
+    def _global(self, analysis: AnalysisResult, scores: np.ndarray, ratio: float) -> np.ndarray:
+        """One threshold over all prunable channels, weighted by width."""
+        pruned = np.zeros(analysis.n_classes, dtype=bool)
+        groups = _prunable(analysis)
+        if not groups:
+            return pruned
+        cls = np.concatenate([g.classes[~g.frozen] for g in groups])
+        wid = np.concatenate([g.widths[~g.frozen] for g in groups])
+        if cls.size == 0:
+            return pruned
+        s = np.nan_to_num(scores[cls], nan=np.inf)
+        order = np.argsort(s, kind="stable")
+        cum = np.cumsum(wid[order])
+        k = int(np.searchsorted(cum, ratio * wid.sum(), side="right"))
+        chosen = np.zeros(analysis.n_classes, dtype=bool)
+        chosen[cls[order[:k]]] = True
+        for g in groups:
+            self._remove(g, scores, int((chosen[g.classes] & ~g.frozen).sum()), pruned)
+        return pruned
+
+    def _remove(self, g: Group, scores: np.ndarray, n_remove: int, pruned: np.ndarray) -> None:
+        """Mark the ``n_remove`` (before rounding) lowest-scored prunable classes of ``g`` in ``pruned``."""
         n = len(g.classes)
         prunable = np.flatnonzero(~g.frozen)
         if n_remove <= 0 or prunable.size == 0:
@@ -87,97 +118,97 @@ class Selection:
         order = np.argsort(s, kind="stable")
         pruned[g.classes[prunable[order[:n_remove]]]] = True
 
-    def _plan(self, analysis: AnalysisResult, scores: np.ndarray, ratio: float | None, threshold: float | None) -> np.ndarray:
-        return keep_nonempty(analysis, scores, self._plan_groups(analysis, scores, ratio, threshold))
 
-    def _plan_groups(self, analysis: AnalysisResult, scores: np.ndarray, ratio: float | None, threshold: float | None) -> np.ndarray:
-        pruned = np.zeros(analysis.n_classes, dtype=bool)
-        groups = [g for g in analysis.groups if g.prunable]
-        if threshold is not None:
-            for g in groups:
-                s = scores[g.classes]
-                self._finish(g, scores, int(((s < threshold) & ~g.frozen).sum()), pruned)
-            return pruned
-        assert ratio is not None
-        if self.scope == "local":
-            scores = balanced_scores(analysis, scores)
-            for g in groups:
-                self._finish(g, scores, int(round(ratio * (~g.frozen).sum())), pruned)
-            return pruned
-        # global: one threshold over all prunable channels, weighted by width
-        cls = np.concatenate([g.classes[~g.frozen] for g in groups]) if groups else np.zeros(0, dtype=np.int64)
-        wid = np.concatenate([g.widths[~g.frozen] for g in groups]) if groups else np.zeros(0, dtype=np.int64)
-        if cls.size == 0:
-            return pruned
-        s = np.nan_to_num(scores[cls], nan=np.inf)
-        order = np.argsort(s, kind="stable")
-        cum = np.cumsum(wid[order])
-        k = int(np.searchsorted(cum, ratio * wid.sum(), side="right"))
-        chosen = np.zeros(analysis.n_classes, dtype=bool)
-        chosen[cls[order[:k]]] = True
-        for g in groups:
-            self._finish(g, scores, int((chosen[g.classes] & ~g.frozen).sum()), pruned)
-        return pruned
+def _prunable(analysis: AnalysisResult) -> list[Group]:
+    return [g for g in analysis.groups if g.prunable]
+
+
+@dataclass(frozen=True)
+class Selection:
+    """``call(analysis, scores) -> SelectionResult`` under one of ``ratio``, ``threshold``, ``target_macs``."""
+
+    ratio: float | None = None
+    threshold: float | None = None
+    target_macs: float | None = None  # a fraction of the original MACs when <= 1, else a count
+    scope: str = "local"
+    granularity: int = 8
+    min_channels: int = 1
+
+    @property
+    def planner(self) -> GroupPlanner:
+        return GroupPlanner(self.granularity, self.min_channels)
 
     def call(self, analysis: AnalysisResult, scores: np.ndarray) -> SelectionResult:
+        planner = self.planner
+        if self.target_macs is not None:
+            return self._meet_macs(analysis, scores, planner, self.target_macs)
+        if self.threshold is not None:
+            pruned = planner.by_threshold(analysis, scores, self.threshold)
+        else:
+            assert self.ratio is not None, "Options.validate leaves one policy"
+            pruned = planner.by_ratio(analysis, scores, self.ratio, self.scope)
+        return SelectionResult(pruned, self.ratio, _planned_macs(analysis, pruned))
+
+    def _meet_macs(self, analysis: AnalysisResult, scores: np.ndarray, planner: GroupPlanner, target_macs: float) -> SelectionResult:
+        """The smallest ratio (bisection, 20 steps) whose planned MACs meet ``target_macs``."""
         graph: ChannelGraph = analysis.graph
-
-        def macs(pruned: np.ndarray) -> int:
-            return graph_macs(graph, lambda v: analysis.pruned_shape(v, pruned))
-
-        if self.target_macs is None:
-            pruned = self._plan(analysis, scores, self.ratio, self.threshold)
-            return SelectionResult(pruned, self.ratio, macs(pruned))
-        base = graph_macs(graph)
-        target = self.target_macs * base if self.target_macs <= 1.0 else self.target_macs
+        target = target_macs * graph_macs(graph) if target_macs <= 1.0 else target_macs
         lo, hi = 0.0, 0.999
-        best = self._plan(analysis, scores, hi, None)
-        if macs(best) > target:
-            log.warning("target_macs %.3g not reachable: at most %.3g", target, macs(best))
-            return SelectionResult(best, hi, macs(best))
+        best = planner.by_ratio(analysis, scores, hi, self.scope)
+        if _planned_macs(analysis, best) > target:
+            log.warning("target_macs %.3g not reachable: at most %.3g", target, _planned_macs(analysis, best))
+            return SelectionResult(best, hi, _planned_macs(analysis, best))
         for _ in range(20):
             mid = (lo + hi) / 2
-            plan = self._plan(analysis, scores, mid, None)
-            if macs(plan) <= target:
+            plan = planner.by_ratio(analysis, scores, mid, self.scope)
+            if _planned_macs(analysis, plan) <= target:
                 hi, best = mid, plan
             else:
                 lo = mid
-        return SelectionResult(best, hi, macs(best))
-
+        return SelectionResult(best, hi, _planned_macs(analysis, best))
 
     def call_cost(
         self, analysis: AnalysisResult, scores: np.ndarray, cost: Callable[[np.ndarray], float], target: float
     ) -> SelectionResult:
-        """The smallest global ratio whose ``cost(pruned)`` meets ``target`` (e.g. an estimated latency).
+        """Transitional (#16): compiler/pipeline.py calls this until it builds a :class:`CostSelection`; delete then."""
+        return CostSelection(self.granularity, self.min_channels).call(analysis, scores, cost, target)
 
-        ``scores`` rank channels across groups (``scope="global"``): pass saliency
-        divided by what removing a channel saves, and the channels that cost the
-        most for what they contribute go first.
-        """
-        graph: ChannelGraph = analysis.graph
+
+@dataclass(frozen=True)
+class CostSelection:
+    """``call(analysis, scores, cost, target) -> SelectionResult``: the smallest global ratio whose
+    ``cost(pruned)`` meets ``target`` (e.g. an estimated latency in milliseconds).
+
+    ``scores`` rank channels across groups (the ratio is global): pass saliency
+    divided by what removing a channel saves, and the channels that cost the most
+    for what they contribute go first.
+    """
+
+    granularity: int = 8
+    min_channels: int = 1
+
+    def call(
+        self, analysis: AnalysisResult, scores: np.ndarray, cost: Callable[[np.ndarray], float], target: float
+    ) -> SelectionResult:
+        planner = GroupPlanner(self.granularity, self.min_channels)
+        plan = lambda ratio: planner.by_ratio(analysis, scores, ratio, "global")  # noqa: E731
         lo, hi = 0.0, 0.999
-        best = self._plan_global(analysis, scores, hi)
+        best = plan(hi)
         if cost(best) > target:
             log.warning("target %.4g not reachable: at best %.4g", target, cost(best))
-            return SelectionResult(best, hi, graph_macs(graph, lambda v: analysis.pruned_shape(v, best)))
-        if cost(self._plan_global(analysis, scores, 0.0)) <= target:
-            best, hi = self._plan_global(analysis, scores, 0.0), 0.0
+            return SelectionResult(best, hi, _planned_macs(analysis, best))
+        none = plan(0.0)
+        if cost(none) <= target:
+            best, hi = none, 0.0
         else:
             for _ in range(16):
                 mid = (lo + hi) / 2
-                p = self._plan_global(analysis, scores, mid)
+                p = plan(mid)
                 if cost(p) <= target:
                     hi, best = mid, p
                 else:
                     lo = mid
-        return SelectionResult(best, hi, graph_macs(graph, lambda v: analysis.pruned_shape(v, best)))
-
-    def _plan_global(self, analysis: AnalysisResult, scores: np.ndarray, ratio: float) -> np.ndarray:
-        scope, self.scope = self.scope, "global"
-        try:
-            return self._plan(analysis, scores, ratio, None)
-        finally:
-            self.scope = scope
+        return SelectionResult(best, hi, _planned_macs(analysis, best))
 
 
 def keep_nonempty(analysis: AnalysisResult, scores: np.ndarray, pruned: np.ndarray) -> np.ndarray:
@@ -202,8 +233,7 @@ def split_cells(analysis: AnalysisResult) -> tuple[np.ndarray, np.ndarray]:
     for op in graph.ops.values():
         if op.kind != "split" or op.attrs.get("equal") or len(op.outputs) < 2:
             continue
-        x = op.inputs[0]
-        lab = analysis.labels.get(x)
+        lab = analysis.labels.get(op.input(0))
         if not lab:
             continue
         ax = int(op.attrs["axis"]) % len(lab)
@@ -211,9 +241,10 @@ def split_cells(analysis: AnalysisResult) -> tuple[np.ndarray, np.ndarray]:
             continue
         for out in op.outputs:
             ol = analysis.labels.get(out)
-            if not ol or ol[ax] is None or not ol[ax].size:
+            piece = ol[ax] if ol else None
+            if piece is None or not piece.size:
                 continue
-            cls = np.unique(analysis.atom_class[ol[ax]])
+            cls = np.unique(analysis.atom_class[piece])
             sig[cls] ^= rng.integers(1, 2**63, dtype=np.uint64)
             if out not in used:
                 dead[cls] = True

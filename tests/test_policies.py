@@ -9,9 +9,9 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from _checks import assert_close, independent_reference, kept_indices, prune
 
 import compiler
-from _checks import assert_close, independent_reference, kept_indices, prune
 
 
 @pytest.fixture(autouse=True)
@@ -406,3 +406,47 @@ def test_everything_prunable_is_pruned_at_high_threshold_but_never_to_zero():
     m = MultiOut().eval()
     r = prune(m, torch.randn(2, 3, 6, 6), threshold=10.0, granularity=1)
     assert r.model.c1.out_channels == 1 and r.model.c2.out_channels == 1
+
+
+# ---------------------------------------------------------------------------
+# the selection passes themselves: settings never change, cost-driven selection
+
+
+def _small_scored():
+    from passes.saliency import Saliency
+
+    a = compiler.compile(Small().eval(), (torch.randn(1, 3, 8, 8),), ratio=0.0, verify=False).plan.analysis
+    return a, Saliency("l2").call(a).scores
+
+
+def test_selection_settings_are_frozen():
+    import dataclasses
+
+    from passes.selection import CostSelection, Selection
+
+    a, scores = _small_scored()
+    sel = Selection(ratio=0.5, scope="local", granularity=1)
+    before = dataclasses.asdict(sel)
+    sel.call(a, scores)
+    CostSelection(granularity=1).call(a, scores, lambda p: float(p.sum()), 3.0)
+    assert dataclasses.asdict(sel) == before
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        sel.scope = "global"  # type: ignore[misc]
+
+
+def test_cost_selection_meets_the_target_with_the_global_plan_of_its_ratio():
+    from passes.cost import graph_macs
+    from passes.selection import CostSelection, Selection
+
+    a, scores = _small_scored()
+    macs = lambda p: graph_macs(a.graph, lambda v: a.pruned_shape(v, p))  # noqa: E731
+    target = 0.5 * graph_macs(a.graph)
+    r = CostSelection(granularity=1).call(a, scores, macs, target)
+    assert macs(r.pruned) <= target < graph_macs(a.graph) and r.planned_macs == macs(r.pruned)
+    assert r.ratio is not None and 0.0 < r.ratio < 1.0
+    same = Selection(ratio=r.ratio, scope="global", granularity=1).call(a, scores)
+    assert (same.pruned == r.pruned).all()
+    # a target met without pruning prunes nothing; an unreachable one prunes the most it can
+    assert not CostSelection(granularity=1).call(a, scores, macs, 2.0 * target).pruned.any()
+    most = CostSelection(granularity=1).call(a, scores, macs, 1.0)
+    assert most.pruned.any() and macs(most.pruned) > 1.0
