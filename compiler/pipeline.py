@@ -19,8 +19,9 @@ from frontends.errors import InternalError, UnsupportedModelError
 from frontends.graph import ChannelGraph
 from passes.channel_analysis import AnalysisResult, ChannelAnalysis
 from passes.cost import graph_macs, graph_params, op_macs
+from passes.importance import CRITERIA, require
 from passes.saliency import Saliency, SaliencyResult
-from passes.selection import Selection, SelectionResult
+from passes.selection import CostSelection, Selection, SelectionResult
 
 log = logging.getLogger(__name__)
 
@@ -60,14 +61,14 @@ def select_latency(
     """Channels ranked by saliency per millisecond saved (``model``, a ``LatencyModel``), removed until
     the estimated latency meets ``target`` ms (``measure="latency"``) or the MACs meet ``target``
     (``measure="macs"``: a fraction of the original's when <= 1, else a count)."""
-    selector = Selection(ratio=0.0, granularity=opts.granularity, min_channels=opts.min_channels)
+    selector = CostSelection(granularity=opts.granularity, min_channels=opts.min_channels)
     cost = model.channel_cost()
     per_ms = np.where(np.isnan(scores), np.nan, scores / (cost / np.nanmean(cost)))
     if measure == "latency":
-        return selector.call_cost(analysis, per_ms, model.estimate, target)
+        return selector.call(analysis, per_ms, model.estimate, target)
     base = graph_macs(analysis.graph)
     limit = target * base if target <= 1.0 else target
-    return selector.call_cost(analysis, per_ms, lambda p: graph_macs(analysis.graph, lambda v: analysis.pruned_shape(v, p)), limit)
+    return selector.call(analysis, per_ms, lambda p: graph_macs(analysis.graph, lambda v: analysis.pruned_shape(v, p)), limit)
 
 
 def plan(
@@ -82,46 +83,65 @@ def plan(
     ``make_data(analysis)`` builds the model-and-data view (``DataCriteria``) that
     data-driven criteria, the dead-unit policy and weight updates need;
     ``latency(analysis)`` the measured cost model (``LatencyModel``) that a
-    ``target_latency`` (in milliseconds, here) is met with.
+    ``target_latency`` (in milliseconds, here) is met with. The cases:
+    the dead-unit policy (``f_nz``), a latency target or latency allocation of a
+    MACs target (cost-driven selection on measured tables), and the saliency
+    policies (``ratio``, ``threshold``, ``target_macs``).
     """
     analysis = steps("analyze", ChannelAnalysis(opts.ignore, {"attention": opts.attention}).call, graph)
-    needs = opts.importance in Saliency.NEEDS_MODEL or opts.f_nz is not None or opts.propagate_bias or opts.compensates
+    needs = CRITERIA[opts.importance].runs_model or opts.f_nz is not None or opts.propagate_bias or opts.compensates
     data = make_data(analysis) if (needs and make_data is not None) else None
     if needs and data is None:
         raise InternalError(f"importance={opts.importance!r} and weight updates need a model that can run here")
     if opts.f_nz is not None:
         assert data is not None  # f_nz makes `needs` true: without data we raised above
-        raw = steps("saliency", data.nz_fraction)
-        scores = np.full(analysis.n_classes, np.nan)
-        for grp in analysis.groups:
-            scores[grp.classes] = raw[grp.classes]
-        saliency = SaliencyResult(scores, {}, "nz_fraction", opts.equalization)
-        selector = Selection(threshold=opts.f_nz + 1e-9, granularity=opts.granularity, min_channels=opts.min_channels)
+        return _plan_dead_units(analysis, data, opts, steps)
+    scorer = Saliency(opts.importance, opts.equalization, opts.normalizer, opts.seed, reduce=opts.statistics_reducer)
+    saliency = steps("saliency", scorer.call, analysis, data)
+    if opts.target_latency is not None or (opts.target_macs is not None and opts.allocation == "latency"):
+        return _plan_on_latency_tables(analysis, saliency, data, opts, steps, latency)
+    selector = Selection(
+        ratio=opts.ratio,
+        threshold=opts.threshold,
+        target_macs=opts.target_macs,
+        scope=opts.scope,
+        granularity=opts.granularity,
+        min_channels=opts.min_channels,
+    )
+    return Plan(analysis, saliency, steps("select", selector.call, analysis, saliency.scores), data)
+
+
+def _plan_dead_units(analysis: AnalysisResult, data: Any, opts: Options, steps: Steps) -> Plan:
+    """``f_nz``: remove channels whose fan-in or fan-out has at most that fraction of non-zero weights."""
+    assert opts.f_nz is not None
+    raw = steps("saliency", data.nz_fraction)
+    scores = np.full(analysis.n_classes, np.nan)
+    for grp in analysis.groups:
+        scores[grp.classes] = raw[grp.classes]
+    saliency = SaliencyResult(scores, {}, "nz_fraction", opts.equalization)
+    selector = Selection(threshold=opts.f_nz + 1e-9, granularity=opts.granularity, min_channels=opts.min_channels)
+    return Plan(analysis, saliency, steps("select", selector.call, analysis, saliency.scores), data)
+
+
+def _plan_on_latency_tables(
+    analysis: AnalysisResult,
+    saliency: SaliencyResult,
+    data: Any,
+    opts: Options,
+    steps: Steps,
+    latency: Callable[[AnalysisResult], Any] | None,
+) -> Plan:
+    """``target_latency`` (ms), or ``target_macs`` with ``allocation="latency"``: saliency per measured ms saved."""
+    if latency is None:
+        what = "target_latency" if opts.target_latency is not None else "allocation='latency'"
+        raise InternalError(f"{what} needs a runtime to measure the model on")
+    model = steps("latency tables", latency, analysis)
+    if opts.target_latency is not None:
+        selection = steps("select", select_latency, analysis, saliency.scores, model, opts.target_latency, opts)
     else:
-        scorer = Saliency(opts.importance, opts.equalization, opts.normalizer, opts.seed)
-        saliency = steps("saliency", scorer.call, analysis, data)
-        if opts.target_latency is not None:
-            if latency is None:
-                raise InternalError("target_latency needs a runtime to measure the model on")
-            model = steps("latency tables", latency, analysis)
-            selection = steps("select", select_latency, analysis, saliency.scores, model, opts.target_latency, opts)
-            return Plan(analysis, saliency, selection, data, model)
-        if opts.target_macs is not None and opts.allocation == "latency":
-            if latency is None:
-                raise InternalError("allocation='latency' needs a runtime to measure the model on")
-            model = steps("latency tables", latency, analysis)
-            selection = steps("select", select_latency, analysis, saliency.scores, model, opts.target_macs, opts, "macs")
-            return Plan(analysis, saliency, selection, data, model)
-        selector = Selection(
-            ratio=opts.ratio,
-            threshold=opts.threshold,
-            target_macs=opts.target_macs,
-            scope=opts.scope,
-            granularity=opts.granularity,
-            min_channels=opts.min_channels,
-        )
-    selection = steps("select", selector.call, analysis, saliency.scores)
-    return Plan(analysis, saliency, selection, data)
+        assert opts.target_macs is not None
+        selection = steps("select", select_latency, analysis, saliency.scores, model, opts.target_macs, opts, "macs")
+    return Plan(analysis, saliency, selection, data, model)
 
 
 def weight_updates(p: Plan, opts: Options, steps: Steps) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
@@ -244,10 +264,10 @@ def _group_reports(p: Plan) -> list[GroupReport]:
 
 
 def criterion_level(name: str) -> str:
-    """``"unit"`` for criteria that score producers' units (equalized across a group), else ``"class"``."""
-    from passes.saliency import Saliency
-
-    return "unit" if name in Saliency.UNIT else "class"
+    """``"unit"`` for criteria that score producers' units (equalized across a group), else ``"class"``
+    (also for the ``f_nz`` policy's ``nz_fraction``, which is no registered criterion)."""
+    c = CRITERIA.get(name)
+    return c.level if c is not None else "class"
 
 
 # ---------------------------------------------------------------------------
@@ -265,11 +285,7 @@ class Compiled:
 
 def required_capabilities(opts: Options) -> frozenset[str]:
     """What the adapter must supply for these options: the criterion's needs, plus weight updates."""
-    from passes.saliency import Saliency
-
-    needs = {"weights"}
-    if opts.importance in Saliency.NEEDS_MODEL:
-        needs.add("activations")
+    needs = set(CRITERIA[opts.importance].needs)
     if opts.f_nz is not None or opts.propagate_bias or opts.compensates:
         needs |= {"activations", "weight_updates"}
     return frozenset(needs)
@@ -277,11 +293,12 @@ def required_capabilities(opts: Options) -> frozenset[str]:
 
 def check_capabilities(adapter: Adapter, opts: Options) -> None:
     """Refuse, in one line, options the adapter cannot serve, naming the criteria it can."""
+    require(opts.importance, adapter.capabilities, adapter.name)
     missing = required_capabilities(opts) - adapter.capabilities
     if missing:
         raise UnsupportedModelError(
-            f"importance={opts.importance!r}, f_nz, bias propagation and compensation run the model in PyTorch; "
-            "for ONNX models use a weight criterion (l1, l2, random)"
+            f"f_nz, bias propagation and compensation need {' and '.join(sorted(missing))}, which the {adapter.name} "
+            "adapter cannot supply"
         )
 
 
