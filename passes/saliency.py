@@ -83,11 +83,6 @@ class Saliency:
     rank and are not reduced.
     """
 
-    # Transitional (#16): compiler/pipeline.py reads these views of the registry until it asks
-    # passes.importance itself (CRITERIA[name].level / .runs_model / .needs); delete them then.
-    UNIT = tuple(name for name, c in CRITERIA.items() if c.level == "unit")
-    NEEDS_MODEL = tuple(name for name, c in CRITERIA.items() if c.runs_model)
-
     def __init__(
         self,
         importance: str = "l2",

@@ -167,12 +167,6 @@ class Selection:
                 lo = mid
         return SelectionResult(best, hi, _planned_macs(analysis, best))
 
-    def call_cost(
-        self, analysis: AnalysisResult, scores: np.ndarray, cost: Callable[[np.ndarray], float], target: float
-    ) -> SelectionResult:
-        """Transitional (#16): compiler/pipeline.py calls this until it builds a :class:`CostSelection`; delete then."""
-        return CostSelection(self.granularity, self.min_channels).call(analysis, scores, cost, target)
-
 
 @dataclass(frozen=True)
 class CostSelection:
