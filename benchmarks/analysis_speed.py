@@ -46,9 +46,8 @@ import torch.nn as nn
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import compiler  # noqa: E402
-from frontends.torch_fx import load_torch  # noqa: E402
+from frontends.torch import VerifyFX, load_torch  # noqa: E402
 from passes.cost import graph_macs  # noqa: E402
-from passes.verify import VerifyFX  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 MODELS = ("resnet50", "densenet201", "vit_b_16", "convnext_base")

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import compiler  # noqa: E402
-from frontends.torch_fx import load_torch  # noqa: E402
+from frontends.torch import load_torch  # noqa: E402
 from passes.cost import graph_macs, graph_params  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")

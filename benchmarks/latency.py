@@ -37,7 +37,7 @@ from analysis_speed import cpu_name  # noqa: E402  (same folder: the CPU named t
 
 import compiler  # noqa: E402
 from compiler.backend import OrtRunner, TorchRunner, export_onnx, time_interleaved  # noqa: E402
-from frontends.torch_fx import load_torch  # noqa: E402
+from frontends.torch import load_torch  # noqa: E402
 from passes.cost import graph_macs  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")

@@ -72,7 +72,7 @@ def onnx_bench_model(label: str, proto: Any, shapes: Sequence[tuple[int, ...]] |
 
 
 def torch_bench_model(label: str, module: Any, example_inputs: Sequence[Any]) -> BenchModel:
-    from frontends.torch_fx import load_torch
+    from frontends.torch import load_torch
     from passes.cost import graph_macs
 
     traced = load_torch(module, tuple(example_inputs))

@@ -43,7 +43,7 @@ class TorchAdapter(Adapter):
         self.model_name = type(model).__name__
 
     def load(self, steps: Callable[..., Any]) -> ChannelGraph:
-        from frontends.torch_fx import load_torch
+        from frontends.torch import load_torch
         from passes.calibration import CalibrationData
 
         self.traced = steps("trace", load_torch, self.model, self.inputs)
@@ -60,19 +60,19 @@ class TorchAdapter(Adapter):
         return DataCriteria(self.traced, analysis, self.data, probes=opts.probes, seed=opts.seed)
 
     def rewrite(self, plan: Any, updates: dict[str, Any]) -> Rewritten:
-        from passes.rewrite_fx import RewriteFX
+        from frontends.torch import RewriteFX
 
         r = RewriteFX().call(self.traced, plan.analysis, plan.selection.pruned, updates)
         return Rewritten(r.module, {}, r)
 
     def verify(self, plan: Any, rewritten: Rewritten, updates: dict[str, Any], rtol: float) -> dict[str, Any]:
-        from passes.verify import VerifyFX
+        from frontends.torch import VerifyFX
 
         pruned = plan.selection.pruned
         return VerifyFX(rtol=rtol).call(self.traced, plan.analysis, pruned, rewritten.model, self.inputs, updates).to_dict()
 
     def measure(self, rewritten: Rewritten) -> ChannelGraph:
-        from frontends.torch_fx import load_torch
+        from frontends.torch import load_torch
 
         try:
             return load_torch(rewritten.model, self.inputs).graph

@@ -26,7 +26,7 @@ import torch.fx
 import torch.nn.functional as F
 
 from frontends.errors import InvalidArgumentError
-from frontends.torch_fx import TracedModel
+from frontends.torch import TracedModel
 from passes.channel_analysis import AnalysisResult
 from passes.ops import lookup
 

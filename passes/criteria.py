@@ -42,7 +42,8 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 import torch.nn.functional as F
 
 from frontends.errors import InvalidArgumentError
-from frontends.torch_fx import TracedModel, _get_attr
+from frontends.torch import TracedModel
+from frontends.torch import module_attr as _get_attr
 from passes.calibration import (
     CalibrationData,
     Consumer,

@@ -23,8 +23,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from frontends.errors import UnsupportedModelError, VerificationError
 from frontends.onnx import OnnxModel, UniqueNames, node_attrs, run_ort
+from frontends.torch import VerifyResult
 from passes.channel_analysis import AnalysisResult
-from passes.verify import VerifyResult
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 
 import compiler
-from passes.verify import VerifyFX, flat_tensors
+from frontends.torch import VerifyFX, flat_tensors
 
 __all__ = [
     "prune",

@@ -18,10 +18,9 @@ import pytest
 import torch
 import torch.nn as nn
 
-from frontends.torch_fx import load_torch
-from passes.ops import SPECS, OpSpec
+from frontends.torch import RewriteFX, load_torch
 from passes.channel_analysis import ChannelAnalysis
-from passes.rewrite_fx import RewriteFX
+from passes.ops import SPECS, OpSpec
 
 DEPTHS = (4, 8, 16)
 GROWTH_LIMIT = 1.2  # work per added op at 2N over that at N; 2.0 for a quadratic pass

@@ -33,7 +33,7 @@ from compiler.latency import ConvSpec, LatencyModel, LinearSpec, _Table
 from compiler.options import Options
 from compiler.pipeline import select_latency
 from frontends.errors import InternalError, InvalidArgumentError
-from frontends.torch_fx import load_torch
+from frontends.torch import load_torch
 from passes.channel_analysis import ChannelAnalysis
 from passes.saliency import Saliency
 

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from scipy.stats import spearmanr
 
 import compiler
-from frontends.torch_fx import load_torch
+from frontends.torch import load_torch
 from passes.calibration import CalibrationData, GatedRunner
 from passes.channel_analysis import ChannelAnalysis
 from passes.criteria import DataCriteria

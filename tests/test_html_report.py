@@ -80,7 +80,7 @@ def r50():
     torchvision = pytest.importorskip("torchvision")
     from compiler.options import Options
     from compiler.pipeline import Steps, build_report, plan
-    from frontends.torch_fx import load_torch
+    from frontends.torch import load_torch
 
     model = torchvision.models.resnet50(weights=None).eval()
     traced = load_torch(model, (torch.randn(1, 3, 64, 64),))

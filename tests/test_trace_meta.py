@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 
 import compiler
-from frontends import torch_fx
+from frontends.torch import trace as torch_trace
 
 
 class Mixed(nn.Module):
@@ -47,11 +47,11 @@ def test_meta_and_real_propagation_agree(cls, x, monkeypatch):
     torch.manual_seed(0)
     m = cls().eval()
     used: list[bool] = []
-    meta = torch_fx._meta_shape_prop
-    monkeypatch.setattr(torch_fx, "_meta_shape_prop", lambda gm, i: used.append(meta(gm, i)) or used[-1])
-    fast = torch_fx.load_torch(m, (x,))
-    monkeypatch.setattr(torch_fx, "_meta_shape_prop", lambda gm, i: False)
-    real = torch_fx.load_torch(m, (x,))
+    meta = torch_trace._meta_shape_prop
+    monkeypatch.setattr(torch_trace, "_meta_shape_prop", lambda gm, i: used.append(meta(gm, i)) or used[-1])
+    fast = torch_trace.load_torch(m, (x,))
+    monkeypatch.setattr(torch_trace, "_meta_shape_prop", lambda gm, i: False)
+    real = torch_trace.load_torch(m, (x,))
     assert _shapes(fast) == _shapes(real)
     assert used == [cls is Mixed]  # the value-dependent mask falls back to the real run
     assert all(t.device.type == "cpu" for t in list(fast.gm.parameters()) + list(fast.gm.buffers()))

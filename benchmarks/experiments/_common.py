@@ -22,7 +22,7 @@ import matplotlib  # noqa: E402
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402,F401  (re-exported for the scripts)
 
-from frontends.torch_fx import load_torch  # noqa: E402
+from frontends.torch import load_torch  # noqa: E402
 from passes.cost import graph_macs, graph_params  # noqa: E402
 
 

@@ -81,7 +81,7 @@ class SparsityRegularizer:
 
     def _per_group(self, example_inputs: tuple[torch.Tensor, ...]) -> None:
         """One class per coupled channel of the traced model; frozen channels are not penalized."""
-        from frontends.torch_fx import load_torch
+        from frontends.torch import load_torch
         from passes.channel_analysis import ChannelAnalysis
 
         traced = load_torch(self.model, example_inputs)

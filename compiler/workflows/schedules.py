@@ -101,7 +101,7 @@ def _train(train_fn: TrainFn | None, model: nn.Module, step: int) -> nn.Module:
 
 
 def _measure(model: nn.Module, example_inputs: tuple[torch.Tensor, ...]) -> tuple[int, int]:
-    from frontends.torch_fx import load_torch
+    from frontends.torch import load_torch
     from passes.cost import graph_macs, graph_params
 
     g = load_torch(model, example_inputs).graph
@@ -205,7 +205,7 @@ def rewind(result: CompileResult, state: Mapping[str, torch.Tensor] | nn.Module)
     are the corresponding slices of ``state``. Weight updates of the compile (bias propagation,
     compensation) are not applied: rewinding replaces them.
     """
-    from passes.rewrite_fx import RewriteFX
+    from frontends.torch import RewriteFX
 
     if result.plan is None or result.traced is None or not hasattr(result.traced, "gm"):
         raise InvalidArgumentError("rewind needs the CompileResult of a PyTorch model")

@@ -41,7 +41,6 @@ it is specialized to the example inputs' sizes, batch included.
 
 from __future__ import annotations
 
-import builtins
 import inspect
 import logging
 import math
@@ -74,7 +73,7 @@ def wrapped_calls(gm: torch.fx.GraphModule) -> list[torch.fx.Node]:
         mod = getattr(n.target, "__module__", "") or ""
         if mod == "torch" or mod.startswith("torch.") or mod in _SKIP_MODULES:
             continue
-        if n.target in (getattr(builtins, "len"), getattr(math, "sqrt")):
+        if n.target in (len, math.sqrt):
             continue
         if _lowered_by_frontend(n):
             continue
@@ -141,7 +140,7 @@ class _ConcreteProxy(torch.fx.Proxy):
             raise torch.fx.proxy.TraceError("len() of a batch-sized dimension")
         return len(self.value)
 
-    def __iter__(self):  # type: ignore[override]
+    def __iter__(self):
         return iter([self[i] for i in range(len(self))])
 
     # In-place updates are recorded as the in-place ops they are, so the inlined
@@ -221,7 +220,7 @@ class _ConcreteTracer(torch.fx.Tracer):
                 return target(*args, **kwargs)
         raise torch.fx.proxy.TraceError(f"unexpected {kind} node while inlining")
 
-    def create_proxy(self, kind, target, args, kwargs, name=None, type_expr=None, proxy_factory_fn=None):  # type: ignore[override]
+    def create_proxy(self, kind, target, args, kwargs, name=None, type_expr=None, proxy_factory_fn=None):
         value = self._run(kind, target, map_aggregate(args, _value), map_aggregate(kwargs, _value))
         value2 = self._run(kind, target, map_aggregate(args, _value2), map_aggregate(kwargs, _value2)) if self.dual else None
         if (kind == "call_method" and target in _META_ONLY_METHODS) or (kind == "call_function" and target in _META_ONLY_FNS):
@@ -309,7 +308,9 @@ def _trace_call(
 
     args = _mutable(map_aggregate(node.args, to_proxy))
     kwargs = _mutable(map_aggregate(node.kwargs, to_proxy))
-    result = node.target(*args, **kwargs)
+    fn = node.target
+    assert callable(fn)  # wrapped_calls: call_function nodes of Python functions
+    result = fn(*args, **kwargs)
     if not _has_proxy_or_tensor(result):  # sizes only (window and pad sizes): a constant of the example
         if not any(_mutates(n) and n.op != "placeholder" for n in tracer.graph.nodes):
             raise _Constant(result)
@@ -317,6 +318,7 @@ def _trace_call(
         tracer.graph.output(None)
         tracer.graph.eliminate_dead_code(is_impure_node=_mutates)
         return tracer.graph, tracer.root, arg_nodes, result
+    out: Any
     if isinstance(result, (tuple, list)):
         out = type(result)(tracer.create_arg(r) for r in result)
     else:
@@ -339,9 +341,7 @@ def _splice(
     if isinstance(out_node.args[0], (tuple, list)):
         if any(u.op != "call_function" or u.target is not operator.getitem or not isinstance(u.args[1], int) for u in node.users):
             raise RuntimeError(f"{node.name}: its tuple result is used as a whole")
-    elif constant is not _NOTHING:
-        pass
-    elif not isinstance(out_node.args[0], torch.fx.Node):
+    elif constant is _NOTHING and not isinstance(out_node.args[0], torch.fx.Node):  # (a folded constant returns nothing)
         raise RuntimeError(f"{node.name}: returns {type(out_node.args[0]).__name__}")
     prefix = f"_inlined_{node.name}_"
     out_arg: Any = None

@@ -1,238 +1,42 @@
-"""PyTorch frontend: trace an ``nn.Module`` with torch.fx and lower it to a ChannelGraph.
+"""Lowering: a traced ``GraphModule`` into the framework-neutral :class:`ChannelGraph`.
 
-Tracing runs on an eval-mode copy (the caller's model is never touched): first
-``torch.fx.symbolic_trace``; where that fails, ``torch.export`` (its graph module
-is lowered the same way, with an ATen op table); where both fail, a
-:class:`TraceError` naming the module and the source line. Shapes come from
-running the traced graph on the example inputs (``ShapeProp``).
+Each FX node becomes a neutral op (:mod:`frontends.graph`): module calls by module
+class, functions and methods by name (one handler per family, ``_handles``), ATen ops
+of ``torch.export`` graphs by their op names. Module parameters and ``get_attr``
+tensors become constant values named by their state-dict path. A node the tables do
+not know becomes ``kind="unknown"`` with its source-level target, never a guess.
 
-Lowering maps each FX node to a neutral op (:mod:`frontends.graph`): module
-calls by module class, functions and methods by target. Module parameters and
-``get_attr`` tensors become constant values named by their state-dict path. A
-node the tables do not know becomes ``kind="unknown"``, never a guess.
+Attributes recorded for the framework-neutral passes (the ONNX lowering records the same):
+
+=============  ==============================================================
+conv           ``groups``, ``transposed``, and its geometry: ``stride`` and
+               ``dilation`` (ints per spatial dim), ``padding`` (ints per
+               spatial dim, or ``"same"`` / ``"valid"``), ``padding_mode``
+               (``"zeros"``, ``"reflect"``, ``"replicate"``, ``"circular"``)
+layer_norm     ``ndim``: how many trailing dims it normalizes
+group_norm     ``num_groups``; ``stats_over_kept`` (the torch reference can
+               normalize over the kept channels)
+=============  ==============================================================
 """
 
 from __future__ import annotations
 
-import contextlib
-import copy
-import io
 import logging
-import os
-import traceback
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.fx
 import torch.nn as nn
-from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
+from torch.fx.passes.shape_prop import TensorMetadata
 
-from frontends.attention import decompose_attention
-from frontends.errors import TraceError, UnsupportedModelError
 from frontends.graph import ChannelGraph, Op, Value
-from frontends.inline import inline_wrapped
+from frontends.torch.nodes import call_arg, call_name, flat_args, flatten, module_attr, target_label
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TracedModel", "trace", "lower", "load_torch"]
+__all__ = ["lower", "conv_geometry", "resizable_split", "UNARY_MODULES"]
 
-
-@dataclass
-class TracedModel:
-    gm: torch.fx.GraphModule
-    graph: ChannelGraph
-    node_values: dict[str, list[str]]  # FX node name -> value names (several for tuples)
-    method: str  # "symbolic_trace" or "torch.export"
-    example_inputs: tuple = ()
-    notes: list[str] = field(default_factory=list)
-
-
-# ---------------------------------------------------------------------------
-# tracing
-
-
-def _user_frame(exc: BaseException) -> str | None:
-    """The innermost traceback frame outside torch and prunec: where the model's code failed.
-
-    Generated code (``<string>``, ``<eval_with_key>``) is nobody's source line.
-    """
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    skip = tuple(os.path.join(d, "") for d in [os.path.dirname(torch.__file__)] + [os.path.join(root, p) for p in ("frontends", "passes", "compiler")])
-    frames = traceback.extract_tb(exc.__traceback__)
-    user = [f for f in frames if not f.filename.startswith(skip) and not f.filename.startswith("<")]
-    if not user:
-        return None
-    f = user[-1]
-    line = f" `{f.line.strip()}`" if f.line else ""
-    return f"{f.filename}:{f.lineno} in {f.name}{line}"
-
-
-def _failing_module(model: nn.Module, exc: BaseException) -> str | None:
-    """Name of the submodule whose forward raised, from the traceback's code objects."""
-    codes = {}
-    for name, mod in model.named_modules():
-        fwd = getattr(type(mod), "forward", None)
-        code = getattr(fwd, "__code__", None)
-        if code is not None:
-            codes.setdefault((code.co_filename, code.co_firstlineno), name or type(mod).__name__)
-    tb = exc.__traceback__
-    found = None
-    while tb is not None:
-        code = tb.tb_frame.f_code
-        key = (code.co_filename, code.co_firstlineno)
-        if key in codes and code.co_name == "forward":
-            found = f"{codes[key]} ({type(tb.tb_frame.f_locals.get('self')).__name__})"
-        tb = tb.tb_next
-    return found
-
-
-class _ShapeProp(ShapeProp):
-    node: torch.fx.Node | None = None  # the node being run, to name it when it fails
-
-    def run_node(self, n: torch.fx.Node) -> Any:
-        self.node = n
-        return super().run_node(n)
-
-
-def _meta_shape_prop(gm: torch.fx.GraphModule, inputs: Sequence[Any]) -> bool:
-    """Shapes without arithmetic: propagate meta tensors (shape and dtype only) through ``gm``.
-
-    The module's tensors are swapped for meta tensors for the run and put back after.
-    False, with nothing recorded, where an op has no meta kernel, mixes in a real tensor
-    it creates, or depends on values, and where the tensors are on several devices
-    (meta tensors would hide the mismatch): the caller then runs the model for real.
-    """
-    swapped: list[tuple[dict[str, Any], str, Any]] = []
-    meta: dict[int, torch.Tensor] = {}
-    devices = {x.device for x in inputs if isinstance(x, torch.Tensor)}
-
-    def to_meta(t: torch.Tensor) -> torch.Tensor:
-        if id(t) not in meta:
-            m = t.detach().to("meta")
-            meta[id(t)] = nn.Parameter(m, requires_grad=t.requires_grad) if isinstance(t, nn.Parameter) else m
-        return meta[id(t)]
-
-    try:
-        for mod in gm.modules():
-            for store in (mod._parameters, mod._buffers, vars(mod)):
-                for k, t in list(store.items()):
-                    if isinstance(t, torch.Tensor):
-                        if isinstance(t, nn.parameter.UninitializedTensorMixin):
-                            return False  # a lazy module initializes on its first real run
-                        devices.add(t.device)
-                        swapped.append((store, k, t))
-                        store[k] = to_meta(t)
-        if len(devices) > 1:
-            return False
-        with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):
-            ShapeProp(gm).propagate(*[x.to("meta") if isinstance(x, torch.Tensor) else x for x in inputs])
-        return True
-    except Exception as exc:  # noqa: BLE001 - any failure: the real run decides (and names the error)
-        log.debug("meta shape propagation failed (%s); running the model", exc)
-        for node in gm.graph.nodes:
-            node.meta.pop("tensor_meta", None)
-        return False
-    finally:
-        for store, k, t in reversed(swapped):
-            store[k] = t
-
-
-def _shape_prop(gm: torch.fx.GraphModule, inputs: Sequence[Any]) -> None:
-    if _meta_shape_prop(gm, inputs):
-        return
-    prop = _ShapeProp(gm)
-    try:
-        # ShapeProp prints a traceback of its own before re-raising: keep it off the user's stderr
-        with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):
-            prop.propagate(*inputs)
-    except Exception as exc:  # wrong input shape, dtype, ...
-        cause = exc.__cause__ if exc.__cause__ is not None else exc  # ShapeProp wraps the real error
-        where = _user_frame(cause)
-        node = prop.node
-        at = f" in {node.target if node.op == 'call_module' else node.name}" if node is not None else ""
-        raise UnsupportedModelError(
-            f"the model does not run on the example inputs ({_describe(inputs)}){at}: "
-            f"{type(cause).__name__}: {str(cause).strip().splitlines()[0] if str(cause).strip() else ''}"
-            + (f" at {where}" if where else "")
-        ) from exc
-
-
-def _describe(inputs: Sequence[Any]) -> str:
-    parts = []
-    for x in inputs:
-        parts.append(f"tensor{tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__)
-    return ", ".join(parts) or "no inputs"
-
-
-def _module_copy(model: nn.Module) -> nn.Module:
-    """A deep copy of the module tree that shares parameter and buffer tensors with ``model``.
-
-    The traced module is only read (shape propagation, analysis, criteria); passes
-    that change tensors (rewrite, verification, weight updates) copy them first, so
-    copying every weight here would only cost time and memory.
-    """
-    memo: dict[int, Any] = {id(t): t for t in model.parameters()}
-    memo.update({id(t): t for t in model.buffers()})
-    return copy.deepcopy(model, memo)
-
-
-def trace(model: nn.Module, example_inputs: Sequence[Any]) -> tuple[torch.fx.GraphModule, str]:
-    """Trace an eval-mode copy of ``model`` (weights shared, never written). Returns (graph module, method)."""
-    if not isinstance(model, nn.Module):
-        raise UnsupportedModelError(f"expected a torch.nn.Module, got {type(model).__name__}")
-    for x in example_inputs:
-        if not isinstance(x, torch.Tensor):
-            raise UnsupportedModelError(
-                f"example_inputs must be tensors; got {type(x).__name__} (pass a tuple of tensors, e.g. (x,))"
-            )
-    work = _module_copy(model).eval()
-    cfg = getattr(work, "config", None)
-    if getattr(cfg, "use_cache", False):  # Hugging Face: a KV cache in the outputs is not a tensor output
-        cfg.use_cache = False
-    n_mha = decompose_attention(work)
-    if n_mha:
-        log.info("decomposed %d nn.MultiheadAttention module(s) so their heads can be pruned", n_mha)
-    try:
-        gm = torch.fx.symbolic_trace(work)
-        method = "symbolic_trace"
-    except Exception as fx_exc:
-        log.info("symbolic_trace failed (%s); trying torch.export", fx_exc)
-        disabled = logging.root.manager.disable
-        logging.disable(logging.ERROR)  # torch.export logs and prints pages before it gives up: the user gets one line
-        try:
-            with contextlib.redirect_stderr(io.StringIO()):
-                ep = torch.export.export(work, tuple(example_inputs), strict=False)
-            gm = ep.module()
-            method = "torch.export"
-        except Exception as ex_exc:
-            where = _user_frame(fx_exc) or _user_frame(ex_exc)
-            module = _failing_module(work, fx_exc) or _failing_module(work, ex_exc)
-            first = str(fx_exc).strip().splitlines()[0] if str(fx_exc).strip() else type(fx_exc).__name__
-            msg = f"cannot trace {type(model).__name__}"
-            if module:
-                msg += f": module {module}"
-            if where:
-                msg += f" at {where}"
-            msg += f": {first} (torch.export also failed: {type(ex_exc).__name__})"
-            raise TraceError(msg, module=module, location=where) from fx_exc
-        finally:
-            logging.disable(disabled)
-    if method == "symbolic_trace":
-        try:
-            inlined = inline_wrapped(gm, example_inputs)
-        except Exception as exc:  # the model does not run: _shape_prop names the culprit
-            log.debug("inlining skipped: %s", exc)
-            inlined = []
-        if inlined:
-            log.info("inlined wrapped functions at the example's sizes: %s", ", ".join(sorted(set(inlined))))
-    _shape_prop(gm, example_inputs)
-    return gm, method
-
-
-# ---------------------------------------------------------------------------
-# lowering tables
 
 UNARY_MODULES = (
     nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish, nn.Sigmoid,
@@ -269,37 +73,9 @@ _SAFE_NON_TENSOR = {"size", "dim", "numel", "getattr", "ndimension", "nelement",
                     "sym_size", "sym_numel", "_assert_tensor_metadata", "_assert_scalar"}  # fmt: skip
 
 
-def _fn_name(node: torch.fx.Node) -> str:
-    t = node.target
-    if node.op == "call_method":
-        return str(t)
-    if isinstance(t, torch._ops.OpOverload):
-        return t._schema.name.split("::")[-1] + ("" if t._overloadname == "default" else "")
-    if isinstance(t, torch._ops.OpOverloadPacket):
-        return t._qualified_op_name.split("::")[-1]
-    return getattr(t, "__name__", str(t))
-
-
-def _target_label(node: torch.fx.Node, gm: torch.fx.GraphModule) -> str:
-    if node.op == "call_module":
-        return type(gm.get_submodule(str(node.target))).__name__
-    if node.op == "call_method":
-        return f"Tensor.{node.target}"
-    t = node.target
-    if isinstance(t, (torch._ops.OpOverload, torch._ops.OpOverloadPacket)):
-        return str(t)
-    mod = getattr(t, "__module__", None) or ""
-    name = getattr(t, "__name__", str(t))
-    if mod in ("_operator", "operator"):
-        return f"operator.{name}"
-    if mod.startswith("torch.nn.functional"):
-        return f"F.{name}"
-    if mod.startswith("torch"):
-        return f"torch.{name}"
-    return f"{mod}.{name}" if mod else name
-
-
 class _Lowering:
+    """One pass over the FX graph in order, adding each node's values and op to a new :class:`ChannelGraph`."""
+
     def __init__(self, gm: torch.fx.GraphModule) -> None:
         self.gm = gm
         self.graph = ChannelGraph("torch")
@@ -369,11 +145,12 @@ class _Lowering:
         outs = self._out(node)
         label = str(node.target) if node.op == "call_module" else node.name
         self.graph.add_op(
-            Op(node.name, kind, inputs, outs, attrs or {}, label=label, target=_target_label(node, self.gm), source=node)
+            Op(node.name, kind, inputs, outs, attrs or {}, label=label, target=target_label(node, self.gm), source=node)
         )
 
     def _unknown(self, node: torch.fx.Node, extra: list[str] | None = None) -> None:
-        ins = [v for v in (self._val(a) for a in _flat_args(node)) if v is not None] + (extra or [])
+        ins: list[str | None] = [v for v in (self._val(a) for a in flat_args(node)) if v is not None]
+        ins += extra or []
         self._emit(node, "unknown", ins, {})
 
     def run(self) -> ChannelGraph:
@@ -385,7 +162,7 @@ class _Lowering:
                 if shape is not None:
                     self.graph.inputs.append(node.name)
             elif node.op == "get_attr":
-                obj = _get_attr(self.gm, str(node.target))
+                obj = module_attr(self.gm, str(node.target))
                 if isinstance(obj, torch.Tensor):
                     self.node_values[node.name] = [self._const(str(node.target), obj)]
                 else:
@@ -396,7 +173,7 @@ class _Lowering:
             elif node.op in ("call_function", "call_method"):
                 self._function(node)
             elif node.op == "output":
-                for a in _flat(node.args[0]):
+                for a in flatten(node.args[0]):
                     v = self._val(a)
                     if v is not None and v not in self.graph.outputs:
                         self.graph.outputs.append(v)
@@ -411,7 +188,8 @@ class _Lowering:
             self._skip(node)
             return
         if isinstance(m, nn.modules.conv._ConvNd) and x:
-            self._emit(node, "conv", [x, p["weight"], p.get("bias")], {"groups": m.groups, "transposed": m.transposed})
+            geometry = conv_geometry(len(m.kernel_size), m.stride, m.padding, m.dilation, m.padding_mode)
+            self._emit(node, "conv", [x, p["weight"], p.get("bias")], {"groups": m.groups, "transposed": m.transposed, **geometry})
         elif isinstance(m, nn.Linear) and x:
             self._emit(node, "linear", [x, p["weight"], p.get("bias")])
         elif isinstance(m, nn.modules.batchnorm._BatchNorm) and x:
@@ -447,11 +225,12 @@ class _Lowering:
             self._unknown(node, extra=list(p.values()))
 
     def _function(self, node: torch.fx.Node) -> None:
-        fn = _fn_name(node)
-        args, kwargs = list(node.args), dict(node.kwargs)
+        fn = call_name(node)
+        args: list[Any] = list(node.args)
+        kwargs: dict[str, Any] = dict(node.kwargs)
         metas = self._meta_values(node)
         out_is_tensor = any(s is not None for s, _ in metas)
-        has_tensor_in = any(self._is_tensor(a) for a in _flat_args(node))
+        has_tensor_in = any(self._is_tensor(a) for a in flat_args(node))
 
         # tuple element access
         if fn == "getitem" and isinstance(args[0], torch.fx.Node) and args[0].name in self.node_values:
@@ -480,7 +259,7 @@ class _Lowering:
                 log.debug("lowering %s failed: %s", node.name, exc)
                 if node.name in self.node_values:
                     raise
-        tensors_in = [a for a in _flat_args(node) if self._is_tensor(a)]
+        tensors_in = [a for a in flat_args(node) if self._is_tensor(a)]
         if fn in _UNARY_FN_NAMES and len(tensors_in) == 1:  # x.pow(2) and 10000 ** x alike: element-wise in x
             self._emit(node, "unary", [self._val(tensors_in[0])], {"fn": fn})
             return
@@ -492,37 +271,13 @@ class _Lowering:
         self._unknown(node)
 
     def _skip(self, node: torch.fx.Node) -> None:
+        """A node with no tensor result (a size, an assert): values with no shape, no op."""
         names = []
-        for i, (shape, dtype) in enumerate(self._meta_values(node)):
+        for i in range(len(self._meta_values(node))):
             n = node.name if i == 0 else f"{node.name}#{i}"
             self.graph.add_value(Value(n, None))
             names.append(n)
         self.node_values[node.name] = names
-
-
-def _flat(a: Any) -> list[Any]:
-    if isinstance(a, (list, tuple)):
-        return [y for x in a for y in _flat(x)]
-    if isinstance(a, dict):
-        return [y for x in a.values() for y in _flat(x)]
-    return [a]
-
-
-def _flat_args(node: torch.fx.Node) -> list[Any]:
-    return _flat(list(node.args)) + _flat(dict(node.kwargs))
-
-
-def _get_attr(gm: nn.Module, target: str) -> Any:
-    obj: Any = gm
-    for part in target.split("."):
-        obj = getattr(obj, part)
-    return obj
-
-
-def _arg(args: list, kwargs: dict, i: int, name: str, default: Any = None) -> Any:
-    if name in kwargs:
-        return kwargs[name]
-    return args[i] if len(args) > i else default
 
 
 # -- function handlers: return True when they emitted the node -----------------
@@ -539,34 +294,60 @@ def _handles(*names: str) -> Callable[[Handler], Handler]:
     return deco
 
 
+def conv_geometry(nspatial: int, stride: Any, padding: Any, dilation: Any, padding_mode: str = "zeros") -> dict[str, Any]:
+    """A conv's ``stride``, ``padding``, ``dilation`` (ints per spatial dim; ``padding`` may be ``"same"`` or
+    ``"valid"``) and ``padding_mode`` as op attributes; one given as something else (a size read at run time)
+    is left out."""
+
+    def per_dim(v: Any) -> tuple[int, ...] | None:
+        if isinstance(v, int) and not isinstance(v, bool):
+            return (v,) * nspatial
+        if isinstance(v, (list, tuple)) and len(v) == nspatial and all(isinstance(i, int) and not isinstance(i, bool) for i in v):
+            return tuple(v)
+        return None
+
+    geometry = {
+        "stride": per_dim(stride),
+        "padding": padding if padding in ("same", "valid") else per_dim(padding),
+        "dilation": per_dim(dilation),
+        "padding_mode": padding_mode,
+    }
+    return {k: v for k, v in geometry.items() if v is not None}
+
+
 @_handles("conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d")
 def _h_conv(lw: _Lowering, node, args, kwargs) -> bool:
-    fn = _fn_name(node)
-    x, w = lw._val(args[0]), lw._val(_arg(args, kwargs, 1, "weight"))
-    b = lw._val(_arg(args, kwargs, 2, "bias"))
-    gi = 6 if "transpose" in fn else 6
-    groups = _arg(args, kwargs, gi, "groups", 1)
-    if "transpose" in fn:
-        groups = _arg(args, kwargs, 6, "groups", 1)
+    """F.conv{n}d(x, w, b, stride, padding, dilation, groups); F.conv_transpose{n}d(x, w, b, stride, padding,
+    output_padding, groups, dilation)."""
+    transposed = "transpose" in call_name(node)
+    x, w = lw._val(args[0]), lw._val(call_arg(args, kwargs, 1, "weight"))
+    b = lw._val(call_arg(args, kwargs, 2, "bias"))
+    groups = call_arg(args, kwargs, 6, "groups", 1)
     if not (x and w) or not isinstance(groups, int):
         return False
-    lw._emit(node, "conv", [x, w, b], {"groups": groups, "transposed": "transpose" in fn})
+    dilation = call_arg(args, kwargs, 7, "dilation", 1) if transposed else call_arg(args, kwargs, 5, "dilation", 1)
+    geometry = conv_geometry(
+        len(lw.graph.shape(w)) - 2, call_arg(args, kwargs, 3, "stride", 1), call_arg(args, kwargs, 4, "padding", 0), dilation
+    )
+    lw._emit(node, "conv", [x, w, b], {"groups": groups, "transposed": transposed, **geometry})
     return True
 
 
 @_handles("convolution")
 def _h_aten_convolution(lw, node, args, kwargs) -> bool:
+    """aten.convolution(x, w, b, stride, padding, dilation, transposed, output_padding, groups) (torch.export)."""
     x, w, b = lw._val(args[0]), lw._val(args[1]), lw._val(args[2])
     transposed, groups = bool(args[6]), int(args[8])
     if not (x and w):
         return False
-    lw._emit(node, "conv", [x, w, b], {"groups": groups, "transposed": transposed})
+    geometry = conv_geometry(len(lw.graph.shape(w)) - 2, args[3], args[4], args[5])
+    lw._emit(node, "conv", [x, w, b], {"groups": groups, "transposed": transposed, **geometry})
     return True
 
 
 @_handles("linear")
 def _h_linear(lw, node, args, kwargs) -> bool:
-    x, w, b = lw._val(args[0]), lw._val(_arg(args, kwargs, 1, "weight")), lw._val(_arg(args, kwargs, 2, "bias"))
+    x, w, b = lw._val(args[0]), lw._val(call_arg(args, kwargs, 1, "weight")), lw._val(call_arg(args, kwargs, 2, "bias"))
     if not (x and w) or len(lw.graph.shape(w)) != 2:
         return False
     lw._emit(node, "linear", [x, w, b])
@@ -579,8 +360,8 @@ def _h_batch_norm(lw, node, args, kwargs) -> bool:
         x, w, b, m, v = (lw._val(args[i]) if len(args) > i else None for i in range(5))
     else:  # F.batch_norm(input, running_mean, running_var, weight, bias, ...)
         x = lw._val(args[0])
-        m, v = lw._val(_arg(args, kwargs, 1, "running_mean")), lw._val(_arg(args, kwargs, 2, "running_var"))
-        w, b = lw._val(_arg(args, kwargs, 3, "weight")), lw._val(_arg(args, kwargs, 4, "bias"))
+        m, v = lw._val(call_arg(args, kwargs, 1, "running_mean")), lw._val(call_arg(args, kwargs, 2, "running_var"))
+        w, b = lw._val(call_arg(args, kwargs, 3, "weight")), lw._val(call_arg(args, kwargs, 4, "bias"))
     if not x:
         return False
     lw._emit(node, "batch_norm", [x, m, v, w, b])
@@ -599,16 +380,16 @@ def _h_native_bn(lw, node, args, kwargs) -> bool:
 @_handles("instance_norm")
 def _h_instance_norm(lw, node, args, kwargs) -> bool:
     x = lw._val(args[0])
-    m, v = lw._val(_arg(args, kwargs, 1, "running_mean")), lw._val(_arg(args, kwargs, 2, "running_var"))
-    w, b = lw._val(_arg(args, kwargs, 3, "weight")), lw._val(_arg(args, kwargs, 4, "bias"))
+    m, v = lw._val(call_arg(args, kwargs, 1, "running_mean")), lw._val(call_arg(args, kwargs, 2, "running_var"))
+    w, b = lw._val(call_arg(args, kwargs, 3, "weight")), lw._val(call_arg(args, kwargs, 4, "bias"))
     lw._emit(node, "instance_norm", [x, w, b, m, v])
     return True
 
 
 @_handles("layer_norm")
 def _h_layer_norm(lw, node, args, kwargs) -> bool:
-    x, shape = lw._val(args[0]), _arg(args, kwargs, 1, "normalized_shape")
-    w, b = lw._val(_arg(args, kwargs, 2, "weight")), lw._val(_arg(args, kwargs, 3, "bias"))
+    x, shape = lw._val(args[0]), call_arg(args, kwargs, 1, "normalized_shape")
+    w, b = lw._val(call_arg(args, kwargs, 2, "weight")), lw._val(call_arg(args, kwargs, 3, "bias"))
     if not x or not isinstance(shape, (list, tuple, torch.Size)) or not all(isinstance(s, int) for s in shape):
         return False
     lw._emit(node, "layer_norm", [x, w, b], {"ndim": len(shape)})
@@ -617,8 +398,8 @@ def _h_layer_norm(lw, node, args, kwargs) -> bool:
 
 @_handles("group_norm")
 def _h_group_norm(lw, node, args, kwargs) -> bool:
-    x, g = lw._val(args[0]), _arg(args, kwargs, 1, "num_groups")
-    w, b = lw._val(_arg(args, kwargs, 2, "weight")), lw._val(_arg(args, kwargs, 3, "bias"))
+    x, g = lw._val(args[0]), call_arg(args, kwargs, 1, "num_groups")
+    w, b = lw._val(call_arg(args, kwargs, 2, "weight")), lw._val(call_arg(args, kwargs, 3, "bias"))
     if not x or not isinstance(g, int):
         return False
     lw._emit(node, "group_norm", [x, w, b], {"num_groups": g, "stats_over_kept": True})
@@ -627,7 +408,7 @@ def _h_group_norm(lw, node, args, kwargs) -> bool:
 
 @_handles("prelu")
 def _h_prelu(lw, node, args, kwargs) -> bool:
-    x, w = lw._val(args[0]), lw._val(_arg(args, kwargs, 1, "weight"))
+    x, w = lw._val(args[0]), lw._val(call_arg(args, kwargs, 1, "weight"))
     if not (x and w):
         return False
     lw._emit(node, "prelu", [x, w])
@@ -639,7 +420,7 @@ def _h_embedding(lw, node, args, kwargs) -> bool:
     if isinstance(node.target, torch._ops.OpOverload):  # aten.embedding(weight, indices)
         w, idx = lw._val(args[0]), lw._val(args[1])
     else:
-        idx, w = lw._val(args[0]), lw._val(_arg(args, kwargs, 1, "weight"))
+        idx, w = lw._val(args[0]), lw._val(call_arg(args, kwargs, 1, "weight"))
     if not (idx and w):
         return False
     lw._emit(node, "embedding", [idx, w])
@@ -651,7 +432,7 @@ def _h_pool(lw, node, args, kwargs) -> bool:
     x = lw._val(args[0])
     if not x or len(lw._meta_values(node)) != 1:
         return False
-    lw._emit(node, "spatial", [x], {"nspatial": _POOL_FN[_fn_name(node)]})
+    lw._emit(node, "spatial", [x], {"nspatial": _POOL_FN[call_name(node)]})
     return True
 
 
@@ -668,21 +449,21 @@ def _h_interp(lw, node, args, kwargs) -> bool:
 
 @_handles(*_REDUCE_FN)
 def _h_reduce(lw, node, args, kwargs) -> bool:
-    fn = _fn_name(node)
+    fn = call_name(node)
     x = lw._val(args[0])
-    if not x or len(lw._meta_values(node)) != 1 or sum(lw._is_tensor(a) for a in _flat_args(node)) != 1:
+    if not x or len(lw._meta_values(node)) != 1 or sum(lw._is_tensor(a) for a in flat_args(node)) != 1:
         return False
     rank = len(lw.graph.shape(x))
-    dims = _arg(args, kwargs, 1, "dim", None)
+    dims = call_arg(args, kwargs, 1, "dim", None)
     if fn == "norm":
-        dims = _arg(args, kwargs, 2, "dim", None)
+        dims = call_arg(args, kwargs, 2, "dim", None)
     if dims is None:
         dims = list(range(rank))
     if isinstance(dims, int):
         dims = [dims]
     if not all(isinstance(d, int) for d in dims):
         return False
-    keepdim = bool(_arg(args, kwargs, 2 if fn != "norm" else 3, "keepdim", False))
+    keepdim = bool(call_arg(args, kwargs, 2 if fn != "norm" else 3, "keepdim", False))
     attrs = {"dims": list(dims), "keepdim": keepdim, "fn": _REDUCE_FN[fn]}
     if attrs["fn"] == "mean" and fn == "mean":  # the rewrite keeps the original divisor (RMSNorm's mean of squares)
         attrs["rescalable"] = True
@@ -692,7 +473,7 @@ def _h_reduce(lw, node, args, kwargs) -> bool:
 
 @_handles("softmax", "log_softmax", "_softmax", "_log_softmax", "softmin")
 def _h_softmax(lw, node, args, kwargs) -> bool:
-    x, dim = lw._val(args[0]), _arg(args, kwargs, 1, "dim")
+    x, dim = lw._val(args[0]), call_arg(args, kwargs, 1, "dim")
     if not x or not isinstance(dim, int):
         return False
     lw._emit(node, "softmax", [x], {"axis": dim})
@@ -701,7 +482,7 @@ def _h_softmax(lw, node, args, kwargs) -> bool:
 
 @_handles("cat", "concat", "concatenate")
 def _h_cat(lw, node, args, kwargs) -> bool:
-    tensors, dim = _arg(args, kwargs, 0, "tensors"), _arg(args, kwargs, 1, "dim", 0)
+    tensors, dim = call_arg(args, kwargs, 0, "tensors"), call_arg(args, kwargs, 1, "dim", 0)
     ins = [lw._val(t) for t in tensors]
     if not ins or any(v is None for v in ins) or not isinstance(dim, int):
         return False
@@ -711,7 +492,7 @@ def _h_cat(lw, node, args, kwargs) -> bool:
 
 @_handles("stack")
 def _h_stack(lw, node, args, kwargs) -> bool:
-    tensors, dim = _arg(args, kwargs, 0, "tensors"), _arg(args, kwargs, 1, "dim", 0)
+    tensors, dim = call_arg(args, kwargs, 0, "tensors"), call_arg(args, kwargs, 1, "dim", 0)
     ins = [lw._val(t) for t in tensors]
     if not ins or any(v is None for v in ins) or not isinstance(dim, int):
         return False
@@ -721,21 +502,21 @@ def _h_stack(lw, node, args, kwargs) -> bool:
 
 @_handles("split", "chunk", "split_with_sizes", "tensor_split")
 def _h_split(lw, node, args, kwargs) -> bool:
-    fn = _fn_name(node)
+    fn = call_name(node)
     x = lw._val(args[0])
     if not x:
         return False
     metas = lw._meta_values(node)
     if any(s is None for s, _ in metas):
         return False
-    dim = _arg(args, kwargs, 2, "dim", 0)
+    dim = call_arg(args, kwargs, 2, "dim", 0)
     if fn == "tensor_split":
-        spec = _arg(args, kwargs, 1, "indices_or_sections", None)
+        spec = call_arg(args, kwargs, 1, "indices_or_sections", None)
         spec = kwargs.get("indices", kwargs.get("sections", spec))
         if isinstance(spec, int):  # sections: equal only when they divide the dim
             spec = None if lw.graph.shape(x)[dim] % spec else spec
     else:
-        spec = _arg(args, kwargs, 1, "chunks" if fn == "chunk" else "split_size_or_sections", None)
+        spec = call_arg(args, kwargs, 1, "chunks" if fn == "chunk" else "split_size_or_sections", None)
         if spec is None:
             spec = kwargs.get("split_size", kwargs.get("split_sizes"))
     if not isinstance(dim, int) or spec is None:
@@ -750,7 +531,7 @@ def _h_split(lw, node, args, kwargs) -> bool:
         equal = False
     outs = lw._out(node)
     lw.graph.add_op(
-        Op(node.name, "split", [x], outs, {"axis": dim, "sizes": sizes, "equal": equal}, node.name, _target_label(node, lw.gm), node)
+        Op(node.name, "split", [x], outs, {"axis": dim, "sizes": sizes, "equal": equal}, node.name, target_label(node, lw.gm), node)
     )
     return True
 
@@ -773,26 +554,26 @@ def _h_reshape(lw, node, args, kwargs) -> bool:
 
 @_handles("permute", "transpose", "t", "swapaxes", "swapdims", "movedim")
 def _h_permute(lw, node, args, kwargs) -> bool:
-    fn = _fn_name(node)
+    fn = call_name(node)
     x = lw._val(args[0])
     if not x:
         return False
     rank = len(lw.graph.shape(x))
     if fn == "permute":
-        dims = args[1:] if node.op == "call_method" and len(args) > 2 else _arg(args, kwargs, 1, "dims")
+        dims = args[1:] if node.op == "call_method" and len(args) > 2 else call_arg(args, kwargs, 1, "dims")
         if isinstance(dims, int):
             dims = [dims]
         perm = [int(d) % rank for d in dims]
     elif fn == "t":
         perm = list(range(rank))[::-1]
     elif fn == "movedim":
-        src, dst = _arg(args, kwargs, 1, "source"), _arg(args, kwargs, 2, "destination")
+        src, dst = call_arg(args, kwargs, 1, "source"), call_arg(args, kwargs, 2, "destination")
         if not (isinstance(src, int) and isinstance(dst, int)):
             return False
         perm = list(range(rank))
         perm.insert(dst % rank, perm.pop(src % rank))
     else:
-        a, b = _arg(args, kwargs, 1, "dim0"), _arg(args, kwargs, 2, "dim1")
+        a, b = call_arg(args, kwargs, 1, "dim0"), call_arg(args, kwargs, 2, "dim1")
         if not (isinstance(a, int) and isinstance(b, int)):
             return False
         perm = list(range(rank))
@@ -813,8 +594,8 @@ def _h_matmul(lw, node, args, kwargs) -> bool:
 @_handles("normalize")
 def _h_normalize(lw, node, args, kwargs) -> bool:
     """F.normalize(x, p, dim): x divided by its p-norm along dim."""
-    x, p, dim = lw._val(args[0]), _arg(args, kwargs, 1, "p", 2.0), _arg(args, kwargs, 2, "dim", 1)
-    if not x or not isinstance(p, (int, float)) or not isinstance(dim, int) or _arg(args, kwargs, 4, "out") is not None:
+    x, p, dim = lw._val(args[0]), call_arg(args, kwargs, 1, "p", 2.0), call_arg(args, kwargs, 2, "dim", 1)
+    if not x or not isinstance(p, (int, float)) or not isinstance(dim, int) or call_arg(args, kwargs, 4, "out") is not None:
         return False
     lw._emit(node, "normalize", [x], {"p": float(p), "axis": dim})
     return True
@@ -822,7 +603,7 @@ def _h_normalize(lw, node, args, kwargs) -> bool:
 
 @_handles("einsum")
 def _h_einsum(lw, node, args, kwargs) -> bool:
-    eq = _arg(args, kwargs, 0, "equation")
+    eq = call_arg(args, kwargs, 0, "equation")
     operands = list(args[1]) if len(args) == 2 and isinstance(args[1], (list, tuple)) else list(args[1:])
     ins = [lw._val(a) for a in operands]
     if not isinstance(eq, str) or not ins or any(v is None for v in ins) or len(lw._meta_values(node)) != 1:
@@ -833,17 +614,17 @@ def _h_einsum(lw, node, args, kwargs) -> bool:
 
 @_handles("scaled_dot_product_attention")
 def _h_sdpa(lw, node, args, kwargs) -> bool:
-    q, k, v = (lw._val(_arg(args, kwargs, i, n)) for i, n in enumerate(("query", "key", "value")))
-    mask = lw._val(_arg(args, kwargs, 3, "attn_mask"))
+    q, k, v = (lw._val(call_arg(args, kwargs, i, n)) for i, n in enumerate(("query", "key", "value")))
+    mask = lw._val(call_arg(args, kwargs, 3, "attn_mask"))
     if not (q and k and v):
         return False
-    lw._emit(node, "attention", [q, k, v, mask], {"scale": _arg(args, kwargs, 6, "scale")})
+    lw._emit(node, "attention", [q, k, v, mask], {"scale": call_arg(args, kwargs, 6, "scale")})
     return True
 
 
 @_handles("pad")
 def _h_pad(lw, node, args, kwargs) -> bool:
-    x, pads = lw._val(args[0]), _arg(args, kwargs, 1, "pad")
+    x, pads = lw._val(args[0]), call_arg(args, kwargs, 1, "pad")
     if not x or not isinstance(pads, (list, tuple)):
         return False
     if all(isinstance(p, int) for p in pads):
@@ -871,7 +652,7 @@ def _h_factory(lw, node, args, kwargs) -> bool:
           "as_tensor", "rand", "randn", "randint")
 def _h_new_tensor(lw, node, args, kwargs) -> bool:
     """torch.arange(n), torch.zeros(h, w): a tensor made from numbers (sizes read at run time included)."""
-    if any(lw._is_tensor(a) for a in _flat_args(node)) or len(lw._meta_values(node)) != 1:
+    if any(lw._is_tensor(a) for a in flat_args(node)) or len(lw._meta_values(node)) != 1:
         return False
     lw._emit(node, "factory", [])
     return True
@@ -900,10 +681,10 @@ def _h_type_as(lw, node, args, kwargs) -> bool:
 @_handles("cumsum", "cumprod", "cummax", "cummin", "logcumsumexp")
 def _h_scan(lw, node, args, kwargs) -> bool:
     """A running sum along ``dim`` mixes the positions of that dim (frozen if it holds channels); others pass."""
-    x, dim = lw._val(args[0]), _arg(args, kwargs, 1, "dim")
-    if not x or not isinstance(dim, int) or sum(lw._is_tensor(a) for a in _flat_args(node)) != 1:
+    x, dim = lw._val(args[0]), call_arg(args, kwargs, 1, "dim")
+    if not x or not isinstance(dim, int) or sum(lw._is_tensor(a) for a in flat_args(node)) != 1:
         return False
-    if _fn_name(node) in ("cummax", "cummin"):  # (values, indices)
+    if call_name(node) in ("cummax", "cummin"):  # (values, indices)
         return False
     lw._emit(node, "scan", [x], {"axis": dim})
     return True
@@ -942,7 +723,7 @@ def _h_aten_index(lw, node, args, kwargs) -> bool:
 
 @_handles("roll")
 def _h_roll(lw, node, args, kwargs) -> bool:
-    x, dims = lw._val(args[0]), _arg(args, kwargs, 2, "dims")
+    x, dims = lw._val(args[0]), call_arg(args, kwargs, 2, "dims")
     if not x:
         return False
     rank = len(lw.graph.shape(x))
@@ -1024,7 +805,7 @@ def _h_setitem(lw, node, args, kwargs) -> bool:
 def _h_repeat_interleave(lw, node, args, kwargs) -> bool:
     """repeat_interleave(x, repeats, dim): every index of ``dim`` repeated; other dims keep their channels."""
     x = lw._val(args[0])
-    dim = _arg(args, kwargs, 2, "dim", None)  # repeats (an int, a size read at run time, or a tensor) only sizes that dim
+    dim = call_arg(args, kwargs, 2, "dim", None)  # repeats (an int, a size read at run time, or a tensor) only sizes that dim
     if not x or not isinstance(dim, int) or len(lw._meta_values(node)) != 1:
         return False
     lw._emit(node, "repeat", [x], {"axes": [dim]})
@@ -1042,17 +823,17 @@ def _h_expand(lw, node, args, kwargs) -> bool:
 
 @_handles("unbind")
 def _h_unbind(lw, node, args, kwargs) -> bool:
-    x, dim = lw._val(args[0]), _arg(args, kwargs, 1, "dim", 0)
+    x, dim = lw._val(args[0]), call_arg(args, kwargs, 1, "dim", 0)
     if not x or not isinstance(dim, int) or any(s is None for s, _ in lw._meta_values(node)):
         return False
     outs = lw._out(node)
-    lw.graph.add_op(Op(node.name, "unbind", [x], outs, {"axis": dim}, node.name, _target_label(node, lw.gm), node))
+    lw.graph.add_op(Op(node.name, "unbind", [x], outs, {"axis": dim}, node.name, target_label(node, lw.gm), node))
     return True
 
 
 @_handles("select")
 def _h_select(lw, node, args, kwargs) -> bool:
-    x, dim, index = lw._val(args[0]), _arg(args, kwargs, 1, "dim"), _arg(args, kwargs, 2, "index")
+    x, dim, index = lw._val(args[0]), call_arg(args, kwargs, 1, "dim"), call_arg(args, kwargs, 2, "index")
     if not x or not isinstance(dim, int) or not isinstance(index, int):
         return False
     lw._emit(node, "select", [x], {"axis": dim, "index": index})
@@ -1112,24 +893,14 @@ def _h_aten_slice(lw, node, args, kwargs) -> bool:
     if not isinstance(node.target, torch._ops.OpOverload):
         return False
     x = lw._val(args[0])
-    dim, start, end, step = (_arg(args, kwargs, i, k, d) for i, k, d in ((1, "dim", 0), (2, "start", None), (3, "end", None), (4, "step", 1)))
+    dim, start, end, step = (call_arg(args, kwargs, i, k, d) for i, k, d in ((1, "dim", 0), (2, "start", None), (3, "end", None), (4, "step", 1)))
     if not x or not all(v is None or (isinstance(v, int) and not isinstance(v, bool)) for v in (dim, start, end, step)):
         return False
     lw._emit(node, "slice", [x], {"axis": dim, "start": start, "stop": end, "step": step})
     return True
 
 
-# ---------------------------------------------------------------------------
-
-
 def lower(gm: torch.fx.GraphModule) -> tuple[ChannelGraph, dict[str, list[str]]]:
     lw = _Lowering(gm)
     graph = lw.run()
     return graph, lw.node_values
-
-
-def load_torch(model: nn.Module, example_inputs: Sequence[Any]) -> TracedModel:
-    """Trace and lower a PyTorch model."""
-    gm, method = trace(model, example_inputs)
-    graph, node_values = lower(gm)
-    return TracedModel(gm, graph, node_values, method, tuple(example_inputs))

@@ -1,10 +1,17 @@
 """Verification pass (torch): the pruned model against the masked original.
 
-The reference runs the *original* traced graph with every removed channel zeroed
-after every node (``torch.where``, so inf/nan of a removed channel never leak).
-Ops whose statistics span a channel dim get the semantics of the pruned model:
-LayerNorm (and GroupNorm with one group) normalizes over the kept channels only. Both models run in float64
-where they can (float32 otherwise), so a rewrite error stands out from rounding.
+The reference (:class:`MaskedInterpreter`) runs the *original* traced graph with every
+removed channel zeroed after every node (``torch.where``, so inf/nan of a removed channel
+never leak). An op whose spec has reference semantics for torch
+(``op_spec(kind).reference_semantics("torch")``) runs those instead of itself: where
+statistics span a channel dim, the semantics of the pruned model. Cases registered here:
+
+1. ``layer_norm``: statistics over the kept channels of the normalized dims;
+2. ``group_norm`` with one group whose channels may be pruned one by one
+   (``stats_over_kept``): statistics over the kept channels and every spatial dim.
+
+Both models run in float64 where they can (float32 otherwise), so a rewrite error
+stands out from rounding; every intermediate tensor is compared at its kept positions.
 """
 
 from __future__ import annotations
@@ -12,7 +19,8 @@ from __future__ import annotations
 import copy
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,13 +30,15 @@ import torch.fx
 import torch.nn as nn
 
 from frontends.errors import VerificationError
-from frontends.torch_fx import TracedModel
+from frontends.graph import Op
+from frontends.torch.rewrite import apply_updates
+from frontends.torch.trace import TracedModel
 from passes.channel_analysis import AnalysisResult
-from passes.rewrite_fx import apply_updates
+from passes.ops import lookup, op_spec
 
 log = logging.getLogger(__name__)
 
-__all__ = ["VerifyFX", "VerifyResult", "flat_tensors"]
+__all__ = ["VerifyFX", "VerifyResult", "MaskedInterpreter", "flat_tensors"]
 
 
 @dataclass
@@ -44,6 +54,13 @@ class VerifyResult:
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
+
+
+@dataclass
+class _NodeStats:
+    n: int = 0  # intermediate tensors compared
+    err: float = 0.0  # the worst relative error among them
+    worst: str = ""  # at this node
 
 
 def flat_tensors(x: Any) -> list[torch.Tensor]:
@@ -74,14 +91,23 @@ class _Capture(torch.fx.Interpreter):
         return out
 
 
-_SINGLE_GROUP = -1  # marks a GroupNorm(1, C) among the layer norms: statistics over the kept channels too
+class MaskedInterpreter(torch.fx.Interpreter):
+    """Runs the original graph with the removed channels zeroed after every node (``masks``: per node, per output).
 
+    A node whose op has torch reference semantics (``spec.reference["torch"]``) runs those:
+    ``handler(run: MaskedInterpreter, op: Op, node: torch.fx.Node) -> result``.
+    """
 
-class _Masked(torch.fx.Interpreter):
-    def __init__(self, gm, masks: dict[str, list[torch.Tensor | None]], ln_nodes: dict[str, int], on_node=None) -> None:
+    def __init__(
+        self,
+        gm: torch.fx.GraphModule,
+        masks: dict[str, list[torch.Tensor | None]],
+        ops: dict[str, Op],
+        on_node: Callable[[torch.fx.Node, Any], None] | None = None,
+    ) -> None:
         super().__init__(gm)
         self.masks = masks
-        self.ln_nodes = ln_nodes
+        self.ops = ops  # the channel graph's ops, by the name of the node they came from
         self.on_node = on_node
 
     def run_node(self, n: torch.fx.Node) -> Any:
@@ -90,11 +116,30 @@ class _Masked(torch.fx.Interpreter):
             self.on_node(n, out)
         return out
 
+    def run_op(self, n: torch.fx.Node) -> Any:
+        """The node's own op on its (masked) inputs."""
+        return super().run_node(n)
+
+    def input_mask(self, n: torch.fx.Node) -> torch.Tensor | None:
+        """The keep mask of the node's first input (None: nothing removed there)."""
+        x = n.args[0]
+        return self.masks.get(x.name, [None])[0] if isinstance(x, torch.fx.Node) else None
+
+    def norm_args(self, n: torch.fx.Node) -> tuple[Any, Any, Any, Any]:
+        """(input, weight, bias, eps) of a norm module or of F.layer_norm / F.group_norm (input, size, weight, bias, eps)."""
+        args, kwargs = self.fetch_args_kwargs_from_env(n)
+        if n.op == "call_module":
+            m = self.module.get_submodule(str(n.target))
+            return args[0], m.weight, m.bias, m.eps
+        w = kwargs.get("weight", args[2] if len(args) > 2 else None)
+        b = kwargs.get("bias", args[3] if len(args) > 3 else None)
+        return args[0], w, b, kwargs.get("eps", args[4] if len(args) > 4 else 1e-5)
+
     def _run(self, n: torch.fx.Node) -> Any:
-        if n.name in self.ln_nodes:
-            out = self._masked_layer_norm(n)
-        else:
-            out = super().run_node(n)
+        op = self.ops.get(n.name)
+        spec = lookup(op) if op is not None else None
+        reference = spec.reference.get("torch") if spec is not None else None
+        out = reference(self, op, n) if reference is not None else super().run_node(n)
         masks = self.masks.get(n.name)
         if not masks:
             return out
@@ -104,50 +149,47 @@ class _Masked(torch.fx.Interpreter):
         if isinstance(out, torch.Tensor):
             return _apply(out, masks[0], shared)
         if isinstance(out, (tuple, list)):
-            return type(out)(_apply(o, m, shared) if isinstance(o, torch.Tensor) else o for o, m in zip(out, masks))
+            return type(out)(_apply(o, m, shared) if isinstance(o, torch.Tensor) else o for o, m in zip(out, masks, strict=False))
         return out
 
-    def _masked_layer_norm(self, n: torch.fx.Node) -> torch.Tensor:
-        k = self.ln_nodes[n.name]
-        args, kwargs = self.fetch_args_kwargs_from_env(n)
-        if k == _SINGLE_GROUP:  # GroupNorm(1, C): over C and every spatial dim, a per-channel affine
-            if n.op == "call_module":
-                m = self.module.get_submodule(str(n.target))
-                x, w, b, eps = args[0], m.weight, m.bias, m.eps
-            else:
-                x = args[0]
-                w = kwargs.get("weight", args[2] if len(args) > 2 else None)
-                b = kwargs.get("bias", args[3] if len(args) > 3 else None)
-                eps = kwargs.get("eps", args[4] if len(args) > 4 else 1e-5)
-            affine = (-1,) + (1,) * (x.dim() - 2)
-            w = None if w is None else w.reshape(affine)
-            b = None if b is None else b.reshape(affine)
-            k = x.dim() - 1
-        elif n.op == "call_module":
-            m = self.module.get_submodule(str(n.target))
-            x, w, b, eps = args[0], m.weight, m.bias, m.eps
-        else:
-            x = args[0]
-            w = kwargs.get("weight", args[2] if len(args) > 2 else None)
-            b = kwargs.get("bias", args[3] if len(args) > 3 else None)
-            eps = kwargs.get("eps", args[4] if len(args) > 4 else 1e-5)
-        x_node = n.args[0]
-        mask = self.masks.get(x_node.name, [None])[0] if isinstance(x_node, torch.fx.Node) else None
-        dims = tuple(range(x.dim() - k, x.dim()))
-        m = torch.ones_like(x, dtype=torch.bool) if mask is None else mask.expand_as(x)
-        mf = m.to(x.dtype)
-        cnt = mf.sum(dims, keepdim=True).clamp_min(1)
-        mean = (x * mf).sum(dims, keepdim=True) / cnt
-        var = (((x - mean) * mf) ** 2).sum(dims, keepdim=True) / cnt
-        y = (x - mean) / torch.sqrt(var + eps)
-        if w is not None:
-            y = y * w
-        if b is not None:
-            y = y + b
-        return y
+
+def _normalize_over_kept(x: torch.Tensor, mask: torch.Tensor | None, k: int, w: Any, b: Any, eps: float) -> torch.Tensor:
+    """``x`` normalized over its last ``k`` dims with statistics of the kept positions only, then the affine."""
+    dims = tuple(range(x.dim() - k, x.dim()))
+    m = torch.ones_like(x, dtype=torch.bool) if mask is None else mask.expand_as(x)
+    mf = m.to(x.dtype)
+    cnt = mf.sum(dims, keepdim=True).clamp_min(1)
+    mean = (x * mf).sum(dims, keepdim=True) / cnt
+    var = (((x - mean) * mf) ** 2).sum(dims, keepdim=True) / cnt
+    y = (x - mean) / torch.sqrt(var + eps)
+    if w is not None:
+        y = y * w
+    if b is not None:
+        y = y + b
+    return y
 
 
-def _apply(t: torch.Tensor, mask: torch.Tensor | None, shared: set[int] = frozenset()) -> torch.Tensor:
+@op_spec("layer_norm").reference_semantics("torch")
+def _layer_norm_over_kept(run: MaskedInterpreter, op: Op, n: torch.fx.Node) -> torch.Tensor:
+    """LayerNorm: statistics over the kept channels of its last ``ndim`` dims, as the pruned model computes them."""
+    x, w, b, eps = run.norm_args(n)
+    return _normalize_over_kept(x, run.input_mask(n), int(op.attrs["ndim"]), w, b, eps)
+
+
+@op_spec("group_norm").reference_semantics("torch")
+def _group_norm_over_kept(run: MaskedInterpreter, op: Op, n: torch.fx.Node) -> Any:
+    """GroupNorm(1, C) pruned channel by channel (``stats_over_kept``): over the kept channels and every spatial
+    dim, with a per-channel affine. Other group norms lose whole groups: the op itself is the reference."""
+    if not (op.attrs["num_groups"] == 1 and op.attrs.get("stats_over_kept")):
+        return run.run_op(n)
+    x, w, b, eps = run.norm_args(n)
+    affine = (-1,) + (1,) * (x.dim() - 2)
+    w = None if w is None else w.reshape(affine)
+    b = None if b is None else b.reshape(affine)
+    return _normalize_over_kept(x, run.input_mask(n), x.dim() - 1, w, b, eps)
+
+
+def _apply(t: torch.Tensor, mask: torch.Tensor | None, shared: AbstractSet[int] = frozenset()) -> torch.Tensor:
     """Zero the removed positions (``torch.where``: inf/nan there never leak); in place when ``t`` aliases an input.
 
     In place is safe for an alias: a position removed in a view is removed in the tensor it views (the op
@@ -198,11 +240,9 @@ class VerifyFX:
     def reference(
         self, traced: TracedModel, analysis: AnalysisResult, pruned: np.ndarray, inputs: Sequence[Any], gm=None, on_node=None
     ) -> Any:
-        ln = {op.name: int(op.attrs["ndim"]) for op in analysis.graph.ops.values() if op.kind == "layer_norm"}
-        ln.update({op.name: _SINGLE_GROUP for op in analysis.graph.ops.values()
-                   if op.kind == "group_norm" and op.attrs["num_groups"] == 1 and op.attrs.get("stats_over_kept")})  # fmt: skip
+        masks = self.masks(traced, analysis, pruned)
         with torch.no_grad():
-            return _Masked(gm if gm is not None else traced.gm, self.masks(traced, analysis, pruned), ln, on_node).run(*inputs)
+            return MaskedInterpreter(gm if gm is not None else traced.gm, masks, analysis.graph.ops, on_node).run(*inputs)
 
     @staticmethod
     def _kept_index(traced: TracedModel, analysis: AnalysisResult, pruned: np.ndarray) -> dict[str, list[list[torch.Tensor | None]]]:
@@ -239,7 +279,15 @@ class VerifyFX:
             raise
         except Exception as exc:  # an op without float64 support: compare in float32
             log.info("float64 verification failed (%s); comparing in float32", exc)
-            res = self._compare(traced, analysis, pruned, module, inputs, torch.float32, updates)
+            try:
+                res = self._compare(traced, analysis, pruned, module, inputs, torch.float32, updates)
+            except VerificationError:
+                raise
+            except Exception as exc32:  # the pruned model (or the masked original) does not run: prunec's failure
+                first = (str(exc32).strip().splitlines() or [""])[0]
+                raise VerificationError(
+                    f"the pruned model cannot be compared with the masked original: {type(exc32).__name__}: {first}"
+                ) from exc32
         if not res.passed:
             where = f"; worst intermediate tensor {res.worst_node}: relative error {res.max_node_error:.3g}" if res.worst_node else ""
             raise VerificationError(
@@ -267,7 +315,7 @@ class VerifyFX:
                 got_out = new(*ins)
         got = flat_tensors(got_out)
         kept = self._kept_index(traced, analysis, pruned) if check_nodes else {}
-        node_stats = {"n": 0, "err": 0.0, "worst": ""}
+        node_stats = _NodeStats()
 
         def on_node(n: torch.fx.Node, ref_out: Any) -> None:
             mine = captured.get(n.name)
@@ -275,7 +323,7 @@ class VerifyFX:
                 return
             refs = [ref_out] if isinstance(ref_out, torch.Tensor) else list(ref_out) if isinstance(ref_out, (tuple, list)) else []
             mines = [mine] if isinstance(mine, torch.Tensor) else list(mine)
-            for i, (r, m) in enumerate(zip(refs, mines)):
+            for i, (r, m) in enumerate(zip(refs, mines, strict=False)):
                 if not (isinstance(r, torch.Tensor) and isinstance(m, torch.Tensor)) or not r.is_floating_point():
                     continue
                 idx = kept.get(n.name, [])
@@ -298,17 +346,17 @@ class VerifyFX:
                     scale = float(r[fin].abs().max())
                     diff = float((r[fin] - m[fin]).abs().max()) if torch.equal(fr, fm) else math.inf
                 rel = diff / scale if scale > 0 else (0.0 if diff == 0 else math.inf)
-                node_stats["n"] += 1
-                if rel > node_stats["err"]:
-                    node_stats["err"], node_stats["worst"] = rel, n.name
+                node_stats.n += 1
+                if rel > node_stats.err:
+                    node_stats.err, node_stats.worst = rel, n.name
 
         ref = flat_tensors(self.reference(traced, analysis, pruned, ins, gm=ref_gm, on_node=on_node if check_nodes else None))
-        if len(ref) != len(got) or any(a.shape != b.shape for a, b in zip(ref, got)):
+        if len(ref) != len(got) or any(a.shape != b.shape for a, b in zip(ref, got, strict=True)):
             raise VerificationError(
                 f"pruned model outputs {[tuple(t.shape) for t in got]} but the original gives {[tuple(t.shape) for t in ref]}"
             )
         err, scale = 0.0, 0.0
-        for a, b in zip(ref, got):
+        for a, b in zip(ref, got, strict=True):
             if a.numel() == 0:
                 continue
             if not a.is_floating_point():
@@ -326,14 +374,14 @@ class VerifyFX:
             scale = max(scale, float(a.double().abs().max()))
         rtol = self.rtol if dtype == torch.float64 else max(self.rtol, 1e-3)
         tol = self.atol + rtol * scale
-        nodes_ok = node_stats["err"] <= rtol
+        nodes_ok = node_stats.err <= rtol
         return VerifyResult(
             bool(err <= tol and nodes_ok),
             err,
             scale,
             tol,
             str(dtype).replace("torch.", ""),
-            int(node_stats["n"]),
-            float(node_stats["err"]),
-            str(node_stats["worst"]),
+            node_stats.n,
+            node_stats.err,
+            node_stats.worst,
         )

@@ -1,0 +1,31 @@
+"""The PyTorch side of prunec: an ``nn.Module`` traced into the channel graph, rewritten and verified.
+
+==================  ===============================================================
+``trace``           symbolic trace (torch.export as the fallback), shapes on every node
+``lower``           FX nodes into the neutral ops of :mod:`frontends.graph`
+``inline``          wrapped leaf functions inlined at the example's sizes
+``attention``       ``nn.MultiheadAttention`` decomposed so its heads can be pruned
+``nodes``           reading FX nodes: op names, labels, arguments, dotted attributes
+``rewrite``         the rewrite pass: constants sliced, then each op's handler
+``rewrite_ops``     the torch rewrite handler of each op kind, on the op specs
+``sizes``           sizes computed at run time, evaluated on the pruned shapes
+``verify``          the pruned model against the masked original, every node
+==================  ===============================================================
+
+Importing the package registers the torch rewrite handlers and reference semantics
+on the op specs (:mod:`passes.ops`).
+"""
+
+from frontends.torch import rewrite_ops  # noqa: F401  (registers the torch rewrite handlers)
+from frontends.torch.attention import DecomposedMHA, decompose_attention
+from frontends.torch.inline import inline_wrapped
+from frontends.torch.nodes import call_arg, call_name, module_attr, target_label
+from frontends.torch.rewrite import RewriteFX, RewriteResult, TorchRewrite, apply_updates
+from frontends.torch.trace import TracedModel, load_torch
+from frontends.torch.verify import MaskedInterpreter, VerifyFX, VerifyResult, flat_tensors
+
+__all__ = [
+    "TracedModel", "load_torch", "RewriteFX", "RewriteResult", "TorchRewrite", "apply_updates",
+    "VerifyFX", "VerifyResult", "MaskedInterpreter", "flat_tensors", "DecomposedMHA", "decompose_attention",
+    "inline_wrapped", "call_name", "call_arg", "module_attr", "target_label",
+]  # fmt: skip
