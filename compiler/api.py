@@ -202,7 +202,7 @@ def _adapter_factory(
     except ImportError as exc:  # pragma: no cover - torch is a dependency
         raise UnsupportedModelError("PyTorch is not installed") from exc
     if isinstance(model, nn.Module):
-        from frontends.torch_adapter import TorchAdapter
+        from frontends.torch.adapter import TorchAdapter
 
         return lambda m: TorchAdapter(m, example_inputs, calibration, loss_fn)
     if isinstance(model, (str, os.PathLike)) or type(model).__name__ == "ModelProto":

@@ -14,7 +14,7 @@ import compiler
 from frontends.adapter import CAPABILITIES
 from frontends.errors import UnsupportedModelError
 from frontends.onnx_adapter import OnnxAdapter
-from frontends.torch_adapter import TorchAdapter
+from frontends.torch.adapter import TorchAdapter
 from passes.channel_analysis import AnalysisResult
 from passes.importance import CRITERIA, LEVELS, Criterion, register_criterion, require, servable
 from passes.saliency import Saliency

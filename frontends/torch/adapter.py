@@ -10,6 +10,11 @@ from typing import Any, ClassVar
 from frontends.adapter import Adapter, Rewritten
 from frontends.errors import InternalError, InvalidArgumentError, PrunecError
 from frontends.graph import ChannelGraph
+from frontends.torch.rewrite import RewriteFX
+from frontends.torch.trace import load_torch
+from frontends.torch.verify import VerifyFX
+from passes.calibration import CalibrationData
+from passes.criteria import DataCriteria
 
 log = logging.getLogger(__name__)
 
@@ -43,9 +48,6 @@ class TorchAdapter(Adapter):
         self.model_name = type(model).__name__
 
     def load(self, steps: Callable[..., Any]) -> ChannelGraph:
-        from frontends.torch import load_torch
-        from passes.calibration import CalibrationData
-
         self.traced = steps("trace", load_torch, self.model, self.inputs)
         self.data = CalibrationData.from_user(self.calibration, self.inputs, self.loss_fn)
         self.handle, self.graph, self.trace_method = self.traced, self.traced.graph, self.traced.method
@@ -55,25 +57,17 @@ class TorchAdapter(Adapter):
         return self.inputs
 
     def criteria_data(self, analysis: Any, opts: Any) -> Any:
-        from passes.criteria import DataCriteria
-
         return DataCriteria(self.traced, analysis, self.data, probes=opts.probes, seed=opts.seed)
 
     def rewrite(self, plan: Any, updates: dict[str, Any]) -> Rewritten:
-        from frontends.torch import RewriteFX
-
         r = RewriteFX().call(self.traced, plan.analysis, plan.selection.pruned, updates)
         return Rewritten(r.module, {}, r)
 
     def verify(self, plan: Any, rewritten: Rewritten, updates: dict[str, Any], rtol: float) -> dict[str, Any]:
-        from frontends.torch import VerifyFX
-
         pruned = plan.selection.pruned
         return VerifyFX(rtol=rtol).call(self.traced, plan.analysis, pruned, rewritten.model, self.inputs, updates).to_dict()
 
     def measure(self, rewritten: Rewritten) -> ChannelGraph:
-        from frontends.torch import load_torch
-
         try:
             return load_torch(rewritten.model, self.inputs).graph
         except PrunecError as exc:
