@@ -26,26 +26,14 @@ __all__ = ["build_graph_view", "op_scope"]
 
 
 def op_scope(op: Op) -> list[tuple[str, str]] | None:
-    """Enclosing scopes of an op, outermost first, as (name, type); None when the op has no scope info."""
-    meta = getattr(op.source, "meta", None)
-    if isinstance(meta, Mapping) and meta.get("nn_module_stack"):
-        scopes: list[tuple[str, str]] = []
-        for entry in meta["nn_module_stack"].values():
-            path, cls = entry if isinstance(entry, tuple) and len(entry) == 2 else (str(entry), "")
-            path = str(path)
-            tname = getattr(cls, "__name__", str(cls).rsplit(".", 1)[-1])
-            if path and (not scopes or scopes[-1][0] != path):
-                scopes.append((path, tname))
-        if scopes and scopes[-1][0] == op.label:  # a module call: the module is the op, not its block
-            scopes.pop()
-        return scopes
+    """Enclosing scopes of an op, outermost first, as (name, type): what its frontend recorded, else the
+    scope an exporter wrote into the node name (``/layer1/0/conv1/Conv``); None when there is neither."""
+    if op.scope is not None:
+        return op.scope
     label = op.label or op.name
-    if "/" in label:  # ONNX exporters' scope names
+    if "/" in label:
         parts = [p for p in label.split("/") if p]
         return [("/" + "/".join(parts[: i + 1]), "") for i in range(len(parts) - 1)]
-    if "." in label and getattr(op.source, "op", None) == "call_module":
-        parts = label.split(".")
-        return [(".".join(parts[: i + 1]), "") for i in range(len(parts) - 1)]
     return None
 
 

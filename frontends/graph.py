@@ -60,6 +60,9 @@ class Op:
     label: str = ""  # what a person recognises: module path, node name
     target: str = ""  # source-level op type: "Conv2d", "torch.flatten", "Conv"
     source: Any = None
+    # enclosing blocks, outermost first, as (path, type name): where the op sits in the model's
+    # own structure (module hierarchy, exporter scopes); None when the frontend does not know
+    scope: list[tuple[str, str]] | None = None
 
     def tensor_inputs(self) -> list[str]:
         return [v for v in self.inputs if v is not None]

@@ -22,7 +22,7 @@ group_norm     ``num_groups``; ``stats_over_kept`` (the torch reference can
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -144,9 +144,9 @@ class _Lowering:
     def _emit(self, node: torch.fx.Node, kind: str, inputs: list[str | None], attrs: dict | None = None) -> None:
         outs = self._out(node)
         label = str(node.target) if node.op == "call_module" else node.name
-        self.graph.add_op(
-            Op(node.name, kind, inputs, outs, attrs or {}, label=label, target=target_label(node, self.gm), source=node)
-        )
+        op = Op(node.name, kind, inputs, outs, attrs or {}, label=label, target=target_label(node, self.gm), source=node)
+        op.scope = module_scope(node, label)
+        self.graph.add_op(op)
 
     def _unknown(self, node: torch.fx.Node, extra: list[str] | None = None) -> None:
         ins: list[str | None] = [v for v in (self._val(a) for a in flat_args(node)) if v is not None]
@@ -904,3 +904,24 @@ def lower(gm: torch.fx.GraphModule) -> tuple[ChannelGraph, dict[str, list[str]]]
     lw = _Lowering(gm)
     graph = lw.run()
     return graph, lw.node_values
+
+
+def module_scope(node: torch.fx.Node, label: str) -> list[tuple[str, str]] | None:
+    """The modules enclosing a node, outermost first, as (path, class name): from the tracer's
+    ``nn_module_stack`` (torch.export) or, for a module call, its dotted path."""
+    stack = node.meta.get("nn_module_stack")
+    if isinstance(stack, Mapping) and stack:
+        scopes: list[tuple[str, str]] = []
+        for entry in stack.values():
+            path, cls = entry if isinstance(entry, tuple) and len(entry) == 2 else (str(entry), "")
+            path = str(path)
+            tname = getattr(cls, "__name__", str(cls).rsplit(".", 1)[-1])
+            if path and (not scopes or scopes[-1][0] != path):
+                scopes.append((path, tname))
+        if scopes and scopes[-1][0] == label:  # a module call: the module is the op, not its block
+            scopes.pop()
+        return scopes
+    if node.op == "call_module" and "." in label:
+        parts = label.split(".")
+        return [(".".join(parts[: i + 1]), "") for i in range(len(parts) - 1)]
+    return None
