@@ -206,7 +206,7 @@ def _adapter_factory(
 
         return lambda m: TorchAdapter(m, example_inputs, calibration, loss_fn)
     if isinstance(model, (str, os.PathLike)) or type(model).__name__ == "ModelProto":
-        from frontends.onnx_adapter import OnnxAdapter
+        from frontends.onnx.adapter import OnnxAdapter
 
         if opts.attention == "both":
             raise InvalidArgumentError("attention='both' is available for PyTorch models")

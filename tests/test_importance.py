@@ -13,7 +13,7 @@ import torch.nn as nn
 import compiler
 from frontends.adapter import CAPABILITIES
 from frontends.errors import UnsupportedModelError
-from frontends.onnx_adapter import OnnxAdapter
+from frontends.onnx.adapter import OnnxAdapter
 from frontends.torch.adapter import TorchAdapter
 from passes.channel_analysis import AnalysisResult
 from passes.importance import CRITERIA, LEVELS, Criterion, register_criterion, require, servable

@@ -17,8 +17,8 @@ from onnx import helper, numpy_helper
 
 import compiler
 from frontends.onnx import load_onnx
-from passes.rewrite_onnx import RewriteONNX
-from passes.verify_onnx import VerifyONNX, masked_reference
+from frontends.onnx.rewrite import RewriteONNX
+from frontends.onnx.verify import VerifyONNX, masked_reference
 from tests._onnx_helpers import build, consts, independent_reference, inputs_for, op_types, prune_onnx, rel_err, run
 
 
@@ -26,7 +26,7 @@ def _check_independent(m: onnx.ModelProto, result, tol: float = 1e-5) -> None:
     feeds = result.traced.inputs
     ref = independent_reference(m, result.model, feeds)
     got = run(result.model, feeds, optimize=False)
-    for r, g in zip(ref, got):
+    for r, g in zip(ref, got, strict=True):
         assert rel_err(r, g) < tol, rel_err(r, g)
 
 
@@ -124,6 +124,43 @@ def test_conv_transpose_with_groups():
     # two groups of (4 in, 3 out) channels: one whole group goes
     assert group == 1 and c["wt"].shape == (4, 3, 2, 2) and c["bt"].shape == (3,) and c["w1"].shape[0] == 4
     _check_independent(m, r)
+
+
+def test_conv_geometry_is_recorded_as_the_torch_lowering_records_it():
+    """stride / padding / dilation per spatial dim (padding the same on both sides, or "same" / "valid"),
+    padding_mode "zeros"; a padding torch cannot state (asymmetric pads) is left out."""
+    text = """
+    g (float[1,3,8,8] x) => (float[1,2,3,3] y) {
+      [c1] a = Conv<strides=[2,2], pads=[1,1,1,1]>(x, w1)
+      [c2] b = Conv<auto_pad="SAME_UPPER", dilations=[2,2], group=2>(a, w2)
+      [c3] c = Conv<pads=[0,0,1,1]>(b, w3)
+      [c4] d = Conv<auto_pad="VALID">(c, w4)
+      [c5] e = Conv<auto_pad="SAME_LOWER", strides=[2,2]>(d, w5)
+      [ct] y = ConvTranspose<strides=[2,2], pads=[1,1,1,1]>(e, wt)
+    }"""
+    shapes = {"w1": (8, 3, 3, 3), "w2": (8, 4, 3, 3), "w3": (8, 8, 2, 2), "w4": (8, 8, 1, 1), "w5": (8, 8, 4, 4), "wt": (8, 2, 3, 3)}
+    graph = load_onnx(build(text, shapes)).graph
+    keys = ("stride", "padding", "dilation", "padding_mode", "groups", "transposed")
+    got = {op.label: {k: op.attrs.get(k) for k in keys} for op in graph.ops.values() if op.kind == "conv"}
+    assert got == {
+        "c1": {"stride": (2, 2), "padding": (1, 1), "dilation": (1, 1), "padding_mode": "zeros", "groups": 1, "transposed": False},
+        "c2": {"stride": (1, 1), "padding": "same", "dilation": (2, 2), "padding_mode": "zeros", "groups": 2, "transposed": False},
+        "c3": {"stride": (1, 1), "padding": None, "dilation": (1, 1), "padding_mode": "zeros", "groups": 1, "transposed": False},
+        "c4": {"stride": (1, 1), "padding": "valid", "dilation": (1, 1), "padding_mode": "zeros", "groups": 1, "transposed": False},
+        # SAME with a stride: 4 -> 2 with a 4-wide kernel pads 2 in all, 1 on each side
+        "c5": {"stride": (2, 2), "padding": (1, 1), "dilation": (1, 1), "padding_mode": "zeros", "groups": 1, "transposed": False},
+        "ct": {"stride": (2, 2), "padding": (1, 1), "dilation": (1, 1), "padding_mode": "zeros", "groups": 1, "transposed": True},
+    }  # fmt: skip
+
+
+def test_onnx_handlers_are_on_the_op_specs():
+    """Each kind whose ONNX node carries sizes in attributes or static arguments has its ONNX rewrite handler on its
+    spec; LayerNorm (and one-instance InstanceNorm, lowered as layer norm) its ONNX reference semantics."""
+    from passes.ops import SPECS
+
+    kinds = ["conv", "group_norm", "reshape", "expand", "slice", "identity", "split", "spatial", "reduce"]
+    assert sorted(k for k, s in SPECS.items() if "onnx" in s.rewrite) == sorted(kinds)
+    assert sorted(k for k, s in SPECS.items() if "onnx" in s.reference) == ["layer_norm"]
 
 
 @pytest.mark.parametrize("trans_b", [1, 0])
@@ -821,6 +858,47 @@ def test_custom_domain_op_is_unknown_and_never_guessed():
     onnx.checker.check_model(r.model, full_check=True)
     with pytest.raises(compiler.UnsupportedModelError, match="ONNX Runtime cannot run the model"):  # the input's fault
         compiler.compile(m, (x,), ratio=0.5, granularity=1)
+
+
+def test_custom_domain_op_with_a_registered_spec_gets_its_onnx_handler():
+    """docs/extending.md: a spec under the op type gives a custom op a channel rule and an ONNX rewrite handler."""
+    from frontends.graph import Op
+    from frontends.onnx.rewrite import OnnxRewrite
+    from passes.ops import SPECS, op_spec
+
+    text = """
+    <ir_version: 8, opset_import: ["" : 17, "com.example" : 1]>
+    g (float[1,3,4,4] x) => (float[1,2,4,4] y) {
+      [c1] a = Conv(x, w1, b1)
+      [gate] b = com.example.MyScaleGate<channels=8>(a)
+      [out] y = Conv(b, w2)
+    }"""
+    m = onnx.parser.parse_model(text)
+    rng = np.random.default_rng(0)
+    for name, shape in {"w1": (8, 3, 1, 1), "b1": (8,), "w2": (2, 8, 1, 1)}.items():
+        m.graph.initializer.append(numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), name))
+    m.graph.value_info.append(helper.make_tensor_value_info("b", onnx.TensorProto.FLOAT, [1, 8, 4, 4]))
+    x = rng.standard_normal((1, 3, 4, 4)).astype(np.float32)
+    calls: list[tuple[str, int]] = []
+    before = dict(SPECS)
+    try:
+        spec = op_spec("MyScaleGate")
+        spec.channel_rule(SPECS["unary"].rule)  # element-wise: its output's channels are its input's
+
+        @spec.rewriter("onnx")
+        def _channels(rw: OnnxRewrite, op: Op, node: int) -> set[int]:
+            calls.append((op.label, node))
+            rw.set_int_attr(node, "channels", rw.pruned_shape(op.input(0))[1])
+            return set()
+
+        r = compiler.compile(m, (x,), ratio=0.5, granularity=1, verify=False)  # ONNX Runtime cannot run MyScaleGate
+    finally:
+        SPECS.clear()
+        SPECS.update(before)
+    assert calls == [("gate", 1)]
+    gate = next(n for n in r.model.graph.node if n.name == "gate")
+    assert consts(r.model)["w1"].shape[0] == 4 and helper.get_attribute_value(gate.attribute[0]) == 4
+    assert r.report.frozen_ops == []
 
 
 def test_initializer_listed_as_graph_input():

@@ -13,9 +13,19 @@ One concern per module:
   op type;
 - :mod:`~frontends.onnx.model`: what they give (:class:`OnnxModel`, :class:`ArgSlot`);
 - :mod:`~frontends.onnx.frontend`: :func:`load_onnx`, the steps above in order;
-- :mod:`~frontends.onnx.proto`: small helpers over ONNX protos the others (and the rewrite) share.
+- :mod:`~frontends.onnx.proto`: small helpers over ONNX protos the others share;
+- :mod:`~frontends.onnx.rewrite` and :mod:`~frontends.onnx.rewrite_ops`: the rewrite pass (constants
+  sliced, static values re-evaluated) and the ONNX rewrite handler of each op kind, on the op specs;
+- :mod:`~frontends.onnx.verify`: the pruned model against the masked original in ONNX Runtime, with
+  the ONNX reference semantics of the ops where zeroing is not the reference;
+- :mod:`~frontends.onnx.adapter`: :class:`OnnxAdapter`, the pipeline's view of all of the above.
+
+Importing the package registers the ONNX rewrite handlers and reference semantics on the op specs
+(:mod:`passes.ops`).
 """
 
+from frontends.onnx import rewrite_ops, verify  # noqa: F401  (register the ONNX handlers on the op specs)
+from frontends.onnx.adapter import OnnxAdapter
 from frontends.onnx.evaluate import constant_value, evaluate_static, static_candidates
 from frontends.onnx.frontend import load_onnx, lower_onnx
 from frontends.onnx.inputs import MAX_EXAMPLE_ELEMENTS, check_input_size, make_example_inputs
@@ -32,14 +42,22 @@ from frontends.onnx.proto import (
     tensor_dims,
     to_numpy,
 )
+from frontends.onnx.rewrite import OnnxRewrite, RewriteONNX, RewriteOnnxResult
 from frontends.onnx.runtime import ort_session, ort_values, run_ort
 from frontends.onnx.shapes import infer_shapes, reshape_result, slice_range
+from frontends.onnx.verify import MaskedReference, VerifyONNX, masked_reference
 
 __all__ = [
     "MAX_EXAMPLE_ELEMENTS",
     "MIN_OPSET",
     "ArgSlot",
+    "MaskedReference",
+    "OnnxAdapter",
     "OnnxModel",
+    "OnnxRewrite",
+    "RewriteONNX",
+    "RewriteOnnxResult",
+    "VerifyONNX",
     "UniqueNames",
     "all_tensors",
     "check_input_size",
@@ -51,6 +69,7 @@ __all__ = [
     "load_proto",
     "lower_onnx",
     "make_example_inputs",
+    "masked_reference",
     "node_attrs",
     "numpy_dtype",
     "onnx_opset",

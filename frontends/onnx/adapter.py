@@ -9,6 +9,9 @@ from typing import Any, ClassVar
 from frontends.adapter import Adapter, Rewritten
 from frontends.errors import InternalError, PrunecError
 from frontends.graph import ChannelGraph
+from frontends.onnx.frontend import load_onnx
+from frontends.onnx.rewrite import RewriteONNX
+from frontends.onnx.verify import VerifyONNX
 
 log = logging.getLogger(__name__)
 
@@ -26,8 +29,6 @@ class OnnxAdapter(Adapter):
         self.model, self.given_inputs, self.seed = model, example_inputs, seed
 
     def load(self, steps: Callable[..., Any]) -> ChannelGraph:
-        from frontends.onnx import load_onnx
-
         self.loaded = steps("load", load_onnx, self.model, self.given_inputs, self.seed)
         self.handle, self.graph = self.loaded, self.loaded.graph
         self.model_name, self.trace_method = self.loaded.name, self.loaded.method
@@ -37,8 +38,6 @@ class OnnxAdapter(Adapter):
         return tuple(self.loaded.input_tuple())
 
     def rewrite(self, plan: Any, updates: dict[str, Any]) -> Rewritten:
-        from passes.rewrite_onnx import RewriteONNX
-
         r = RewriteONNX().call(self.loaded, plan.analysis, plan.selection.pruned)
         info = {
             "onnx": {
@@ -52,13 +51,9 @@ class OnnxAdapter(Adapter):
         return Rewritten(r.model, info, r)
 
     def verify(self, plan: Any, rewritten: Rewritten, updates: dict[str, Any], rtol: float) -> dict[str, Any]:
-        from passes.verify_onnx import VerifyONNX
-
         return VerifyONNX(rtol=rtol).call(self.loaded, plan.analysis, plan.selection.pruned, rewritten.model).to_dict()
 
     def measure(self, rewritten: Rewritten) -> ChannelGraph:
-        from frontends.onnx import load_onnx
-
         try:
             return load_onnx(rewritten.model, self.loaded.inputs).graph
         except PrunecError as exc:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import onnx
@@ -34,6 +34,7 @@ __all__ = [
     "REDUCE_OPS",
     "SOFTMAX_OPS",
     "UNARY_OPS",
+    "conv_geometry",
     "op",
 ]
 
@@ -92,10 +93,10 @@ def op(*op_types: str, data: DataInputs = (0,)) -> Callable[[Handler], Handler]:
 def _h_conv(lw: Lowering, i: int, n: onnx.NodeProto) -> bool:
     x, w = lw.tensor(n.input[0]), lw.tensor(n.input[1])
     b = lw.tensor(n.input[2]) if len(n.input) > 2 and n.input[2] else None
-    if not (x and w) or len(lw.shape(x)) < 3 or not lw.only_first_output_used(n):
+    if not (x and w) or len(lw.tensor_shape(x)) < 3 or not lw.only_first_output_used(n):
         return False
     groups = int(node_attrs(n).get("group", 1))
-    xs, ws = lw.shape(x), lw.shape(w)
+    xs, ws = lw.tensor_shape(x), lw.shape(w)
     if ws is not None and len(ws) >= 2 and groups >= 1:  # shape inference does not check this (found by atheris)
         want = ws[0] if n.op_type == "ConvTranspose" else ws[1] * groups
         bs = lw.shape(b) if b else None
@@ -105,8 +106,52 @@ def _h_conv(lw: Lowering, i: int, n: onnx.NodeProto) -> bool:
                 f"node {n.name!r} ({n.op_type}): input of {xs[1]} channels, weight {list(ws)}, group {groups}"
                 f"{'' if bs is None else f', bias {list(bs)}'}: inconsistent"
             )
-    lw.emit(i, "conv", [x, w, b], [n.output[0]], {"groups": groups, "transposed": n.op_type == "ConvTranspose"})
+    geometry = conv_geometry(n, xs, ws)
+    lw.emit(i, "conv", [x, w, b], [n.output[0]], {"groups": groups, "transposed": n.op_type == "ConvTranspose", **geometry})
     return True
+
+
+def conv_geometry(n: onnx.NodeProto, xs: tuple[int, ...], ws: tuple[int, ...] | None) -> dict[str, Any]:
+    """A Conv's / ConvTranspose's geometry as the torch lowering records it (``frontends.torch.lower.conv_geometry``).
+
+    ``stride`` and ``dilation`` (ints per spatial dim) from ``strides`` and ``dilations``; ``padding`` ints per
+    spatial dim, the same on both sides, from ``pads``, or ``"valid"`` / ``"same"`` from ``auto_pad`` (``"same"``:
+    stride 1, the output as large as the input, an odd padding's extra at the end as torch puts it); SAME with a
+    stride pads from the input size: its ints where they are the same on both sides. ``padding_mode`` is
+    ``"zeros"`` (ONNX pads with zeros). One torch cannot state (asymmetric pads; a ConvTranspose's SAME) is left out.
+    """
+    at = node_attrs(n)
+    nspatial = len(xs) - 2
+    transposed = n.op_type == "ConvTranspose"
+
+    def per_dim(key: str) -> tuple[int, ...] | None:
+        v = tuple(int(a) for a in at.get(key, [1] * nspatial))
+        return v if len(v) == nspatial else None
+
+    stride, dilation = per_dim("strides"), per_dim("dilations")
+    auto_pad = at.get("auto_pad", b"NOTSET")
+    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else str(auto_pad)
+    padding: tuple[int, ...] | str | None = None
+    if auto_pad == "NOTSET":
+        pads = [int(p) for p in at.get("pads", [0] * 2 * nspatial)]
+        if len(pads) == 2 * nspatial and pads[:nspatial] == pads[nspatial:]:
+            padding = tuple(pads[:nspatial])
+    elif auto_pad == "VALID":
+        padding = (0,) * nspatial if transposed else "valid"
+    elif auto_pad in ("SAME_UPPER", "SAME_LOWER") and not transposed and stride and dilation:
+        kernel = [int(k) for k in at.get("kernel_shape", ws[2:] if ws is not None else [])]
+        if len(kernel) == nspatial:
+            totals = [
+                max(0, (-(-xs[2 + d] // stride[d]) - 1) * stride[d] + (kernel[d] - 1) * dilation[d] + 1 - xs[2 + d])
+                for d in range(nspatial)
+            ]
+            even = all(t % 2 == 0 for t in totals)
+            if all(s == 1 for s in stride) and (auto_pad == "SAME_UPPER" or even):
+                padding = "same"
+            elif even:
+                padding = tuple(t // 2 for t in totals)
+    geometry = {"stride": stride, "padding": padding, "dilation": dilation, "padding_mode": "zeros"}
+    return {k: v for k, v in geometry.items() if v is not None}
 
 
 @op("Gemm", data="all")
@@ -116,7 +161,7 @@ def _h_gemm(lw: Lowering, i: int, n: onnx.NodeProto) -> bool:
     c = lw.tensor(n.input[2]) if len(n.input) > 2 and n.input[2] else None
     if not (a and b):
         return False
-    sa, sb = lw.shape(a), lw.shape(b)
+    sa, sb = lw.tensor_shape(a), lw.tensor_shape(b)
     y = n.output[0]
     sy = lw.shapes[y]
     dt = lw.dtype(y)
@@ -152,9 +197,9 @@ def _h_bn(lw: Lowering, i: int, n: onnx.NodeProto) -> bool:
     if int(node_attrs(n).get("training_mode", 0)) or not lw.only_first_output_used(n):
         return False
     x, scale, bias, mean, var = (lw.tensor(v) for v in list(n.input) + [""] * (5 - len(n.input)))
-    if not x or len(lw.shape(x)) < 2:
+    if not x or len(lw.tensor_shape(x)) < 2:
         return False
-    c = lw.shape(x)[1]
+    c = lw.tensor_shape(x)[1]
     if any(p is not None and lw.shape(p) != (c,) for p in (scale, bias, mean, var)):
         return False
     for s in (mean, var):
@@ -170,9 +215,9 @@ def _h_bn(lw: Lowering, i: int, n: onnx.NodeProto) -> bool:
 @op("InstanceNormalization", data="all")
 def _h_instance_norm(lw: Lowering, i: int, n: onnx.NodeProto) -> bool:
     x, scale, bias = (lw.tensor(v) for v in n.input[:3])
-    if not x or len(lw.shape(x)) < 3:
+    if not x or len(lw.tensor_shape(x)) < 3:
         return False
-    c = lw.shape(x)[1]
+    c = lw.tensor_shape(x)[1]
     if any(p is not None and lw.shape(p) != (c,) for p in (scale, bias)):
         return False
     if c == 1:
@@ -180,7 +225,7 @@ def _h_instance_norm(lw: Lowering, i: int, n: onnx.NodeProto) -> bool:
         # as Reshape to [N, 1, C*H*W], this, Reshape back, then the per-channel affine: the flattened channels
         # prune like LayerNorm's, the verification normalizing over the kept ones. The [1]-sized scale and bias
         # carry no channel.
-        lw.emit(i, "layer_norm", [x, None, None], [n.output[0]], {"ndim": len(lw.shape(x)) - 2})
+        lw.emit(i, "layer_norm", [x, None, None], [n.output[0]], {"ndim": len(lw.tensor_shape(x)) - 2})
         return True
     lw.emit(i, "instance_norm", [x, scale, bias, None, None], [n.output[0]])
     return True
@@ -195,7 +240,7 @@ def _h_layer_norm(lw: Lowering, i: int, n: onnx.NodeProto) -> bool:
     bias = lw.tensor(n.input[2]) if len(n.input) > 2 and n.input[2] else None
     if not x:
         return False
-    sx = lw.shape(x)
+    sx = lw.tensor_shape(x)
     axis = int(node_attrs(n).get("axis", -1))
     axis = axis + len(sx) if axis < 0 else axis
     norm = tuple(sx[axis:])
@@ -208,9 +253,9 @@ def _h_layer_norm(lw: Lowering, i: int, n: onnx.NodeProto) -> bool:
 @op("GroupNormalization", data="all")
 def _h_group_norm(lw: Lowering, i: int, n: onnx.NodeProto) -> bool:
     x, scale, bias = (lw.tensor(v) for v in n.input[:3])
-    if not x or len(lw.shape(x)) < 3:
+    if not x or len(lw.tensor_shape(x)) < 3:
         return False
-    c = lw.shape(x)[1]
+    c = lw.tensor_shape(x)[1]
     groups = int(node_attrs(n)["num_groups"])
     if groups <= 0 or c % groups or any(p is not None and lw.shape(p) != (c,) for p in (scale, bias)):
         return False  # opset 18's per-group scale: not per channel
@@ -222,7 +267,7 @@ def _h_group_norm(lw: Lowering, i: int, n: onnx.NodeProto) -> bool:
 @op("CastLike", data=(0, 1))  # its second input (the type to cast like) is a tensor too
 def _h_unary(lw: Lowering, i: int, n: onnx.NodeProto) -> bool:
     x = lw.tensor(n.input[0])
-    if not x or lw.shape(n.output[0]) != lw.shape(x):
+    if not x or lw.shape(n.output[0]) != lw.tensor_shape(x):
         return False
     lw.emit(i, "unary", [x], [n.output[0]], {"fn": n.op_type})
     return True
@@ -264,13 +309,13 @@ def _h_split(lw: Lowering, i: int, n: onnx.NodeProto) -> bool:
     x = lw.tensor(n.input[0])
     if not x or any(not o for o in n.output):
         return False
-    sx = lw.shape(x)
+    sx = lw.tensor_shape(x)
     axis = int(node_attrs(n).get("axis", 0))
     ax = axis + len(sx) if axis < 0 else axis
     outs = [lw.shapes.get(o) for o in n.output]
-    if any(s is None for s in outs):
+    sizes = [s[ax] for s in outs if s is not None]
+    if len(sizes) != len(outs):
         return False
-    sizes = [s[ax] for s in outs]
     equal = not (len(n.input) > 1 and n.input[1])
     lw.emit(i, "split", [x], list(n.output), {"axis": axis, "sizes": sizes, "equal": equal})
     return True
@@ -281,7 +326,7 @@ def _h_slice(lw: Lowering, i: int, n: onnx.NodeProto) -> bool:
     x = lw.tensor(n.input[0])
     if not x:
         return False
-    sx = lw.shape(x)
+    sx = lw.tensor_shape(x)
     starts, ends = lw.static_ints(n.input[1]), lw.static_ints(n.input[2])
     axes = lw.static_ints(n.input[3]) if len(n.input) > 3 and n.input[3] else list(range(len(starts or [])))
     steps = lw.static_ints(n.input[4]) if len(n.input) > 4 and n.input[4] else [1] * len(starts or [])
@@ -322,7 +367,7 @@ def _h_gather(lw: Lowering, i: int, n: onnx.NodeProto) -> bool:
     if idx not in lw.static:
         w = lw.tensor(data)
         ix = lw.tensor(idx)
-        if w and ix and axis == 0 and lw.graph.values[w].is_const and len(lw.shape(w)) == 2:
+        if w and ix and axis == 0 and lw.graph.values[w].is_const and len(lw.tensor_shape(w)) == 2:
             lw.emit(i, "embedding", [ix, w], [y])
             return True
         if w and ix:  # rows picked by a computed index: the axis and the index are frozen, other dims keep channels
@@ -332,7 +377,7 @@ def _h_gather(lw: Lowering, i: int, n: onnx.NodeProto) -> bool:
     x = lw.tensor(data)
     if not x:
         return False
-    sx = lw.shape(x)
+    sx = lw.tensor_shape(x)
     ax = axis + len(sx) if axis < 0 else axis
     ind = np.asarray(lw.static[idx]).astype(np.int64)
     vals = [int(v) + sx[ax] if v < 0 else int(v) for v in ind.reshape(-1)]
@@ -375,7 +420,7 @@ def _h_transpose(lw: Lowering, i: int, n: onnx.NodeProto) -> bool:
     x = lw.tensor(n.input[0])
     if not x:
         return False
-    rank = len(lw.shape(x))
+    rank = len(lw.tensor_shape(x))
     perm = [int(p) for p in node_attrs(n).get("perm", list(range(rank))[::-1])]
     lw.emit(i, "permute", [x], [n.output[0]], {"perm": perm})
     return True
@@ -387,7 +432,7 @@ def _h_reduce(lw: Lowering, i: int, n: onnx.NodeProto) -> bool:
     if not x:
         return False
     at = node_attrs(n)
-    rank = len(lw.shape(x))
+    rank = len(lw.tensor_shape(x))
     if len(n.input) > 1 and n.input[1]:
         axes = lw.static_ints(n.input[1])
     else:
@@ -420,9 +465,9 @@ def _h_arg_reduce(lw: Lowering, i: int, n: onnx.NodeProto) -> bool:
 @op(*sorted(POOL_OPS), data=(0,))
 def _h_pool(lw: Lowering, i: int, n: onnx.NodeProto) -> bool:
     x = lw.tensor(n.input[0])
-    if not x or len(lw.shape(x)) < 3 or not lw.only_first_output_used(n):
+    if not x or len(lw.tensor_shape(x)) < 3 or not lw.only_first_output_used(n):
         return False
-    lw.emit(i, "spatial", [x], [n.output[0]], {"nspatial": len(lw.shape(x)) - 2})
+    lw.emit(i, "spatial", [x], [n.output[0]], {"nspatial": len(lw.tensor_shape(x)) - 2})
     return True
 
 
@@ -431,7 +476,7 @@ def _h_resize(lw: Lowering, i: int, n: onnx.NodeProto) -> bool:
     x = lw.tensor(n.input[0])
     if not x:
         return False
-    sx, sy = lw.shape(x), lw.shapes[n.output[0]]
+    sx, sy = lw.tensor_shape(x), lw.shapes[n.output[0]]
     at = node_attrs(n)
     ctm = at.get("coordinate_transformation_mode", b"half_pixel")
     if len(sx) < 3 or tuple(sx[:2]) != tuple(sy[:2]) or ctm in (b"tf_crop_and_resize", "tf_crop_and_resize"):
@@ -445,7 +490,7 @@ def _h_pad(lw: Lowering, i: int, n: onnx.NodeProto) -> bool:
     x = lw.tensor(n.input[0])
     if not x:
         return False
-    rank = len(lw.shape(x))
+    rank = len(lw.tensor_shape(x))
     pads = lw.static_ints(n.input[1]) if len(n.input) > 1 and n.input[1] else None
     if pads is None:
         return False

@@ -6,6 +6,20 @@ Every node that is not static is lowered into the neutral kinds the torch fronte
 bounds, Split sizes, ...) is recorded as an :class:`ArgSlot` the rewrite checks and fixes; one used
 as tensor data becomes a constant of the channel graph. A node the tables do not know, or whose
 arguments are only known at run time, becomes ``kind="unknown"`` with ``target`` = its op type.
+
+Every op's ``source`` is the index of its node; one node may lower to several ops (Gemm with a
+bias: ``linear`` or ``matmul`` and ``binary``; a Slice over two axes: two ``slice`` ops; a Gather of
+one index: ``slice`` and ``reshape``), and ``node_ops`` lists them. Attributes recorded for the
+framework-neutral passes, with the meaning the torch lowering gives them:
+
+=============  ==============================================================
+conv           ``groups``, ``transposed``, and its geometry: ``stride`` and
+               ``dilation`` (ints per spatial dim), ``padding`` (ints per
+               spatial dim, or ``"same"`` / ``"valid"``; left out where the
+               pads differ on the two sides), ``padding_mode`` (``"zeros"``)
+layer_norm     ``ndim``: how many trailing dims it normalizes
+group_norm     ``num_groups``
+=============  ==============================================================
 """
 
 from __future__ import annotations
@@ -16,6 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
+from frontends.errors import InternalError
 from frontends.graph import ChannelGraph, Op, Value
 from frontends.onnx.handlers import ARG_ROLES, HANDLERS
 from frontends.onnx.model import ArgSlot
@@ -129,6 +144,7 @@ class Lowering:
         return op
 
     def shape(self, name: str | None) -> tuple[int, ...] | None:
+        """A value's static shape where it is known (None: absent, or not known)."""
         if not name:
             return None
         if name in self.graph.values:
@@ -136,6 +152,13 @@ class Lowering:
         if name in self.static:
             return tuple(self.static[name].shape)
         return self.shapes.get(name)
+
+    def tensor_shape(self, name: str) -> tuple[int, ...]:
+        """The static shape of a value a handler requires: a data input's (which ``_lowerable`` checked has one)."""
+        shape = self.shape(name)
+        if shape is None:
+            raise InternalError(f"lowering needs the shape of {name!r}, which is not known")
+        return shape
 
     def used(self, name: str) -> bool:
         return bool(name) and self.consumers.get(name, 0) > 0

@@ -1,55 +1,62 @@
 """Rewrite pass (ONNX): a new, smaller, dense ``ModelProto``.
 
 Works on a copy of the original model; node names, op types, opset imports and
-the graph's input and output names and types are kept. Cases handled:
+the graph's input and output names and types are kept. The steps of
+:meth:`RewriteONNX.call`, in order:
 
-1. every constant with pruned indices on a tracked dim (``analysis.labels``,
-   ``analysis.atom_class``, exactly as :mod:`passes.rewrite_fx`) is sliced along
-   it: an initializer in place (and its graph input, where it is one), a
-   ``Constant`` node's tensor in place, an ``Identity`` of a shared constant (the
-   exporters' de-duplication) by giving it its own sliced initializer, any other
-   constant computed from constants by a new initializer;
-2. attributes follow the new shapes: ``group`` of Conv/ConvTranspose,
-   ``num_groups`` of GroupNormalization;
-3. static arguments are re-evaluated on the pruned shapes (Shape outputs of the
-   pruned tensors through the same Gather/Concat/... nodes) and must come out
-   right: Reshape's shape must give the pruned output shape (0 and -1 are kept
-   where they stay valid), Slice bounds and Gather indices must select the kept
-   positions of the same range, Split sizes and Resize sizes must be the pruned
-   sizes, every other argument must keep its value. An argument that does not is
-   replaced, for that node only, by a constant with the right value;
-4. nodes and initializers the rewrite left without a consumer are removed, stale
-   ``value_info`` is dropped and shapes are inferred again; the result must pass
-   ``onnx.checker.check_model(full_check=True)``.
+1. **slice constants**: every constant with pruned indices on a tracked dim
+   (``analysis.labels``, ``analysis.atom_class``, as the torch rewrite) is sliced
+   along it: an initializer in place (and its graph input, where it is one), a
+   ``Constant`` node's tensor in place;
+2. **re-evaluate static values** on the pruned shapes (Shape outputs of the pruned
+   tensors through the same Gather/Concat/... nodes); a static node that cannot be
+   re-run is fine only when nothing outside the static part reads what it gives;
+3. **materialize computed constants**: a constant computed from constants whose
+   value changes gets it as a new initializer (an ``Identity`` of a shared
+   constant, the exporters' de-duplication, gets its own); a shape-derived value
+   used as tensor data must keep its value;
+4. **op handlers**: each lowered node's ops' ONNX handlers
+   (``op_spec(kind).rewriter("onnx")``, the built-in ones in
+   :mod:`frontends.onnx.rewrite_ops`) make attributes and static arguments follow
+   the pruned shapes: conv ``group``, ``num_groups``, Reshape / Expand shapes,
+   Slice bounds, Gather indices, Split and Resize sizes, a ReduceMean over pruned
+   channels rescaled to the original divisor;
+5. **keep the other arguments**: every static argument no handler fixed must keep
+   its original value; one that does not is replaced, for that node only, by a
+   constant with the original value;
+6. **insert added nodes** (the rescaling ``Mul`` s) right after their producers;
+7. **clean up**: nodes and initializers the rewrite left without a consumer are
+   removed, stale ``value_info`` is dropped and shapes are inferred again; the
+   result must pass ``onnx.checker.check_model(full_check=True)``.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
 from frontends.errors import UnsupportedModelError
-from frontends.onnx import (
-    OnnxModel,
-    UniqueNames,
-    evaluate_static,
-    implicit_inputs,
-    node_attrs,
-    reshape_result,
-    slice_range,
-)
-from passes.channel_analysis import AnalysisResult
-from passes.ops import strided_blocks
+from frontends.graph import ChannelGraph, Op
+from frontends.onnx.evaluate import evaluate_static
+from frontends.onnx.model import ArgSlot, OnnxModel
+from frontends.onnx.proto import UniqueNames, implicit_inputs
+from passes.ops import lookup
+
+if TYPE_CHECKING:
+    from passes.channel_analysis import AnalysisResult
 
 log = logging.getLogger(__name__)
 
-__all__ = ["RewriteONNX", "RewriteOnnxResult"]
+__all__ = ["RewriteONNX", "RewriteOnnxResult", "OnnxRewrite", "RewriteHandler", "same_value"]
+
+RewriteHandler = Callable[["OnnxRewrite", Op, int], set[int]]  # the static argument slots it fixed
 
 
 @dataclass
@@ -62,7 +69,8 @@ class RewriteOnnxResult:
     notes: list[str] = field(default_factory=list)
 
 
-def _tensor(arr: np.ndarray, name: str, data_type: int | None = None) -> onnx.TensorProto:
+def tensor_proto(arr: np.ndarray, name: str, data_type: int | None = None) -> onnx.TensorProto:
+    """``arr`` as a TensorProto, of ``data_type`` where given."""
     arr = np.asarray(arr, order="C")
     t = numpy_helper.from_array(arr, name)
     if data_type is not None and t.data_type != data_type:
@@ -71,389 +79,338 @@ def _tensor(arr: np.ndarray, name: str, data_type: int | None = None) -> onnx.Te
     return t
 
 
-def _broadcast_shape(a: tuple[int, ...], b: list[int]) -> tuple[int, ...] | None:
-    """numpy/ONNX multidirectional broadcasting of two shapes (None: incompatible)."""
-    try:
-        return tuple(int(n) for n in np.broadcast_shapes(tuple(a), tuple(b)))
-    except ValueError:
-        return None
-
-
-def _same(a: np.ndarray | None, b: np.ndarray | None) -> bool:
+def same_value(a: np.ndarray | None, b: np.ndarray | None) -> bool:
+    """Both absent, or equal in shape and values."""
     if a is None or b is None:
         return a is None and b is None
     a, b = np.asarray(a), np.asarray(b)
     return a.shape == b.shape and bool(np.array_equal(a, b))
 
 
+class OnnxRewrite:
+    """The model being rewritten: what an ONNX rewrite handler reads, and the edits it makes.
+
+    Shapes of channel-graph values: ``original_shape(v)``, ``pruned_shape(v)``, and
+    ``keep_mask(v, dim)`` (the kept indices of a dim; None where it is not tracked).
+    Nodes: ``nodes`` (the copy's, by the original index), ``args(i)`` / ``arg(i, role)``
+    (a node's static arguments, :class:`ArgSlot`). Static values: ``env`` holds them
+    evaluated on the pruned shapes, ``original(v)`` gives the original model's.
+    Edits: ``set_arg``, ``set_int_attr``, ``new_initializer``, ``insert_after``.
+    """
+
+    def __init__(self, om: OnnxModel, analysis: AnalysisResult, pruned: np.ndarray) -> None:
+        self.om, self.analysis, self.pruned = om, analysis, pruned
+        self.graph: ChannelGraph = analysis.graph
+        self.model = onnx.ModelProto()
+        self.model.CopyFrom(om.model)
+        self.g = self.model.graph
+        self.nodes = self.g.node
+        self.names = UniqueNames(self.g)
+        self.result = RewriteOnnxResult(self.model, 0, 0)
+        self.static_nodes = set(om.static_nodes)
+        self.outputs = {o.name for o in self.g.output}
+        self.init_pos = {t.name: k for k, t in enumerate(self.g.initializer)}
+        self.const_node = {n.output[0]: i for i, n in enumerate(self.nodes) if n.op_type == "Constant"}
+        self.producer = {o: i for i, n in enumerate(self.nodes) for o in n.output if o}
+        self.consumers = _consumers(self.nodes)
+        self.slots: dict[int, dict[int, ArgSlot]] = defaultdict(dict)
+        for a in om.args:
+            self.slots[a.node][a.index] = a
+        self.env: dict[str, np.ndarray] = {}  # static values on the pruned shapes (step 2 fills it)
+        self.added: dict[int, onnx.NodeProto] = {}  # node index -> a node to insert right after it
+
+    # -- what handlers read -----------------------------------------------------------
+    def original_shape(self, value: str) -> tuple[int, ...]:
+        return self.graph.shape(value)
+
+    def pruned_shape(self, value: str) -> tuple[int, ...]:
+        return self.analysis.pruned_shape(value, self.pruned)
+
+    def keep_mask(self, value: str, dim: int) -> np.ndarray | None:
+        return self.analysis.keep_mask(value, dim, self.pruned)
+
+    def args(self, node: int) -> dict[int, ArgSlot]:
+        """A node's static arguments by input index."""
+        return self.slots.get(node, {})
+
+    def arg(self, node: int, role: str) -> ArgSlot | None:
+        """A node's static argument of ``role`` (``shape``, ``starts``, ``split``, ...; see ArgSlot)."""
+        return next((a for a in self.args(node).values() if a.role == role), None)
+
+    def original(self, value: str) -> np.ndarray:
+        """A static value in the original model."""
+        return self.om.static[value]
+
+    def dtype_of(self, value: str) -> int | None:
+        """The ONNX element type of a value."""
+        if value in self.init_pos:
+            return self.g.initializer[self.init_pos[value]].data_type
+        return self.om.elem_types.get(value)
+
+    # -- edits ----------------------------------------------------------------------------
+    def new_initializer(self, base: str, arr: np.ndarray, data_type: int | None) -> str:
+        """A new initializer with a fresh name from ``base``; returns the name."""
+        name = self.names.fresh(base)
+        self.g.initializer.append(tensor_proto(arr, name, data_type))
+        return name
+
+    def set_arg(self, i: int, k: int, arr: np.ndarray) -> None:
+        """Give input ``k`` of node ``i`` the value ``arr``: in place where only this node reads it, else a new constant."""
+        name = self.nodes[i].input[k]
+        if same_value(self.env.get(name), arr):
+            return
+        only_here = self.consumers.get(name) == [(i, k)] and name not in self.graph.values and name not in self.outputs
+        if only_here and name in self.init_pos:
+            old = self.g.initializer[self.init_pos[name]]
+            old.CopyFrom(tensor_proto(arr, name, old.data_type))
+        elif only_here and name in self.const_node:
+            n = self.nodes[self.const_node[name]]
+            del n.attribute[:]
+            n.attribute.append(helper.make_attribute("value", tensor_proto(arr, "", self.dtype_of(name))))
+        else:
+            base = f"{name}_{self.nodes[i].name}" if self.nodes[i].name else f"{name}_pruned"
+            self.nodes[i].input[k] = self.new_initializer(base, arr, self.dtype_of(name))
+        self.env[self.nodes[i].input[k]] = np.asarray(arr)
+        self.result.updated_args += 1
+
+    def set_int_attr(self, i: int, key: str, value: int) -> None:
+        """Set (or add) an int attribute of node ``i``."""
+        node = self.nodes[i]
+        for a in node.attribute:
+            if a.name == key:
+                a.i = int(value)
+                return
+        node.attribute.append(helper.make_attribute(key, int(value)))
+
+    def insert_after(self, i: int, node: onnx.NodeProto) -> None:
+        """Insert ``node`` right after node ``i`` (once the handlers are done, so indices stay valid)."""
+        if i in self.added:
+            raise RuntimeError(f"two nodes to insert after {self.nodes[i].name or self.nodes[i].op_type}")
+        self.added[i] = node
+
+
+def _consumers(nodes: Iterable[onnx.NodeProto]) -> dict[str, list[tuple[int, int]]]:
+    """Where each value is read: (node, input index), -1 for a read by the node's subgraphs."""
+    consumers: dict[str, list[tuple[int, int]]] = defaultdict(list)
+    for i, n in enumerate(nodes):
+        for k, x in enumerate(n.input):
+            if x:
+                consumers[x].append((i, k))
+        for x in implicit_inputs(n):
+            consumers[x].append((i, -1))
+    return consumers
+
+
 class RewriteONNX:
-    """``call(loaded, analysis, pruned) -> RewriteOnnxResult``."""
+    """``call(loaded, analysis, pruned) -> RewriteOnnxResult`` (the steps of the module docstring)."""
 
     def call(self, om: OnnxModel, analysis: AnalysisResult, pruned: np.ndarray) -> RewriteOnnxResult:
-        m = onnx.ModelProto()
-        m.CopyFrom(om.model)
-        g = m.graph
+        rw = OnnxRewrite(om, analysis, pruned)
+        desired = _slice_constants(rw)
+        _evaluate_static(rw, desired)
+        _materialize_computed_constants(rw, desired)
+        _check_shape_derived(rw, desired)
+        _run_handlers(rw)
+        _insert_added_nodes(rw)
+        _remove_dead(rw.model, om, rw.result)
         graph = analysis.graph
-        names = UniqueNames(g)
-        nodes = g.node
-        static_nodes = set(om.static_nodes)
-        init_pos = {t.name: k for k, t in enumerate(g.initializer)}
-        const_node = {n.output[0]: i for i, n in enumerate(nodes) if n.op_type == "Constant"}
-        producer = {o: i for i, n in enumerate(nodes) for o in n.output if o}
-        res = RewriteOnnxResult(m, 0, 0)
+        tensors = [v for v, val in graph.values.items() if val.is_tensor and not val.is_const]
+        _refresh_shapes(rw.model, {v: rw.pruned_shape(v) for v in tensors}, om)
+        _check(rw.model, om)
+        return rw.result
 
-        def pshape(v: str) -> tuple[int, ...]:
-            return analysis.pruned_shape(v, pruned)
 
-        # -- 1. constants -----------------------------------------------------------
-        desired: dict[str, np.ndarray] = {}
-        for v in graph.constants():
-            arr = om.static.get(v.name)
-            if arr is None:
-                continue
-            new = arr
-            for d in range(arr.ndim):
-                keep = analysis.keep_mask(v.name, d, pruned)
-                if keep is not None and not keep.all():
-                    new = np.take(new, np.flatnonzero(keep), axis=d)
-            desired[v.name] = new
-            if new is arr:
-                continue
-            res.sliced += 1
-            if v.name in init_pos:
-                old = g.initializer[init_pos[v.name]]
-                g.initializer[init_pos[v.name]].CopyFrom(_tensor(new, v.name, old.data_type))
-                for vi in g.input:
-                    if vi.name == v.name:
-                        _set_dims(vi, new.shape)
-            elif v.name in const_node:
-                n = nodes[const_node[v.name]]
-                dt = n.attribute[0].t.data_type if n.attribute[0].name == "value" else None
-                del n.attribute[:]
-                n.attribute.append(helper.make_attribute("value", _tensor(new, "", dt)))
-        # -- 2. attributes -------------------------------------------------------------
-        for op in graph.ops.values():
-            if op.kind in ("conv", "group_norm") and isinstance(op.source, int):
-                x = op.inputs[0]
-                old_c, new_c = graph.shape(x)[1], pshape(x)[1]
-                key, old = ("group", int(op.attrs.get("groups", 1))) if op.kind == "conv" else ("num_groups", int(op.attrs["num_groups"]))
-                if old > 1 and new_c != old_c:
-                    if (old * new_c) % old_c:
-                        raise RuntimeError(f"{op.label}: {new_c} of {old_c} channels is not a whole number of {old} groups")
-                    _set_int_attr(nodes[op.source], key, old * new_c // old_c)
-        # -- 3. static values on the pruned shapes ---------------------------------------
-        def shape_of(v: str) -> tuple[int, ...] | None:
-            if v in graph.values and graph.values[v].is_tensor:
-                return pshape(v)
-            return om.shapes.get(v)
+# -- 1. slice constants --------------------------------------------------------------------------
 
-        env, done = evaluate_static(m, om.static_nodes, shape_of, all_initializers=False)
-        if done != om.static_nodes:
-            # A constant computed from weights whose channels are pruned (EdgeNeXt's Fourier position encoding:
-            # a conv over a constant grid, then a reshape with the old width) cannot be re-run; that is fine when
-            # every value it feeds outside the static part is a constant taken from `desired` (sliced from the
-            # original value) and none is an argument the rewrite reads.
-            lost_nodes = [i for i in om.static_nodes if i not in set(done)]
-            needed = {a.value for a in om.args}
-            for i, n in enumerate(nodes):
-                if i not in static_nodes:
-                    needed |= {x for x in list(n.input) + implicit_inputs(n) if x}
-            needed |= {o.name for o in g.output}
-            stuck = [nodes[i].name or nodes[i].op_type for i in lost_nodes if any(o in needed and o not in desired for o in nodes[i].output)]
-            if stuck:
-                raise RuntimeError(f"cannot evaluate {stuck[:3]} on the pruned shapes")
-        for a in om.args:  # arguments read straight from an initializer
-            if a.value not in env and a.value in init_pos:
-                env[a.value] = numpy_helper.to_array(g.initializer[init_pos[a.value]])
-        consumers: dict[str, list[tuple[int, int]]] = defaultdict(list)
-        for i, n in enumerate(nodes):
-            for k, x in enumerate(n.input):
+
+def _slice_constants(rw: OnnxRewrite) -> dict[str, np.ndarray]:
+    """Every constant's value with its pruned indices removed (sliced in place where it is an initializer or a Constant)."""
+    desired: dict[str, np.ndarray] = {}
+    for v in rw.graph.constants():
+        arr = rw.om.static.get(v.name)
+        if arr is None:
+            continue
+        new = arr
+        for d in range(arr.ndim):
+            keep = rw.keep_mask(v.name, d)
+            if keep is not None and not keep.all():
+                new = np.take(new, np.flatnonzero(keep), axis=d)
+        desired[v.name] = new
+        if new is arr:
+            continue
+        rw.result.sliced += 1
+        if v.name in rw.init_pos:
+            old = rw.g.initializer[rw.init_pos[v.name]]
+            old.CopyFrom(tensor_proto(new, v.name, old.data_type))
+            for vi in rw.g.input:
+                if vi.name == v.name:
+                    _set_dims(vi, new.shape)
+        elif v.name in rw.const_node:
+            n = rw.nodes[rw.const_node[v.name]]
+            dt = n.attribute[0].t.data_type if n.attribute[0].name == "value" else None
+            del n.attribute[:]
+            n.attribute.append(helper.make_attribute("value", tensor_proto(new, "", dt)))
+    return desired
+
+
+# -- 2. static values on the pruned shapes ---------------------------------------------------------
+
+
+def _evaluate_static(rw: OnnxRewrite, desired: dict[str, np.ndarray]) -> None:
+    """``rw.env``: the static nodes re-run on the pruned shapes, and the arguments read straight from an initializer."""
+    om, graph = rw.om, rw.graph
+
+    def shape_of(v: str) -> tuple[int, ...] | None:
+        if v in graph.values and graph.values[v].is_tensor:
+            return rw.pruned_shape(v)
+        return om.shapes.get(v)
+
+    env, done = evaluate_static(rw.model, om.static_nodes, shape_of, all_initializers=False)
+    if done != om.static_nodes:
+        _check_lost_static_nodes(rw, set(done), desired)
+    for a in om.args:
+        if a.value not in env and a.value in rw.init_pos:
+            env[a.value] = numpy_helper.to_array(rw.g.initializer[rw.init_pos[a.value]])
+    rw.env = env
+
+
+def _check_lost_static_nodes(rw: OnnxRewrite, done: set[int], desired: dict[str, np.ndarray]) -> None:
+    """A constant computed from weights whose channels are pruned (EdgeNeXt's Fourier position encoding: a conv
+    over a constant grid, then a reshape with the old width) cannot be re-run; that is fine when every value it
+    feeds outside the static part is a constant taken from ``desired`` (sliced from the original value) and none
+    is an argument the rewrite reads."""
+    lost = [i for i in rw.om.static_nodes if i not in done]
+    needed = {a.value for a in rw.om.args}
+    for i, n in enumerate(rw.nodes):
+        if i not in rw.static_nodes:
+            needed |= {x for x in list(n.input) + implicit_inputs(n) if x}
+    needed |= rw.outputs
+    stuck = [rw.nodes[i].name or rw.nodes[i].op_type for i in lost if any(o in needed and o not in desired for o in rw.nodes[i].output)]
+    if stuck:
+        raise RuntimeError(f"cannot evaluate {stuck[:3]} on the pruned shapes")
+
+
+# -- 3. computed constants ----------------------------------------------------------------------------
+
+
+def _materialize_computed_constants(rw: OnnxRewrite, desired: dict[str, np.ndarray]) -> None:
+    """A constant computed from constants (not an initializer or a Constant) whose value changed: a new initializer."""
+    for name, want in desired.items():
+        if name in rw.init_pos or name in rw.const_node or same_value(rw.env.get(name), want):
+            continue
+        users = rw.consumers.get(name, [])
+        p = rw.producer.get(name)
+        if p is not None and rw.nodes[p].op_type == "Identity" and all(i not in rw.static_nodes and k >= 0 for i, k in users):
+            rw.nodes[p].input[0] = rw.new_initializer(f"{name}_data", want, rw.dtype_of(name))
+        else:
+            if any(k < 0 for _, k in users) or name in rw.outputs:
+                raise RuntimeError(f"cannot give computed constant {name!r} new data")
+            new = rw.new_initializer(f"{name}_pruned", want, rw.dtype_of(name))
+            for i, k in users:
+                if i not in rw.static_nodes:
+                    rw.nodes[i].input[k] = new
+        rw.result.materialized.append(name)
+
+
+def _check_shape_derived(rw: OnnxRewrite, desired: dict[str, np.ndarray]) -> None:
+    """Shape-derived values used as tensor data (SDPA's 1/sqrt(head size), a divisor read off a shape) keep their
+    original values: they are constants, materialized above where pruning would change them."""
+    graph = rw.graph
+    for v in rw.om.shape_derived:
+        if v in graph.values and graph.values[v].is_tensor and v not in desired and not same_value(rw.env.get(v), rw.om.static.get(v)):
+            raise RuntimeError(f"shape-derived value {v!r} changes with pruning")
+
+
+# -- 4, 5. op handlers; every other static argument keeps its value ------------------------------------
+
+
+def _run_handlers(rw: OnnxRewrite) -> None:
+    """Each lowered node's handlers, then its static arguments no handler fixed set back to their original values.
+
+    A node's handlers are those of its ops' specs, each called once per node with the node's first op of that
+    handler: a node lowered to several ops (a Slice over two axes: two ``slice`` ops; a Gather of one index:
+    ``slice`` and ``reshape``) is one set of arguments. A node with static arguments and no op (none is lowered
+    so today) gets the fallback alone.
+    """
+    ops: dict[int, list[Op]] = defaultdict(list)
+    for op in rw.graph.ops.values():
+        if isinstance(op.source, int):
+            ops[op.source].append(op)
+    for i in sorted(set(ops) | set(rw.slots)):
+        fixed: set[int] = set()
+        for op, handler in _node_handlers(ops.get(i, [])):
+            fixed |= handler(rw, op, i)
+        for k, slot in rw.args(i).items():
+            if k not in fixed and not same_value(rw.env.get(rw.nodes[i].input[k]), rw.original(slot.value)):
+                rw.set_arg(i, k, rw.original(slot.value))
+
+
+def _node_handlers(ops: list[Op]) -> Iterator[tuple[Op, RewriteHandler]]:
+    """The distinct ONNX handlers of a node's ops, each with the first op that has it."""
+    seen: set[RewriteHandler] = set()
+    for op in ops:
+        spec = lookup(op)
+        handler = spec.rewrite.get("onnx") if spec is not None else None
+        if handler is not None and handler not in seen:
+            seen.add(handler)
+            yield op, handler
+
+
+# -- 6. added nodes -------------------------------------------------------------------------------------
+
+
+def _insert_added_nodes(rw: OnnxRewrite) -> None:
+    if not rw.added:
+        return
+    order: list[onnx.NodeProto] = []
+    for i, n in enumerate(rw.nodes):
+        order.append(n)
+        if i in rw.added:
+            order.append(rw.added[i])
+    new_nodes = [onnx.NodeProto() for _ in order]
+    for dst, src in zip(new_nodes, order, strict=True):
+        dst.CopyFrom(src)
+    del rw.nodes[:]
+    rw.nodes.extend(new_nodes)
+
+
+# -- 7. clean up ------------------------------------------------------------------------------------------
+
+
+def _remove_dead(m: onnx.ModelProto, om: OnnxModel, res: RewriteOnnxResult) -> None:
+    """Drop nodes and initializers this rewrite left unused (what was dead before stays)."""
+
+    def uses(graph: onnx.GraphProto) -> dict[str, int]:
+        c: dict[str, int] = defaultdict(int)
+        for n in graph.node:
+            for x in list(n.input) + implicit_inputs(n):
                 if x:
-                    consumers[x].append((i, k))
-            for x in implicit_inputs(n):
-                consumers[x].append((i, -1))
-        outputs = {o.name for o in g.output}
+                    c[x] += 1
+        for o in graph.output:
+            c[o.name] += 1
+        return c
 
-        def new_initializer(base: str, arr: np.ndarray, data_type: int | None) -> str:
-            name = names.fresh(base)
-            g.initializer.append(_tensor(arr, name, data_type))
-            return name
-
-        def dtype_of(v: str) -> int | None:
-            if v in init_pos:
-                return g.initializer[init_pos[v]].data_type
-            return om.elem_types.get(v)
-
-        # computed constants used as data
-        for v, want in desired.items():
-            if v in init_pos or v in const_node:
-                continue
-            if _same(env.get(v), want):
-                continue
-            users = consumers.get(v, [])
-            p = producer.get(v)
-            if p is not None and nodes[p].op_type == "Identity" and all(i not in static_nodes and k >= 0 for i, k in users):
-                nodes[p].input[0] = new_initializer(f"{v}_data", want, dtype_of(v))
-            else:
-                if any(k < 0 for _, k in users) or v in outputs:
-                    raise RuntimeError(f"cannot give computed constant {v!r} new data")
-                name = new_initializer(f"{v}_pruned", want, dtype_of(v))
-                for i, k in users:
-                    if i not in static_nodes:
-                        nodes[i].input[k] = name
-            res.materialized.append(v)
-        # shape-derived values used as tensor data (SDPA's 1/sqrt(head size), a divisor read off a shape) keep
-        # their original values: they are constants above, materialized where pruning would change them
-        for v in om.shape_derived:
-            if v in graph.values and graph.values[v].is_tensor and v not in desired and not _same(env.get(v), om.static.get(v)):
-                raise RuntimeError(f"shape-derived value {v!r} changes with pruning")
-        # -- 4. static arguments --------------------------------------------------------------
-        by_node: dict[int, dict[int, str]] = defaultdict(dict)
-        roles: dict[tuple[int, int], str] = {}
-        for a in om.args:
-            by_node[a.node][a.index] = a.value
-            roles[(a.node, a.index)] = a.role
-
-        def set_arg(i: int, k: int, arr: np.ndarray) -> None:
-            name = nodes[i].input[k]
-            if _same(env.get(name), arr):
-                return
-            only_here = consumers.get(name) == [(i, k)] and name not in graph.values and name not in outputs
-            if only_here and name in init_pos:
-                old = g.initializer[init_pos[name]]
-                old.CopyFrom(_tensor(arr, name, old.data_type))
-            elif only_here and name in const_node:
-                n = nodes[const_node[name]]
-                del n.attribute[:]
-                n.attribute.append(helper.make_attribute("value", _tensor(arr, "", dtype_of(name))))
-            else:
-                base = f"{name}_{nodes[i].name}" if nodes[i].name else f"{name}_pruned"
-                nodes[i].input[k] = new_initializer(base, arr, dtype_of(name))
-            env[nodes[i].input[k]] = np.asarray(arr)
-            res.updated_args += 1
-
-        for i, slots in by_node.items():
-            n = nodes[i]
-            fixed: set[int] = set()
-            if n.op_type == "Reshape":
-                fixed |= self._reshape(om, n, i, env, pshape, set_arg)
-            elif n.op_type == "Slice":
-                fixed |= self._slice(om, analysis, pruned, n, i, env, pshape, set_arg)
-            elif n.op_type == "Expand":
-                fixed |= self._expand(om, n, i, env, pshape, set_arg)
-            elif n.op_type == "Gather":
-                fixed |= self._gather(om, analysis, pruned, n, i, env, set_arg)
-            elif n.op_type == "Split" and 1 in slots:
-                ax = int(node_attrs(n).get("axis", 0))
-                ax = ax + len(om.shapes[n.input[0]]) if ax < 0 else ax
-                set_arg(i, 1, np.array([pshape(o)[ax] for o in n.output], dtype=np.int64))
-                fixed.add(1)
-            elif n.op_type == "Resize" and 3 in slots:
-                out = pshape(n.output[0])
-                axes = node_attrs(n).get("axes")
-                rank = len(out)
-                want = [out[a + rank if a < 0 else a] for a in axes] if axes else list(out)
-                set_arg(i, 3, np.array(want, dtype=np.int64))
-                fixed.add(3)
-            for k, v in slots.items():
-                if k in fixed:
-                    continue
-                if not _same(env.get(n.input[k]), om.static.get(v)):
-                    set_arg(i, k, om.static[v])
-        # -- 5. means over pruned channels keep the original divisor: ReduceMean -> Mul(kept / original) ---------
-        scaled: dict[int, onnx.NodeProto] = {}
-        for op in graph.ops.values():
-            if op.kind != "reduce" or not op.attrs.get("rescalable") or not isinstance(op.source, int):
-                continue
-            x, rank = op.inputs[0], len(graph.shape(op.inputs[0]))
-            dims = {d % rank for d in op.attrs["dims"]}
-            n_old, n_new = math.prod(graph.shape(x)[d] for d in dims), math.prod(pshape(x)[d] for d in dims)
-            if n_old == n_new:
-                continue
-            n = nodes[op.source]
-            out = n.output[0]
-            n.output[0] = names.fresh(f"{out}_kept")
-            factor = new_initializer(f"{out}_scale", np.array(n_new / n_old), dtype_of(out))
-            scaled[op.source] = helper.make_node("Mul", [n.output[0], factor], [out], name=names.fresh(f"{n.name or out}_scale"))
-        if scaled:
-            order = []
-            for i, n in enumerate(nodes):
-                order.append(n)
-                if i in scaled:
-                    order.append(scaled[i])
-            new_nodes = [onnx.NodeProto() for _ in order]
-            for dst, src in zip(new_nodes, order, strict=True):
-                dst.CopyFrom(src)
-            del nodes[:]
-            nodes.extend(new_nodes)
-        # -- 6. clean up -------------------------------------------------------------------------
-        self._remove_dead(m, om, res)
-        _refresh_shapes(m, {v: pshape(v) for v in graph.values if graph.values[v].is_tensor and not graph.values[v].is_const}, om)
-        try:
-            onnx.checker.check_model(m, full_check=True)
-        except Exception as exc:
-            first = str(exc).strip().splitlines()[0]
-            try:  # an input whose declared shapes contradict its ops fails the same check: refuse the input
-                onnx.checker.check_model(om.model, full_check=True)
-            except Exception as orig_exc:
-                why = str(orig_exc).strip().splitlines()[0] if str(orig_exc).strip() else type(orig_exc).__name__
-                raise UnsupportedModelError(f"{om.name}: the model's declared shapes are inconsistent: {why}") from None
-            raise RuntimeError(f"the pruned ONNX model does not pass the checker: {first}") from exc
-        res.model = m
-        return res
-
-    # -- per-op argument rules ------------------------------------------------------------
-    @staticmethod
-    def _reshape(om, n, i, env, pshape, set_arg) -> set[int]:
-        x, y, spec_name = n.input[0], n.output[0], n.input[1]
-        allowzero = bool(int(node_attrs(n).get("allowzero", 0)))
-        pin, pout = pshape(x), pshape(y)
-        if reshape_result(pin, env[spec_name].reshape(-1).tolist(), allowzero) == pout:
-            return {1}
-        orig = [int(s) for s in om.static[spec_name].reshape(-1)]
-        new = []
-        for k, s in enumerate(orig):
-            if s == -1:
-                new.append(-1)
-            elif s == 0 and not allowzero and k < len(pin) and pin[k] == pout[k]:
-                new.append(0)
-            else:
-                new.append(int(pout[k]))
-        if reshape_result(pin, new, allowzero) != pout:
-            new = [int(s) for s in pout]
-        set_arg(i, 1, np.array(new, dtype=om.static[spec_name].dtype))
-        return {1}
-
-    @staticmethod
-    def _slice(om, analysis, pruned, n, i, env, pshape, set_arg) -> set[int]:
-        x = n.input[0]
-        sx, px = om.shapes[x], pshape(x)
-        rank = len(sx)
-
-        def ints(k: int, default):
-            if len(n.input) > k and n.input[k]:
-                return [int(v) for v in np.asarray(env[n.input[k]]).reshape(-1)]
-            return default
-
-        def orig_ints(k: int, default):
-            if len(n.input) > k and n.input[k]:
-                return [int(v) for v in np.asarray(om.static[n.input[k]]).reshape(-1)]
-            return default
-
-        starts, ends = orig_ints(1, None), orig_ints(2, None)
-        axes = [a + rank if a < 0 else a for a in orig_ints(3, list(range(len(starts))))]
-        steps = orig_ints(4, [1] * len(starts))
-        want: dict[int, range] = {}
-        new_starts, new_ends = list(starts), list(ends)
-        for k, (a, s, e, st) in enumerate(zip(axes, starts, ends, steps)):
-            r = range(*slice_range(s, e, st, sx[a]))
-            keep = analysis.keep_mask(x, a, pruned)
-            if keep is None or keep.all():
-                want[a] = range(*slice_range(s, e, st, px[a]))
-                continue
-            if st != 1:
-                if not strided_blocks(r.start, r.stop, st, sx[a]):
-                    raise RuntimeError(f"{n.name}: strided slice over a pruned channel dim")
-                want[a] = range(r.start, px[a], st)  # one position of every whole kept block
-                new_starts[k], new_ends[k] = r.start, (e if e >= sx[a] else px[a])
-                continue
-            ns = int(keep[: r.start].sum())
-            ne = ns + int(keep[r.start : r.stop].sum())
-            want[a] = range(ns, ne)
-            new_n = px[a]
-            cand_s = ns - new_n if s < 0 and ns < new_n else ns
-            if e >= sx[a] and ne == new_n:
-                cand_e = e
-            elif e < 0 and ne < new_n:
-                cand_e = ne - new_n
-            else:
-                cand_e = ne
-            if range(*slice_range(cand_s, cand_e, 1, new_n)) != want[a]:
-                cand_s, cand_e = ns, ne
-            new_starts[k], new_ends[k] = cand_s, cand_e
-        # do the bounds the pruned model computes select what they must?
-        cur_s, cur_e = ints(1, None), ints(2, None)
-        cur_axes = [a + rank if a < 0 else a for a in ints(3, list(range(len(cur_s))))]
-        cur_steps = ints(4, [1] * len(cur_s))
-        ok = sorted(cur_axes) == sorted(axes) and all(
-            range(*slice_range(s, e, st, px[a])) == want[a] for a, s, e, st in zip(cur_axes, cur_s, cur_e, cur_steps)
-        )
-        if not ok:
-            dt_s, dt_e = om.static[n.input[1]].dtype, om.static[n.input[2]].dtype
-            set_arg(i, 1, np.array(new_starts, dtype=dt_s))
-            set_arg(i, 2, np.array(new_ends, dtype=dt_e))
-        return {1, 2}
-
-    @staticmethod
-    def _expand(om, n, i, env, pshape, set_arg) -> set[int]:
-        """Expand's target shape broadcasts with the input (ONNX's bidirectional rule): a 1 stays 1, any
-        other entry becomes the pruned output size."""
-        spec_name = n.input[1]
-        pin, pout = pshape(n.input[0]), pshape(n.output[0])
-        cur = [int(s) for s in np.asarray(env[spec_name]).reshape(-1)]
-        if _broadcast_shape(pin, cur) == pout:
-            return {1}
-        orig = [int(s) for s in np.asarray(om.static[spec_name]).reshape(-1)]
-        off = len(pout) - len(orig)
-        new = [1 if s == 1 else int(pout[off + k]) for k, s in enumerate(orig)]
-        if _broadcast_shape(pin, new) != pout:
-            raise RuntimeError(f"{n.name or 'Expand'}: no target shape gives {pout} from {pin}")
-        set_arg(i, 1, np.array(new, dtype=np.asarray(om.static[spec_name]).dtype))
-        return {1}
-
-    @staticmethod
-    def _gather(om, analysis, pruned, n, i, env, set_arg) -> set[int]:
-        x, idx = n.input[0], n.input[1]
-        sx = om.shapes[x]
-        ax = int(node_attrs(n).get("axis", 0))
-        ax = ax + len(sx) if ax < 0 else ax
-        orig = np.asarray(om.static[idx])
-        vals = [int(v) + sx[ax] if v < 0 else int(v) for v in orig.reshape(-1)]
-        keep = analysis.keep_mask(x, ax, pruned)
-        if keep is None or keep.all():
-            return set()  # checked as an ordinary argument: must keep its value
-        start = int(keep[: vals[0]].sum())
-        count = int(keep[vals[0] : vals[-1] + 1].sum())
-        want = np.array(start, dtype=orig.dtype) if orig.ndim == 0 else np.arange(start, start + count, dtype=orig.dtype)
-        set_arg(i, 1, want)
-        return {1}
-
-    # -- clean-up ---------------------------------------------------------------------------------
-    @staticmethod
-    def _remove_dead(m: onnx.ModelProto, om: OnnxModel, res: RewriteOnnxResult) -> None:
-        """Drop nodes and initializers this rewrite left unused (what was dead before stays)."""
-
-        def uses(graph: onnx.GraphProto) -> dict[str, int]:
-            c: dict[str, int] = defaultdict(int)
-            for n in graph.node:
-                for x in list(n.input) + implicit_inputs(n):
-                    if x:
-                        c[x] += 1
-            for o in graph.output:
-                c[o.name] += 1
-            return c
-
-        before = uses(om.model.graph)
-        g = m.graph
-        while True:
-            c = uses(g)
-            dead = [
-                k for k, n in enumerate(g.node)
-                if all(not o or (c.get(o, 0) == 0 and before.get(o, 0) > 0) for o in n.output) and any(o for o in n.output)
-            ]  # fmt: skip
-            if not dead:
-                break
-            for k in reversed(dead):
-                res.removed_nodes.append(g.node[k].name or g.node[k].op_type)
-                del g.node[k]
+    before = uses(om.model.graph)
+    g = m.graph
+    while True:
         c = uses(g)
-        graph_inputs = {vi.name for vi in g.input}
-        drop = [
-            k for k, t in enumerate(g.initializer)
-            if c.get(t.name, 0) == 0 and before.get(t.name, 0) > 0 and t.name not in graph_inputs
+        dead = [
+            k for k, n in enumerate(g.node)
+            if all(not o or (c.get(o, 0) == 0 and before.get(o, 0) > 0) for o in n.output) and any(o for o in n.output)
         ]  # fmt: skip
-        for k in reversed(drop):
-            del g.initializer[k]
+        if not dead:
+            break
+        for k in reversed(dead):
+            res.removed_nodes.append(g.node[k].name or g.node[k].op_type)
+            del g.node[k]
+    c = uses(g)
+    graph_inputs = {vi.name for vi in g.input}
+    drop = [
+        k for k, t in enumerate(g.initializer)
+        if c.get(t.name, 0) == 0 and before.get(t.name, 0) > 0 and t.name not in graph_inputs
+    ]  # fmt: skip
+    for k in reversed(drop):
+        del g.initializer[k]
 
 
 def _set_dims(vi: onnx.ValueInfoProto, shape: tuple[int, ...]) -> None:
@@ -461,14 +418,6 @@ def _set_dims(vi: onnx.ValueInfoProto, shape: tuple[int, ...]) -> None:
     s.ClearField("dim")
     for d in shape:
         s.dim.add().dim_value = int(d)
-
-
-def _set_int_attr(node: onnx.NodeProto, key: str, value: int) -> None:
-    for a in node.attribute:
-        if a.name == key:
-            a.i = int(value)
-            return
-    node.attribute.append(helper.make_attribute(key, int(value)))
 
 
 def _refresh_shapes(m: onnx.ModelProto, pruned_shapes: dict[str, tuple[int, ...]], om: OnnxModel) -> None:
@@ -493,3 +442,17 @@ def _refresh_shapes(m: onnx.ModelProto, pruned_shapes: dict[str, tuple[int, ...]
         for o in n.output:
             if o and o not in known and o in pruned_shapes and om.elem_types.get(o):
                 m.graph.value_info.append(helper.make_tensor_value_info(o, om.elem_types[o], list(pruned_shapes[o])))
+
+
+def _check(m: onnx.ModelProto, om: OnnxModel) -> None:
+    """The pruned model must pass the full checker; where the input itself does not, the input is refused."""
+    try:
+        onnx.checker.check_model(m, full_check=True)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0]
+        try:  # an input whose declared shapes contradict its ops fails the same check: refuse the input
+            onnx.checker.check_model(om.model, full_check=True)
+        except Exception as orig_exc:
+            why = str(orig_exc).strip().splitlines()[0] if str(orig_exc).strip() else type(orig_exc).__name__
+            raise UnsupportedModelError(f"{om.name}: the model's declared shapes are inconsistent: {why}") from None
+        raise RuntimeError(f"the pruned ONNX model does not pass the checker: {first}") from exc

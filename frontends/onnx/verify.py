@@ -1,53 +1,95 @@
 """Verification pass (ONNX): the pruned model against the masked original, in ONNX Runtime.
 
-The reference is a copy of the *original* model in which every tensor value with
-removed channels is passed through ``Where(keep_mask, value, 0)`` right after its
-producer (so inf/nan of a removed channel never leak). A LayerNormalization whose
-normalized dims lose channels is replaced, in the reference only, by the same
-computation with statistics over the kept channels (ReduceSum with the mask), as
-the pruned model computes it. Both models run in ONNX Runtime on the CPU provider
-with graph optimizations off, in the model's own precision (float32 for exported
-models), and must agree within ``atol + rtol * max|reference|`` on every output
-(``rtol`` at least ten times the output dtype's epsilon: 1e-2 for float16).
+The reference (:func:`masked_reference`) is a copy of the *original* model in which every
+tensor value with removed channels is passed through ``Where(keep_mask, value, 0)`` right
+after its producer (so inf/nan of a removed channel never leak). A node whose op has ONNX
+reference semantics (``op_spec(kind).reference_semantics("onnx")``) is replaced, in the
+reference only, by what they give where zeroing is not the reference: a LayerNormalization
+(or a one-instance InstanceNormalization, lowered as layer norm) whose normalized dims lose
+channels computes its statistics over the kept channels (ReduceSum with the mask), as the
+pruned model does. Both models run in ONNX Runtime on the CPU provider with graph
+optimizations off, in the model's own precision (float32 for exported models), and must agree
+within ``atol + rtol * max|reference|`` on every output (``rtol`` at least ten times the output
+dtype's epsilon: 1e-2 for float16).
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping
+from collections import defaultdict
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from frontends.errors import UnsupportedModelError, VerificationError
-from frontends.onnx import OnnxModel, UniqueNames, node_attrs, run_ort
-from frontends.torch import VerifyResult
-from passes.channel_analysis import AnalysisResult
+from frontends.errors import InternalError, UnsupportedModelError, VerificationError
+from frontends.graph import Op
+from frontends.onnx.model import OnnxModel
+from frontends.onnx.proto import UniqueNames, node_attrs
+from frontends.onnx.runtime import run_ort
+from passes.ops import lookup, op_spec
+
+if TYPE_CHECKING:
+    from frontends.torch import VerifyResult
+    from passes.channel_analysis import AnalysisResult
 
 log = logging.getLogger(__name__)
 
-__all__ = ["VerifyONNX", "masked_reference"]
+__all__ = ["VerifyONNX", "masked_reference", "MaskedReference", "ReferenceHandler"]
 
 
-def _mask(analysis: AnalysisResult, value: str, pruned: np.ndarray, dims: range | None = None) -> np.ndarray | None:
-    """Bool keep mask of a value, broadcastable to it (None: nothing removed)."""
-    lab = analysis.labels.get(value)
-    if not lab:
-        return None
-    mask = None
-    for d, dl in enumerate(lab):
-        if dl is None or (dims is not None and d not in dims):
-            continue
-        keep = ~pruned[analysis.atom_class[dl]]
-        if keep.all():
-            continue
-        shape = [1] * len(lab)
-        shape[d] = len(keep)
-        km = keep.reshape(shape)
-        mask = km if mask is None else (mask & km)
-    return mask
+class MaskedReference:
+    """The reference model being built: what an ONNX reference-semantics handler reads, and what it may add.
+
+    ``keep_mask(value, dims)`` is a value's boolean keep mask, broadcastable to it (None: nothing removed
+    there); ``const(base, arr)`` adds an initializer with a fresh name; ``names`` gives fresh value names.
+    """
+
+    def __init__(self, om: OnnxModel, analysis: AnalysisResult, pruned: np.ndarray, model: onnx.ModelProto) -> None:
+        self.om, self.analysis, self.pruned = om, analysis, pruned
+        self.model = model
+        self.names = UniqueNames(model.graph)
+        self._zeros: dict[int, str] = {}
+
+    def keep_mask(self, value: str, dims: range | None = None) -> np.ndarray | None:
+        """Bool keep mask of a value over ``dims`` (all its dims by default), broadcastable to it (None: nothing removed)."""
+        analysis = self.analysis
+        lab = analysis.labels.get(value)
+        if not lab:
+            return None
+        mask = None
+        for d, dl in enumerate(lab):
+            if dl is None or (dims is not None and d not in dims):
+                continue
+            keep = ~self.pruned[analysis.atom_class[dl]]
+            if keep.all():
+                continue
+            shape = [1] * len(lab)
+            shape[d] = len(keep)
+            km = keep.reshape(shape)
+            mask = km if mask is None else (mask & km)
+        return mask
+
+    def const(self, base: str, arr: np.ndarray) -> str:
+        """A new initializer holding ``arr``; returns its name."""
+        name = self.names.fresh(base)
+        self.model.graph.initializer.append(numpy_helper.from_array(np.asarray(arr, order="C"), name))
+        return name
+
+    def zero(self, elem: int) -> str:
+        """A scalar zero of ONNX element type ``elem`` (one per type)."""
+        if elem not in self._zeros:
+            name = self.names.fresh(f"prunec_zero_{elem}")
+            self.model.graph.initializer.append(helper.make_tensor(name, elem, [], [0] if elem != TensorProto.BOOL else [False]))
+            self._zeros[elem] = name
+        return self._zeros[elem]
+
+
+# (reference, op, node) -> the nodes that replace ``node`` in the reference, None where the node itself is it
+ReferenceHandler = Callable[[MaskedReference, Op, onnx.NodeProto], "list[onnx.NodeProto] | None"]
 
 
 def masked_reference(om: OnnxModel, analysis: AnalysisResult, pruned: np.ndarray) -> onnx.ModelProto:
@@ -55,76 +97,93 @@ def masked_reference(om: OnnxModel, analysis: AnalysisResult, pruned: np.ndarray
     m = onnx.ModelProto()
     m.CopyFrom(om.model)
     g = m.graph
-    names = UniqueNames(g)
-    graph = analysis.graph
-    outputs = {o.name for o in g.output}
-    zeros: dict[int, str] = {}
-
-    def const(base: str, arr: np.ndarray) -> str:
-        name = names.fresh(base)
-        g.initializer.append(numpy_helper.from_array(np.asarray(arr, order="C"), name))
-        return name
-
-    def zero(elem: int) -> str:
-        if elem not in zeros:
-            name = names.fresh(f"prunec_zero_{elem}")
-            g.initializer.append(helper.make_tensor(name, elem, [], [0] if elem != TensorProto.BOOL else [False]))
-            zeros[elem] = name
-        return zeros[elem]
-
-    ln_nodes: dict[int, int] = {}
-    for op in graph.ops.values():
-        if op.kind == "layer_norm" and isinstance(op.source, int):
-            x = op.inputs[0]
-            rank = len(graph.shape(x))
-            k = int(op.attrs["ndim"])
-            if _mask(analysis, x, pruned, range(rank - k, rank)) is not None:
-                ln_nodes[op.source] = k
+    ref = MaskedReference(om, analysis, pruned, m)
+    ops: dict[int, list[Op]] = defaultdict(list)
+    for op in analysis.graph.ops.values():
+        if isinstance(op.source, int):
+            ops[op.source].append(op)
     new_nodes: list[onnx.NodeProto] = []
     for i, n in enumerate(g.node):
-        if i in ln_nodes:
-            new_nodes.extend(_masked_layer_norm(n, ln_nodes[i], om, analysis, pruned, const, names))
-        else:
-            copy_n = onnx.NodeProto()
-            copy_n.CopyFrom(n)
-            new_nodes.append(copy_n)
-        prod = new_nodes[-1]  # the producer (or the decomposition's last node)
-        for v in n.output:
-            val = graph.values.get(v)
-            if not v or val is None or val.is_const or not val.is_tensor or v in outputs:
-                continue
-            mask = _mask(analysis, v, pruned)
-            if mask is None:
-                continue
-            elem = om.elem_types.get(v)
-            if not elem:
-                raise VerificationError(f"cannot build the masked reference: the element type of {v!r} is unknown")
-            raw = names.fresh(f"{v}__unmasked")
-            for k, o in enumerate(prod.output):
-                if o == v:
-                    prod.output[k] = raw
-            keep, name = const(f"{v}__keep", mask), names.fresh(f"{v}__mask")
-            if elem == TensorProto.BOOL:  # ONNX Runtime has no boolean Where
-                new_nodes.append(helper.make_node("And", [raw, keep], [v], name=name))
-            else:
-                new_nodes.append(helper.make_node("Where", [keep, raw, zero(elem)], [v], name=name))
+        new_nodes.extend(_reference_nodes(ref, ops.get(i, []), n))
+        _mask_outputs(ref, n, new_nodes)
     del g.node[:]
     g.node.extend(new_nodes)
     del g.value_info[:]
     return m
 
 
-def _masked_layer_norm(
-    n: onnx.NodeProto, k: int, om: OnnxModel, analysis: AnalysisResult, pruned: np.ndarray, const, names: UniqueNames
-) -> list[onnx.NodeProto]:
-    """LayerNormalization with mean and variance over the kept channels only."""
+def _reference_nodes(ref: MaskedReference, ops: list[Op], n: onnx.NodeProto) -> list[onnx.NodeProto]:
+    """The node's ONNX reference semantics where its op has them (and they apply), else a copy of the node.
+
+    Reference semantics are an op's: a node lowered to several ops (Gemm with a bias, a Slice over two axes)
+    has none of its own, and one of whose ops has them is an error rather than a guess.
+    """
+    handlers = [(op, h) for op in ops if (h := _handler(op)) is not None]
+    if handlers and len(ops) > 1:
+        raise InternalError(f"{n.name or n.op_type}: reference semantics for one of the {len(ops)} ops it lowers to")
+    if handlers:
+        op, handler = handlers[0]
+        replaced = handler(ref, op, n)
+        if replaced is not None:
+            return replaced
+    copy_n = onnx.NodeProto()
+    copy_n.CopyFrom(n)
+    return [copy_n]
+
+
+def _handler(op: Op) -> ReferenceHandler | None:
+    spec = lookup(op)
+    return spec.reference.get("onnx") if spec is not None else None
+
+
+def _mask_outputs(ref: MaskedReference, n: onnx.NodeProto, new_nodes: list[onnx.NodeProto]) -> None:
+    """Each tensor output of ``n`` with removed channels goes through Where(keep, value, 0) (And for booleans)."""
+    graph = ref.analysis.graph
+    outputs = {o.name for o in ref.model.graph.output}
+    prod = new_nodes[-1]  # the producer (or the last node of its replacement)
+    for v in n.output:
+        val = graph.values.get(v)
+        if not v or val is None or val.is_const or not val.is_tensor or v in outputs:
+            continue
+        mask = ref.keep_mask(v)
+        if mask is None:
+            continue
+        elem = ref.om.elem_types.get(v)
+        if not elem:
+            raise VerificationError(f"cannot build the masked reference: the element type of {v!r} is unknown")
+        raw = ref.names.fresh(f"{v}__unmasked")
+        for k, o in enumerate(prod.output):
+            if o == v:
+                prod.output[k] = raw
+        keep, name = ref.const(f"{v}__keep", mask), ref.names.fresh(f"{v}__mask")
+        if elem == TensorProto.BOOL:  # ONNX Runtime has no boolean Where
+            new_nodes.append(helper.make_node("And", [raw, keep], [v], name=name))
+        else:
+            new_nodes.append(helper.make_node("Where", [keep, raw, ref.zero(elem)], [v], name=name))
+
+
+@op_spec("layer_norm").reference_semantics("onnx")
+def _layer_norm_over_kept(ref: MaskedReference, op: Op, n: onnx.NodeProto) -> list[onnx.NodeProto] | None:
+    """LayerNormalization (or InstanceNormalization of one instance, lowered as layer norm) whose normalized dims
+    lose channels: mean and variance over the kept channels only, then the node's own scale and bias."""
+    x = op.input(0)
+    rank = len(ref.analysis.graph.shape(x))
+    k = int(op.attrs["ndim"])
+    dims = range(rank - k, rank)
+    mask = ref.keep_mask(x, dims)
+    if mask is None:
+        return None
+    return _normalize_over_kept(ref, n, mask, dims)
+
+
+def _normalize_over_kept(ref: MaskedReference, n: onnx.NodeProto, mask: np.ndarray, dims: range) -> list[onnx.NodeProto]:
+    """``n`` (a normalization with input, scale, bias and ``epsilon``) with its statistics over ``mask`` in ``dims``."""
+    om, names, const = ref.om, ref.names, ref.const
     x, y = n.input[0], n.output[0]
     scale = n.input[1] if len(n.input) > 1 and n.input[1] else None
     bias = n.input[2] if len(n.input) > 2 and n.input[2] else None
     eps = float(node_attrs(n).get("epsilon", 1e-5))
     rank = len(om.shapes[x])
-    dims = range(rank - k, rank)
-    mask = _mask(analysis, x, pruned, dims)
     full = np.broadcast_to(mask, tuple(1 if d not in dims else om.shapes[x][d] for d in range(rank)))
     count = float(full.sum())
     elem = om.elem_types.get(x, TensorProto.FLOAT)
@@ -194,6 +253,8 @@ class VerifyONNX:
         model: onnx.ModelProto,
         inputs: Mapping[str, np.ndarray] | None = None,
     ) -> VerifyResult:
+        from frontends.torch import VerifyResult  # the result record lives with the torch verification (imports torch)
+
         feeds = dict(om.inputs if inputs is None else inputs)
         ref_model = masked_reference(om, analysis, pruned)
         try:
@@ -217,7 +278,7 @@ class VerifyONNX:
         bad = [n for n in names if n not in got or np.shape(got[n]) != np.shape(ref[n])]
         if bad:
             raise VerificationError(
-                f"pruned model outputs {[(n, np.shape(got.get(n))) for n in bad]} but the original gives {[(n, np.shape(ref[n])) for n in bad]}"
+                f"pruned model outputs {[(n, np.shape(got[n]) if n in got else ()) for n in bad]} but the original gives {[(n, np.shape(ref[n])) for n in bad]}"
             )
         err, scale = 0.0, 0.0
         dtype = "float32"
