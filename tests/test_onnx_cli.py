@@ -161,7 +161,7 @@ def test_bad_options(tmp_path, capsys):
         (["--granularity", "x"], "--granularity"),
         (["--granularity", "0"], "granularity"),
         (["--importance", "nope"], "importance"),
-        (["--importance", "taylor"], "weight criterion"),
+        (["--importance", "taylor"], "needs gradients"),  # a data criterion: refused, naming what it needs
         (["--equalization", "nope"], "equalization"),
         (["--ratio", "0.5", "--threshold", "0.2"], "only one"),
     ]:

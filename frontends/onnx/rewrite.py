@@ -54,7 +54,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["RewriteONNX", "RewriteOnnxResult", "OnnxRewrite", "RewriteHandler", "same_value"]
+__all__ = ["RewriteONNX", "RewriteOnnxResult", "OnnxRewrite", "RewriteHandler"]
 
 RewriteHandler = Callable[["OnnxRewrite", Op, int], set[int]]  # the static argument slots it fixed
 
@@ -69,7 +69,7 @@ class RewriteOnnxResult:
     notes: list[str] = field(default_factory=list)
 
 
-def tensor_proto(arr: np.ndarray, name: str, data_type: int | None = None) -> onnx.TensorProto:
+def _tensor(arr: np.ndarray, name: str, data_type: int | None = None) -> onnx.TensorProto:
     """``arr`` as a TensorProto, of ``data_type`` where given."""
     arr = np.asarray(arr, order="C")
     t = numpy_helper.from_array(arr, name)
@@ -79,7 +79,7 @@ def tensor_proto(arr: np.ndarray, name: str, data_type: int | None = None) -> on
     return t
 
 
-def same_value(a: np.ndarray | None, b: np.ndarray | None) -> bool:
+def _same(a: np.ndarray | None, b: np.ndarray | None) -> bool:
     """Both absent, or equal in shape and values."""
     if a is None or b is None:
         return a is None and b is None
@@ -151,22 +151,22 @@ class OnnxRewrite:
     def new_initializer(self, base: str, arr: np.ndarray, data_type: int | None) -> str:
         """A new initializer with a fresh name from ``base``; returns the name."""
         name = self.names.fresh(base)
-        self.g.initializer.append(tensor_proto(arr, name, data_type))
+        self.g.initializer.append(_tensor(arr, name, data_type))
         return name
 
     def set_arg(self, i: int, k: int, arr: np.ndarray) -> None:
         """Give input ``k`` of node ``i`` the value ``arr``: in place where only this node reads it, else a new constant."""
         name = self.nodes[i].input[k]
-        if same_value(self.env.get(name), arr):
+        if _same(self.env.get(name), arr):
             return
         only_here = self.consumers.get(name) == [(i, k)] and name not in self.graph.values and name not in self.outputs
         if only_here and name in self.init_pos:
             old = self.g.initializer[self.init_pos[name]]
-            old.CopyFrom(tensor_proto(arr, name, old.data_type))
+            old.CopyFrom(_tensor(arr, name, old.data_type))
         elif only_here and name in self.const_node:
             n = self.nodes[self.const_node[name]]
             del n.attribute[:]
-            n.attribute.append(helper.make_attribute("value", tensor_proto(arr, "", self.dtype_of(name))))
+            n.attribute.append(helper.make_attribute("value", _tensor(arr, "", self.dtype_of(name))))
         else:
             base = f"{name}_{self.nodes[i].name}" if self.nodes[i].name else f"{name}_pruned"
             self.nodes[i].input[k] = self.new_initializer(base, arr, self.dtype_of(name))
@@ -241,7 +241,7 @@ def _slice_constants(rw: OnnxRewrite) -> dict[str, np.ndarray]:
         rw.result.sliced += 1
         if v.name in rw.init_pos:
             old = rw.g.initializer[rw.init_pos[v.name]]
-            old.CopyFrom(tensor_proto(new, v.name, old.data_type))
+            old.CopyFrom(_tensor(new, v.name, old.data_type))
             for vi in rw.g.input:
                 if vi.name == v.name:
                     _set_dims(vi, new.shape)
@@ -249,7 +249,7 @@ def _slice_constants(rw: OnnxRewrite) -> dict[str, np.ndarray]:
             n = rw.nodes[rw.const_node[v.name]]
             dt = n.attribute[0].t.data_type if n.attribute[0].name == "value" else None
             del n.attribute[:]
-            n.attribute.append(helper.make_attribute("value", tensor_proto(new, "", dt)))
+            n.attribute.append(helper.make_attribute("value", _tensor(new, "", dt)))
     return desired
 
 
@@ -296,7 +296,7 @@ def _check_lost_static_nodes(rw: OnnxRewrite, done: set[int], desired: dict[str,
 def _materialize_computed_constants(rw: OnnxRewrite, desired: dict[str, np.ndarray]) -> None:
     """A constant computed from constants (not an initializer or a Constant) whose value changed: a new initializer."""
     for name, want in desired.items():
-        if name in rw.init_pos or name in rw.const_node or same_value(rw.env.get(name), want):
+        if name in rw.init_pos or name in rw.const_node or _same(rw.env.get(name), want):
             continue
         users = rw.consumers.get(name, [])
         p = rw.producer.get(name)
@@ -317,7 +317,7 @@ def _check_shape_derived(rw: OnnxRewrite, desired: dict[str, np.ndarray]) -> Non
     original values: they are constants, materialized above where pruning would change them."""
     graph = rw.graph
     for v in rw.om.shape_derived:
-        if v in graph.values and graph.values[v].is_tensor and v not in desired and not same_value(rw.env.get(v), rw.om.static.get(v)):
+        if v in graph.values and graph.values[v].is_tensor and v not in desired and not _same(rw.env.get(v), rw.om.static.get(v)):
             raise RuntimeError(f"shape-derived value {v!r} changes with pruning")
 
 
@@ -329,8 +329,8 @@ def _run_handlers(rw: OnnxRewrite) -> None:
 
     A node's handlers are those of its ops' specs, each called once per node with the node's first op of that
     handler: a node lowered to several ops (a Slice over two axes: two ``slice`` ops; a Gather of one index:
-    ``slice`` and ``reshape``) is one set of arguments. A node with static arguments and no op (none is lowered
-    so today) gets the fallback alone.
+    ``slice`` and ``reshape``) has one set of arguments. A node with static arguments and no op would get the
+    fallback alone (the lowering records arguments only for the nodes it emits, so there is none today).
     """
     ops: dict[int, list[Op]] = defaultdict(list)
     for op in rw.graph.ops.values():
@@ -341,7 +341,7 @@ def _run_handlers(rw: OnnxRewrite) -> None:
         for op, handler in _node_handlers(ops.get(i, [])):
             fixed |= handler(rw, op, i)
         for k, slot in rw.args(i).items():
-            if k not in fixed and not same_value(rw.env.get(rw.nodes[i].input[k]), rw.original(slot.value)):
+            if k not in fixed and not _same(rw.env.get(rw.nodes[i].input[k]), rw.original(slot.value)):
                 rw.set_arg(i, k, rw.original(slot.value))
 
 

@@ -51,6 +51,7 @@ class MaskedReference:
     def __init__(self, om: OnnxModel, analysis: AnalysisResult, pruned: np.ndarray, model: onnx.ModelProto) -> None:
         self.om, self.analysis, self.pruned = om, analysis, pruned
         self.model = model
+        self.outputs = {o.name for o in model.graph.output}
         self.names = UniqueNames(model.graph)
         self._zeros: dict[int, str] = {}
 
@@ -139,11 +140,10 @@ def _handler(op: Op) -> ReferenceHandler | None:
 def _mask_outputs(ref: MaskedReference, n: onnx.NodeProto, new_nodes: list[onnx.NodeProto]) -> None:
     """Each tensor output of ``n`` with removed channels goes through Where(keep, value, 0) (And for booleans)."""
     graph = ref.analysis.graph
-    outputs = {o.name for o in ref.model.graph.output}
     prod = new_nodes[-1]  # the producer (or the last node of its replacement)
     for v in n.output:
         val = graph.values.get(v)
-        if not v or val is None or val.is_const or not val.is_tensor or v in outputs:
+        if not v or val is None or val.is_const or not val.is_tensor or v in ref.outputs:
             continue
         mask = ref.keep_mask(v)
         if mask is None:
