@@ -11,9 +11,9 @@ from scipy.stats import spearmanr
 
 import compiler
 from frontends.torch import load_torch
-from passes.calibration import CalibrationData, GatedRunner
+from frontends.torch.calibration import CalibrationData, GatedRunner
+from frontends.torch.criteria import DataCriteria
 from passes.channel_analysis import ChannelAnalysis
-from passes.criteria import DataCriteria
 from passes.importance import CRITERIA
 from passes.saliency import Saliency
 from passes.sparsify import sparsify
@@ -226,3 +226,87 @@ def test_data_criteria_leave_the_model_untouched(trained_mlp):
     compiler.compile(m, (X[:4],), ratio=0.5, importance="obs", calibration=cal)
     compiler.compile(m, (X[:4],), ratio=0.5, importance="mrs", calibration=cal)
     assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())
+
+
+def _obs_rows_reproduce(m: nn.Module, x: torch.Tensor) -> tuple[set[str], list[str]]:
+    """The layers OBS handles (their labels) and the ones bias propagation skips, with every handled layer's
+    input rows times W̃ checked against the layer's own output."""
+    tm = load_torch(m, (x,))
+    a = ChannelAnalysis().call(tm.graph)
+    dc = DataCriteria(tm, a, CalibrationData.from_user([x], (x,)))
+    inputs: dict[str, torch.Tensor] = {}
+    run = GatedRunner(tm.gm, dc.cons, a.n_classes)
+    run.record = lambda c, t: inputs.__setitem__(c.node, t.detach())
+    run.run(x)
+    handled = set()
+    for lay, _ in dc.layers():
+        label = a.graph.ops[lay.consumer.op].label
+        rows = dc._rows(lay, inputs[lay.consumer.node].double()) @ torch.as_tensor(dc._wtilde(lay)).T
+        with torch.no_grad():
+            out = m.get_submodule(label)(inputs[lay.consumer.node]).double()
+        assert torch.allclose(rows, out.movedim(1, -1).reshape(-1, out.shape[1]), atol=1e-5), label
+        handled.add(label)
+    _, skipped = dc.bias_propagation(~a.class_frozen)
+    return handled, skipped
+
+
+def test_obs_and_bias_propagation_read_conv_geometry_from_the_graph():
+    """OBS re-fits ungrouped Conv1d/Conv2d modules with zero padding mode and numeric padding (stride, dilation
+    and padding from the op's attributes, the kernel from the weight's shape); bias propagation takes convs
+    without padding, of any rank, and lists the others."""
+    torch.manual_seed(7)
+    conv1d = nn.Sequential(
+        nn.Conv1d(3, 8, 3), nn.ReLU(),
+        nn.Conv1d(8, 8, 3, stride=2, padding=2, dilation=2), nn.ReLU(),  # OBS; padded: no bias propagation
+        nn.Conv1d(8, 8, 3, padding="same"), nn.ReLU(),  # string padding: neither
+        nn.Conv1d(8, 8, 3, padding=1, padding_mode="reflect"), nn.ReLU(),  # neither
+        nn.Conv1d(8, 4, 1, bias=False),  # both
+    )  # fmt: skip
+    handled, skipped = _obs_rows_reproduce(conv1d, torch.randn(2, 3, 40))
+    assert handled == {"2", "8"} and sorted(skipped) == ["2", "4", "6"]
+    conv2d = nn.Sequential(
+        nn.Conv2d(3, 8, 3), nn.ReLU(),
+        nn.Conv2d(8, 8, (3, 2), stride=(2, 1), padding=(1, 0), dilation=(1, 2)), nn.ReLU(),  # OBS
+        nn.Conv2d(8, 8, 3, padding=1, padding_mode="circular"), nn.ReLU(),  # neither
+        nn.Conv2d(8, 8, 1, padding_mode="reflect"), nn.ReLU(),  # no padding: bias propagation only
+        nn.Conv2d(8, 8, 3, groups=2), nn.ReLU(),  # grouped: neither
+        nn.Conv2d(8, 4, 1),  # both
+    )  # fmt: skip
+    handled, skipped = _obs_rows_reproduce(conv2d, torch.randn(2, 3, 16, 16))
+    assert handled == {"2", "10"} and sorted(skipped) == ["2", "4", "8"]
+    conv3d = nn.Sequential(nn.Conv3d(2, 6, 3), nn.ReLU(), nn.Conv3d(6, 6, 1), nn.ReLU(), nn.Conv3d(6, 4, 3, padding=1))
+    handled, skipped = _obs_rows_reproduce(conv3d, torch.randn(2, 2, 6, 6, 6))
+    assert handled == set() and skipped == ["4"]
+
+
+class _ComputedWeights(nn.Module):
+    """A functional conv with a computed weight and bias, a functional linear with a computed bias."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 8, 3)
+        self.w, self.b = nn.Parameter(torch.randn(6, 8, 3, 3)), nn.Parameter(torch.randn(6))
+        self.l1 = nn.Linear(6, 4)
+        self.lw, self.lb = nn.Parameter(torch.randn(5, 4)), nn.Parameter(torch.randn(5))
+        self.l2 = nn.Linear(5, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.relu(F.conv2d(F.relu(self.c1(x)), self.w * 2, self.b * 2))
+        h = F.relu(self.l1(h.mean((2, 3))))
+        return self.l2(torch.tanh(F.linear(h, self.lw, self.lb * 2)))
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [dict(importance="n2ps", ratio=0.5), dict(importance="obs", ratio=0.5), dict(importance="mrs", ratio=0.5), dict(f_nz=0.5)],
+    ids=["n2ps", "obs", "mrs", "f_nz"],
+)
+def test_computed_weights_are_not_refit(kw):
+    """Consumers whose weight or bias is computed have no constant to score or update: they are left out
+    (n2ps fan-out, OBS, f_nz fan-out) or listed as skipped by bias propagation, not a crash."""
+    torch.manual_seed(8)
+    m, x = _ComputedWeights().eval(), torch.randn(8, 3, 10, 10)
+    r = compiler.compile(m, (x,), calibration=[x], granularity=1, **kw)
+    assert r.report.verification["passed"]
+    if kw.get("importance") == "mrs":  # removal propagates the means
+        assert r.report.settings["bias_propagation_skipped"] == ["conv2d", "linear"]

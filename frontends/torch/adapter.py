@@ -10,11 +10,11 @@ from typing import Any, ClassVar
 from frontends.adapter import Adapter, Rewritten
 from frontends.errors import InternalError, InvalidArgumentError, PrunecError
 from frontends.graph import ChannelGraph
+from frontends.torch.calibration import CalibrationData
+from frontends.torch.criteria import DataCriteria
 from frontends.torch.rewrite import RewriteFX
 from frontends.torch.trace import load_torch
 from frontends.torch.verify import VerifyFX
-from passes.calibration import CalibrationData
-from passes.criteria import DataCriteria
 
 log = logging.getLogger(__name__)
 

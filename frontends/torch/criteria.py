@@ -1,9 +1,11 @@
-"""Data-driven and second-order saliency criteria (torch path).
+"""Data-driven and second-order saliency criteria, and the weight updates they imply (torch adapter).
 
-Class-level criteria act through gates (:mod:`passes.calibration`): a class is
-one coupled channel, so coupling needs no equalization. Unit-level criteria
-(``obd``, ``synflow``, ``bn_scale``) score producer units like ``l1``/``l2`` and
-are equalized across a group.
+The torch adapter's data object (:class:`DataCriteria`) for the criteria registry
+(:mod:`passes.importance`). Class-level criteria act through gates
+(:mod:`frontends.torch.calibration`): a class is one coupled channel, so coupling
+needs no equalization. Unit-level criteria (``obd``, ``synflow``) score producer
+units like ``l1``/``l2`` and are equalized across a group. ``bn_scale`` needs only
+the weights and is computed in :mod:`passes.importance`.
 
 ========== ======================================================================
 activation mean |x| of the channel where layers read it (seed 004)
@@ -21,30 +23,27 @@ obs        layer-wise OBS (seed 001, Dong et al.): per consumer, H = X̃ᵀX̃ o
            inputs (bias column included); cost of a channel block q is
            ½ Σ_o w_oq [H⁻¹]_qq⁻¹ w_oqᵀ; removal re-solves the remaining weights
 synflow    |θ ⊙ ∂R/∂θ| on |θ| with an all-ones input, data-free (seed 003)
-bn_scale   |γ| of the BatchNorm/GroupNorm/InstanceNorm on the channel
 ========== ======================================================================
 
-Without labels the loss is replaced as described in :mod:`passes.calibration`.
+Without labels the loss is replaced as described in :mod:`frontends.torch.calibration`.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Container, Iterable
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
-import torch.fx
-import torch.nn as nn
-from torch.nn.attention import SDPBackend, sdpa_kernel
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from frontends.errors import InvalidArgumentError
-from frontends.torch import TracedModel
-from frontends.torch import module_attr as _get_attr
-from passes.calibration import (
+from frontends.errors import InternalError, InvalidArgumentError
+from frontends.graph import Op
+from frontends.torch.calibration import (
     CalibrationData,
     Consumer,
     GatedRunner,
@@ -53,6 +52,8 @@ from passes.calibration import (
     output_tensor,
     task_loss,
 )
+from frontends.torch.nodes import module_attr
+from frontends.torch.trace import TracedModel
 from passes.channel_analysis import AnalysisResult
 
 log = logging.getLogger(__name__)
@@ -60,18 +61,57 @@ log = logging.getLogger(__name__)
 __all__ = ["DataCriteria"]
 
 
-@dataclass
+@dataclass(frozen=True)
+class _Unfold:
+    """How a Conv1d/Conv2d reads its input: ``F.unfold`` on a 2-d view (a Conv1d's input as height 1)."""
+
+    kernel_size: tuple[int, ...]
+    dilation: tuple[int, ...]
+    padding: tuple[int, ...]
+    stride: tuple[int, ...]
+    conv1d: bool
+
+    @staticmethod
+    def of(op: Op, kernel: tuple[int, ...]) -> _Unfold | None:
+        """An ungrouped, not transposed Conv1d/Conv2d with zero padding mode and numeric padding; else None."""
+        a = op.attrs
+        stride, dilation, padding = a.get("stride"), a.get("dilation"), a.get("padding")
+        if a.get("transposed") or a.get("groups", 1) != 1 or a.get("padding_mode") != "zeros" or len(kernel) not in (1, 2):
+            return None
+        if stride is None or dilation is None or padding is None or isinstance(padding, str):
+            return None
+        if len(kernel) == 1:
+            return _Unfold((1, kernel[0]), (1, dilation[0]), (0, padding[0]), (1, stride[0]), conv1d=True)
+        return _Unfold(kernel, tuple(dilation), tuple(padding), tuple(stride), conv1d=False)
+
+    def rows(self, x: torch.Tensor) -> torch.Tensor:
+        """The input patches as rows: [N * L, C * k]."""
+        if self.conv1d:
+            x = x.unsqueeze(2)
+        cols = F.unfold(x, kernel_size=self.kernel_size, dilation=self.dilation, padding=self.padding, stride=self.stride)
+        return cols.transpose(1, 2).reshape(-1, cols.shape[1])
+
+
+@dataclass(frozen=True)
 class _Layer:
     """What OBS needs of one consumer layer."""
 
     consumer: Consumer
     weight: str
-    bias: str | None  # value name of an existing bias
+    bias: str | None  # value name of an existing (constant) bias
     bias_attr: str | None  # module path + ".bias" where a bias can be created
-    kernel: tuple[int, ...] = ()
-    conv_args: dict = field(default_factory=dict)
-    H: np.ndarray | None = None
-    n: int = 0
+    kernel: tuple[int, ...] = ()  # a conv's kernel size (its weight's shape[2:])
+    unfold: _Unfold | None = None  # a conv's input as rows; None for a linear layer
+
+
+def _sum_tensors(terms: Iterable[torch.Tensor]) -> torch.Tensor:
+    """``t_0 + t_1 + ...`` in order (the model's outputs are not empty)."""
+    total: torch.Tensor | None = None
+    for t in terms:
+        total = t if total is None else total + t
+    if total is None:
+        raise InvalidArgumentError("the model's output holds no tensor")
+    return total
 
 
 class DataCriteria:
@@ -85,11 +125,18 @@ class DataCriteria:
         self.probes = probes
         self.gen = torch.Generator().manual_seed(seed)
         self._means: dict[str, torch.Tensor] | None = None
-        self._layers: list[_Layer] | None = None
+        self._layers: list[tuple[_Layer, np.ndarray]] | None = None
 
     # -- helpers -----------------------------------------------------------------
     def _runner(self) -> GatedRunner:
         return GatedRunner(self.gm, self.cons, self.C)
+
+    def _const(self, name: str) -> np.ndarray:
+        """The data of a constant value (consumers' weights, OBS layers' biases, producers' weights)."""
+        data = self.analysis.graph.values[name].data
+        if data is None:
+            raise InternalError(f"value {name!r} is not a constant")
+        return data
 
     def _scatter_mean(self, per_cons: list[tuple[Consumer, np.ndarray]]) -> np.ndarray:
         total = np.zeros(self.C)
@@ -157,7 +204,7 @@ class DataCriteria:
         """Total |weight| leaving each input position of a consumer."""
         if c.weight is None:
             return None
-        w = np.abs(self.analysis.graph.values[c.weight].data)
+        w = np.abs(self._const(c.weight))
         if c.kind == "conv":
             groups = int(c.extra.get("groups", 1))
             if c.extra.get("transposed"):
@@ -197,15 +244,15 @@ class DataCriteria:
             gates = torch.ones(N, self.C + 1, requires_grad=True)
             runner.gates = gates
             out = runner.run(*b.inputs)
-            if labelled:
+            if b.labels is not None:  # labelled: every batch has labels
                 loss = task_loss(out, b.labels, self.data.loss_fn, "sum")
                 (g,) = torch.autograd.grad(loss, gates)
                 acc += g.detach().double().abs().sum(0)
             else:
                 outs = all_outputs(out)
-                for p in range(self.probes):
-                    proj = sum((o * torch.randn(o.shape, generator=self.gen)).sum() for o in outs)
-                    (g,) = torch.autograd.grad(proj, gates, retain_graph=p < self.probes - 1)
+                for probe in range(self.probes):
+                    proj = _sum_tensors((o * torch.randn(o.shape, generator=self.gen)).sum() for o in outs)
+                    (g,) = torch.autograd.grad(proj, gates, retain_graph=probe < self.probes - 1)
                     acc += (g.detach().double() ** 2).sum(0)
             n += N
         runner.gates = None
@@ -237,7 +284,7 @@ class DataCriteria:
         delta[-1] = 0.0
         for b in self.data.batches:
             gates = torch.ones(self.C + 1, requires_grad=True)
-            if self.data.labelled:
+            if b.labels is not None:
                 runner.gates = gates
                 loss = task_loss(runner.run(*b.inputs), b.labels, self.data.loss_fn, "mean")
             else:
@@ -246,7 +293,7 @@ class DataCriteria:
                     ref = [o.detach() for o in all_outputs(runner.run(*b.inputs))]
                 runner.gates = gates
                 outs = all_outputs(runner.run(*b.inputs))
-                loss = sum(((o - r) ** 2).sum() for o, r in zip(outs, ref)) / b.inputs[0].shape[0]
+                loss = _sum_tensors(((o - r) ** 2).sum() for o, r in zip(outs, ref, strict=True)) / b.inputs[0].shape[0]
             (g,) = torch.autograd.grad(loss, gates, create_graph=True)
             (hv,) = torch.autograd.grad((g * delta).sum(), gates)
             acc += (delta * (g.detach() + hv.detach())).double().abs()
@@ -264,7 +311,7 @@ class DataCriteria:
             for b in self.data.batches:
                 runner.gates = base_g
                 out = runner.run(*b.inputs)
-                refs.append((out, self._per_sample_loss(out, b)))
+                refs.append((out, None if b.labels is None else self._per_sample_loss(out, b.labels)))
             gated = self._only_gated(np.zeros(self.C))
             for k in classes.tolist():
                 if np.isnan(gated[k]):
@@ -273,27 +320,29 @@ class DataCriteria:
                 g[k] = 0.0
                 runner.gates = g
                 total = 0.0
-                for b, (ref_out, ref_loss) in zip(self.data.batches, refs):
+                for b, (ref_out, ref_loss) in zip(self.data.batches, refs, strict=True):
                     out = runner.run(*b.inputs)
-                    if self.data.labelled:
-                        total += float((self._per_sample_loss(out, b) - ref_loss).abs().sum())
+                    if b.labels is not None and ref_loss is not None:
+                        total += float((self._per_sample_loss(out, b.labels) - ref_loss).abs().sum())
                     else:
-                        total += float(sum(((o - r) ** 2).sum() for o, r in zip(all_outputs(out), all_outputs(ref_out))))
+                        pairs = zip(all_outputs(out), all_outputs(ref_out), strict=True)
+                        total += float(_sum_tensors(((o - r) ** 2).sum() for o, r in pairs))
                 scores[k] = total
         runner.gates = None
         return scores
 
-    def _per_sample_loss(self, out, b) -> torch.Tensor | None:
-        if b.labels is None:
-            return None
-        if self.data.loss_fn is not None:
-            return torch.stack([self.data.loss_fn(out[i : i + 1] if isinstance(out, torch.Tensor) else out, b.labels[i : i + 1]) for i in range(b.labels.shape[0])])
+    def _per_sample_loss(self, out: Any, labels: torch.Tensor) -> torch.Tensor:
+        """The loss of each sample: the caller's ``loss_fn`` one sample at a time, else cross-entropy."""
+        loss_fn = self.data.loss_fn
+        if loss_fn is not None:
+            per_sample = (loss_fn(out[i : i + 1] if isinstance(out, torch.Tensor) else out, labels[i : i + 1]) for i in range(labels.shape[0]))
+            return torch.stack(list(per_sample))
         logits = output_tensor(out)
-        return F.cross_entropy(logits, b.labels.long(), reduction="none").reshape(logits.shape[0], -1).sum(1)
+        return F.cross_entropy(logits, labels.long(), reduction="none").reshape(logits.shape[0], -1).sum(1)
 
     # -- unit criteria -------------------------------------------------------------------
     def _producer_params(self) -> dict[str, torch.Tensor]:
-        return {p.weight: _get_attr(self.gm, p.weight) for p in self.analysis.producers}
+        return {p.weight: module_attr(self.gm, p.weight) for p in self.analysis.producers}
 
     def obd(self) -> dict[int, np.ndarray]:
         with sdpa_kernel([SDPBackend.MATH]):  # fused attention kernels have no double backward
@@ -308,21 +357,22 @@ class DataCriteria:
         diag = [torch.zeros_like(t, dtype=torch.float64) for t in tensors]
         runs = 0
         for b in self.data.batches:
-            if self.data.labelled:
+            if b.labels is not None:
                 loss = task_loss(self.gm(*b.inputs), b.labels, self.data.loss_fn, "mean")
             else:
                 with torch.no_grad():
                     ref = [o.detach() for o in all_outputs(self.gm(*b.inputs))]
                 outs = all_outputs(self.gm(*b.inputs))
-                loss = sum(((o - r) ** 2).sum() for o, r in zip(outs, ref)) / b.inputs[0].shape[0]
+                loss = _sum_tensors(((o - r) ** 2).sum() for o, r in zip(outs, ref, strict=True)) / b.inputs[0].shape[0]
             grads = torch.autograd.grad(loss, tensors, create_graph=True)
-            for p in range(self.probes):
+            for probe in range(self.probes):
                 vs = [torch.randint(0, 2, t.shape, generator=self.gen).to(t.dtype) * 2 - 1 for t in tensors]
-                hvs = torch.autograd.grad(sum((g * v).sum() for g, v in zip(grads, vs)), tensors, retain_graph=p < self.probes - 1)
-                for d, v, hv in zip(diag, vs, hvs):
+                hvp = _sum_tensors((g * v).sum() for g, v in zip(grads, vs, strict=True))
+                hvs = torch.autograd.grad(hvp, tensors, retain_graph=probe < self.probes - 1)
+                for d, v, hv in zip(diag, vs, hvs, strict=True):
                     d += (v * hv).double().detach()
                 runs += 1
-        sal = {n: 0.5 * (d / runs).numpy() * params[n].detach().double().numpy() ** 2 for n, d in zip(names, diag)}
+        sal = {n: 0.5 * (d / runs).numpy() * params[n].detach().double().numpy() ** 2 for n, d in zip(names, diag, strict=True)}
         out: dict[int, np.ndarray] = {}
         for i, p in enumerate(self.analysis.producers):
             if p.weight in sal:
@@ -341,12 +391,12 @@ class DataCriteria:
             if not x.is_floating_point():
                 raise InvalidArgumentError("importance='synflow' needs floating-point model inputs")
             ins.append(torch.ones((1,) + tuple(x.shape[1:]), dtype=torch.float64))
-        tensors = {p.weight: _get_attr(gm, p.weight) for p in self.analysis.producers}
+        tensors = {p.weight: module_attr(gm, p.weight) for p in self.analysis.producers}
         names = [n for n, t in tensors.items() if isinstance(t, torch.Tensor) and t.requires_grad]
-        R = sum(o.sum() for o in all_outputs(gm(*ins)))
+        R = _sum_tensors(o.sum() for o in all_outputs(gm(*ins)))
         grads = torch.autograd.grad(R, [tensors[n] for n in names], allow_unused=True)
         sal = {}
-        for n, g in zip(names, grads):
+        for n, g in zip(names, grads, strict=True):
             t = tensors[n].detach()
             sal[n] = np.zeros(t.shape) if g is None else (t * g).abs().numpy()
         out: dict[int, np.ndarray] = {}
@@ -355,62 +405,35 @@ class DataCriteria:
                 out[i] = np.moveaxis(sal[p.weight], p.axis, 0).reshape(sal[p.weight].shape[p.axis], -1).sum(1)
         return out
 
-    def bn_scale(self) -> np.ndarray:
-        """Per class: mean |gamma| over the norm layers on the channel (NaN where none)."""
-        a = self.analysis
-        total, count = np.zeros(self.C), np.zeros(self.C)
-        for op in a.graph.ops.values():
-            if op.kind not in ("batch_norm", "group_norm", "instance_norm"):
-                continue
-            w = op.inputs[3] if op.kind == "batch_norm" else op.inputs[1]
-            if w is None or not a.graph.values[w].is_const:
-                continue
-            lab = a.labels.get(w)
-            if not lab or lab[0] is None:
-                continue
-            cls = a.atom_class[lab[0]]
-            np.add.at(total, cls, np.abs(a.graph.values[w].data))
-            np.add.at(count, cls, 1)
-        out = np.full(self.C, np.nan)
-        out[count > 0] = total[count > 0] / count[count > 0]
-        return out
-
     # -- layer-wise OBS ------------------------------------------------------------------
-    def layers(self) -> list[_Layer]:
-        """Consumers OBS can handle (Linear, ungrouped Conv1d/Conv2d), with their input Hessians."""
+    def _obs_layer(self, c: Consumer) -> _Layer | None:
+        """``c`` as a layer OBS can re-fit: a Linear, or a Conv1d/Conv2d module (see :meth:`_Unfold.of`),
+        with a constant weight and bias; None for any other consumer."""
+        graph = self.analysis.graph
+        op = graph.ops[c.op]
+        node = op.source
+        if c.kind not in ("linear", "conv") or c.weight is None:
+            return None  # c.weight None: computed, nothing to re-fit
+        bias = op.inputs[2]
+        if bias is not None and not graph.values[bias].is_const:
+            return None
+        bias_attr = f"{node.target}.bias" if bias is None and node.op == "call_module" else None
+        if c.kind == "linear":
+            return _Layer(c, c.weight, bias, bias_attr)
+        if node.op != "call_module":
+            return None
+        kernel = graph.shape(c.weight)[2:]
+        unfold = _Unfold.of(op, kernel)
+        return None if unfold is None else _Layer(c, c.weight, bias, bias_attr, kernel, unfold)
+
+    def layers(self) -> list[tuple[_Layer, np.ndarray]]:
+        """Consumers OBS can handle (Linear, ungrouped Conv1d/Conv2d), with their input Hessians
+        (the mean of X̃ᵀX̃ over the calibration rows)."""
         if self._layers is not None:
             return self._layers
-        layers: list[_Layer] = []
-        graph = self.analysis.graph
-        for c in self.cons:
-            op = graph.ops[c.op]
-            node = op.source
-            if c.kind == "linear":
-                lay = _Layer(c, op.inputs[1], op.inputs[2], None)
-            elif c.kind == "conv" and not op.attrs.get("transposed") and op.attrs.get("groups", 1) == 1:
-                if node.op != "call_module":
-                    continue
-                m = self.gm.get_submodule(str(node.target))
-                if not isinstance(m, (nn.Conv1d, nn.Conv2d)) or m.padding_mode != "zeros" or isinstance(m.padding, str):
-                    continue
-                two = isinstance(m, nn.Conv2d)
-                lay = _Layer(
-                    c, op.inputs[1], op.inputs[2], None,
-                    kernel=tuple(m.kernel_size),
-                    conv_args=dict(
-                        kernel_size=m.kernel_size if two else (1, m.kernel_size[0]),
-                        dilation=m.dilation if two else (1, m.dilation[0]),
-                        padding=m.padding if two else (0, m.padding[0]),
-                        stride=m.stride if two else (1, m.stride[0]),
-                        conv1d=not two,
-                    ),
-                )
-            else:
-                continue
-            if lay.bias is None and node.op == "call_module":
-                lay.bias_attr = f"{node.target}.bias"
-            layers.append(lay)
-        by_node = {lay.consumer.node: lay for lay in layers}
+        by_node = {lay.consumer.node: lay for lay in map(self._obs_layer, self.cons) if lay is not None}
+        sums: dict[str, np.ndarray] = {}
+        rows: dict[str, int] = {}
         runner = self._runner()
 
         def rec(c: Consumer, x: torch.Tensor) -> None:
@@ -418,34 +441,26 @@ class DataCriteria:
             if lay is None:
                 return
             X = self._rows(lay, x.detach().double())
-            lay.H = (0 if lay.H is None else lay.H) + (X.T @ X).numpy()
-            lay.n += X.shape[0]
+            sums[c.node] = sums.get(c.node, 0) + (X.T @ X).numpy()
+            rows[c.node] = rows.get(c.node, 0) + X.shape[0]
 
         runner.record = rec
         with torch.no_grad():
             for b in self.data.batches:
                 runner.run(*b.inputs)
-        self._layers = [lay for lay in layers if lay.H is not None]
+        self._layers = [(lay, sums[node] / rows[node]) for node, lay in by_node.items() if node in sums]
         return self._layers
 
     @staticmethod
     def _rows(lay: _Layer, x: torch.Tensor) -> torch.Tensor:
         """Rows of layer inputs, with a constant column for the bias: [rows, features + 1]."""
-        if lay.consumer.kind == "linear":
-            X = x.reshape(-1, x.shape[-1])
-        else:
-            a = dict(lay.conv_args)
-            if a.pop("conv1d"):
-                x = x.unsqueeze(2)
-            cols = F.unfold(x, **a)  # [N, C*k, L]
-            X = cols.transpose(1, 2).reshape(-1, cols.shape[1])
+        X = x.reshape(-1, x.shape[-1]) if lay.unfold is None else lay.unfold.rows(x)
         return torch.cat([X, torch.ones(X.shape[0], 1, dtype=X.dtype)], 1)
 
     def _wtilde(self, lay: _Layer) -> np.ndarray:
-        g = self.analysis.graph
-        w = g.values[lay.weight].data.astype(np.float64)
+        w = self._const(lay.weight).astype(np.float64)
         W = w.reshape(w.shape[0], -1)
-        b = g.values[lay.bias].data.astype(np.float64) if lay.bias else np.zeros(W.shape[0])
+        b = self._const(lay.bias).astype(np.float64) if lay.bias is not None else np.zeros(W.shape[0])
         return np.concatenate([W, b[:, None]], 1)
 
     def _columns(self, lay: _Layer) -> np.ndarray:
@@ -461,9 +476,8 @@ class DataCriteria:
     def obs(self, damp: float = 0.01) -> np.ndarray:
         scores = np.zeros(self.C)
         seen = np.zeros(self.C, dtype=bool)
-        for lay in self.layers():
-            H = self._damped(lay.H / lay.n, damp)
-            Hinv = np.linalg.inv(H)
+        for lay, H in self.layers():
+            Hinv = np.linalg.inv(self._damped(H, damp))
             W = self._wtilde(lay)
             cols = self._columns(lay)
             for k in np.unique(lay.consumer.classes).tolist():
@@ -479,8 +493,7 @@ class DataCriteria:
         """Least-squares re-fit of each consumer's remaining weights (and bias) on the calibration inputs."""
         updates: dict[str, np.ndarray] = {}
         done: set[str] = set()
-        g = self.analysis.graph
-        for lay in self.layers():
+        for lay, H in self.layers():
             cols = self._columns(lay)
             removed = np.zeros(len(cols), dtype=bool)
             removed[:-1] = pruned[cols[:-1]]
@@ -490,49 +503,55 @@ class DataCriteria:
             keep = ~removed
             if not has_bias:
                 keep[-1] = False
-            H = lay.H / lay.n
             W = self._wtilde(lay)
             K = np.flatnonzero(keep)
             HKK = self._damped(H[np.ix_(K, K)], damp)
             A = np.linalg.solve(HKK, (W @ H[:, K]).T).T  # [O, |K|]
             Wn = np.zeros_like(W)
             Wn[:, K] = A
-            w0 = g.values[lay.weight].data
+            w0 = self._const(lay.weight)
             updates[lay.weight] = Wn[:, :-1].reshape(w0.shape).astype(w0.dtype)
             if lay.bias is not None:
-                updates[lay.bias] = Wn[:, -1].astype(g.values[lay.bias].data.dtype)
+                updates[lay.bias] = Wn[:, -1].astype(self._const(lay.bias).dtype)
             elif lay.bias_attr is not None:
                 updates[lay.bias_attr] = Wn[:, -1].astype(w0.dtype)
             done.add(lay.consumer.node)
         return updates, done
 
-    def bias_propagation(self, pruned: np.ndarray, skip: set[str] = frozenset()) -> tuple[dict[str, np.ndarray], list[str]]:
+    def bias_propagation(
+        self, pruned: np.ndarray, skip: Container[str] = frozenset()
+    ) -> tuple[dict[str, np.ndarray], list[str]]:
         """Fold each removed channel's mean input into the consumer's bias (seed 002 eq. 1.5-1.6).
 
-        Exact for consumers without padding (linear; conv with zero padding); a
+        Exact for consumers without padding (linear; a conv module with zero padding); a
         padded conv sees the constant only away from its borders, so it is skipped
-        (its removed channels are dropped as zeros) and listed.
+        (its removed channels are dropped as zeros) and listed, as is a linear or conv
+        consumer whose weight or bias is computed rather than constant.
         """
         means = self.means()
         updates: dict[str, np.ndarray] = {}
         skipped: list[str] = []
         g = self.analysis.graph
         for c in self.cons:
-            if c.node in skip or c.weight is None or c.node not in means:
+            if c.node in skip or c.node not in means:
                 continue
             removed = pruned[c.classes]
             if not removed.any():
                 continue
             op = g.ops[c.op]
+            if c.weight is None:
+                if c.kind in ("linear", "conv"):  # a computed weight
+                    skipped.append(op.label or op.name)
+                continue
             node = op.source
             m = means[c.node].reshape(-1).double().numpy()
             m = np.where(removed, m, 0.0)
-            w = g.values[c.weight].data.astype(np.float64)
+            w = self._const(c.weight).astype(np.float64)
             if c.kind == "linear":
                 delta = w @ m
             elif c.kind == "conv" and not op.attrs.get("transposed") and op.attrs.get("groups", 1) == 1:
-                mod = self.gm.get_submodule(str(node.target)) if node.op == "call_module" else None
-                if mod is None or isinstance(mod.padding, str) or any(p != 0 for p in mod.padding):
+                padding = op.attrs.get("padding") if node.op == "call_module" else None
+                if padding is None or isinstance(padding, str) or any(p != 0 for p in padding):
                     skipped.append(op.label or op.name)
                     continue
                 delta = w.reshape(w.shape[0], w.shape[1], -1).sum(2) @ m
@@ -540,10 +559,11 @@ class DataCriteria:
                 skipped.append(op.label or op.name)
                 continue
             bias = op.inputs[2]
-            if bias is not None:
-                base = updates.get(bias, g.values[bias].data.astype(np.float64))
-                updates[bias] = (base + delta).astype(g.values[bias].data.dtype)
-            elif node.op == "call_module":
+            if bias is not None and g.values[bias].is_const:
+                b0 = self._const(bias)
+                base = updates.get(bias, b0.astype(np.float64))
+                updates[bias] = (base + delta).astype(b0.dtype)
+            elif bias is None and node.op == "call_module":
                 name = f"{node.target}.bias"
                 updates[name] = (updates.get(name, 0) + delta).astype(w.dtype)
             else:
@@ -555,7 +575,7 @@ class DataCriteria:
         a = self.analysis
         fan_in = np.zeros(self.C)
         for p in a.producers:
-            w = a.graph.values[p.weight].data
+            w = self._const(p.weight)
             u = np.moveaxis(w, p.axis, 0).reshape(w.shape[p.axis], -1)
             np.maximum.at(fan_in, a.atom_class[p.atoms], (u != 0).mean(1))
         fan_out = np.zeros(self.C)
@@ -563,7 +583,7 @@ class DataCriteria:
         for c in self.cons:
             if c.weight is None:
                 continue
-            w = a.graph.values[c.weight].data
+            w = self._const(c.weight)
             if c.kind == "linear":
                 nz = (w != 0).mean(0)
             elif c.kind == "conv" and not c.extra.get("transposed") and c.extra.get("groups", 1) == 1:

@@ -1,4 +1,4 @@
-"""Calibration: batches, the loss, and a gated run of the traced model.
+"""Calibration for the torch adapter: batches, the loss, and a gated run of the traced model.
 
 A *gate* multiplies a channel class wherever a contracting layer reads it (the
 input of a conv, linear or matmul, a sum over channels). Removing channel class
@@ -6,7 +6,8 @@ input of a conv, linear or matmul, a sum over channels). Removing channel class
 what the data-driven criteria need. In mean-replacement mode the gate acts as
 ``x' = m + g (x - m)``: ``g_c = 0`` replaces the channel by its mean ``m``.
 
-Loss: with labels, cross-entropy (or the caller's ``loss_fn(output, labels)``);
+Loss: with labels, the caller's ``loss_fn(output, labels)``, else cross-entropy for
+integer labels and mean squared error for real-valued ones (:func:`task_loss`);
 without labels, first-order quantities use random projections of the outputs
 (``v . f``, v ~ N(0, 1)), whose squared gradients estimate the change of the
 outputs, and second-order ones use the reconstruction error
@@ -26,13 +27,13 @@ import torch.fx
 import torch.nn.functional as F
 
 from frontends.errors import InvalidArgumentError
-from frontends.torch import TracedModel
+from frontends.torch.trace import TracedModel
 from passes.channel_analysis import AnalysisResult
 from passes.ops import lookup
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Batch", "CalibrationData", "Consumer", "GatedRunner", "consumers", "output_tensor"]
+__all__ = ["Batch", "CalibrationData", "Consumer", "GatedRunner", "consumers", "output_tensor", "all_outputs", "task_loss"]
 
 
 @dataclass
@@ -43,11 +44,19 @@ class Batch:
 
 @dataclass
 class CalibrationData:
+    """Calibration batches, either all labelled or none, and the caller's loss."""
+
     batches: list[Batch]
     loss_fn: Callable[[Any, Any], torch.Tensor] | None = None
 
+    def __post_init__(self) -> None:
+        labelled = [b.labels is not None for b in self.batches]
+        if any(labelled) and not all(labelled):
+            raise InvalidArgumentError("calibration mixes batches with and without labels")
+
     @property
     def labelled(self) -> bool:
+        """Whether the batches carry labels (all of them do, or none)."""
         return all(b.labels is not None for b in self.batches)
 
     @classmethod
@@ -85,9 +94,6 @@ class CalibrationData:
                 )
         if not out:
             raise InvalidArgumentError("calibration is empty")
-        labelled = [b.labels is not None for b in out]
-        if any(labelled) and not all(labelled):
-            raise InvalidArgumentError("calibration mixes batches with and without labels")
         return cls(out, loss_fn)
 
 
@@ -104,6 +110,7 @@ def output_tensor(out: Any) -> torch.Tensor:
 
 
 def all_outputs(out: Any) -> list[torch.Tensor]:
+    """Every tensor of a model's output, in order."""
     if isinstance(out, torch.Tensor):
         return [out]
     if isinstance(out, dict):
@@ -114,6 +121,7 @@ def all_outputs(out: Any) -> list[torch.Tensor]:
 
 
 def task_loss(out: Any, labels: torch.Tensor, loss_fn: Callable | None, reduction: str = "sum") -> torch.Tensor:
+    """The caller's ``loss_fn(out, labels)``; else cross-entropy for integer labels, mean squared error otherwise."""
     if loss_fn is not None:
         return loss_fn(out, labels)
     logits = output_tensor(out)
@@ -133,7 +141,7 @@ class Consumer:
     dim: int
     classes: np.ndarray  # class per position along ``dim``
     kind: str
-    weight: str | None = None  # its constant weight (conv/linear/matmul)
+    weight: str | None = None  # its constant weight (conv/linear/matmul); None where it has none or it is computed
     extra: dict = field(default_factory=dict)
 
 
@@ -150,12 +158,13 @@ def consumers(traced: TracedModel, analysis: AnalysisResult) -> list[Consumer]:
             continue
         x = op.inputs[read.input]
         lab = analysis.labels.get(x) if x is not None else None
-        if not lab or lab[read.dim] is None:
+        if x is None or not lab or lab[read.dim] is None:
             continue
         if not node.args or not isinstance(node.args[0], torch.fx.Node):
             continue
         cls = analysis.atom_class[lab[read.dim]]
-        out.append(Consumer(op.name, node.name, read.input, x, read.dim, cls, op.kind, read.weight, dict(op.attrs)))
+        w = read.weight if read.weight is not None and analysis.graph.values[read.weight].is_const else None
+        out.append(Consumer(op.name, node.name, read.input, x, read.dim, cls, op.kind, w, dict(op.attrs)))
     return out
 
 
