@@ -32,7 +32,7 @@ from frontends.graph import ChannelGraph
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Adapter", "Rewritten", "CAPABILITIES"]
+__all__ = ["Adapter", "Rewritten", "VerifyResult", "CAPABILITIES"]
 
 CAPABILITIES: dict[str, str] = {
     "weights": "read constant weights",
@@ -42,6 +42,23 @@ CAPABILITIES: dict[str, str] = {
     "hvp": "Hessian-vector products (double back-propagation)",
     "weight_updates": "write new values of constants before the rewrite (compensation, bias propagation)",
 }
+
+
+@dataclass
+class VerifyResult:
+    """What a verification compared: the outputs and every intermediate tensor at its kept positions."""
+
+    passed: bool
+    max_abs_error: float  # at the model outputs
+    reference_scale: float  # max |output| of the reference
+    tolerance: float
+    dtype: str
+    nodes_checked: int = 0  # intermediate tensors compared at their kept positions
+    max_node_error: float = 0.0  # worst |difference| / max |reference| over those tensors
+    worst_node: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
 
 
 @dataclass

@@ -16,7 +16,7 @@ from frontends.torch.criteria import DataCriteria
 from passes.channel_analysis import ChannelAnalysis
 from passes.importance import CRITERIA
 from passes.saliency import Saliency
-from passes.sparsify import sparsify
+from compiler.workflows.sparsify import sparsify
 
 
 @pytest.fixture(scope="module")

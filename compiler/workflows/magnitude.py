@@ -45,7 +45,7 @@ class MagnitudePruner:
 
     def prune(self, fraction: float) -> float:
         """Zero the smallest weights until ``fraction`` of them are zero; returns the sparsity reached."""
-        from passes.sparsify import sparsify
+        from compiler.workflows.sparsify import sparsify
 
         if not 0.0 <= fraction < 1.0:
             raise InvalidArgumentError(f"fraction must be in [0, 1), got {fraction}")
@@ -126,7 +126,7 @@ def sparsify_and_compact(
     give ``calibration`` for the means it propagates; ``granularity`` defaults to 1 here, since
     dead units come one at a time). Without ``amount`` and ``threshold`` the model is compacted as it is.
     """
-    from passes.sparsify import sparsify
+    from compiler.workflows.sparsify import sparsify
 
     reject_policies(compile_kwargs, "the policy is f_nz")
     inputs = as_inputs(example_inputs)

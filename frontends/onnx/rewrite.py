@@ -42,7 +42,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from frontends.errors import UnsupportedModelError
+from frontends.errors import InternalError, UnsupportedModelError
 from frontends.graph import ChannelGraph, Op
 from frontends.onnx.evaluate import evaluate_static
 from frontends.onnx.model import ArgSlot, OnnxModel
@@ -185,7 +185,7 @@ class OnnxRewrite:
     def insert_after(self, i: int, node: onnx.NodeProto) -> None:
         """Insert ``node`` right after node ``i`` (once the handlers are done, so indices stay valid)."""
         if i in self.added:
-            raise RuntimeError(f"two nodes to insert after {self.nodes[i].name or self.nodes[i].op_type}")
+            raise InternalError(f"two nodes to insert after {self.nodes[i].name or self.nodes[i].op_type}")
         self.added[i] = node
 
 
@@ -287,7 +287,7 @@ def _check_lost_static_nodes(rw: OnnxRewrite, done: set[int], desired: dict[str,
     needed |= rw.outputs
     stuck = [rw.nodes[i].name or rw.nodes[i].op_type for i in lost if any(o in needed and o not in desired for o in rw.nodes[i].output)]
     if stuck:
-        raise RuntimeError(f"cannot evaluate {stuck[:3]} on the pruned shapes")
+        raise InternalError(f"cannot evaluate {stuck[:3]} on the pruned shapes")
 
 
 # -- 3. computed constants ----------------------------------------------------------------------------
@@ -304,7 +304,7 @@ def _materialize_computed_constants(rw: OnnxRewrite, desired: dict[str, np.ndarr
             rw.nodes[p].input[0] = rw.new_initializer(f"{name}_data", want, rw.dtype_of(name))
         else:
             if any(k < 0 for _, k in users) or name in rw.outputs:
-                raise RuntimeError(f"cannot give computed constant {name!r} new data")
+                raise InternalError(f"cannot give computed constant {name!r} new data")
             new = rw.new_initializer(f"{name}_pruned", want, rw.dtype_of(name))
             for i, k in users:
                 if i not in rw.static_nodes:
@@ -318,7 +318,7 @@ def _check_shape_derived(rw: OnnxRewrite, desired: dict[str, np.ndarray]) -> Non
     graph = rw.graph
     for v in rw.om.shape_derived:
         if v in graph.values and graph.values[v].is_tensor and v not in desired and not _same(rw.env.get(v), rw.om.static.get(v)):
-            raise RuntimeError(f"shape-derived value {v!r} changes with pruning")
+            raise InternalError(f"shape-derived value {v!r} changes with pruning")
 
 
 # -- 4, 5. op handlers; every other static argument keeps its value ------------------------------------
@@ -432,7 +432,7 @@ def _refresh_shapes(m: onnx.ModelProto, pruned_shapes: dict[str, tuple[int, ...]
         inferred = onnx.shape_inference.infer_shapes(m)
     except Exception as exc:
         first = str(exc).strip().splitlines()[0]
-        raise RuntimeError(f"shape inference fails on the pruned ONNX model: {first}") from exc
+        raise InternalError(f"shape inference fails on the pruned ONNX model: {first}") from exc
     m.graph.value_info.extend(inferred.graph.value_info)
     known = {vi.name for vi in inferred.graph.value_info if vi.type.tensor_type.HasField("shape")}
     known |= {vi.name for vi in list(m.graph.input) + list(m.graph.output)}
@@ -455,4 +455,4 @@ def _check(m: onnx.ModelProto, om: OnnxModel) -> None:
         except Exception as orig_exc:
             why = str(orig_exc).strip().splitlines()[0] if str(orig_exc).strip() else type(orig_exc).__name__
             raise UnsupportedModelError(f"{om.name}: the model's declared shapes are inconsistent: {why}") from None
-        raise RuntimeError(f"the pruned ONNX model does not pass the checker: {first}") from exc
+        raise InternalError(f"the pruned ONNX model does not pass the checker: {first}") from exc

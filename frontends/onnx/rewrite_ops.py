@@ -41,6 +41,7 @@ import math
 import numpy as np
 from onnx import helper
 
+from frontends.errors import InternalError
 from frontends.graph import Op
 from frontends.onnx.proto import node_attrs
 from frontends.onnx.rewrite import OnnxRewrite
@@ -74,7 +75,7 @@ def _scale_groups(rw: OnnxRewrite, op: Op, node: int, key: str, old: int) -> Non
     old_c, new_c = rw.original_shape(x)[1], rw.pruned_shape(x)[1]
     if old > 1 and new_c != old_c:
         if (old * new_c) % old_c:
-            raise RuntimeError(f"{op.label}: {new_c} of {old_c} channels is not a whole number of {old} groups")
+            raise InternalError(f"{op.label}: {new_c} of {old_c} channels is not a whole number of {old} groups")
         rw.set_int_attr(node, key, old * new_c // old_c)
 
 
@@ -126,7 +127,7 @@ def _expand_shape(rw: OnnxRewrite, op: Op, node: int) -> set[int]:
     off = len(pout) - len(orig)
     new = [1 if s == 1 else int(pout[off + d]) for d, s in enumerate(orig)]
     if _broadcast_shape(pin, new) != pout:
-        raise RuntimeError(f"{rw.nodes[node].name or 'Expand'}: no target shape gives {pout} from {pin}")
+        raise InternalError(f"{rw.nodes[node].name or 'Expand'}: no target shape gives {pout} from {pin}")
     rw.set_arg(node, k, np.array(new, dtype=np.asarray(rw.original(spec)).dtype))
     return {k}
 
@@ -207,7 +208,7 @@ def _slice_node_bounds(rw: OnnxRewrite, node: int) -> set[int]:
             continue
         if st != 1:
             if not strided_blocks(r.start, r.stop, st, sx[a]):
-                raise RuntimeError(f"{n.name}: strided slice over a pruned channel dim")
+                raise InternalError(f"{n.name}: strided slice over a pruned channel dim")
             want[a] = range(r.start, px[a], st)  # one position of every whole kept block
             new_starts[k], new_ends[k] = r.start, (e if e >= sx[a] else px[a])
             continue

@@ -25,6 +25,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from frontends.adapter import VerifyResult
 from frontends.errors import InternalError, UnsupportedModelError, VerificationError
 from frontends.graph import Op
 from frontends.onnx.model import OnnxModel
@@ -33,7 +34,6 @@ from frontends.onnx.runtime import run_ort
 from passes.ops import lookup, op_spec
 
 if TYPE_CHECKING:
-    from frontends.torch import VerifyResult
     from passes.channel_analysis import AnalysisResult
 
 log = logging.getLogger(__name__)
@@ -253,8 +253,6 @@ class VerifyONNX:
         model: onnx.ModelProto,
         inputs: Mapping[str, np.ndarray] | None = None,
     ) -> VerifyResult:
-        from frontends.torch import VerifyResult  # the result record lives with the torch verification (imports torch)
-
         feeds = dict(om.inputs if inputs is None else inputs)
         ref_model = masked_reference(om, analysis, pruned)
         try:

@@ -29,6 +29,7 @@ import torch
 import torch.fx
 import torch.nn as nn
 
+from frontends.adapter import VerifyResult
 from frontends.errors import VerificationError
 from frontends.graph import Op
 from frontends.torch.rewrite import apply_updates
@@ -39,21 +40,6 @@ from passes.ops import lookup, op_spec
 log = logging.getLogger(__name__)
 
 __all__ = ["VerifyFX", "VerifyResult", "MaskedInterpreter", "flat_tensors"]
-
-
-@dataclass
-class VerifyResult:
-    passed: bool
-    max_abs_error: float  # at the model outputs
-    reference_scale: float  # max |output| of the reference
-    tolerance: float
-    dtype: str
-    nodes_checked: int = 0  # intermediate tensors compared at their kept positions
-    max_node_error: float = 0.0  # worst |difference| / max |reference| over those tensors
-    worst_node: str = ""
-
-    def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
 
 
 @dataclass

@@ -209,20 +209,24 @@ def _attention_macs(op: Op, shape: ShapeFn) -> int:
     return scores * q[-1] + scores * v[-1]
 
 
+def _constant(analysis: Any, value: str | None) -> str | None:
+    """``value`` where it is a constant weight (not a computed one), else None."""
+    return value if value is not None and analysis.graph.values[value].is_const else None
+
+
 @conv.channel_read
 def _conv_reads(op: Op, analysis: Any) -> ChannelRead:
-    return ChannelRead(0, 1, op.inputs[1])
+    return ChannelRead(0, 1, _constant(analysis, op.inputs[1]))
 
 
 @linear.channel_read
 def _linear_reads(op: Op, analysis: Any) -> ChannelRead:
-    return ChannelRead(0, len(analysis.graph.shape(op.inputs[0])) - 1, op.inputs[1])
+    return ChannelRead(0, len(analysis.graph.shape(op.input(0))) - 1, _constant(analysis, op.inputs[1]))
 
 
 @matmul.channel_read
 def _matmul_reads(op: Op, analysis: Any) -> ChannelRead:
-    g, b = analysis.graph, op.inputs[1]
-    return ChannelRead(0, len(g.shape(op.inputs[0])) - 1, b if b is not None and g.values[b].is_const else None)
+    return ChannelRead(0, len(analysis.graph.shape(op.input(0))) - 1, _constant(analysis, op.inputs[1]))
 
 
 @dataclass(frozen=True)
