@@ -406,13 +406,21 @@ def _add_bench_parser(sub: Any) -> None:
     b.set_defaults(func=cmd_bench)
 
 
+def _onnx_criteria() -> list[str]:
+    """The criteria the ONNX adapter can serve (the registry's answer, not a list kept here)."""
+    from frontends.onnx.adapter import OnnxAdapter
+    from passes.importance import servable
+
+    return servable(OnnxAdapter.capabilities)
+
+
 def _add_prune_parser(sub: Any) -> None:
     r = sub.add_parser("prune", help="prune an ONNX model into a smaller, verified ONNX model")
     r.add_argument("model", help="input .onnx file (never modified)")
     r.add_argument("-o", "--output", help="output .onnx file (written atomically)")
     r.add_argument("--ratio", help="fraction of each group's prunable channels to remove (default 0.5)")
     r.add_argument("--threshold", help="remove channels whose normalized saliency is below this instead")
-    r.add_argument("--importance", default="l2", help="saliency criterion for ONNX models: l1, l2, random (default l2)")
+    r.add_argument("--importance", default="l2", help=f"saliency criterion for ONNX models: {', '.join(_onnx_criteria())} (default l2)")
     r.add_argument("--equalization", default="arithmetic_mean", help="how coupled layers' scores combine")
     r.add_argument("--granularity", default="8", help="kept channel counts are multiples of this (default 8)")
     r.add_argument("--input-shape", action="append", help="example input shape, e.g. 1,3,224,224, for dynamic inputs (once per input)")

@@ -10,6 +10,9 @@
 ``rewrite_ops``     the torch rewrite handler of each op kind, on the op specs
 ``sizes``           sizes computed at run time, evaluated on the pruned shapes
 ``verify``          the pruned model against the masked original, every node
+``calibration``     calibration batches, losses, channel gates on the layers that read channels
+``criteria``        the data-driven criteria, OBS compensation and bias propagation
+``adapter``         ``TorchAdapter``: the pieces above behind :class:`frontends.adapter.Adapter`
 ==================  ===============================================================
 
 Importing the package registers the torch rewrite handlers and reference semantics
@@ -22,7 +25,8 @@ from frontends.torch.inline import inline_wrapped
 from frontends.torch.nodes import call_arg, call_name, module_attr, target_label
 from frontends.torch.rewrite import RewriteFX, RewriteResult, TorchRewrite, apply_updates
 from frontends.torch.trace import TracedModel, load_torch
-from frontends.torch.verify import MaskedInterpreter, VerifyFX, VerifyResult, flat_tensors
+from frontends.adapter import VerifyResult
+from frontends.torch.verify import MaskedInterpreter, VerifyFX, flat_tensors
 
 __all__ = [
     "TracedModel", "load_torch", "RewriteFX", "RewriteResult", "TorchRewrite", "apply_updates",
