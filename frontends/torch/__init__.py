@@ -19,13 +19,13 @@ Importing the package registers the torch rewrite handlers and reference semanti
 on the op specs (:mod:`passes.ops`).
 """
 
+from frontends.adapter import VerifyResult
 from frontends.torch import rewrite_ops  # noqa: F401  (registers the torch rewrite handlers)
 from frontends.torch.attention import DecomposedMHA, decompose_attention
 from frontends.torch.inline import inline_wrapped
 from frontends.torch.nodes import call_arg, call_name, module_attr, target_label
 from frontends.torch.rewrite import RewriteFX, RewriteResult, TorchRewrite, apply_updates
 from frontends.torch.trace import TracedModel, load_torch
-from frontends.adapter import VerifyResult
 from frontends.torch.verify import MaskedInterpreter, VerifyFX, flat_tensors
 
 __all__ = [
