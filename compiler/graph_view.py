@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -46,70 +47,121 @@ def build_graph_view(
     """Nodes in topological order with their groups, channels before/after (``shape_after``: a value's
     shape once pruned), frozen state and block."""
     g = a.graph
-    class_group = np.full(a.n_classes, -1, dtype=np.int64)
-    for grp in a.groups:
-        class_group[grp.classes] = grp.id
+    class_group = _group_of_class(a)
     index = {name: i for i, name in enumerate(g.ops)}
-    blocks: list[GraphBlock] = []
-    block_index: dict[str, int] = {}
-    node_block: list[int | None] = []
+    blocks = _Blocks()
     nodes: list[GraphNode] = []
     edges: set[tuple[int, int]] = set()
     for i, op in enumerate(g.ops.values()):
-        preds = []
-        for v in op.tensor_inputs():
-            prod = g.values[v].producer
-            if prod is not None and prod in index and index[prod] != i:
-                preds.append(index[prod])
-                edges.add((index[prod], i))
+        preds = _predecessors(a, op, i, index)
+        edges.update((p, i) for p in preds)
+        block = blocks.place(op, preds)
+        nodes.append(_graph_node(a, op, block, class_group, _OpChannels.of(a, op, shape_after), unknown, layer_of))
+    return GraphView(nodes, sorted(edges), blocks.blocks)
+
+
+def _group_of_class(a: AnalysisResult) -> np.ndarray:
+    """Per atom class, the id of its group (-1: in none)."""
+    class_group = np.full(a.n_classes, -1, dtype=np.int64)
+    for grp in a.groups:
+        class_group[grp.classes] = grp.id
+    return class_group
+
+
+def _predecessors(a: AnalysisResult, op: Op, i: int, index: Mapping[str, int]) -> list[int]:
+    """Indices of the ops producing the tensor inputs of ``op`` (the ``i``-th op), in input order; not itself."""
+    g = a.graph
+    preds = []
+    for v in op.tensor_inputs():
+        prod = g.values[v].producer
+        if prod is not None and prod in index and index[prod] != i:
+            preds.append(index[prod])
+    return preds
+
+
+class _Blocks:
+    """The module blocks met so far, and the block of every op placed (in order)."""
+
+    def __init__(self) -> None:
+        self.blocks: list[GraphBlock] = []
+        self.index: dict[str, int] = {}  # block name -> its index in blocks
+        self.of_node: list[int | None] = []
+
+    def place(self, op: Op, preds: list[int]) -> int | None:
+        """The block of ``op`` (innermost scope, its blocks added as met), else that of its first predecessor."""
         scopes = op_scope(op)
         if scopes is None:
-            block = node_block[preds[0]] if preds else None
+            block = self.of_node[preds[0]] if preds else None
         else:
             block = None
             for name, tname in scopes:
-                if name not in block_index:
-                    block_index[name] = len(blocks)
-                    blocks.append(GraphBlock(name, block, tname))
-                block = block_index[name]
-        node_block.append(block)
-        groups: set[int] = set()
-        tracked = np.zeros(0, dtype=np.int64)
-        before = after = 0
-        has_channels = False
+                if name not in self.index:
+                    self.index[name] = len(self.blocks)
+                    self.blocks.append(GraphBlock(name, block, tname))
+                block = self.index[name]
+        self.of_node.append(block)
+        return block
+
+
+@dataclass
+class _OpChannels:
+    """The channel-labelled dims of an op's outputs: their atom classes, and the product of their sizes before
+    and after pruning, summed over the outputs (``has_channels``: some output has such dims)."""
+
+    tracked: np.ndarray
+    before: int = 0
+    after: int = 0
+    has_channels: bool = False
+
+    @classmethod
+    def of(cls, a: AnalysisResult, op: Op, shape_after: Callable[[str], tuple[int, ...]]) -> _OpChannels:
+        ch = cls(np.zeros(0, dtype=np.int64))
         for out in op.outputs:
             lab = a.labels.get(out)
-            val = g.values.get(out)
+            val = a.graph.values.get(out)
             if not lab or val is None or val.shape is None:
                 continue
             dims = [d for d, x in enumerate(lab) if x is not None]
             if not dims:
                 continue
-            has_channels = True
+            ch.has_channels = True
             for d in dims:
-                tracked = np.concatenate([tracked, a.atom_class[lab[d]]])
+                ch.tracked = np.concatenate([ch.tracked, a.atom_class[lab[d]]])
             pshape = shape_after(out)
-            before += math.prod(val.shape[d] for d in dims)
-            after += math.prod(pshape[d] for d in dims)
-        if tracked.size:
-            cls = np.unique(tracked)
-            groups = {int(x) for x in class_group[cls] if x >= 0}
-            all_frozen = bool(a.class_frozen[cls].all())
-        else:
-            all_frozen = False
-        first = g.values.get(op.outputs[0]) if op.outputs else None
-        nodes.append(
-            GraphNode(
-                name=op.label or op.name,
-                kind=op.kind,
-                target=op.target,
-                block=block,
-                groups=sorted(groups),
-                channels=(int(before), int(after)) if has_channels else None,
-                shape=list(first.shape) if first is not None and first.shape is not None else None,
-                frozen=all_frozen or op.name in unknown,
-                unknown=op.name in unknown,
-                layer=layer_of.get(op.name),
-            )
-        )
-    return GraphView(nodes, sorted(edges), blocks)
+            ch.before += math.prod(val.shape[d] for d in dims)
+            ch.after += math.prod(pshape[d] for d in dims)
+        return ch
+
+
+def _groups_and_frozen(a: AnalysisResult, class_group: np.ndarray, tracked: np.ndarray) -> tuple[set[int], bool]:
+    """The groups of the ``tracked`` classes, and whether all of them are frozen (False when there are none)."""
+    if not tracked.size:
+        return set(), False
+    cls = np.unique(tracked)
+    return {int(x) for x in class_group[cls] if x >= 0}, bool(a.class_frozen[cls].all())
+
+
+def _graph_node(
+    a: AnalysisResult,
+    op: Op,
+    block: int | None,
+    class_group: np.ndarray,
+    ch: _OpChannels,
+    unknown: set[str],
+    layer_of: Mapping[str, int],
+) -> GraphNode:
+    """The view of one op."""
+    groups, all_frozen = _groups_and_frozen(a, class_group, ch.tracked)
+    first = a.graph.values.get(op.outputs[0]) if op.outputs else None
+    return GraphNode(
+        name=op.label or op.name,
+        kind=op.kind,
+        target=op.target,
+        block=block,
+        groups=sorted(groups),
+        channels=(int(ch.before), int(ch.after)) if ch.has_channels else None,
+        shape=list(first.shape) if first is not None and first.shape is not None else None,
+        frozen=all_frozen or op.name in unknown,
+        unknown=op.name in unknown,
+        layer=layer_of.get(op.name),
+    )

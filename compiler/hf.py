@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -113,22 +114,37 @@ def pruned_config(model: nn.Module, pruned: nn.Module, inputs: tuple) -> Any:
 
 
 def _config_plan(model: nn.Module, pruned: torch.fx.GraphModule, inputs: tuple) -> tuple[Any, dict[str, float]]:
-    """The pruned config, and the query projections to rescale where the head size changed."""
+    """The pruned config, and the layers to rescale: the query projections where the head size changed, the
+    RMS norms where the hidden size changed."""
     old_cfg = _config(model)
     cfg = copy.deepcopy(old_cfg)
-    rescale: dict[str, float] = {}
     sd = pruned.state_dict()
+    attention = _attention_sizes(model, _head_shapes(pruned, inputs))
+    rescale = _set_attention_sizes(cfg, old_cfg, attention) if attention.n_q else {}
+    inter = getattr(cfg, "intermediate_size", None)
+    hidden = getattr(cfg, "hidden_size", None)
+    ffn, norm = _layer_widths(model, sd, inter, hidden)
+    if ffn:
+        cfg.intermediate_size = _uniform("FFN widths (intermediate_size)", ffn)
+    if norm and hidden is not None:  # (norm is only filled when the config has a hidden_size)
+        rescale.update(_set_hidden_size(cfg, model, norm, hidden))
+    return cfg, rescale
 
-    def size(key: str) -> int:
-        if key not in sd:
-            raise UnsupportedModelError(f"{key}: not in the pruned model; keep the pruned GraphModule")
-        return int(sd[key].shape[0])
 
-    heads = _head_shapes(pruned, inputs)
-    queries: list[str] = []  # the query projections, by qualified name
-    n_q: dict[str, int] = {}
-    n_kv: dict[str, int] = {}
-    d_head: dict[str, int] = {}
+@dataclass
+class _AttentionSizes:
+    """Per attention block of the pruned model (by qualified name): its query and key/value heads, and the
+    head size of each of q, k, v (keyed ``"<block> (<role>)"``)."""
+
+    queries: list[str] = field(default_factory=list)  # the query projections, by qualified name
+    n_q: dict[str, int] = field(default_factory=dict)
+    n_kv: dict[str, int] = field(default_factory=dict)
+    d_head: dict[str, int] = field(default_factory=dict)
+
+
+def _attention_sizes(model: nn.Module, heads: dict[str, tuple[int, int]]) -> _AttentionSizes:
+    """The heads and head sizes of every module with query, key and value linears (``heads``: by weight name)."""
+    sizes = _AttentionSizes()
     for name, mod in model.named_modules():
         q, k, v = _child(mod, _Q), _child(mod, _K), _child(mod, _V)
         if q is None or k is None or v is None:
@@ -139,28 +155,45 @@ def _config_plan(model: nn.Module, pruned: torch.fx.GraphModule, inputs: tuple) 
             if hd is None:
                 raise UnsupportedModelError(f"{prefix}{child}: cannot find its reshape into heads in the pruned model")
             if role == "q":
-                n_q[name] = hd[0]
-                queries.append(f"{prefix}{child}")
+                sizes.n_q[name] = hd[0]
+                sizes.queries.append(f"{prefix}{child}")
             elif role == "k":
-                n_kv[name] = hd[0]
-            d_head[f"{name} ({role})"] = hd[1]
-    if n_q:
-        old_d = getattr(old_cfg, "head_dim", None) or old_cfg.hidden_size // old_cfg.num_attention_heads
-        cfg.num_attention_heads = _uniform("numbers of attention heads", n_q)
-        if hasattr(cfg, "num_key_value_heads") and cfg.num_key_value_heads is not None:
-            cfg.num_key_value_heads = _uniform("numbers of key/value heads", n_kv)
-        d = _uniform("head sizes", d_head, "query, key and value need one head size (attention='heads' keeps it)")
-        if getattr(cfg, "head_dim", None) is not None or d * cfg.num_attention_heads != getattr(cfg, "hidden_size", -1):
-            cfg.head_dim = d
-        if d != old_d:  # the pruned model keeps the original softmax scale; the rebuilt class uses head_dim ** -0.5
-            rescale = {q: (d / old_d) ** 0.5 for q in queries}
-    inter = getattr(cfg, "intermediate_size", None)
-    hidden = getattr(cfg, "hidden_size", None)
+                sizes.n_kv[name] = hd[0]
+            sizes.d_head[f"{name} ({role})"] = hd[1]
+    return sizes
+
+
+def _set_attention_sizes(cfg: Any, old_cfg: Any, sizes: _AttentionSizes) -> dict[str, float]:
+    """Heads, key/value heads and head size into ``cfg``; the query projections to rescale where the head size changed."""
+    old_d = getattr(old_cfg, "head_dim", None) or old_cfg.hidden_size // old_cfg.num_attention_heads
+    cfg.num_attention_heads = _uniform("numbers of attention heads", sizes.n_q)
+    if hasattr(cfg, "num_key_value_heads") and cfg.num_key_value_heads is not None:
+        cfg.num_key_value_heads = _uniform("numbers of key/value heads", sizes.n_kv)
+    d = _uniform("head sizes", sizes.d_head, "query, key and value need one head size (attention='heads' keeps it)")
+    if getattr(cfg, "head_dim", None) is not None or d * cfg.num_attention_heads != getattr(cfg, "hidden_size", -1):
+        cfg.head_dim = d
+    if d != old_d:  # the pruned model keeps the original softmax scale; the rebuilt class uses head_dim ** -0.5
+        return {q: (d / old_d) ** 0.5 for q in sizes.queries}
+    return {}
+
+
+def _pruned_rows(sd: dict[str, torch.Tensor], key: str) -> int:
+    """The first dim of a pruned weight; a typed error where the pruned model has no such weight."""
+    if key not in sd:
+        raise UnsupportedModelError(f"{key}: not in the pruned model; keep the pruned GraphModule")
+    return int(sd[key].shape[0])
+
+
+def _layer_widths(
+    model: nn.Module, sd: dict[str, torch.Tensor], inter: int | None, hidden: int | None
+) -> tuple[dict[str, int], dict[str, int]]:
+    """Pruned widths by layer name: of the FFN up-projections (``inter`` outputs, not ``hidden``), and of the
+    norms over ``hidden`` channels."""
     ffn: dict[str, int] = {}
     norm: dict[str, int] = {}
     for name, mod in model.named_modules():
         if isinstance(mod, nn.Linear) and inter is not None and mod.out_features == inter and mod.out_features != hidden:
-            ffn[name] = size(f"{name}.weight")
+            ffn[name] = _pruned_rows(sd, f"{name}.weight")
         elif (
             hidden is not None
             and isinstance(getattr(mod, "weight", None), torch.Tensor)
@@ -168,20 +201,25 @@ def _config_plan(model: nn.Module, pruned: torch.fx.GraphModule, inputs: tuple) 
             and mod.weight.shape[0] == hidden
             and "norm" in type(mod).__name__.lower()
         ):
-            norm[name] = size(f"{name}.weight")
-    if ffn:
-        cfg.intermediate_size = _uniform("FFN widths (intermediate_size)", ffn)
-    if norm and hidden is not None:  # (norm is only filled when the config has a hidden_size)
-        cfg.hidden_size = _uniform("hidden sizes", norm)
-        if cfg.hidden_size != hidden and getattr(cfg, "rms_norm_eps", None) is not None:
-            # The pruned RMSNorm keeps the original mean (sum of squares / old width: the removed channels count as
-            # zeros); the rebuilt one divides by the new width. Equal with weight * sqrt(old / new), eps * old / new.
-            ratio = hidden / cfg.hidden_size
-            cfg.rms_norm_eps = cfg.rms_norm_eps * ratio
-            for name in norm:
-                if "rms" in type(dict(model.named_modules())[name]).__name__.lower():
-                    rescale[name] = ratio**0.5
-    return cfg, rescale
+            norm[name] = _pruned_rows(sd, f"{name}.weight")
+    return ffn, norm
+
+
+def _set_hidden_size(cfg: Any, model: nn.Module, norm: dict[str, int], hidden: int) -> dict[str, float]:
+    """The pruned hidden size into ``cfg``; where it changed on an RMSNorm model, ``rms_norm_eps`` and the RMS
+    norms to rescale."""
+    cfg.hidden_size = _uniform("hidden sizes", norm)
+    rescale: dict[str, float] = {}
+    if cfg.hidden_size != hidden and getattr(cfg, "rms_norm_eps", None) is not None:
+        # The pruned RMSNorm keeps the original mean (sum of squares / old width: the removed channels count as
+        # zeros); the rebuilt one divides by the new width. Equal with weight * sqrt(old / new), eps * old / new.
+        ratio = hidden / cfg.hidden_size
+        cfg.rms_norm_eps = cfg.rms_norm_eps * ratio
+        modules = dict(model.named_modules())
+        for name in norm:
+            if "rms" in type(modules[name]).__name__.lower():
+                rescale[name] = ratio**0.5
+    return rescale
 
 
 def _first_tensor(out: Any) -> torch.Tensor:

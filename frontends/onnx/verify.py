@@ -254,47 +254,11 @@ class VerifyONNX:
         inputs: Mapping[str, np.ndarray] | None = None,
     ) -> VerifyResult:
         feeds = dict(om.inputs if inputs is None else inputs)
-        ref_model = masked_reference(om, analysis, pruned)
-        try:
-            ref = run_ort(ref_model, feeds, optimize=False)
-        except Exception as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            try:  # the input itself does not run in ONNX Runtime: nothing can verify it (the user's, exit 2)
-                run_ort(om.model, feeds, optimize=False)
-            except Exception:
-                raise UnsupportedModelError(
-                    f"{om.name}: cannot verify: ONNX Runtime cannot run the model ({first}); prune without verification "
-                    "(--no-verify, verify=False) to accept the result unchecked"
-                ) from None
-            raise VerificationError(f"cannot run the masked original in ONNX Runtime: {first}") from None
-        try:
-            got = run_ort(model, feeds, optimize=False)
-        except Exception as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise VerificationError(f"the pruned ONNX model does not run in ONNX Runtime: {first}") from None
+        ref = _run_reference(om, masked_reference(om, analysis, pruned), feeds)
+        got = _run_pruned(model, feeds)
         names = [o.name for o in om.model.graph.output]
-        bad = [n for n in names if n not in got or np.shape(got[n]) != np.shape(ref[n])]
-        if bad:
-            raise VerificationError(
-                f"pruned model outputs {[(n, np.shape(got[n]) if n in got else ()) for n in bad]} but the original gives {[(n, np.shape(ref[n])) for n in bad]}"
-            )
-        err, scale = 0.0, 0.0
-        dtype = "float32"
-        for n in names:
-            a, b = np.asarray(ref[n]), np.asarray(got[n])
-            if a.size == 0:
-                continue
-            if a.dtype.kind != "f":
-                err = max(err, float((a != b).any()) * math.inf)
-                continue
-            dtype = str(a.dtype)
-            fa, fb = np.isfinite(a), np.isfinite(b)
-            if not np.array_equal(fa, fb) or not np.array_equal(a[~fa], b[~fb]):
-                err = math.inf
-            a64, b64 = a[fa & fb].astype(np.float64), b[fa & fb].astype(np.float64)
-            if a64.size:
-                err = max(err, float(np.abs(a64 - b64).max()))
-                scale = max(scale, float(np.abs(a64).max()))
+        _check_output_shapes(names, ref, got)
+        err, scale, dtype = _output_error(names, ref, got)
         tol = self.atol + max(self.rtol, 10 * _eps(dtype)) * scale  # float16 rounds 8000x coarser than float32
         res = VerifyResult(bool(err <= tol), err, scale, tol, f"{dtype} (onnxruntime)")
         if not res.passed:
@@ -304,3 +268,67 @@ class VerifyONNX:
                 err,
             )
         return res
+
+
+def _first_line(exc: Exception) -> str:
+    """The first line of an exception's message (its type's name when it has none)."""
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def _run_reference(om: OnnxModel, ref_model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The masked original's outputs. Where it does not run: UnsupportedModelError if the input model itself does
+    not run in ONNX Runtime (nothing can verify it: the user's, exit 2), else VerificationError (prunec's)."""
+    try:
+        return run_ort(ref_model, feeds, optimize=False)
+    except Exception as exc:
+        first = _first_line(exc)
+        try:
+            run_ort(om.model, feeds, optimize=False)
+        except Exception:
+            raise UnsupportedModelError(
+                f"{om.name}: cannot verify: ONNX Runtime cannot run the model ({first}); prune without verification "
+                "(--no-verify, verify=False) to accept the result unchecked"
+            ) from None
+        raise VerificationError(f"cannot run the masked original in ONNX Runtime: {first}") from None
+
+
+def _run_pruned(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The pruned model's outputs; VerificationError where it does not run."""
+    try:
+        return run_ort(model, feeds, optimize=False)
+    except Exception as exc:
+        raise VerificationError(f"the pruned ONNX model does not run in ONNX Runtime: {_first_line(exc)}") from None
+
+
+def _check_output_shapes(names: list[str], ref: Mapping[str, np.ndarray], got: Mapping[str, np.ndarray]) -> None:
+    """Raises where an output of the pruned model is missing or differs from the original's in shape."""
+    bad = [n for n in names if n not in got or np.shape(got[n]) != np.shape(ref[n])]
+    if bad:
+        raise VerificationError(
+            f"pruned model outputs {[(n, np.shape(got[n]) if n in got else ()) for n in bad]} but the original gives {[(n, np.shape(ref[n])) for n in bad]}"
+        )
+
+
+def _output_error(
+    names: list[str], ref: Mapping[str, np.ndarray], got: Mapping[str, np.ndarray]
+) -> tuple[float, float, str]:
+    """(max |ref - got|, max |ref|) over the finite positions of the outputs, in float64, and the dtype of the last
+    float output ("float32" without one). A differing non-float output, or inf/nan that differ, count inf."""
+    err, scale = 0.0, 0.0
+    dtype = "float32"
+    for n in names:
+        a, b = np.asarray(ref[n]), np.asarray(got[n])
+        if a.size == 0:
+            continue
+        if a.dtype.kind != "f":
+            err = max(err, float((a != b).any()) * math.inf)
+            continue
+        dtype = str(a.dtype)
+        fa, fb = np.isfinite(a), np.isfinite(b)
+        if not np.array_equal(fa, fb) or not np.array_equal(a[~fa], b[~fb]):
+            err = math.inf
+        a64, b64 = a[fa & fb].astype(np.float64), b[fa & fb].astype(np.float64)
+        if a64.size:
+            err = max(err, float(np.abs(a64 - b64).max()))
+            scale = max(scale, float(np.abs(a64).max()))
+    return err, scale, dtype

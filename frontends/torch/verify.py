@@ -284,80 +284,22 @@ class VerifyFX:
         return res
 
     def _compare(self, traced, analysis, pruned, module, inputs, dtype, updates=None) -> VerifyResult:
-        conv = lambda t: t.to(dtype) if isinstance(t, torch.Tensor) and t.is_floating_point() else t  # noqa: E731
-        ins = [conv(x) for x in inputs]
-        ref_gm = copy.deepcopy(traced.gm)
-        apply_updates(ref_gm, updates)
-        ref_gm = ref_gm.to(dtype)
+        """Both models in ``dtype``: the outputs, and in float64 a GraphModule's intermediate tensors too."""
+        ins = [_to_dtype(x, dtype) for x in inputs]
+        ref_gm = _reference_module(traced, updates, dtype)
         new = copy.deepcopy(module).to(dtype).eval()
         check_nodes = dtype == torch.float64 and isinstance(new, torch.fx.GraphModule)
-        captured: dict[str, Any] = {}
-        with torch.no_grad():
-            if check_nodes:
-                cap = _Capture(new)
-                got_out = cap.run(*ins)
-                captured = cap.values
-            else:
-                got_out = new(*ins)
+        got_out, captured = _run_pruned(new, ins, check_nodes)
         got = flat_tensors(got_out)
-        kept = self._kept_index(traced, analysis, pruned) if check_nodes else {}
-        node_stats = _NodeStats()
+        nodes = _NodeCheck(captured, self._kept_index(traced, analysis, pruned) if check_nodes else {})
+        ref = flat_tensors(self.reference(traced, analysis, pruned, ins, gm=ref_gm, on_node=nodes if check_nodes else None))
+        _check_output_shapes(ref, got)
+        err, scale = _output_error(ref, got)
+        return self._result(err, scale, dtype, nodes.stats)
 
-        def on_node(n: torch.fx.Node, ref_out: Any) -> None:
-            mine = captured.get(n.name)
-            if mine is None:
-                return
-            refs = [ref_out] if isinstance(ref_out, torch.Tensor) else list(ref_out) if isinstance(ref_out, (tuple, list)) else []
-            mines = [mine] if isinstance(mine, torch.Tensor) else list(mine)
-            for i, (r, m) in enumerate(zip(refs, mines, strict=False)):
-                if not (isinstance(r, torch.Tensor) and isinstance(m, torch.Tensor)) or not r.is_floating_point():
-                    continue
-                idx = kept.get(n.name, [])
-                dims = idx[i] if i < len(idx) else []
-                for d, ix in enumerate(dims):
-                    if ix is not None and d < r.dim():
-                        r = r.index_select(d, ix)
-                if r.shape != m.shape:
-                    raise VerificationError(
-                        f"node {n.name}: pruned model gives shape {tuple(m.shape)}, the masked original's kept channels {tuple(r.shape)}"
-                    )
-                if r.numel() == 0:
-                    continue
-                scale, diff = float(r.abs().max()), float((r - m).abs().max())
-                if not (math.isfinite(scale) and math.isfinite(diff)):  # inf/nan somewhere: same places, then the rest
-                    fr, fm = torch.isfinite(r), torch.isfinite(m)
-                    fin = fr & fm
-                    if not bool(fin.any()):
-                        continue
-                    scale = float(r[fin].abs().max())
-                    diff = float((r[fin] - m[fin]).abs().max()) if torch.equal(fr, fm) else math.inf
-                rel = diff / scale if scale > 0 else (0.0 if diff == 0 else math.inf)
-                node_stats.n += 1
-                if rel > node_stats.err:
-                    node_stats.err, node_stats.worst = rel, n.name
-
-        ref = flat_tensors(self.reference(traced, analysis, pruned, ins, gm=ref_gm, on_node=on_node if check_nodes else None))
-        if len(ref) != len(got) or any(a.shape != b.shape for a, b in zip(ref, got, strict=True)):
-            raise VerificationError(
-                f"pruned model outputs {[tuple(t.shape) for t in got]} but the original gives {[tuple(t.shape) for t in ref]}"
-            )
-        err, scale = 0.0, 0.0
-        for a, b in zip(ref, got, strict=True):
-            if a.numel() == 0:
-                continue
-            if not a.is_floating_point():
-                err = max(err, float((a != b).any()))
-                continue
-            if not torch.isfinite(a).all():
-                same = torch.equal(torch.isfinite(a), torch.isfinite(b))
-                fin = torch.isfinite(a) & torch.isfinite(b)
-                if not same:
-                    err = math.inf
-                a, b = a[fin], b[fin]
-                if a.numel() == 0:
-                    continue
-            err = max(err, float((a.double() - b.double()).abs().max()))
-            scale = max(scale, float(a.double().abs().max()))
+    def _result(self, err: float, scale: float, dtype: torch.dtype, node_stats: _NodeStats) -> VerifyResult:
+        """Passed when the outputs are within ``atol + rtol * scale`` and every intermediate tensor within ``rtol``
+        (at least 1e-3 below float64)."""
         rtol = self.rtol if dtype == torch.float64 else max(self.rtol, 1e-3)
         tol = self.atol + rtol * scale
         nodes_ok = node_stats.err <= rtol
@@ -371,3 +313,111 @@ class VerifyFX:
             node_stats.err,
             node_stats.worst,
         )
+
+
+def _to_dtype(x: Any, dtype: torch.dtype) -> Any:
+    """A floating-point tensor in ``dtype``; anything else as it is."""
+    return x.to(dtype) if isinstance(x, torch.Tensor) and x.is_floating_point() else x
+
+
+def _reference_module(traced: TracedModel, updates: dict[str, np.ndarray] | None, dtype: torch.dtype) -> torch.fx.GraphModule:
+    """A copy of the original graph module with the ``updates`` applied, in ``dtype``."""
+    ref_gm = copy.deepcopy(traced.gm)
+    apply_updates(ref_gm, updates)
+    return ref_gm.to(dtype)
+
+
+def _run_pruned(new: nn.Module, ins: list[Any], capture: bool) -> tuple[Any, dict[str, Any]]:
+    """The pruned model's outputs, and (``capture``: ``new`` is a GraphModule) every node's floating-point tensors."""
+    with torch.no_grad():
+        if capture:
+            cap = _Capture(new)
+            return cap.run(*ins), cap.values
+        return new(*ins), {}
+
+
+class _NodeCheck:
+    """``on_node`` of the masked original: each node's tensors against the pruned model's (``captured``) at the
+    kept positions (``kept``: per node and output, the kept indices of every pruned dim); the worst in ``stats``."""
+
+    def __init__(self, captured: dict[str, Any], kept: dict[str, list[list[torch.Tensor | None]]]) -> None:
+        self.captured, self.kept = captured, kept
+        self.stats = _NodeStats()
+
+    def __call__(self, n: torch.fx.Node, ref_out: Any) -> None:
+        mine = self.captured.get(n.name)
+        if mine is None:
+            return
+        refs = [ref_out] if isinstance(ref_out, torch.Tensor) else list(ref_out) if isinstance(ref_out, (tuple, list)) else []
+        mines = [mine] if isinstance(mine, torch.Tensor) else list(mine)
+        idx = self.kept.get(n.name, [])
+        for i, (r, m) in enumerate(zip(refs, mines, strict=False)):
+            if not (isinstance(r, torch.Tensor) and isinstance(m, torch.Tensor)) or not r.is_floating_point():
+                continue
+            rel = _node_error(n.name, _select_kept(r, idx[i] if i < len(idx) else []), m)
+            if rel is None:
+                continue
+            self.stats.n += 1
+            if rel > self.stats.err:
+                self.stats.err, self.stats.worst = rel, n.name
+
+
+def _select_kept(r: torch.Tensor, dims: Sequence[torch.Tensor | None]) -> torch.Tensor:
+    """``r`` at the kept indices of each of its pruned dims."""
+    for d, ix in enumerate(dims):
+        if ix is not None and d < r.dim():
+            r = r.index_select(d, ix)
+    return r
+
+
+def _node_error(name: str, r: torch.Tensor, m: torch.Tensor) -> float | None:
+    """max |r - m| / max |r| of one intermediate tensor (None: nothing to compare); raises where the shapes differ.
+
+    Where inf/nan occur, they must be at the same places; the finite rest is compared.
+    """
+    if r.shape != m.shape:
+        raise VerificationError(
+            f"node {name}: pruned model gives shape {tuple(m.shape)}, the masked original's kept channels {tuple(r.shape)}"
+        )
+    if r.numel() == 0:
+        return None
+    scale, diff = float(r.abs().max()), float((r - m).abs().max())
+    if not (math.isfinite(scale) and math.isfinite(diff)):  # inf/nan somewhere: same places, then the rest
+        fr, fm = torch.isfinite(r), torch.isfinite(m)
+        fin = fr & fm
+        if not bool(fin.any()):
+            return None
+        scale = float(r[fin].abs().max())
+        diff = float((r[fin] - m[fin]).abs().max()) if torch.equal(fr, fm) else math.inf
+    return diff / scale if scale > 0 else (0.0 if diff == 0 else math.inf)
+
+
+def _check_output_shapes(ref: list[torch.Tensor], got: list[torch.Tensor]) -> None:
+    """Raises where the pruned model's outputs differ from the original's in number or shape."""
+    if len(ref) != len(got) or any(a.shape != b.shape for a, b in zip(ref, got, strict=True)):
+        raise VerificationError(
+            f"pruned model outputs {[tuple(t.shape) for t in got]} but the original gives {[tuple(t.shape) for t in ref]}"
+        )
+
+
+def _output_error(ref: list[torch.Tensor], got: list[torch.Tensor]) -> tuple[float, float]:
+    """(max |ref - got|, max |ref|) over the outputs, in float64; a differing non-float output counts 1, and
+    inf/nan of the reference at other places than the pruned model's count inf."""
+    err, scale = 0.0, 0.0
+    for a, b in zip(ref, got, strict=True):
+        if a.numel() == 0:
+            continue
+        if not a.is_floating_point():
+            err = max(err, float((a != b).any()))
+            continue
+        if not torch.isfinite(a).all():
+            same = torch.equal(torch.isfinite(a), torch.isfinite(b))
+            fin = torch.isfinite(a) & torch.isfinite(b)
+            if not same:
+                err = math.inf
+            a, b = a[fin], b[fin]
+            if a.numel() == 0:
+                continue
+        err = max(err, float((a.double() - b.double()).abs().max()))
+        scale = max(scale, float(a.double().abs().max()))
+    return err, scale
