@@ -8,9 +8,10 @@ reference only, by what they give where zeroing is not the reference: a LayerNor
 (or a one-instance InstanceNormalization, lowered as layer norm) whose normalized dims lose
 channels computes its statistics over the kept channels (ReduceSum with the mask), as the
 pruned model does. Both models run in ONNX Runtime on the CPU provider with graph
-optimizations off, in the model's own precision (float32 for exported models), and must agree
-within ``atol + rtol * max|reference|`` on every output (``rtol`` at least ten times the output
-dtype's epsilon: 1e-2 for float16).
+optimizations off, in the model's own precision (float32 for exported models), on private
+copies that list the intermediate values as extra graph outputs; every output and every
+intermediate tensor both compute is compared at its kept positions, each within its own
+tolerance (:class:`VerifyONNX` gives the rule, :func:`_intermediates` what is skipped).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import logging
 import math
 from collections import defaultdict
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -29,7 +31,7 @@ from frontends.adapter import VerifyResult
 from frontends.errors import InternalError, UnsupportedModelError, VerificationError
 from frontends.graph import Op
 from frontends.onnx.model import OnnxModel
-from frontends.onnx.proto import UniqueNames, node_attrs
+from frontends.onnx.proto import UniqueNames, implicit_inputs, node_attrs
 from frontends.onnx.runtime import run_ort
 from passes.ops import lookup, op_spec
 
@@ -232,18 +234,85 @@ def _normalize_over_kept(ref: MaskedReference, n: onnx.NodeProto, mask: np.ndarr
     return nodes
 
 
-def _eps(dtype: str) -> float:
-    try:
-        return float(np.finfo(np.dtype(dtype)).eps)
-    except (TypeError, ValueError):
-        return 0.0
+# -- the comparison --------------------------------------------------------------------------------------
+
+FLOAT_TYPES: dict[int, type[np.floating]] = {
+    TensorProto.FLOAT16: np.float16,
+    TensorProto.FLOAT: np.float32,
+    TensorProto.DOUBLE: np.float64,
+}
+FLOOR_ULPS = 64.0  # every tensor's absolute tolerance floor: FLOOR_ULPS * eps * (largest magnitude along its path)
+CHUNK_BYTES = 512 << 20  # intermediate tensors fetched per run, per model
+
+
+@dataclass
+class _Tensor:
+    """An intermediate value both models compute: its ONNX element type, kept indices per dim (None: all), size."""
+
+    name: str
+    elem: int
+    kept: list[np.ndarray | None]
+    nbytes: int
+
+
+@dataclass
+class _Check:
+    """One tensor compared: max |difference|, max |reference|, and the tolerance it was held to."""
+
+    name: str
+    err: float
+    scale: float
+    tol: float
+    rtol: float  # the relative part of ``tol``
+    dtype: str
+
+    @property
+    def passed(self) -> bool:
+        return self.err <= self.tol
+
+    @property
+    def ratio(self) -> float:
+        return self.err / self.tol if self.tol > 0 else (0.0 if self.err == 0 else math.inf)
+
+    @property
+    def rel(self) -> float:
+        """|difference| / max |reference|, the scale raised to what the floor allows for: passes at most ``rtol``."""
+        return self.ratio * self.rtol if self.rtol > 0 else self.ratio
 
 
 class VerifyONNX:
-    """``call(loaded, analysis, pruned, pruned_model) -> VerifyResult``; raises on mismatch."""
+    """``call(loaded, analysis, pruned, pruned_model) -> VerifyResult``; raises ``VerificationError`` on a mismatch.
 
-    def __init__(self, rtol: float = 1e-4, atol: float = 0.0) -> None:
-        self.rtol, self.atol = rtol, atol
+    **What is compared.** Every graph output, and every intermediate tensor of the original that the pruned
+    model still computes, at its kept positions (``analysis.keep_mask`` per dim): private copies of the masked
+    reference and of the pruned model list those values as extra graph outputs and run once each (in chunks of
+    ``chunk_bytes`` per model where the tensors are many). :func:`_intermediates` says which values are skipped.
+    ``nodes_checked``, ``max_node_error`` and ``worst_node`` (a value name) report the intermediate tensors;
+    ``max_abs_error`` and ``tolerance`` are the output's with the largest error relative to its tolerance.
+
+    **Tolerance, per tensor** ``t`` of a float dtype with machine epsilon ``eps``::
+
+        max |ref_t - pruned_t|  <=  atol + r * max |ref_t| + FLOOR_ULPS * eps * S_t,   r = max(rtol, 10 * eps)
+
+    ``S_t`` is the largest magnitude along the paths into ``t``: max |value| (at kept positions) over the float
+    graph inputs and every intermediate tensor ``t`` depends on, ``t`` included; constants do not count;
+    ``FLOOR_ULPS`` is 64 (the largest seen on the test models is 2.5 ulps of ``S_t``). The
+    floor is what float rounding leaves in a small tensor computed from large ones (a probability from a large
+    logit, a difference of nearly equal values): of the order ``eps * S_t``, not ``eps * max |t|``, so the
+    tolerance never collapses to ~0 where the values along the path were large. ``max_node_error`` is
+    ``|difference| / max |reference|`` with the scale raised by the floor (``floor / r``): at most ``r`` passes.
+    Non-float tensors must be equal.
+
+    **NaN and inf** must be at the same positions in both models, with the same values (NaN equals NaN,
+    an inf its sign); anything else, NaN or inf on one side only included, is an infinite error.
+
+    **A constant reference is no pass.** Where every output of the reference is constant (a zero-initialized
+    classifier gives zeros whatever comes before it), the output comparison proves nothing: the intermediate
+    tensors carry the check, and where none could be compared, ``VerificationError`` is raised.
+    """
+
+    def __init__(self, rtol: float = 1e-4, atol: float = 0.0, chunk_bytes: int = CHUNK_BYTES) -> None:
+        self.rtol, self.atol, self.chunk_bytes = rtol, atol, chunk_bytes
 
     def call(
         self,
@@ -254,20 +323,217 @@ class VerifyONNX:
         inputs: Mapping[str, np.ndarray] | None = None,
     ) -> VerifyResult:
         feeds = dict(om.inputs if inputs is None else inputs)
-        ref = _run_reference(om, masked_reference(om, analysis, pruned), feeds)
-        got = _run_pruned(model, feeds)
+        ref_model = masked_reference(om, analysis, pruned)
+        run = _Runs(om, _Runner(ref_model, copy=False), _Runner(model, copy=True), feeds)
+        path = _PathScale(ref_model, om, feeds)
         names = [o.name for o in om.model.graph.output]
-        _check_output_shapes(names, ref, got)
-        err, scale, dtype = _output_error(names, ref, got)
-        tol = self.atol + max(self.rtol, 10 * _eps(dtype)) * scale  # float16 rounds 8000x coarser than float32
-        res = VerifyResult(bool(err <= tol), err, scale, tol, f"{dtype} (onnxruntime)")
+        nodes: list[_Check] = []
+        for k, chunk in enumerate(_chunks(_intermediates(om, analysis, pruned, model), self.chunk_bytes)):
+            ref, got = run.both(chunk)
+            if k == 0:
+                for n in names:
+                    path.measure(n, _scale(run.ref_out[n]))
+            for t in chunk:  # the reference at its kept positions: each full tensor goes at once
+                ref[t.name] = _select_kept(ref[t.name], t.kept)
+                path.measure(t.name, _scale(ref[t.name]))
+            nodes += [self._check(t.name, ref.pop(t.name), got.pop(t.name), path.upto(t.name)) for t in chunk]
+            del ref, got
+        outs = [self._check(n, run.ref_out[n], run.got_out[n], path.upto(n)) for n in names]
+        return self._result(outs, nodes, all(_constant(run.ref_out[n]) for n in names))
+
+    def _check(self, name: str, r: np.ndarray, m: np.ndarray, path_scale: float) -> _Check:
+        """One tensor against the reference at its kept positions (the rule of the class docstring)."""
+        if np.shape(r) != np.shape(m):
+            raise VerificationError(
+                f"{name}: the pruned ONNX model gives shape {tuple(np.shape(m))}, the masked original's kept positions "
+                f"{tuple(np.shape(r))}"
+            )
+        r, m = np.asarray(r), np.asarray(m)
+        if r.dtype.kind != "f":
+            err = 0.0 if np.array_equal(r, m) else math.inf
+            return _Check(name, err, 0.0, 0.0, 0.0, str(r.dtype))
+        eps = float(np.finfo(r.dtype).eps)
+        rt = max(self.rtol, 10 * eps)  # float16 rounds 8000x coarser than float32
+        scale = _scale(r)
+        tol = self.atol + rt * scale + FLOOR_ULPS * eps * path_scale
+        return _Check(name, _tensor_error(r, m), scale, tol, rt, str(r.dtype))
+
+    def _result(self, outs: list[_Check], nodes: list[_Check], constant: bool) -> VerifyResult:
+        """The worst output (by error over tolerance) and the worst intermediate tensor; raises where one fails,
+        or where the reference's outputs are constant and no intermediate tensor was compared."""
+        out = max(outs, key=lambda c: c.ratio, default=_Check("", 0.0, 0.0, 0.0, 0.0, "float32"))
+        dtype = next((c.dtype for c in reversed(outs) if c.dtype.startswith("float")), "float32")
+        node = max(nodes, key=lambda c: c.ratio, default=None)
+        scale = max((c.scale for c in outs), default=0.0)
+        res = VerifyResult(
+            all(c.passed for c in outs + nodes), out.err, scale, out.tol, f"{dtype} (onnxruntime)",
+            len(nodes), node.rel if node is not None else 0.0, node.name if node is not None else "",
+        )  # fmt: skip
         if not res.passed:
+            where = f"; worst intermediate tensor {node.name}: error {node.err:.3g}, tolerance {node.tol:.3g}" if node else ""
             raise VerificationError(
                 f"pruned ONNX model differs from the original with removed channels zeroed: max abs error "
-                f"{err:.3g} > tolerance {tol:.3g} ({res.dtype})",
-                err,
+                f"{out.err:.3g} at the outputs (tolerance {out.tol:.3g}, {res.dtype}){where}",
+                out.err,
             )
+        if constant and not nodes:
+            raise VerificationError(
+                "cannot verify the pruned ONNX model: the original's outputs are constant (a check on them proves "
+                "nothing) and no intermediate tensor could be compared"
+            )
+        if constant:
+            log.info("the reference's outputs are constant: verified on %d intermediate tensors", len(nodes))
         return res
+
+
+def _intermediates(om: OnnxModel, analysis: AnalysisResult, pruned: np.ndarray, model: onnx.ModelProto) -> list[_Tensor]:
+    """The intermediate values compared, in graph order: outputs of the original's top-level nodes that the pruned
+    model computes under the same name (the rewrite keeps node and value names).
+
+    Skipped, and why:
+
+    * constants and static values (weights, shape arithmetic evaluated at load): the rewrite slices or
+      re-evaluates them; the tensors they feed are compared;
+    * values of a type other than float16/32/64 (shapes, indices, masks) or of unknown type: they are either
+      static or feed float tensors that are compared;
+    * values the pruned model no longer computes: nodes the rewrite removed as dead, computed constants it
+      replaced with initializers;
+    * graph inputs (the same feeds) and graph outputs (compared as outputs), and the values inside
+      subgraphs (If, Loop: a subgraph's values cannot be graph outputs); empty tensors.
+
+    A ReduceMean over pruned channels is not skipped: the rewrite renames its output ``<v>_kept`` and a ``Mul``
+    rescales it to the original divisor under the original name ``<v>``, so ``<v>`` is the original mean,
+    which the masked reference computes (``<v>_kept`` exists only in the pruned model and is not compared).
+    """
+    graph, g = analysis.graph, om.model.graph
+    computed = {o for n in model.graph.node for o in n.output if o}
+    skip = {o.name for o in g.output} | set(om.static) | {t.name for t in g.initializer}
+    out: list[_Tensor] = []
+    for n in g.node:
+        for v in n.output:
+            val = graph.values.get(v)
+            elem = om.elem_types.get(v, 0)
+            if not v or v in skip or v not in computed or val is None or val.is_const or not val.is_tensor:
+                continue
+            if elem not in FLOAT_TYPES or math.prod(val.shape or ()) == 0:
+                continue
+            kept = [_kept_index(analysis, v, d, pruned) for d in range(len(val.shape or ()))]
+            nbytes = math.prod(val.shape or ()) * np.dtype(FLOAT_TYPES[elem]).itemsize
+            out.append(_Tensor(v, elem, kept, nbytes))
+    return out
+
+
+def _kept_index(analysis: AnalysisResult, value: str, dim: int, pruned: np.ndarray) -> np.ndarray | None:
+    """The kept indices of a value's dim (None: every index kept)."""
+    keep = analysis.keep_mask(value, dim, pruned)
+    return None if keep is None or keep.all() else np.flatnonzero(keep)
+
+
+def _chunks(tensors: list[_Tensor], budget: int) -> list[list[_Tensor]]:
+    """Consecutive runs of ``tensors`` of at most ``budget`` bytes each (one tensor at least); one empty chunk
+    where there are none (the outputs are compared all the same)."""
+    chunks: list[list[_Tensor]] = [[]]
+    size = 0
+    for t in tensors:
+        if chunks[-1] and size + t.nbytes > budget:
+            chunks.append([])
+            size = 0
+        chunks[-1].append(t)
+        size += t.nbytes
+    return chunks
+
+
+class _Runner:
+    """A model whose graph outputs are extended by intermediate values for a run (on a private copy)."""
+
+    def __init__(self, model: onnx.ModelProto, copy: bool) -> None:
+        if copy:
+            copy_m = onnx.ModelProto()
+            copy_m.CopyFrom(model)
+            model = copy_m
+        self.model, self.n_outputs = model, len(model.graph.output)
+
+    def run(self, tensors: list[_Tensor], feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The graph outputs and ``tensors`` of one ONNX Runtime run (graph optimizations off), by name."""
+        outs = self.model.graph.output
+        del outs[self.n_outputs :]
+        outs.extend(helper.make_tensor_value_info(t.name, t.elem, None) for t in tensors)
+        return run_ort(self.model, feeds, optimize=False)
+
+
+class _PathScale:
+    """The largest magnitude along the paths into each value of the reference: ``S(v) = max(own(v), S(inputs))``
+    over float, non-constant inputs (graph inputs: their feeds; a value added by the reference, of unknown type,
+    passes its inputs' on). ``measure`` records a value's own max |value|; ``upto(v)`` walks the nodes up to
+    ``v``'s producer, so values are measured before anything after them is asked for."""
+
+    def __init__(self, ref_model: onnx.ModelProto, om: OnnxModel, feeds: Mapping[str, np.ndarray]) -> None:
+        g = ref_model.graph
+        self.consts = set(om.static) | {t.name for t in g.initializer}
+        self.consts |= {o for n in g.node if n.op_type == "Constant" for o in n.output}
+        self.types = om.elem_types
+        self.nodes = [(list(n.input) + implicit_inputs(n), list(n.output)) for n in g.node]
+        self.pos = 0
+        self.own: dict[str, float] = {}
+        self.scale = {k: _scale(np.asarray(x)) for k, x in feeds.items() if np.asarray(x).dtype.kind == "f"}
+
+    def measure(self, value: str, scale: float) -> None:
+        self.own[value] = scale
+
+    def upto(self, value: str) -> float:
+        while value not in self.scale and self.pos < len(self.nodes):
+            ins, outs = self.nodes[self.pos]
+            s = max((self.scale.get(x, 0.0) for x in ins if x and self._floating(x)), default=0.0)
+            for o in outs:
+                self.scale[o] = max(s, self.own.get(o, 0.0))
+            self.pos += 1
+        return self.scale.get(value, self.own.get(value, 0.0))
+
+    def _floating(self, value: str) -> bool:
+        if value in self.consts:
+            return False
+        elem = self.types.get(value)
+        return elem is None or elem in FLOAT_TYPES
+
+
+def _select_kept(r: np.ndarray, kept: list[np.ndarray | None]) -> np.ndarray:
+    """``r`` at the kept indices of each of its pruned dims."""
+    for d, ix in enumerate(kept):
+        if ix is not None and d < r.ndim:
+            r = np.take(r, ix, axis=d)
+    return r
+
+
+def _scale(a: np.ndarray) -> float:
+    """max |a| over its finite values, in float64 (0 for none, and for a non-float tensor)."""
+    if a.dtype.kind != "f" or a.size == 0:
+        return 0.0
+    fin = a[np.isfinite(a)]
+    return float(np.abs(fin.astype(np.float64)).max()) if fin.size else 0.0
+
+
+def _tensor_error(a: np.ndarray, b: np.ndarray) -> float:
+    """max |a - b| over the finite positions, in float64; inf where NaN or inf differ in place or value
+    (NaN at the same positions on both sides compare equal)."""
+    if a.size == 0:
+        return 0.0
+    fa, fb = np.isfinite(a), np.isfinite(b)
+    if not np.array_equal(fa, fb):
+        return math.inf
+    if not fa.all() and not np.array_equal(a[~fa], b[~fb], equal_nan=True):
+        return math.inf
+    if not fa.any():
+        return 0.0
+    return float(np.abs(a[fa].astype(np.float64) - b[fb].astype(np.float64)).max())
+
+
+def _constant(a: np.ndarray) -> bool:
+    """Every element equal: a check on it proves nothing (a single element counts only where it is zero)."""
+    a = np.asarray(a)
+    if a.size == 0:
+        return True
+    first = a.reshape(-1)[0]
+    return bool(np.all(a == first)) and (a.size > 1 or first == 0)
 
 
 def _first_line(exc: Exception) -> str:
@@ -275,29 +541,47 @@ def _first_line(exc: Exception) -> str:
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
-def _run_reference(om: OnnxModel, ref_model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The masked original's outputs. Where it does not run: UnsupportedModelError if the input model itself does
-    not run in ONNX Runtime (nothing can verify it: the user's, exit 2), else VerificationError (prunec's)."""
-    try:
-        return run_ort(ref_model, feeds, optimize=False)
-    except Exception as exc:
-        first = _first_line(exc)
+class _Runs:
+    """Both models run on the same feeds, chunk by chunk; the graph outputs of the first run of each are kept
+    (``ref_out``, ``got_out``) after checking their shapes."""
+
+    def __init__(self, om: OnnxModel, ref: _Runner, got: _Runner, feeds: dict[str, np.ndarray]) -> None:
+        self.om, self.ref, self.got, self.feeds = om, ref, got, feeds
+        self.names = [o.name for o in om.model.graph.output]
+        self.ref_out: dict[str, np.ndarray] = {}
+        self.got_out: dict[str, np.ndarray] = {}
+
+    def both(self, tensors: list[_Tensor]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """The values of ``tensors`` in the masked original and in the pruned model (raises where one does not run)."""
+        ref = self._reference(tensors)
+        got = self._pruned(tensors)
+        if not self.ref_out:
+            _check_output_shapes(self.names, ref, got)
+            self.ref_out = {n: ref[n] for n in self.names}
+            self.got_out = {n: got[n] for n in self.names}
+        return ref, got
+
+    def _reference(self, tensors: list[_Tensor]) -> dict[str, np.ndarray]:
+        """Where the masked original does not run: UnsupportedModelError if the input model itself does not run in
+        ONNX Runtime (nothing can verify it: the user's, exit 2), else VerificationError (prunec's)."""
         try:
-            run_ort(om.model, feeds, optimize=False)
-        except Exception:
-            raise UnsupportedModelError(
-                f"{om.name}: cannot verify: ONNX Runtime cannot run the model ({first}); prune without verification "
-                "(--no-verify, verify=False) to accept the result unchecked"
-            ) from None
-        raise VerificationError(f"cannot run the masked original in ONNX Runtime: {first}") from None
+            return self.ref.run(tensors, self.feeds)
+        except Exception as exc:
+            first = _first_line(exc)
+            try:
+                run_ort(self.om.model, self.feeds, optimize=False)
+            except Exception:
+                raise UnsupportedModelError(
+                    f"{self.om.name}: cannot verify: ONNX Runtime cannot run the model ({first}); prune without "
+                    "verification (--no-verify, verify=False) to accept the result unchecked"
+                ) from None
+            raise VerificationError(f"cannot run the masked original in ONNX Runtime: {first}") from None
 
-
-def _run_pruned(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The pruned model's outputs; VerificationError where it does not run."""
-    try:
-        return run_ort(model, feeds, optimize=False)
-    except Exception as exc:
-        raise VerificationError(f"the pruned ONNX model does not run in ONNX Runtime: {_first_line(exc)}") from None
+    def _pruned(self, tensors: list[_Tensor]) -> dict[str, np.ndarray]:
+        try:
+            return self.got.run(tensors, self.feeds)
+        except Exception as exc:
+            raise VerificationError(f"the pruned ONNX model does not run in ONNX Runtime: {_first_line(exc)}") from None
 
 
 def _check_output_shapes(names: list[str], ref: Mapping[str, np.ndarray], got: Mapping[str, np.ndarray]) -> None:
@@ -307,28 +591,3 @@ def _check_output_shapes(names: list[str], ref: Mapping[str, np.ndarray], got: M
         raise VerificationError(
             f"pruned model outputs {[(n, np.shape(got[n]) if n in got else ()) for n in bad]} but the original gives {[(n, np.shape(ref[n])) for n in bad]}"
         )
-
-
-def _output_error(
-    names: list[str], ref: Mapping[str, np.ndarray], got: Mapping[str, np.ndarray]
-) -> tuple[float, float, str]:
-    """(max |ref - got|, max |ref|) over the finite positions of the outputs, in float64, and the dtype of the last
-    float output ("float32" without one). A differing non-float output, or inf/nan that differ, count inf."""
-    err, scale = 0.0, 0.0
-    dtype = "float32"
-    for n in names:
-        a, b = np.asarray(ref[n]), np.asarray(got[n])
-        if a.size == 0:
-            continue
-        if a.dtype.kind != "f":
-            err = max(err, float((a != b).any()) * math.inf)
-            continue
-        dtype = str(a.dtype)
-        fa, fb = np.isfinite(a), np.isfinite(b)
-        if not np.array_equal(fa, fb) or not np.array_equal(a[~fa], b[~fb]):
-            err = math.inf
-        a64, b64 = a[fa & fb].astype(np.float64), b[fa & fb].astype(np.float64)
-        if a64.size:
-            err = max(err, float(np.abs(a64 - b64).max()))
-            scale = max(scale, float(np.abs(a64).max()))
-    return err, scale, dtype

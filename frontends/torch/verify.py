@@ -373,7 +373,7 @@ def _select_kept(r: torch.Tensor, dims: Sequence[torch.Tensor | None]) -> torch.
 def _node_error(name: str, r: torch.Tensor, m: torch.Tensor) -> float | None:
     """max |r - m| / max |r| of one intermediate tensor (None: nothing to compare); raises where the shapes differ.
 
-    Where inf/nan occur, they must be at the same places; the finite rest is compared.
+    Where inf/nan occur, they must be at the same places with the same values; the finite rest is compared.
     """
     if r.shape != m.shape:
         raise VerificationError(
@@ -388,7 +388,7 @@ def _node_error(name: str, r: torch.Tensor, m: torch.Tensor) -> float | None:
         if not bool(fin.any()):
             return None
         scale = float(r[fin].abs().max())
-        diff = float((r[fin] - m[fin]).abs().max()) if torch.equal(fr, fm) else math.inf
+        diff = float((r[fin] - m[fin]).abs().max()) if _same_non_finite(r, m) else math.inf
     return diff / scale if scale > 0 else (0.0 if diff == 0 else math.inf)
 
 
@@ -402,7 +402,8 @@ def _check_output_shapes(ref: list[torch.Tensor], got: list[torch.Tensor]) -> No
 
 def _output_error(ref: list[torch.Tensor], got: list[torch.Tensor]) -> tuple[float, float]:
     """(max |ref - got|, max |ref|) over the outputs, in float64; a differing non-float output counts 1, and
-    inf/nan of the reference at other places than the pruned model's count inf."""
+    inf/nan where the other model's values differ (in place or value; NaN at the same places compare equal)
+    count inf: a NaN of the pruned model where the reference is finite is an infinite error, never 0."""
     err, scale = 0.0, 0.0
     for a, b in zip(ref, got, strict=True):
         if a.numel() == 0:
@@ -410,14 +411,27 @@ def _output_error(ref: list[torch.Tensor], got: list[torch.Tensor]) -> tuple[flo
         if not a.is_floating_point():
             err = max(err, float((a != b).any()))
             continue
-        if not torch.isfinite(a).all():
-            same = torch.equal(torch.isfinite(a), torch.isfinite(b))
-            fin = torch.isfinite(a) & torch.isfinite(b)
-            if not same:
+        fa, fb = torch.isfinite(a), torch.isfinite(b)
+        if not (bool(fa.all()) and bool(fb.all())):
+            if not _same_non_finite(a, b):
                 err = math.inf
-            a, b = a[fin], b[fin]
+            a, b = a[fa & fb], b[fa & fb]
             if a.numel() == 0:
                 continue
         err = max(err, float((a.double() - b.double()).abs().max()))
         scale = max(scale, float(a.double().abs().max()))
     return err, scale
+
+
+def _same_non_finite(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """inf and NaN at the same positions of both, with the same values (NaN equal to NaN, an inf of the same sign)."""
+    fa, fb = torch.isfinite(a), torch.isfinite(b)
+    if not torch.equal(fa, fb):
+        return False
+    x, y = a[~fa], b[~fb]
+    return torch.equal(torch.isnan(x), torch.isnan(y)) and torch.equal(_signs(x), _signs(y))
+
+
+def _signs(x: torch.Tensor) -> torch.Tensor:
+    """Non-finite values as comparable numbers: NaN 0, +inf 1, -inf -1."""
+    return x.nan_to_num(nan=0.0, posinf=1.0, neginf=-1.0)
