@@ -1,4 +1,5 @@
-"""The ONNX frontend as one sequence of named steps: load -> example inputs -> shapes -> static values -> lowering."""
+"""The ONNX frontend as one sequence of named steps: load -> example inputs -> working copy (an older opset
+upgraded) -> shapes -> static values -> lowering."""
 
 from __future__ import annotations
 
@@ -11,9 +12,10 @@ import onnx
 
 from frontends.onnx.evaluate import evaluate_static, static_candidates
 from frontends.onnx.inputs import make_example_inputs
-from frontends.onnx.load import MIN_OPSET, load_proto
+from frontends.onnx.load import MIN_OPSET, load_checked, working_copy
 from frontends.onnx.lower import lower_graph
 from frontends.onnx.model import OnnxModel
+from frontends.onnx.opsets import OpsetOrigin, upgrade
 from frontends.onnx.proto import onnx_opset
 from frontends.onnx.shapes import add_value_shapes, infer_shapes, shapes_from_ort, unshaped_values
 
@@ -23,21 +25,30 @@ __all__ = ["load_onnx", "lower_onnx"]
 
 
 def load_onnx(model: str | os.PathLike | onnx.ModelProto, example_inputs: Any = None, seed: int = 0) -> OnnxModel:
-    """Load, validate and lower an ONNX model (a path or a ModelProto)."""
-    proto, path = load_proto(model)
-    where = path or proto.graph.name or "model"
+    """Load, validate and lower an ONNX model (a path or a ModelProto); what is lowered is a private copy where
+    anything is to change (stale ``value_info``, an opset below 13: :func:`frontends.onnx.load.working_copy`)."""
+    checked = load_checked(model)
+    proto, path, where = checked.proto, checked.path, checked.where
     inputs = make_example_inputs(proto, example_inputs, where, seed)
-    return lower_onnx(proto, inputs, path)
+    work, notes = working_copy(checked, inputs)
+    origin = None
+    if (onnx_opset(work) or MIN_OPSET) < MIN_OPSET:
+        work, origin, note = upgrade(work, inputs, where)
+        notes.append(note)
+    return lower_onnx(work, inputs, path, origin, notes)
 
 
 def lower_onnx(
     proto: onnx.ModelProto,
     inputs: dict[str, np.ndarray],
     path: str | None = None,
+    origin: OpsetOrigin | None = None,
+    notes: list[str] | None = None,
 ) -> OnnxModel:
-    """Shapes, static values and the channel graph of a loaded, validated model."""
+    """Shapes, static values and the channel graph of a loaded, validated model (at opset 13 or later; ``origin``:
+    the opset it was upgraded from)."""
     where = path or proto.graph.name or "model"
-    notes: list[str] = []
+    notes = list(notes or [])
     shapes, types = infer_shapes(proto, inputs)
     candidates, _ = static_candidates(proto)
     missing = unshaped_values(proto, shapes, set(candidates))
@@ -64,4 +75,5 @@ def lower_onnx(
         node_ops=lowered.node_ops,
         opset=onnx_opset(proto) or MIN_OPSET,
         notes=notes,
+        origin=origin,
     )

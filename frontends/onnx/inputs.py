@@ -1,4 +1,9 @@
-"""Example inputs of an ONNX model: the user's, checked against the declared inputs, or random ones."""
+"""Example inputs of an ONNX model: the user's, checked against the declared inputs, or random ones.
+
+A declared dim is fixed where it is a positive ``dim_value``; a symbolic, absent, ``-1`` or ``0`` dim
+is dynamic (exporters write ``-1`` and ``0`` for "any size"): a given example may have any size there,
+and random inputs need the user's example or ``--input-shape`` for it.
+"""
 
 from __future__ import annotations
 
@@ -46,7 +51,7 @@ def _random_inputs(ins: list[onnx.ValueInfoProto], where: str, seed: int) -> dic
     out: dict[str, np.ndarray] = {}
     for vi in ins:
         shape = tensor_dims(vi.type)
-        if shape is None:
+        if shape is None or any(d <= 0 for d in shape):
             raise InvalidArgumentError(
                 f"{where}: input {vi.name!r} has a dynamic or unknown shape; pass example_inputs "
                 "(a tuple of arrays) or --input-shape"
@@ -85,7 +90,7 @@ def _conform(vi: onnx.ValueInfoProto, x: Any, where: str) -> np.ndarray:
             raise InvalidArgumentError(f"{where}: input {vi.name!r} is {dt}, got an example of dtype {a.dtype}")
     decl = vi.type.tensor_type.shape.dim if vi.type.tensor_type.HasField("shape") else None
     if decl is not None:
-        if len(decl) != a.ndim or any(d.HasField("dim_value") and d.dim_value != n for d, n in zip(decl, a.shape, strict=True)):
+        if len(decl) != a.ndim or any(d.HasField("dim_value") and 0 < d.dim_value != n for d, n in zip(decl, a.shape, strict=True)):
             want = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in decl]
             raise InvalidArgumentError(f"{where}: input {vi.name!r} has shape {want}, got an example of shape {list(a.shape)}")
     return np.asarray(a, order="C")

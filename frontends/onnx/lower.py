@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from frontends.errors import InternalError
+from frontends.errors import InternalError, UnsupportedModelError
 from frontends.graph import ChannelGraph, Op, Value
 from frontends.onnx.handlers import ARG_ROLES, HANDLERS
 from frontends.onnx.model import ArgSlot
@@ -59,9 +59,14 @@ def lower_graph(
     derived: set[str],
     where: str,
 ) -> Lowered:
-    """Lower every node of ``model`` that is not in ``static_nodes``."""
+    """Lower every node of ``model`` that is not in ``static_nodes``; a handler's refusal names the model."""
     lw = Lowering(model, shapes, types, static, static_nodes, derived)
-    graph = lw.run()
+    try:
+        graph = lw.run()
+    except UnsupportedModelError as exc:
+        if str(exc).startswith(f"{where}: "):
+            raise
+        raise UnsupportedModelError(f"{where}: {exc}") from None
     unknown = [op for op in graph.ops.values() if op.kind == "unknown"]
     if unknown:
         log.info("%s: %d ops lowered as unknown: %s", where, len(unknown), sorted({op.target for op in unknown}))

@@ -10,6 +10,7 @@ import numpy as np
 import onnx
 
 from frontends.graph import ChannelGraph
+from frontends.onnx.opsets import OpsetOrigin
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,7 @@ class ArgSlot:
 class OnnxModel:
     """A loaded ONNX model, its channel graph, and what the rewrite needs to go back."""
 
-    model: onnx.ModelProto  # the original, with external data read into memory
+    model: onnx.ModelProto  # the model prunec works on (the original, or its private working copy), data in memory
     graph: ChannelGraph
     path: str | None
     inputs: dict[str, np.ndarray]  # example inputs by graph input name
@@ -46,9 +47,10 @@ class OnnxModel:
     shape_derived: set[str]  # static values computed from a tensor's shape
     args: list[ArgSlot]
     node_ops: dict[int, list[str]]  # node index -> neutral op names
-    opset: int
+    opset: int  # the model's (13 or later)
     notes: list[str] = field(default_factory=list)
     method: str = "onnx"
+    origin: OpsetOrigin | None = None  # the opset and IR version it was upgraded from (None: not upgraded)
 
     @property
     def name(self) -> str:

@@ -26,8 +26,14 @@ the graph's input and output names and types are kept. The steps of
    constant with the original value;
 6. **insert added nodes** (the rescaling ``Mul`` s) right after their producers;
 7. **clean up**: nodes and initializers the rewrite left without a consumer are
-   removed, stale ``value_info`` is dropped and shapes are inferred again; the
-   result must pass ``onnx.checker.check_model(full_check=True)``.
+   removed, stale ``value_info`` is dropped and shapes are inferred again; under
+   IR version < 4 every initializer (sliced, renamed or new) is listed as a graph
+   input with its shape; the result must pass
+   ``onnx.checker.check_model(full_check=True)``;
+8. **write back the opset**: a model upgraded from an older opset goes back to it
+   where that can be done and checked (:func:`frontends.onnx.opsets.write_back`),
+   else stays at the working opset; a note (``written at opset N ...``) in the
+   loaded model's ``notes`` says which.
 """
 
 from __future__ import annotations
@@ -46,6 +52,7 @@ from frontends.errors import InternalError, UnsupportedModelError
 from frontends.graph import ChannelGraph, Op
 from frontends.onnx.evaluate import evaluate_static
 from frontends.onnx.model import ArgSlot, OnnxModel
+from frontends.onnx.opsets import list_initializers_as_inputs, write_back
 from frontends.onnx.proto import UniqueNames, implicit_inputs
 from passes.ops import lookup
 
@@ -216,7 +223,10 @@ class RewriteONNX:
         graph = analysis.graph
         tensors = [v for v, val in graph.values.items() if val.is_tensor and not val.is_const]
         _refresh_shapes(rw.model, {v: rw.pruned_shape(v) for v in tensors}, om)
+        if rw.model.ir_version < 4:
+            list_initializers_as_inputs(rw.model)
         _check(rw.model, om)
+        _write_back_opset(rw, om)
         return rw.result
 
 
@@ -442,6 +452,21 @@ def _refresh_shapes(m: onnx.ModelProto, pruned_shapes: dict[str, tuple[int, ...]
         for o in n.output:
             if o and o not in known and o in pruned_shapes and om.elem_types.get(o):
                 m.graph.value_info.append(helper.make_tensor_value_info(o, om.elem_types[o], list(pruned_shapes[o])))
+
+
+WRITTEN_AT = "written at opset"
+
+
+def _write_back_opset(rw: OnnxRewrite, om: OnnxModel) -> None:
+    """A model upgraded from an older opset: the pruned model at that opset where it can be (see
+    :func:`frontends.onnx.opsets.write_back`); the note replaces the one of an earlier rewrite of ``om``."""
+    if om.origin is None:
+        return
+    model, note = write_back(rw.model, om.origin, om.inputs)
+    rw.model = rw.result.model = model
+    rw.result.notes.append(note)
+    om.notes[:] = [n for n in om.notes if not n.startswith(WRITTEN_AT)] + [note]
+    log.info("%s: %s", om.name, note)
 
 
 def _check(m: onnx.ModelProto, om: OnnxModel) -> None:
