@@ -137,7 +137,8 @@ class Report:
             state = "passed" if v["passed"] else "FAILED"
             lines.append(
                 f"verified     {state}: max abs error {v['max_abs_error']:.2e} "
-                f"(tolerance {v['tolerance']:.1e}, {v['dtype']}) against the original with removed channels zeroed"
+                f"(tolerance {v['tolerance']:.1e}, {v['dtype']}) against the original with removed channels zeroed; "
+                f"compared: {v.get('basis', 'outputs')}"
             )
         else:
             lines.append("verified     no (verify=False)")

@@ -54,11 +54,21 @@ class VerifyResult:
     tolerance: float
     dtype: str
     nodes_checked: int = 0  # intermediate tensors compared at their kept positions
-    max_node_error: float = 0.0  # worst |difference| / max |reference| over those tensors
+    max_node_error: float = 0.0  # worst |difference| / scale over those tensors (ONNX: the scale raised by its floor)
     worst_node: str = ""
 
+    @property
+    def basis(self) -> str:
+        """What the check rests on, in words (a zero reference output proves nothing by itself)."""
+        if self.nodes_checked == 0:
+            return "outputs only"
+        inner = f"{self.nodes_checked} intermediate tensors at their kept positions"
+        if self.reference_scale == 0.0:
+            return f"{inner} (the reference outputs are all zero, so they carry the check)"
+        return f"outputs and {inner}"
+
     def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        return {**self.__dict__, "basis": self.basis}
 
 
 @dataclass
