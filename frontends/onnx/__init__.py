@@ -2,7 +2,7 @@
 
 One concern per module:
 
-- :mod:`~frontends.onnx.load`: read a path or ``ModelProto`` of opset 13 or later, with the
+- :mod:`~frontends.onnx.load`: read a path or ``ModelProto`` of opset 7 or later (below 13: upgraded on a private copy), with the
   external-data security checks and the consistency checks the analysis relies on;
 - :mod:`~frontends.onnx.inputs`: the example inputs (the user's, checked, or random ones);
 - :mod:`~frontends.onnx.runtime`: ONNX Runtime sessions and runs;
