@@ -207,6 +207,26 @@ def test_functional_grouped_conv():
     assert sub(r, "c1").out_channels == 8 and sub(r, "c3").in_channels == 8
 
 
+def test_grouped_conv_with_an_untracked_weight_freezes_its_input():
+    """A grouped conv whose weight an unknown op computed (untracked labels) crashed the analysis (None.reshape):
+    its input channels are frozen with the reason, the rest prunes, and the result verifies."""
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c1 = nn.Conv2d(3, 16, 1)
+            self.w = nn.Parameter(torch.randn(16, 4, 3, 3))
+            self.c3 = nn.Conv2d(16, 4, 1)
+
+        def forward(self, x):
+            w = self.w.sort(dim=-1).values  # sort: an op prunec does not know
+            return self.c3(F.relu(F.conv2d(F.relu(self.c1(x)), w, padding=1, groups=4)))
+
+    r = check(Net(), torch.randn(2, 3, 8, 8), independent=False)
+    assert sub(r, "c1").out_channels == 16
+    assert any("grouped conv with an untracked weight" in reason for g in r.report.groups for reason in g.reasons)
+
+
 @pytest.mark.parametrize("dim", [1, 2])
 def test_conv_transpose(dim):
     conv = nn.Conv1d if dim == 1 else nn.Conv2d
