@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import difflib
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,7 +16,7 @@ from compiler.graph_view import build_graph_view
 from compiler.options import Options
 from compiler.report import FrozenOp, GroupReport, LayerReport, Report
 from frontends.adapter import Adapter, Rewritten
-from frontends.errors import InternalError, UnsupportedModelError
+from frontends.errors import InternalError, InvalidArgumentError, UnsupportedModelError
 from frontends.graph import ChannelGraph
 from passes.channel_analysis import AnalysisResult, ChannelAnalysis
 from passes.cost import graph_macs, graph_params, op_macs
@@ -302,6 +303,17 @@ def check_capabilities(adapter: Adapter, opts: Options) -> None:
         )
 
 
+def check_ignored_names(graph: ChannelGraph, ignore: Sequence[str]) -> None:
+    """Every name in ``ignore=`` must name a layer of the model (its module path or node name); a name that
+    matches nothing would silently protect nothing, so it is refused with the closest names there are."""
+    known = {op.label for op in graph.ops.values() if op.label} | set(graph.ops)
+    for name in ignore:
+        if name not in known:
+            close = difflib.get_close_matches(name, sorted(known), n=5, cutoff=0.6)
+            hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+            raise InvalidArgumentError(f"ignore={name!r} names no layer of the model (module paths or node names){hint}")
+
+
 def compile_with(
     adapter: Adapter, opts: Options, progress: Callable[[str], None] | None, backend_options: dict[str, Any]
 ) -> Compiled:
@@ -309,6 +321,7 @@ def compile_with(
     steps = Steps(progress)
     adapter.load(steps)
     check_capabilities(adapter, opts)
+    check_ignored_names(adapter.graph, opts.ignore)
     latency, run_opts = latency_setup(opts, backend_options, adapter.example_inputs(), progress, steps, adapter.latency_model)
     make_data = lambda analysis: adapter.criteria_data(analysis, opts)  # noqa: E731
     p = plan(adapter.graph, run_opts, steps, make_data, latency.cost_model if latency is not None else None)

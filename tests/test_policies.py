@@ -352,6 +352,19 @@ def test_ignore_accepts_one_name_as_a_string():
     assert r.report.settings["ignore"] == ["conv2"]
 
 
+def test_ignore_with_an_unknown_name_is_refused_with_near_matches():
+    """ignore=["layer9"] used to be accepted silently (it protected nothing)."""
+    m = nn.Sequential()
+    m.add_module("conv1", nn.Conv2d(3, 16, 3))
+    m.add_module("act", nn.ReLU())
+    m.add_module("conv2", nn.Conv2d(16, 4, 1))
+    x = torch.randn(1, 3, 9, 9)
+    with pytest.raises(compiler.InvalidArgumentError, match=r"ignore='conv3' names no layer.*did you mean 'conv2', 'conv1'"):
+        prune(m, x, ratio=0.5, ignore=["conv3"])
+    with pytest.raises(compiler.InvalidArgumentError, match=r"ignore='zzz' names no layer of the model[^;]*$"):
+        prune(m, x, ratio=0.5, ignore="zzz")
+
+
 def test_ignore_a_member_freezes_its_whole_group():
     m = Residual().eval()
     r = prune(m, torch.randn(1, 3, 6, 6), ratio=0.5, ignore=["b"])
