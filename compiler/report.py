@@ -159,7 +159,7 @@ class Report:
             rows.append((str(g.id), str(g.channels_before), str(g.channels_after), eq, sal, frozen, why, members))
         text = text_table(rows)
         if limit and len(self.groups) > limit:
-            text += f"\n... {len(self.groups) - limit} more groups"
+            text += f"\n... {len(self.groups) - limit} more groups (all of them: report.groups_table())"
         if reasons:
             text += "\nfrozen because:\n" + "\n".join(f"  {ref[r]:>2}. {r}" for r in reasons[:20])
             if len(reasons) > 20:
@@ -184,7 +184,7 @@ class Report:
             )
         text = text_table(rows)
         if limit and len(self.layers) > limit:
-            text += f"\n... {len(self.layers) - limit} more layers"
+            text += f"\n... {len(self.layers) - limit} more layers (all of them: report.layers_table())"
         return text
 
     def to_html(self, path: str | os.PathLike[str], compare: Report | None = None) -> None:

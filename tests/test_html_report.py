@@ -526,3 +526,16 @@ def test_cli_bad_input_exits_2_with_one_line_and_writes_nothing(case, tmp_path, 
     lines = [ln for ln in err.splitlines() if ln.strip() and not ln.startswith("  [")]
     assert len(lines) == 1 and lines[0].startswith("prunec: error:") and "Traceback" not in err, err
     assert os.listdir(out_dir) == []
+
+
+def test_printed_report_says_how_to_see_every_group_and_layer():
+    """print(result.report) cuts long tables; the cut says how to see all of them."""
+    import torch
+    import torchvision
+
+    r = compiler.compile(torchvision.models.resnet50(weights=None), (torch.randn(1, 3, 32, 32),), verify=False)
+    text = str(r.report)
+    assert len(r.report.groups) > 30 and len(r.report.layers) > 40
+    assert "more groups (all of them: report.groups_table())" in text
+    assert "more layers (all of them: report.layers_table())" in text
+    assert len(r.report.groups_table().splitlines()) > len(r.report.groups)
