@@ -56,12 +56,19 @@ def load_model_spec(spec: str) -> Any:
         if attr not in torchvision.models.list_models():
             raise InvalidArgumentError(f"{spec}: torchvision has no model {attr!r}")
         return torchvision.models.get_model(attr, weights=None)
+    cwd = os.getcwd()
+    added = cwd not in sys.path and "" not in sys.path  # the current folder is importable, as with `python -m`
+    if added:
+        sys.path.insert(0, cwd)
     try:
         module = importlib.import_module(mod_name)
     except ImportError as exc:
         raise InvalidArgumentError(f"{spec}: cannot import {mod_name!r} ({exc})") from None
     except Exception as exc:  # the user's module fails while it is imported
         raise UnsupportedModelError(f"{spec}: importing {mod_name!r} failed: {_describe(exc)}") from exc
+    finally:
+        if added and cwd in sys.path:
+            sys.path.remove(cwd)
     fn = getattr(module, attr, None)
     if fn is None or not callable(fn):
         raise InvalidArgumentError(f"{spec}: {mod_name} has no callable {attr!r}")

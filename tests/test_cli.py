@@ -221,3 +221,44 @@ def test_a_failing_model_factory_is_bad_input_exit_2(tmp_path, capfd, monkeypatc
     monkeypatch.syspath_prepend(str(tmp_path))
     proc = run_main(capfd, "inspect", "explodes_on_import:build", "--input-shape", "1,3,8,8")
     assert_one_line_error(proc, "explodes_on_import", "KeyError", "MODEL_HOME")
+
+
+MYMODS = "import torch.nn as nn\n\n\ndef build():\n    return nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 1))\n"
+
+
+def test_a_module_in_the_current_folder_is_importable(tmp_path, monkeypatch):
+    """`prunec inspect mymods:build` from the folder holding mymods.py works, as `python -m` would import it.
+
+    Run as the installed console script runs: a script elsewhere (its own folder is sys.path[0], not the cwd).
+    """
+    work, bindir = tmp_path / "work", tmp_path / "bin"
+    work.mkdir()
+    bindir.mkdir()
+    (work / "mymods.py").write_text(MYMODS)
+    entry = bindir / "prunec_entry.py"  # what pip writes for [project.scripts]
+    entry.write_text("import sys\nfrom compiler.cli import main\nsys.exit(main())\n")
+    monkeypatch.chdir(work)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([ROOT] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    env.setdefault("OMP_NUM_THREADS", "2")
+    proc = subprocess.run(
+        [sys.executable, str(entry), "inspect", "mymods:build", "--input-shape", "1,3,16,16"],
+        capture_output=True, text=True, timeout=600, env=env,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "groups" in proc.stdout
+
+
+def test_importing_a_model_spec_leaves_sys_path_as_it_was(tmp_path, monkeypatch):
+    from compiler.cli import load_model_spec
+
+    (tmp_path / "mymods_cwd_only.py").write_text(MYMODS)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    before = list(sys.path)
+    try:
+        model = load_model_spec("mymods_cwd_only:build")
+    finally:
+        sys.modules.pop("mymods_cwd_only", None)
+    assert type(model).__name__ == "Sequential"
+    assert sys.path == before

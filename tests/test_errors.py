@@ -66,6 +66,37 @@ def test_untraceable_model_raises_trace_error_naming_module_and_line():
     assert "\n" not in msg  # one line
 
 
+class GateNamedThis(nn.Module):
+    def forward(this, x):  # noqa: N805  (the first argument is not called self)
+        if x.sum() > 0:
+            return x * 2
+        return x
+
+
+class TwoGates(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3)
+        self.blocks = nn.Sequential(nn.ReLU(), GateNamedThis())
+
+    def forward(self, x):
+        return self.blocks(self.conv(x))
+
+
+def test_trace_error_names_the_module_path_and_class_never_nonetype():
+    """The failing module is named ``path (Class)`` whatever its forward calls its first argument; the root by its class."""
+    with pytest.raises(TraceError) as info:
+        compiler.compile(TwoGates(), (X,), ratio=0.5)
+    msg = str(info.value)
+    assert "NoneType" not in msg, msg
+    assert "module blocks.1 (GateNamedThis)" in msg and info.value.module == "blocks.1 (GateNamedThis)"
+    with pytest.raises(TraceError) as info:
+        compiler.compile(GateNamedThis(), (X,), ratio=0.5)
+    msg = str(info.value)
+    assert "NoneType" not in msg and "module GateNamedThis at" in msg, msg
+    assert info.value.module == "GateNamedThis"
+
+
 def test_failures_print_nothing_of_their_own(capfd):
     """torch.export and ShapeProp print tracebacks and graph dumps; the user gets the exception only."""
     with pytest.raises(TraceError):

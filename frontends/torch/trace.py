@@ -69,20 +69,35 @@ def _user_frame(exc: BaseException) -> str | None:
 
 
 def _failing_module(model: nn.Module, exc: BaseException) -> str | None:
-    """Name of the submodule whose forward raised, from the traceback's code objects."""
+    """``path (Class)`` of the submodule whose forward raised, from the traceback's frames.
+
+    The module is the frame's first argument (whatever it is called, not only ``self``),
+    named by its path in ``model``; where the frame does not hold it, the path comes from
+    the forward's code object and the class from the module at that path. The root module
+    is named by its class alone.
+    """
+    paths = {id(mod): name for name, mod in model.named_modules()}
+    modules = dict(model.named_modules())
     codes: dict[tuple[str, int], str] = {}
-    for name, mod in model.named_modules():
+    for name, mod in modules.items():
         fwd = getattr(type(mod), "forward", None)
         code = getattr(fwd, "__code__", None)
         if code is not None:
-            codes.setdefault((code.co_filename, code.co_firstlineno), name or type(mod).__name__)
+            codes.setdefault((code.co_filename, code.co_firstlineno), name)
     tb = exc.__traceback__
     found = None
     while tb is not None:
         code = tb.tb_frame.f_code
         key = (code.co_filename, code.co_firstlineno)
         if key in codes and code.co_name == "forward":
-            found = f"{codes[key]} ({type(tb.tb_frame.f_locals.get('self')).__name__})"
+            first = tb.tb_frame.f_locals.get(code.co_varnames[0]) if code.co_argcount else None
+            if isinstance(first, nn.Module) and id(first) in paths:
+                path, mod = paths[id(first)], first
+            else:
+                path = codes[key]
+                mod = modules[path]
+            cls = type(mod).__name__
+            found = f"{path} ({cls})" if path else cls
         tb = tb.tb_next
     return found
 
