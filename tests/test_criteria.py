@@ -10,13 +10,13 @@ import torch.nn.functional as F
 from scipy.stats import spearmanr
 
 import compiler
+from compiler.workflows.sparsify import sparsify
 from frontends.torch import load_torch
 from frontends.torch.calibration import CalibrationData, GatedRunner
 from frontends.torch.criteria import DataCriteria
 from passes.channel_analysis import ChannelAnalysis
 from passes.importance import CRITERIA
 from passes.saliency import Saliency
-from compiler.workflows.sparsify import sparsify
 
 
 @pytest.fixture(scope="module")
@@ -310,3 +310,36 @@ def test_computed_weights_are_not_refit(kw):
     assert r.report.verification["passed"]
     if kw.get("importance") == "mrs":  # removal propagates the means
         assert r.report.settings["bias_propagation_skipped"] == ["conv2d", "linear"]
+
+
+def test_calibration_batch_shapes_are_checked_against_the_example_inputs():
+    m = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 1))
+    x = torch.randn(2, 3, 8, 8)
+    bad = {
+        "channels": ([x, torch.randn(2, 5, 8, 8)], r"batch 1, input 0: shape \[2, 5, 8, 8\].*\[2, 3, 8, 8\].*\[N, 3, 8, 8\]"),
+        "rank": ([torch.randn(2, 3, 8)], r"batch 0, input 0: shape \[2, 3, 8\].*\[N, 3, 8, 8\]"),
+        "dtype": ([torch.zeros(2, 3, 8, 8, dtype=torch.long)], r"batch 0, input 0: dtype torch.int64"),
+    }
+    for cal, msg in bad.values():
+        with pytest.raises(compiler.InvalidArgumentError, match=msg):
+            compiler.compile(m, (x,), importance="taylor", calibration=cal)
+    r = compiler.compile(m, (x,), ratio=0.5, importance="taylor", calibration=[torch.randn(5, 3, 8, 8), (torch.randn(7, 3, 8, 8),)])
+    assert r.report.verification["passed"]
+
+
+def test_calibration_batches_need_as_many_inputs_as_the_example():
+    class Two(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(4, 8), nn.Linear(8, 2)
+
+        def forward(self, x, y):
+            return self.b(torch.relu(self.a(x) + y))
+
+    x, y = torch.randn(2, 4), torch.randn(2, 8)
+    m = Two()
+    with pytest.raises(compiler.InvalidArgumentError, match=r"batch 1: .*2 input tensor"):
+        compiler.compile(m, (x, y), importance="taylor", calibration=[(x, y), (x, y, x, y)])
+    with pytest.raises(compiler.InvalidArgumentError, match=r"batch 0, input 1: shape \[3, 9\]"):
+        compiler.compile(m, (x, y), importance="taylor", calibration=[(torch.randn(3, 4), torch.randn(3, 9))])
+    compiler.compile(m, (x, y), importance="taylor", calibration=[(torch.randn(6, 4), torch.randn(6, 8))])

@@ -92,9 +92,32 @@ class CalibrationData:
                 raise InvalidArgumentError(
                     f"calibration batch {i}: expected a tensor or a tuple of tensors, got {type(b).__name__}"
                 )
+            _check_inputs(i, out[-1].inputs, example_inputs)
         if not out:
             raise InvalidArgumentError("calibration is empty")
         return cls(out, loss_fn)
+
+
+def _family(t: torch.Tensor) -> str:
+    return "floating-point" if t.is_floating_point() or t.is_complex() else "integer"
+
+
+def _check_inputs(i: int, inputs: tuple[torch.Tensor, ...], example_inputs: Sequence[torch.Tensor]) -> None:
+    """Each input of calibration batch ``i`` has its example input's shape past dim 0 (the batch) and dtype family."""
+    for k, (t, ex) in enumerate(zip(inputs, example_inputs, strict=True)):
+        if not isinstance(ex, torch.Tensor):
+            continue
+        if t.dim() != ex.dim() or (ex.dim() > 0 and t.shape[1:] != ex.shape[1:]) or (ex.dim() == 0 and t.shape != ex.shape):
+            expected = "[" + ", ".join(["N", *map(str, ex.shape[1:])]) + "]" if ex.dim() > 0 else "[]"
+            raise InvalidArgumentError(
+                f"calibration batch {i}, input {k}: shape {list(t.shape)} does not match the example input's "
+                f"{list(ex.shape)} (expected {expected}, any batch size N)"
+            )
+        if _family(t) != _family(ex):
+            raise InvalidArgumentError(
+                f"calibration batch {i}, input {k}: dtype {t.dtype} ({_family(t)}) where the example input is "
+                f"{ex.dtype} ({_family(ex)})"
+            )
 
 
 def output_tensor(out: Any) -> torch.Tensor:
