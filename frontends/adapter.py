@@ -32,7 +32,7 @@ from frontends.graph import ChannelGraph
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Adapter", "Rewritten", "VerifyResult", "CAPABILITIES"]
+__all__ = ["Adapter", "Rewritten", "VerifyResult", "PlannedShapes", "CAPABILITIES"]
 
 CAPABILITIES: dict[str, str] = {
     "weights": "read constant weights",
@@ -42,6 +42,23 @@ CAPABILITIES: dict[str, str] = {
     "hvp": "Hessian-vector products (double back-propagation)",
     "weight_updates": "write new values of constants before the rewrite (compensation, bias propagation)",
 }
+
+
+class PlannedShapes:
+    """Shape queries a rewrite handler makes about a plan (``graph``, ``analysis`` and ``pruned`` set by the subclass)."""
+
+    graph: ChannelGraph
+    analysis: Any
+    pruned: Any
+
+    def original_shape(self, value: str) -> tuple[int, ...]:
+        return self.graph.shape(value)
+
+    def pruned_shape(self, value: str) -> tuple[int, ...]:
+        return tuple(self.analysis.pruned_shape(value, self.pruned))
+
+    def keep_mask(self, value: str, dim: int) -> Any:
+        return self.analysis.keep_mask(value, dim, self.pruned)
 
 
 @dataclass

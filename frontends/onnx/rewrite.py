@@ -48,6 +48,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from frontends.adapter import PlannedShapes
 from frontends.errors import InternalError, UnsupportedModelError
 from frontends.graph import ChannelGraph, Op
 from frontends.onnx.evaluate import evaluate_static
@@ -94,7 +95,7 @@ def _same(a: np.ndarray | None, b: np.ndarray | None) -> bool:
     return a.shape == b.shape and bool(np.array_equal(a, b))
 
 
-class OnnxRewrite:
+class OnnxRewrite(PlannedShapes):
     """The model being rewritten: what an ONNX rewrite handler reads, and the edits it makes.
 
     Shapes of channel-graph values: ``original_shape(v)``, ``pruned_shape(v)``, and
@@ -127,15 +128,6 @@ class OnnxRewrite:
         self.added: dict[int, onnx.NodeProto] = {}  # node index -> a node to insert right after it
 
     # -- what handlers read -----------------------------------------------------------
-    def original_shape(self, value: str) -> tuple[int, ...]:
-        return self.graph.shape(value)
-
-    def pruned_shape(self, value: str) -> tuple[int, ...]:
-        return self.analysis.pruned_shape(value, self.pruned)
-
-    def keep_mask(self, value: str, dim: int) -> np.ndarray | None:
-        return self.analysis.keep_mask(value, dim, self.pruned)
-
     def args(self, node: int) -> dict[int, ArgSlot]:
         """A node's static arguments by input index."""
         return self.slots.get(node, {})

@@ -27,6 +27,7 @@ import torch
 import torch.fx
 import torch.nn as nn
 
+from frontends.adapter import PlannedShapes
 from frontends.graph import ChannelGraph, Op
 from frontends.torch.nodes import module_attr
 from frontends.torch.sizes import SIZE_ERRORS, SizeEval, drop_dead_size_arithmetic
@@ -49,7 +50,7 @@ class RewriteResult:
     updated_nodes: int  # ops whose module attributes or call arguments a handler changed
 
 
-class TorchRewrite:
+class TorchRewrite(PlannedShapes):
     """What a torch rewrite handler reads, and the edits it makes.
 
     Shapes of graph values: ``original_shape(v)``, ``pruned_shape(v)``, and
@@ -64,15 +65,6 @@ class TorchRewrite:
         self.graph: ChannelGraph = analysis.graph
         self.sizes = SizeEval(node_values, analysis, pruned)
         self.original_sizes = SizeEval(node_values, analysis, np.zeros_like(pruned))
-
-    def original_shape(self, value: str) -> tuple[int, ...]:
-        return self.graph.shape(value)
-
-    def pruned_shape(self, value: str) -> tuple[int, ...]:
-        return self.analysis.pruned_shape(value, self.pruned)
-
-    def keep_mask(self, value: str, dim: int) -> np.ndarray | None:
-        return self.analysis.keep_mask(value, dim, self.pruned)
 
     def unchanged_size(self, a: Any) -> Any:
         """A run-time size that must keep its original value: the node while it still evaluates to it, else the constant."""
