@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -27,9 +27,10 @@ import torch.fx
 import torch.nn.functional as F
 
 from frontends.errors import InvalidArgumentError
+from frontends.graph import Op
 from frontends.torch.trace import TracedModel
 from passes.channel_analysis import AnalysisResult
-from passes.ops import lookup
+from passes.data_criteria import Consumer, read_consumers
 
 log = logging.getLogger(__name__)
 
@@ -153,42 +154,17 @@ def task_loss(out: Any, labels: torch.Tensor, loss_fn: Callable | None, reductio
     return F.mse_loss(logits, labels.to(logits.dtype), reduction=reduction)
 
 
-@dataclass
-class Consumer:
-    """A contracting op reading channel classes: where gates act."""
-
-    op: str
-    node: str  # FX node name
-    arg: int  # which positional argument is the gated input
-    value: str
-    dim: int
-    classes: np.ndarray  # class per position along ``dim``
-    kind: str
-    weight: str | None = None  # its constant weight (conv/linear/matmul); None where it has none or it is computed
-    extra: dict = field(default_factory=dict)
-
-
 def consumers(traced: TracedModel, analysis: AnalysisResult) -> list[Consumer]:
-    """Every op that contracts over a tracked channel dim of its input (its spec's ``reads``)."""
-    out: list[Consumer] = []
-    for op in analysis.graph.ops.values():
+    """Every op that contracts over a tracked channel dim of its input (its spec's ``reads``), where its FX node
+    reads a node as its first argument (what :class:`GatedRunner` gates)."""
+
+    def key(op: Op) -> str | None:
         node = op.source
-        spec = lookup(op)
-        if not isinstance(node, torch.fx.Node) or spec is None or spec.reads is None:
-            continue
-        read = spec.reads(op, analysis)
-        if read is None:
-            continue
-        x = op.inputs[read.input]
-        lab = analysis.labels.get(x) if x is not None else None
-        if x is None or not lab or lab[read.dim] is None:
-            continue
-        if not node.args or not isinstance(node.args[0], torch.fx.Node):
-            continue
-        cls = analysis.atom_class[lab[read.dim]]
-        w = read.weight if read.weight is not None and analysis.graph.values[read.weight].is_const else None
-        out.append(Consumer(op.name, node.name, read.input, x, read.dim, cls, op.kind, w, dict(op.attrs)))
-    return out
+        if not isinstance(node, torch.fx.Node) or not node.args or not isinstance(node.args[0], torch.fx.Node):
+            return None
+        return node.name
+
+    return read_consumers(analysis, key)
 
 
 class GatedRunner(torch.fx.Interpreter):

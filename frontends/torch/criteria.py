@@ -5,7 +5,10 @@ The torch adapter's data object (:class:`DataCriteria`) for the criteria registr
 (:mod:`frontends.torch.calibration`): a class is one coupled channel, so coupling
 needs no equalization. Unit-level criteria (``obd``, ``synflow``) score producer
 units like ``l1``/``l2`` and are equalized across a group. ``bn_scale`` needs only
-the weights and is computed in :mod:`passes.importance`.
+the weights and is computed in :mod:`passes.importance`. The statistics-only criteria
+(``activation``, ``n2ps``, ``obs``) and the weight updates are computed from the statistics
+collected here by the framework-neutral maths of :mod:`passes.data_criteria`, which the ONNX
+adapter shares.
 
 ========== ======================================================================
 activation mean |x| of the channel where layers read it (seed 004)
@@ -32,16 +35,16 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Container, Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
 import torch
+import torch.fx
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from frontends.errors import InternalError, InvalidArgumentError
+from frontends.errors import InvalidArgumentError
 from frontends.graph import Op
 from frontends.torch.calibration import (
     CalibrationData,
@@ -55,53 +58,11 @@ from frontends.torch.calibration import (
 from frontends.torch.nodes import module_attr
 from frontends.torch.trace import TracedModel
 from passes.channel_analysis import AnalysisResult
+from passes.data_criteria import ChannelStatistics, ObsLayer
 
 log = logging.getLogger(__name__)
 
 __all__ = ["DataCriteria"]
-
-
-@dataclass(frozen=True)
-class _Unfold:
-    """How a Conv1d/Conv2d reads its input: ``F.unfold`` on a 2-d view (a Conv1d's input as height 1)."""
-
-    kernel_size: tuple[int, ...]
-    dilation: tuple[int, ...]
-    padding: tuple[int, ...]
-    stride: tuple[int, ...]
-    conv1d: bool
-
-    @staticmethod
-    def of(op: Op, kernel: tuple[int, ...]) -> _Unfold | None:
-        """An ungrouped, not transposed Conv1d/Conv2d with zero padding mode and numeric padding; else None."""
-        a = op.attrs
-        stride, dilation, padding = a.get("stride"), a.get("dilation"), a.get("padding")
-        if a.get("transposed") or a.get("groups", 1) != 1 or a.get("padding_mode") != "zeros" or len(kernel) not in (1, 2):
-            return None
-        if stride is None or dilation is None or padding is None or isinstance(padding, str):
-            return None
-        if len(kernel) == 1:
-            return _Unfold((1, kernel[0]), (1, dilation[0]), (0, padding[0]), (1, stride[0]), conv1d=True)
-        return _Unfold(kernel, tuple(dilation), tuple(padding), tuple(stride), conv1d=False)
-
-    def rows(self, x: torch.Tensor) -> torch.Tensor:
-        """The input patches as rows: [N * L, C * k]."""
-        if self.conv1d:
-            x = x.unsqueeze(2)
-        cols = F.unfold(x, kernel_size=self.kernel_size, dilation=self.dilation, padding=self.padding, stride=self.stride)
-        return cols.transpose(1, 2).reshape(-1, cols.shape[1])
-
-
-@dataclass(frozen=True)
-class _Layer:
-    """What OBS needs of one consumer layer."""
-
-    consumer: Consumer
-    weight: str
-    bias: str | None  # value name of an existing (constant) bias
-    bias_attr: str | None  # module path + ".bias" where a bias can be created
-    kernel: tuple[int, ...] = ()  # a conv's kernel size (its weight's shape[2:])
-    unfold: _Unfold | None = None  # a conv's input as rows; None for a linear layer
 
 
 def _sum_tensors(terms: Iterable[torch.Tensor]) -> torch.Tensor:
@@ -114,8 +75,9 @@ def _sum_tensors(terms: Iterable[torch.Tensor]) -> torch.Tensor:
     return total
 
 
-class DataCriteria:
-    """Computes criteria on calibration data for one traced model and analysis."""
+class DataCriteria(ChannelStatistics):
+    """Computes criteria on calibration data for one traced model and analysis (the statistics' maths:
+    :class:`passes.data_criteria.ChannelStatistics`)."""
 
     def __init__(self, traced: TracedModel, analysis: AnalysisResult, data: CalibrationData, probes: int = 4, seed: int = 0) -> None:
         self.traced, self.analysis, self.data = traced, analysis, data
@@ -125,29 +87,21 @@ class DataCriteria:
         self.probes = probes
         self.gen = torch.Generator().manual_seed(seed)
         self._means: dict[str, torch.Tensor] | None = None
-        self._layers: list[tuple[_Layer, np.ndarray]] | None = None
+        self._layers: list[tuple[ObsLayer, np.ndarray]] | None = None
+
+    # -- what only the torch graph knows ---------------------------------------------------
+    def exact_geometry(self, op: Op) -> bool:
+        """A conv module's attributes are its geometry; a functional conv's arguments may be computed."""
+        return isinstance(op.source, torch.fx.Node) and op.source.op == "call_module"
+
+    def new_bias_name(self, op: Op) -> str | None:
+        """A module without a bias gets ``<module path>.bias``."""
+        node = op.source
+        return f"{node.target}.bias" if isinstance(node, torch.fx.Node) and node.op == "call_module" else None
 
     # -- helpers -----------------------------------------------------------------
     def _runner(self) -> GatedRunner:
         return GatedRunner(self.gm, self.cons, self.C)
-
-    def _const(self, name: str) -> np.ndarray:
-        """The data of a constant value (consumers' weights, OBS layers' biases, producers' weights)."""
-        data = self.analysis.graph.values[name].data
-        if data is None:
-            raise InternalError(f"value {name!r} is not a constant")
-        return data
-
-    def _scatter_mean(self, per_cons: list[tuple[Consumer, np.ndarray]]) -> np.ndarray:
-        total = np.zeros(self.C)
-        count = np.zeros(self.C)
-        for c, vals in per_cons:
-            np.add.at(total, c.classes, vals)
-            np.add.at(count, c.classes, 1)
-        out = np.full(self.C, np.nan)
-        ok = count > 0
-        out[ok] = total[ok] / count[ok]
-        return out
 
     @staticmethod
     def _reduce_except(x: torch.Tensor, dim: int, fn: str = "mean") -> torch.Tensor:
@@ -196,38 +150,8 @@ class DataCriteria:
                 runner.run(*b.inputs)
         return {node: v / len(self.data.batches) for node, v in acc.items()}
 
-    def activation(self) -> np.ndarray:
-        act = self._mean_abs_activation()
-        return self._scatter_mean([(c, act[c.node]) for c in self.cons if c.node in act])
-
-    def _fanout(self, c: Consumer) -> np.ndarray | None:
-        """Total |weight| leaving each input position of a consumer."""
-        if c.weight is None:
-            return None
-        w = np.abs(self._const(c.weight))
-        if c.kind == "conv":
-            groups = int(c.extra.get("groups", 1))
-            if c.extra.get("transposed"):
-                return w.reshape(w.shape[0], -1).sum(1)
-            per_col = w.sum(axis=tuple(d for d in range(w.ndim) if d != 1))  # [C_in/g]
-            if groups == 1:
-                return per_col
-            return np.tile(per_col, groups)
-        if c.kind == "linear":
-            return w.sum(0)
-        if c.kind == "matmul":
-            w2 = w.reshape(-1, w.shape[-2], w.shape[-1])
-            return w2.sum((0, 2))
-        return None
-
-    def n2ps(self) -> np.ndarray:
-        act = self._mean_abs_activation()
-        parts = []
-        for c in self.cons:
-            fo = self._fanout(c)
-            if c.node in act and fo is not None and fo.shape[0] == len(c.classes):
-                parts.append((c, act[c.node] * fo))
-        return self._scatter_mean(parts)
+    def _position_means(self) -> dict[str, np.ndarray]:
+        return {node: m.reshape(-1).double().numpy() for node, m in self.means().items()}
 
     # -- gradient criteria -------------------------------------------------------------
     def _first_order(self, mean_replacement: bool) -> np.ndarray:
@@ -258,12 +182,6 @@ class DataCriteria:
         runner.gates = None
         scores = (acc / n).numpy() if labelled else np.sqrt((acc / (n * self.probes)).numpy())
         return self._only_gated(scores[: self.C])
-
-    def _only_gated(self, scores: np.ndarray) -> np.ndarray:
-        seen = np.zeros(self.C, dtype=bool)
-        for c in self.cons:
-            seen[c.classes] = True
-        return np.where(seen, scores, np.nan)
 
     def taylor(self) -> np.ndarray:
         return self._first_order(False)
@@ -406,32 +324,12 @@ class DataCriteria:
         return out
 
     # -- layer-wise OBS ------------------------------------------------------------------
-    def _obs_layer(self, c: Consumer) -> _Layer | None:
-        """``c`` as a layer OBS can re-fit: a Linear, or a Conv1d/Conv2d module (see :meth:`_Unfold.of`),
-        with a constant weight and bias; None for any other consumer."""
-        graph = self.analysis.graph
-        op = graph.ops[c.op]
-        node = op.source
-        if c.kind not in ("linear", "conv") or c.weight is None:
-            return None  # c.weight None: computed, nothing to re-fit
-        bias = op.inputs[2]
-        if bias is not None and not graph.values[bias].is_const:
-            return None
-        bias_attr = f"{node.target}.bias" if bias is None and node.op == "call_module" else None
-        if c.kind == "linear":
-            return _Layer(c, c.weight, bias, bias_attr)
-        if node.op != "call_module":
-            return None
-        kernel = graph.shape(c.weight)[2:]
-        unfold = _Unfold.of(op, kernel)
-        return None if unfold is None else _Layer(c, c.weight, bias, bias_attr, kernel, unfold)
-
-    def layers(self) -> list[tuple[_Layer, np.ndarray]]:
+    def layers(self) -> list[tuple[ObsLayer, np.ndarray]]:
         """Consumers OBS can handle (Linear, ungrouped Conv1d/Conv2d), with their input Hessians
         (the mean of X̃ᵀX̃ over the calibration rows)."""
         if self._layers is not None:
             return self._layers
-        by_node = {lay.consumer.node: lay for lay in map(self._obs_layer, self.cons) if lay is not None}
+        by_node = self.obs_layers()
         sums: dict[str, np.ndarray] = {}
         rows: dict[str, int] = {}
         runner = self._runner()
@@ -452,149 +350,13 @@ class DataCriteria:
         return self._layers
 
     @staticmethod
-    def _rows(lay: _Layer, x: torch.Tensor) -> torch.Tensor:
-        """Rows of layer inputs, with a constant column for the bias: [rows, features + 1]."""
-        X = x.reshape(-1, x.shape[-1]) if lay.unfold is None else lay.unfold.rows(x)
+    def _rows(lay: ObsLayer, x: torch.Tensor) -> torch.Tensor:
+        """Rows of layer inputs, with a constant column for the bias: [rows, features + 1] (``F.unfold`` for a conv)."""
+        if lay.unfold is None:
+            X = x.reshape(-1, x.shape[-1])
+        else:
+            u = lay.unfold
+            x = x.unsqueeze(2) if u.conv1d else x
+            cols = F.unfold(x, kernel_size=u.kernel_size, dilation=u.dilation, padding=u.padding, stride=u.stride)
+            X = cols.transpose(1, 2).reshape(-1, cols.shape[1])
         return torch.cat([X, torch.ones(X.shape[0], 1, dtype=X.dtype)], 1)
-
-    def _wtilde(self, lay: _Layer) -> np.ndarray:
-        w = self._const(lay.weight).astype(np.float64)
-        W = w.reshape(w.shape[0], -1)
-        b = self._const(lay.bias).astype(np.float64) if lay.bias is not None else np.zeros(W.shape[0])
-        return np.concatenate([W, b[:, None]], 1)
-
-    def _columns(self, lay: _Layer) -> np.ndarray:
-        """Class of every input column of W̃ (the bias column: -1)."""
-        k = int(np.prod(lay.kernel)) if lay.kernel else 1
-        return np.concatenate([np.repeat(lay.consumer.classes, k), [-1]])
-
-    @staticmethod
-    def _damped(H: np.ndarray, damp: float) -> np.ndarray:
-        lam = damp * max(float(np.mean(np.diag(H))), 1e-12)
-        return H + lam * np.eye(H.shape[0])
-
-    def obs(self, damp: float = 0.01) -> np.ndarray:
-        scores = np.zeros(self.C)
-        seen = np.zeros(self.C, dtype=bool)
-        for lay, H in self.layers():
-            Hinv = np.linalg.inv(self._damped(H, damp))
-            W = self._wtilde(lay)
-            cols = self._columns(lay)
-            for k in np.unique(lay.consumer.classes).tolist():
-                q = np.flatnonzero(cols == k)
-                Wq = W[:, q]
-                M = np.linalg.inv(Hinv[np.ix_(q, q)])
-                scores[k] += 0.5 * float(np.einsum("oi,ij,oj->", Wq, M, Wq))
-                seen[k] = True
-        return np.where(seen, scores, np.nan)
-
-    # -- weight updates ----------------------------------------------------------------
-    def obs_compensation(self, pruned: np.ndarray, damp: float = 0.01) -> tuple[dict[str, np.ndarray], set[str]]:
-        """Least-squares re-fit of each consumer's remaining weights (and bias) on the calibration inputs."""
-        updates: dict[str, np.ndarray] = {}
-        done: set[str] = set()
-        for lay, H in self.layers():
-            cols = self._columns(lay)
-            removed = np.zeros(len(cols), dtype=bool)
-            removed[:-1] = pruned[cols[:-1]]
-            if not removed.any():
-                continue
-            has_bias = lay.bias is not None or lay.bias_attr is not None
-            keep = ~removed
-            if not has_bias:
-                keep[-1] = False
-            W = self._wtilde(lay)
-            K = np.flatnonzero(keep)
-            HKK = self._damped(H[np.ix_(K, K)], damp)
-            A = np.linalg.solve(HKK, (W @ H[:, K]).T).T  # [O, |K|]
-            Wn = np.zeros_like(W)
-            Wn[:, K] = A
-            w0 = self._const(lay.weight)
-            updates[lay.weight] = Wn[:, :-1].reshape(w0.shape).astype(w0.dtype)
-            if lay.bias is not None:
-                updates[lay.bias] = Wn[:, -1].astype(self._const(lay.bias).dtype)
-            elif lay.bias_attr is not None:
-                updates[lay.bias_attr] = Wn[:, -1].astype(w0.dtype)
-            done.add(lay.consumer.node)
-        return updates, done
-
-    def bias_propagation(
-        self, pruned: np.ndarray, skip: Container[str] = frozenset()
-    ) -> tuple[dict[str, np.ndarray], list[str]]:
-        """Fold each removed channel's mean input into the consumer's bias (seed 002 eq. 1.5-1.6).
-
-        Exact for consumers without padding (linear; a conv module with zero padding); a
-        padded conv sees the constant only away from its borders, so it is skipped
-        (its removed channels are dropped as zeros) and listed, as is a linear or conv
-        consumer whose weight or bias is computed rather than constant.
-        """
-        means = self.means()
-        updates: dict[str, np.ndarray] = {}
-        skipped: list[str] = []
-        g = self.analysis.graph
-        for c in self.cons:
-            if c.node in skip or c.node not in means:
-                continue
-            removed = pruned[c.classes]
-            if not removed.any():
-                continue
-            op = g.ops[c.op]
-            if c.weight is None:
-                if c.kind in ("linear", "conv"):  # a computed weight
-                    skipped.append(op.label or op.name)
-                continue
-            node = op.source
-            m = means[c.node].reshape(-1).double().numpy()
-            m = np.where(removed, m, 0.0)
-            w = self._const(c.weight).astype(np.float64)
-            if c.kind == "linear":
-                delta = w @ m
-            elif c.kind == "conv" and not op.attrs.get("transposed") and op.attrs.get("groups", 1) == 1:
-                padding = op.attrs.get("padding") if node.op == "call_module" else None
-                if padding is None or isinstance(padding, str) or any(p != 0 for p in padding):
-                    skipped.append(op.label or op.name)
-                    continue
-                delta = w.reshape(w.shape[0], w.shape[1], -1).sum(2) @ m
-            else:
-                skipped.append(op.label or op.name)
-                continue
-            bias = op.inputs[2]
-            if bias is not None and g.values[bias].is_const:
-                b0 = self._const(bias)
-                base = updates.get(bias, b0.astype(np.float64))
-                updates[bias] = (base + delta).astype(b0.dtype)
-            elif bias is None and node.op == "call_module":
-                name = f"{node.target}.bias"
-                updates[name] = (updates.get(name, 0) + delta).astype(w.dtype)
-            else:
-                skipped.append(op.label or op.name)
-        return updates, skipped
-
-    def nz_fraction(self) -> np.ndarray:
-        """Per class: the larger of fan-in and fan-out non-zero fractions over its members (seed 002 f_nz)."""
-        a = self.analysis
-        fan_in = np.zeros(self.C)
-        for p in a.producers:
-            w = self._const(p.weight)
-            u = np.moveaxis(w, p.axis, 0).reshape(w.shape[p.axis], -1)
-            np.maximum.at(fan_in, a.atom_class[p.atoms], (u != 0).mean(1))
-        fan_out = np.zeros(self.C)
-        seen = np.zeros(self.C, dtype=bool)
-        for c in self.cons:
-            if c.weight is None:
-                continue
-            w = self._const(c.weight)
-            if c.kind == "linear":
-                nz = (w != 0).mean(0)
-            elif c.kind == "conv" and not c.extra.get("transposed") and c.extra.get("groups", 1) == 1:
-                nz = (w != 0).mean(axis=tuple(d for d in range(w.ndim) if d != 1))
-            elif c.kind == "matmul":
-                nz = (w.reshape(-1, w.shape[-2], w.shape[-1]) != 0).mean((0, 2))
-            else:
-                nz = np.ones(len(c.classes))
-            if len(nz) != len(c.classes):
-                continue
-            np.maximum.at(fan_out, c.classes, nz)
-            seen[c.classes] = True
-        fan_out = np.where(seen, fan_out, 1.0)
-        return np.minimum(fan_in, fan_out)
