@@ -8,6 +8,7 @@
 ``nodes``           reading FX nodes: op names, labels, arguments, dotted attributes
 ``rewrite``         the rewrite pass: constants sliced, then each op's handler
 ``rewrite_ops``     the torch rewrite handler of each op kind, on the op specs
+``rewrite_recurrent``  nn.LSTM / nn.GRU / nn.RNN: rewrite handler and masked reference
 ``sizes``           sizes computed at run time, evaluated on the pruned shapes
 ``verify``          the pruned model against the masked original, every node
 ``calibration``     calibration batches, losses, channel gates on the layers that read channels
@@ -20,7 +21,7 @@ on the op specs (:mod:`passes.ops`).
 """
 
 from frontends.adapter import VerifyResult
-from frontends.torch import rewrite_ops  # noqa: F401  (registers the torch rewrite handlers)
+from frontends.torch import rewrite_ops, rewrite_recurrent  # noqa: F401  (registers the torch rewrite handlers)
 from frontends.torch.attention import DecomposedMHA, decompose_attention
 from frontends.torch.inline import inline_wrapped
 from frontends.torch.nodes import call_arg, call_name, module_attr, target_label

@@ -81,6 +81,7 @@ class _Lowering:
         self.graph = ChannelGraph("torch")
         self.node_values: dict[str, list[str]] = {}
         self.params = {id(p) for p in gm.parameters()}
+        self.nested: dict[str, list[str]] = {}  # a tuple-valued output (an LSTM's (h_n, c_n)): its tensors
 
     # -- values ---------------------------------------------------------------
     def _meta_values(self, node: torch.fx.Node) -> list[tuple[tuple[int, ...] | None, str | None]]:
@@ -204,6 +205,8 @@ class _Lowering:
             self._emit(node, "prelu", [x, p["weight"]])
         elif isinstance(m, nn.Embedding) and x:
             self._emit(node, "embedding", [x, p["weight"]])
+        elif isinstance(m, nn.RNNBase) and x and self._recurrent(node, m, x, p):
+            pass
         elif isinstance(m, UNARY_MODULES) and x:
             self._emit(node, "unary", [x], {"fn": type(m).__name__})
         elif isinstance(m, (nn.Softmax, nn.LogSoftmax, nn.Softmin)) and x and m.dim is not None:
@@ -237,7 +240,7 @@ class _Lowering:
             src = self.node_values[args[0].name]
             if len(src) > 1 or not self.graph.values[src[0]].is_tensor:
                 if isinstance(args[1], int) and len(src) > 1 and -len(src) <= args[1] < len(src):
-                    self.node_values[node.name] = [src[args[1]]]
+                    self.node_values[node.name] = self.nested.get(src[args[1]], [src[args[1]]])
                     return
                 if not out_is_tensor:
                     self._skip(node)
@@ -269,6 +272,50 @@ class _Lowering:
                 self._emit(node, "binary", ins, {"fn": fn})
                 return
         self._unknown(node)
+
+    def _recurrent(self, node: torch.fx.Node, m: nn.RNNBase, x: str, p: dict[str, str]) -> bool:
+        """nn.LSTM / nn.GRU / nn.RNN called on a tensor: one ``recurrent`` op (passes/ops/recurrent.py), outputs
+        ``[y, h_n(, c_n)]``; an LSTM's ``(h_n, c_n)`` is a tuple value whose tensors ``getitem`` reaches."""
+        cell = {"LSTM": "lstm", "GRU": "gru", "RNN_TANH": "rnn", "RNN_RELU": "rnn"}.get(m.mode)
+        hx = node.args[1] if len(node.args) > 1 else node.kwargs.get("hx")
+        states = list(hx) if isinstance(hx, (tuple, list)) else [hx]
+        h0, c0 = (self._val(s) for s in (states + [None, None])[:2])
+        metas = self._meta_values(node)
+        if cell is None or len(metas) != 2 or metas[0][0] is None or (hx is not None and h0 is None):
+            return False
+        dirs = 2 if m.bidirectional else 1
+        sfx = ["", "_reverse"]
+        weights = [p.get(f"{w}_l{layer}{sfx[d]}") for layer in range(m.num_layers) for d in range(dirs)
+                   for w in ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")]  # fmt: skip
+        tm = node.meta.get("tensor_meta")
+        state_metas = list(tm[1]) if cell == "lstm" and isinstance(tm, (list, tuple)) and isinstance(tm[1], (list, tuple)) else []
+        if cell == "lstm" and len(state_metas) != 2:
+            return False
+        y = f"{node.name}#0"
+        self.graph.add_value(Value(y, metas[0][0], metas[0][1]))
+        if cell == "lstm":
+            tup = f"{node.name}#1"
+            self.graph.add_value(Value(tup, None))
+            states_out = [f"{tup}.{i}" for i in range(2)]
+            for v, t in zip(states_out, state_metas, strict=True):
+                self.graph.add_value(Value(v, tuple(int(s) for s in t.shape), str(t.dtype)))
+            self.nested[tup] = states_out
+            self.node_values[node.name] = [y, tup]
+        else:
+            states_out = [f"{node.name}#1"]
+            self.graph.add_value(Value(states_out[0], metas[1][0], metas[1][1]))
+            self.node_values[node.name] = [y, states_out[0]]
+        attrs = {
+            "cell": cell, "gates": {"lstm": 4, "gru": 3, "rnn": 1}[cell], "layers": m.num_layers, "directions": dirs,
+            "hidden": m.hidden_size, "proj": int(getattr(m, "proj_size", 0) or 0), "weights": "per_layer",
+            "outputs": ["y", "h", "c"][: 1 + len(states_out)], "y_concat": True, "batch_first": m.batch_first,
+        }  # fmt: skip
+        label = str(node.target)
+        op = Op(node.name, "recurrent", [x, h0, c0, None, *weights], [y, *states_out], attrs, label=label,
+                target=target_label(node, self.gm), source=node)  # fmt: skip
+        op.scope = module_scope(node, label)
+        self.graph.add_op(op)
+        return True
 
     def _skip(self, node: torch.fx.Node) -> None:
         """A node with no tensor result (a size, an assert): values with no shape, no op."""
