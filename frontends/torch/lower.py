@@ -638,6 +638,16 @@ def _h_matmul(lw, node, args, kwargs) -> bool:
     return True
 
 
+@_handles("addmm")
+def _h_addmm(lw, node, args, kwargs) -> bool:
+    """torch.addmm(bias, x, W) with beta = alpha = 1: ``addmm`` (passes/ops/addmm.py; transformers' Conv1D)."""
+    b, x, w = lw._val(args[0]), lw._val(call_arg(args, kwargs, 1, "mat1")), lw._val(call_arg(args, kwargs, 2, "mat2"))
+    if not (b and x and w) or kwargs.get("beta", 1) != 1 or kwargs.get("alpha", 1) != 1:
+        return False
+    lw._emit(node, "addmm", [x, w, b])
+    return True
+
+
 @_handles("normalize")
 def _h_normalize(lw, node, args, kwargs) -> bool:
     """F.normalize(x, p, dim): x divided by its p-norm along dim."""

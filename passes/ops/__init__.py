@@ -6,7 +6,7 @@ rewrite and verification handlers to the same specs (``frontends/torch``,
 (docs/extending.md).
 """
 
-from passes.ops import elementwise, indexing, layers, norms, recurrent, shapes  # noqa: F401  (registers the built-in specs)
+from passes.ops import addmm, elementwise, indexing, layers, norms, recurrent, shapes  # noqa: F401  (registers the built-in specs)
 from passes.ops.common import parse_einsum, reshape_groups, strided_blocks
 from passes.ops.context import Producer, RuleContext
 from passes.ops.spec import SPECS, ChannelRead, OpSpec, lookup, op_spec, register
