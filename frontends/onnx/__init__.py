@@ -16,6 +16,9 @@ One concern per module:
 - :mod:`~frontends.onnx.proto`: small helpers over ONNX protos the others share;
 - :mod:`~frontends.onnx.rewrite` and :mod:`~frontends.onnx.rewrite_ops`: the rewrite pass (constants
   sliced, static values re-evaluated) and the ONNX rewrite handler of each op kind, on the op specs;
+- :mod:`~frontends.onnx.rewrite_recurrent`: LSTM / GRU / RNN (lowering, rewrite, reference semantics);
+- :mod:`~frontends.onnx.quantized`: QDQ models (codes behind DequantizeLinear, activation quantizers), the
+  schemes refused, and their rewrite and verification rules;
 - :mod:`~frontends.onnx.verify`: the pruned model against the masked original in ONNX Runtime, with
   the ONNX reference semantics of the ops where zeroing is not the reference;
 - :mod:`~frontends.onnx.adapter`: :class:`OnnxAdapter`, the pipeline's view of all of the above.
@@ -24,7 +27,7 @@ Importing the package registers the ONNX rewrite handlers and reference semantic
 (:mod:`passes.ops`).
 """
 
-from frontends.onnx import rewrite_ops, verify  # noqa: F401  (register the ONNX handlers on the op specs)
+from frontends.onnx import rewrite_ops, rewrite_recurrent, verify  # noqa: F401  (register the ONNX handlers on the op specs)
 from frontends.onnx.adapter import OnnxAdapter
 from frontends.onnx.evaluate import constant_value, evaluate_static, static_candidates
 from frontends.onnx.frontend import load_onnx, lower_onnx

@@ -17,6 +17,7 @@ from frontends.onnx.lower import lower_graph
 from frontends.onnx.model import OnnxModel
 from frontends.onnx.opsets import OpsetOrigin, upgrade
 from frontends.onnx.proto import onnx_opset
+from frontends.onnx.quantized import check_quantization
 from frontends.onnx.shapes import add_value_shapes, infer_shapes, shapes_from_ort, unshaped_values
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,7 @@ def lower_onnx(
     the opset it was upgraded from)."""
     where = path or proto.graph.name or "model"
     notes = list(notes or [])
+    check_quantization(proto, where)
     shapes, types = infer_shapes(proto, inputs)
     candidates, _ = static_candidates(proto)
     missing = unshaped_values(proto, shapes, set(candidates))

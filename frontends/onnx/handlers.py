@@ -473,15 +473,38 @@ def _h_pool(lw: Lowering, i: int, n: onnx.NodeProto) -> bool:
 
 @op("Resize", data=(0,))
 def _h_resize(lw: Lowering, i: int, n: onnx.NodeProto) -> bool:
+    """Resize in every mode (nearest, linear, cubic; scales or sizes; every coordinate transformation) that keeps
+    the batch and channel dims: each channel is resized on its own. ``tf_crop_and_resize`` crops by ``roi``, in
+    coordinates normalized by each dim's size: it keeps channels apart only where the roi spans the whole batch
+    and channel dims (start 0, end 1, the position of every index unchanged whatever the dim's size)."""
     x = lw.tensor(n.input[0])
     if not x:
         return False
     sx, sy = lw.tensor_shape(x), lw.shapes[n.output[0]]
     at = node_attrs(n)
     ctm = at.get("coordinate_transformation_mode", b"half_pixel")
-    if len(sx) < 3 or tuple(sx[:2]) != tuple(sy[:2]) or ctm in (b"tf_crop_and_resize", "tf_crop_and_resize"):
+    ctm = ctm.decode() if isinstance(ctm, bytes) else str(ctm)
+    if len(sx) < 3 or tuple(sx[:2]) != tuple(sy[:2]):
+        return False
+    if ctm == "tf_crop_and_resize" and not _roi_spans(lw, n, len(sx), (0, 1)):
         return False
     lw.emit(i, "spatial", [x], [n.output[0]], {"nspatial": len(sx) - 2})
+    return True
+
+
+def _roi_spans(lw: Lowering, n: onnx.NodeProto, rank: int, dims: tuple[int, ...]) -> bool:
+    """A static ``roi`` of a Resize whose crop box is [0, 1] on each of ``dims`` (on the node's ``axes``, where it has
+    them: the dims it leaves out are not resized)."""
+    roi = lw.static.get(n.input[1]) if len(n.input) > 1 and n.input[1] else None
+    if roi is None:
+        return False
+    axes = [int(a) % rank for a in node_attrs(n).get("axes", range(rank))]
+    box = np.asarray(roi, dtype=np.float64).reshape(-1)
+    if box.size != 2 * len(axes):
+        return False
+    for k, a in enumerate(axes):
+        if a in dims and (box[k] != 0.0 or box[k + len(axes)] != 1.0):
+            return False
     return True
 
 
@@ -516,3 +539,21 @@ def _h_softmax(lw: Lowering, i: int, n: onnx.NodeProto) -> bool:
     lw.emit(i, "softmax", [x], [n.output[0]], {"axis": int(node_attrs(n).get("axis", -1))})
     return True
 
+
+
+@op("QuantizeLinear", "DequantizeLinear", data="all")
+def _h_quantize(lw: Lowering, i: int, n: onnx.NodeProto) -> bool:
+    """An activation's QDQ node (a weight's DequantizeLinear is static): element-wise, with a scalar or per-axis
+    scale and zero point (the schemes :func:`frontends.onnx.quantized.check_quantization` lets through)."""
+    x = lw.tensor(n.input[0])
+    params = [lw.tensor(v) if v else None for v in list(n.input[1:3])]
+    if not x or (params and params[0] is None):
+        return False
+    rank = len(lw.tensor_shape(x))
+    axis = int(node_attrs(n).get("axis", 1))
+    for p in params:
+        ps = lw.shape(p) if p else None
+        if ps is not None and len(ps) == 1 and ps[0] != 1 and (rank == 0 or ps[0] != lw.tensor_shape(x)[axis % rank]):
+            return False
+    lw.emit(i, "quantize", [x, *params], [n.output[0]], {"axis": axis, "fn": n.op_type})
+    return True

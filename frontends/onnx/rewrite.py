@@ -13,7 +13,11 @@ the graph's input and output names and types are kept. The steps of
    re-run is fine only when nothing outside the static part reads what it gives;
 3. **materialize computed constants**: a constant computed from constants whose
    value changes gets it as a new initializer (an ``Identity`` of a shared
-   constant, the exporters' de-duplication, gets its own); a shape-derived value
+   constant, the exporters' de-duplication, gets its own; an ``Identity`` of a
+   ``Constant`` node read only there has the node's value sliced in place); a
+   quantized weight (``DequantizeLinear`` of codes) has its codes and per-axis
+   scale and zero point sliced instead, so it stays quantized
+   (:func:`frontends.onnx.quantized.slice_dequantized`); a shape-derived value
    used as tensor data must keep its value;
 4. **op handlers**: each lowered node's ops' ONNX handlers
    (``op_spec(kind).rewriter("onnx")``, the built-in ones in
@@ -55,6 +59,7 @@ from frontends.onnx.evaluate import evaluate_static
 from frontends.onnx.model import ArgSlot, OnnxModel
 from frontends.onnx.opsets import list_initializers_as_inputs, write_back
 from frontends.onnx.proto import UniqueNames, implicit_inputs
+from frontends.onnx.quantized import slice_dequantized
 from passes.ops import lookup
 
 if TYPE_CHECKING:
@@ -248,11 +253,15 @@ def _slice_constants(rw: OnnxRewrite) -> dict[str, np.ndarray]:
                 if vi.name == v.name:
                     _set_dims(vi, new.shape)
         elif v.name in rw.const_node:
-            n = rw.nodes[rw.const_node[v.name]]
-            dt = n.attribute[0].t.data_type if n.attribute[0].name == "value" else None
-            del n.attribute[:]
-            n.attribute.append(helper.make_attribute("value", _tensor(new, "", dt)))
+            _set_constant(rw.nodes[rw.const_node[v.name]], new)
     return desired
+
+
+def _set_constant(n: onnx.NodeProto, arr: np.ndarray) -> None:
+    """A ``Constant`` node's value set to ``arr`` (as a ``value`` tensor of the node's element type)."""
+    dt = n.attribute[0].t.data_type if n.attribute[0].name == "value" else None
+    del n.attribute[:]
+    n.attribute.append(helper.make_attribute("value", _tensor(arr, "", dt)))
 
 
 # -- 2. static values on the pruned shapes ---------------------------------------------------------
@@ -300,10 +309,16 @@ def _materialize_computed_constants(rw: OnnxRewrite, desired: dict[str, np.ndarr
     for name, want in desired.items():
         if name in rw.init_pos or name in rw.const_node or _same(rw.env.get(name), want):
             continue
+        if slice_dequantized(rw, name, want):  # a quantized weight: its codes and scales are sliced instead
+            continue
         users = rw.consumers.get(name, [])
         p = rw.producer.get(name)
         if p is not None and rw.nodes[p].op_type == "Identity" and all(i not in rw.static_nodes and k >= 0 for i, k in users):
-            rw.nodes[p].input[0] = rw.new_initializer(f"{name}_data", want, rw.dtype_of(name))
+            src = rw.nodes[p].input[0]
+            if src in rw.const_node and rw.consumers.get(src) == [(p, 0)] and src not in rw.outputs:
+                _set_constant(rw.nodes[rw.const_node[src]], want)  # a Constant node read only here: sliced in place
+            else:
+                rw.nodes[p].input[0] = rw.new_initializer(f"{name}_data", want, rw.dtype_of(name))
         else:
             if any(k < 0 for _, k in users) or name in rw.outputs:
                 raise InternalError(f"cannot give computed constant {name!r} new data")

@@ -32,6 +32,7 @@ from frontends.errors import InternalError, UnsupportedModelError, VerificationE
 from frontends.graph import Op
 from frontends.onnx.model import OnnxModel
 from frontends.onnx.proto import UniqueNames, implicit_inputs, node_attrs
+from frontends.onnx.quantized import CodeCheck, bypass_activation_quantizers, compare_codes
 from frontends.onnx.runtime import run_ort
 from passes.ops import lookup, op_spec
 
@@ -161,7 +162,21 @@ def _mask_outputs(ref: MaskedReference, n: onnx.NodeProto, new_nodes: list[onnx.
         if elem == TensorProto.BOOL:  # ONNX Runtime has no boolean Where
             new_nodes.append(helper.make_node("And", [raw, keep], [v], name=name))
         else:
-            new_nodes.append(helper.make_node("Where", [keep, raw, ref.zero(elem)], [v], name=name))
+            new_nodes.append(helper.make_node("Where", [keep, raw, _zero_of(ref, n, elem)], [v], name=name))
+
+
+def _zero_of(ref: MaskedReference, n: onnx.NodeProto, elem: int) -> str:
+    """What a removed channel holds: 0, or for the codes of a QuantizeLinear its zero point (which dequantizes to 0;
+    a per-axis one laid along its axis)."""
+    if n.op_type != "QuantizeLinear" or len(n.input) < 3 or not n.input[2]:
+        return ref.zero(elem)
+    zp = np.asarray(ref.om.static[n.input[2]])
+    if zp.ndim == 1:
+        rank = len(ref.om.shapes[n.input[0]])
+        shape = [1] * rank
+        shape[int(node_attrs(n).get("axis", 1)) % rank] = -1
+        zp = zp.reshape(shape)
+    return ref.const(f"{n.output[0]}__zero_point", zp)
 
 
 @op_spec("layer_norm").reference_semantics("onnx")
@@ -323,6 +338,33 @@ class VerifyONNX:
         inputs: Mapping[str, np.ndarray] | None = None,
     ) -> VerifyResult:
         feeds = dict(om.inputs if inputs is None else inputs)
+        bypassed = bypass_activation_quantizers(om, model)
+        if bypassed is None:
+            return self._compare(om, analysis, pruned, model, feeds)
+        exact = self._compare(bypassed[0], analysis, pruned, bypassed[1], feeds)
+        codes = self._compare_codes(om, analysis, pruned, model, feeds, bypassed[2])
+        om.notes[:] = [n for n in om.notes if not n.startswith("quantized activations:")] + [codes.describe()]
+        if not codes.passed:
+            raise VerificationError(f"pruned ONNX model differs from the original with removed channels zeroed: {codes.describe()}")
+        return exact
+
+    def _compare_codes(
+        self, om: OnnxModel, analysis: AnalysisResult, pruned: np.ndarray, model: onnx.ModelProto, feeds: dict[str, np.ndarray], codes: list[str]
+    ) -> CodeCheck:
+        """The codes of every activation quantizer in the quantized models, at their kept positions."""
+        graph = analysis.graph
+        tensors = [
+            _Tensor(v, om.elem_types[v], [_kept_index(analysis, v, d, pruned) for d in range(len(graph.shape(v)))], 0)
+            for v in codes
+            if v in graph.values
+        ]
+        run = _Runs(om, _Runner(masked_reference(om, analysis, pruned), copy=False), _Runner(model, copy=True), feeds)
+        ref, got = run.both(tensors)
+        return compare_codes(ref, got, {t.name: t.kept for t in tensors})
+
+    def _compare(
+        self, om: OnnxModel, analysis: AnalysisResult, pruned: np.ndarray, model: onnx.ModelProto, feeds: dict[str, np.ndarray]
+    ) -> VerifyResult:
         ref_model = masked_reference(om, analysis, pruned)
         run = _Runs(om, _Runner(ref_model, copy=False), _Runner(model, copy=True), feeds)
         path = _PathScale(ref_model, om, feeds)

@@ -30,6 +30,21 @@ def _binary(op: Op, ctx: RuleContext) -> None:
     ctx.set(op.outputs[0], labels)
 
 
+@register("quantize")
+def _quantize(op: Op, ctx: RuleContext) -> None:
+    """QuantizeLinear / DequantizeLinear: element-wise, so channels pass through. A per-axis scale and zero
+    point (1-D, one entry per index of ``axis``) are that axis's channels: the codes and their parameters are
+    pruned together. A scalar scale (or a 1-D one of one entry) carries no channel."""
+    x = op.input(0)
+    xl = list(ctx.get(x))
+    if xl:
+        ax = axis(int(op.attrs.get("axis", 1)), len(xl))
+        for p in op.inputs[1:]:
+            if p is not None and ctx.shape(p) == (ctx.shape(x)[ax],):
+                xl[ax] = ctx.tie(xl[ax], ctx.get(p)[0], "per-axis quantization parameters of an untracked tensor")
+    ctx.set(op.outputs[0], xl)
+
+
 @register("softmax")
 def _softmax(op: Op, ctx: RuleContext) -> None:
     """Softmax over a dim couples all of it: a tracked softmax dim is frozen."""
