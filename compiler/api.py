@@ -212,7 +212,7 @@ def _adapter_factory(
             raise InvalidArgumentError("attention='both' is available for PyTorch models")
         if backend in ("eager", "torch.compile"):
             raise InvalidArgumentError(f"backend={backend!r} runs PyTorch modules; an ONNX model runs in onnxruntime")
-        return lambda m: OnnxAdapter(m, example_inputs, seed)
+        return lambda m: OnnxAdapter(m, example_inputs, seed, calibration, loss_fn)
     raise UnsupportedModelError(f"cannot prune a {type(model).__name__}: expected a torch.nn.Module")
 
 

@@ -276,22 +276,33 @@ def cmd_prune(args: argparse.Namespace) -> int:
         raise UnsupportedModelError(f"{src}: no such file")
     ratio = _number("--ratio", args.ratio)
     threshold = _number("--threshold", args.threshold)
+    target_macs = _number("--target-macs", args.target_macs)
     granularity = _number("--granularity", args.granularity, int)
-    if ratio is not None and threshold is not None:
-        raise InvalidArgumentError("give only one of --ratio and --threshold")
-    if ratio is None and threshold is None:
+    if sum(x is not None for x in (ratio, threshold, target_macs)) > 1:
+        raise InvalidArgumentError("give only one of --ratio, --threshold and --target-macs")
+    if ratio is None and threshold is None and target_macs is None:
         ratio = 0.5
+    _check_onnx_importance(args.importance)
     _check_output(out, src)
     inputs = _onnx_inputs(src, args.input_shape)
+    calibration = None
+    if args.calibration:
+        calibration, example = _calibration_batches(args.calibration, src, inputs)
+        inputs = example if inputs is None else inputs  # no --input-shape: verified and measured on calibration samples
+    if calibration is None and _runs_model(args.importance):
+        _progress(f"note: --importance {args.importance} without --calibration reads the example inputs only")
     _progress(f"pruning {src}")
     result = compiler.compile(
         src,
         inputs,
         ratio=ratio,
         threshold=threshold,
+        target_macs=target_macs,
         importance=args.importance,
         equalization=args.equalization,
         granularity=granularity,
+        scope=args.scope,
+        calibration=calibration,
         verify=args.verify,
         progress=_progress,
     )
@@ -421,13 +432,103 @@ def _onnx_criteria() -> list[str]:
     return servable(OnnxAdapter.capabilities)
 
 
+def _check_onnx_importance(name: str) -> None:
+    """``--importance`` must name a criterion the ONNX adapter serves; the error lists exactly those."""
+    from frontends.onnx.adapter import OnnxAdapter
+    from passes.importance import CRITERIA, require
+
+    if name not in CRITERIA:
+        raise InvalidArgumentError(f"--importance {name!r} is not a criterion; criteria for ONNX models: {', '.join(_onnx_criteria())}")
+    require(name, OnnxAdapter.capabilities, OnnxAdapter.name)
+
+
+def _runs_model(name: str) -> bool:
+    from passes.importance import CRITERIA
+
+    return CRITERIA[name].runs_model
+
+
+CALIBRATION_BATCH = 64  # samples per calibration batch where the model's batch size is dynamic
+EXAMPLE_SAMPLES = 8  # example inputs taken from --calibration where --input-shape is not given
+
+
+def _declared_dims(vi: Any) -> list[int | None] | None:
+    """An input's declared dims (None for a dynamic one), or None where it declares no shape."""
+    t = vi.type.tensor_type
+    if not t.HasField("shape"):
+        return None
+    return [int(d.dim_value) if d.HasField("dim_value") and d.dim_value > 0 else None for d in t.shape.dim]
+
+
+def _calibration_batches(path: str, model: str, inputs: dict[str, Any] | None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """``--calibration FILE.npz``: one array per model input, named by it, samples on axis 0 (the same number in
+    each), every other axis as the input declares it (or as ``--input-shape`` gives it); in batches of
+    :data:`CALIBRATION_BATCH` samples (the model's own batch size where it is fixed). Also the example inputs
+    made of its first samples (:data:`EXAMPLE_SAMPLES`; one batch where the batch size is fixed)."""
+    import zipfile
+
+    import numpy as np
+
+    from frontends.onnx import load_proto, numpy_dtype, real_inputs
+
+    where = f"--calibration {path}"
+    if not os.path.isfile(path):
+        raise InvalidArgumentError(f"{where}: no such file")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            data = {k: npz[k] for k in npz.files}
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+        what = "holds an object array (not loaded: no pickles)" if "pickle" in str(exc) else "is not an .npz file"
+        raise InvalidArgumentError(f"{where}: {what} (write it with numpy.savez(FILE, input_name=array))") from None
+    ins = real_inputs(load_proto(model)[0])
+    names = [vi.name for vi in ins]
+    unknown = [k for k in data if k not in names]
+    missing = [n for n in names if n not in data]
+    if unknown or missing:
+        what = f"array {unknown[0]!r} names no input of the model" if unknown else f"no array named {missing[0]!r}"
+        raise InvalidArgumentError(f"{where}: {what}; name one array per input: {', '.join(names)}")
+    counts = {n: int(data[n].shape[0]) if data[n].ndim else 0 for n in names}
+    for vi in ins:
+        arr = data[vi.name]
+        want = list(inputs[vi.name].shape) if inputs is not None else _declared_dims(vi)
+        if want is None:  # no declared shape: the model's own example input decides
+            continue
+        fixed = [d if k > 0 and d is not None and d > 0 else None for k, d in enumerate(want)]
+        if arr.ndim != len(want) or any(f is not None and f != n for f, n in zip(fixed, arr.shape, strict=True)):
+            shown = ["N", *("?" if f is None else str(f) for f in fixed[1:])] if want else []
+            raise InvalidArgumentError(
+                f"{where}: array {vi.name!r} has shape {list(arr.shape)}; the input takes [{', '.join(shown)}] "
+                "(samples on axis 0)"
+            )
+        dt = numpy_dtype(vi.type.tensor_type.elem_type)
+        if arr.dtype.kind not in "biuf" or (arr.dtype.kind == "f") != (dt.kind == "f"):
+            raise InvalidArgumentError(f"{where}: array {vi.name!r} has dtype {arr.dtype}; the input takes {dt}")
+    if len(set(counts.values())) != 1 or min(counts.values()) == 0:
+        raise InvalidArgumentError(f"{where}: the arrays need the same number of samples (> 0) on axis 0, got {counts}")
+    n = counts[names[0]]
+    first = _declared_dims(ins[0])
+    step = first[0] if first and first[0] is not None and first[0] > 0 else CALIBRATION_BATCH
+    if step != CALIBRATION_BATCH and n % step:
+        raise InvalidArgumentError(f"{where}: {n} samples; the model's batch size is fixed at {step}: give a multiple of {step}")
+    batches = [{k: data[k][s : s + step] for k in names} for s in range(0, n, step)]
+    example = batches[0] if step != CALIBRATION_BATCH else {k: v[:EXAMPLE_SAMPLES] for k, v in batches[0].items()}
+    return batches, example
+
+
 def _add_prune_parser(sub: Any) -> None:
     r = sub.add_parser("prune", help="prune an ONNX model into a smaller, verified ONNX model")
     r.add_argument("model", help="input .onnx file (never modified)")
     r.add_argument("-o", "--output", help="output .onnx file (written atomically)")
     r.add_argument("--ratio", help="fraction of each group's prunable channels to remove (default 0.5)")
     r.add_argument("--threshold", help="remove channels whose normalized saliency is below this instead")
+    r.add_argument("--target-macs", help="prune until the MACs are this fraction of the original's (<= 1) or this count")
     r.add_argument("--importance", default="l2", help=f"saliency criterion for ONNX models: {', '.join(_onnx_criteria())} (default l2)")
+    r.add_argument(
+        "--calibration", metavar="FILE.npz",
+        help="calibration data for data-driven criteria: numpy.savez(FILE, INPUT_NAME=array, ...), one array per "
+        f"model input, samples on axis 0 (batched by {CALIBRATION_BATCH})",
+    )  # fmt: skip
+    r.add_argument("--scope", default="local", help="local: the ratio in every group; global: one ranking across groups")
     r.add_argument("--equalization", default="arithmetic_mean", help="how coupled layers' scores combine")
     r.add_argument("--granularity", default="8", help="kept channel counts are multiples of this (default 8)")
     r.add_argument("--input-shape", action="append", help="example input shape, e.g. 1,3,224,224, for dynamic inputs (once per input)")

@@ -64,9 +64,10 @@ class Consumer:
     extra: dict = field(default_factory=dict)
 
 
-def read_consumers(analysis: AnalysisResult, key: Callable[[Op], str | None]) -> list[Consumer]:
-    """Every op that contracts over a tracked channel dim of its input (its spec's ``reads``); ``key(op)`` names
-    the op's node for the adapter, None to leave the op out (one the adapter cannot run that way)."""
+def read_consumers(analysis: AnalysisResult, key: Callable[[Op, str], str | None]) -> list[Consumer]:
+    """Every op that contracts over a tracked channel dim of its input (its spec's ``reads``); ``key(op, value)``
+    names the op's node for the adapter (``value``: the input it reads), None to leave the op out (one whose read
+    the adapter cannot capture)."""
     out: list[Consumer] = []
     for op in analysis.graph.ops.values():
         spec = lookup(op)
@@ -79,7 +80,7 @@ def read_consumers(analysis: AnalysisResult, key: Callable[[Op], str | None]) ->
         lab = analysis.labels.get(x) if x is not None else None
         if x is None or not lab or lab[read.dim] is None:
             continue
-        node = key(op)
+        node = key(op, x)
         if node is None:
             continue
         cls = analysis.atom_class[lab[read.dim]]

@@ -52,7 +52,7 @@ def test_needs_are_what_the_computations_use():
 
 def test_servable():
     assert servable(frozenset({"weights"})) == WEIGHT_CRITERIA
-    assert servable(OnnxAdapter.capabilities) == WEIGHT_CRITERIA
+    assert servable(OnnxAdapter.capabilities) == ["l1", "l2", "obs", "mrp", "activation", "n2ps", "bn_scale", "random"]
     assert servable(TorchAdapter.capabilities) == DESIGN_CRITERIA
     assert servable(frozenset()) == []
     assert servable(frozenset({"weights", "activations"})) == ["l1", "l2", "obs", "mrp", "activation", "n2ps", "bn_scale", "random"]
@@ -60,10 +60,16 @@ def test_servable():
 
 def test_require_refuses_in_one_line_naming_what_is_missing_and_what_can_run():
     with pytest.raises(UnsupportedModelError) as info:
-        require("obs", OnnxAdapter.capabilities, "onnx")
+        require("obs", frozenset({"weights"}), "onnx")
     assert str(info.value) == (
         "importance='obs' needs activations, which the onnx adapter cannot supply; "
         "criteria for onnx models: l1, l2, bn_scale, random"
+    )
+    with pytest.raises(UnsupportedModelError) as info:
+        require("taylor", OnnxAdapter.capabilities, "onnx")
+    assert str(info.value) == (
+        "importance='taylor' needs gradients, which the onnx adapter cannot supply; "
+        "criteria for onnx models: l1, l2, obs, mrp, activation, n2ps, bn_scale, random"
     )
     with pytest.raises(UnsupportedModelError) as info:
         require("taylor2", frozenset({"weights", "activations"}), "tflite")

@@ -158,7 +158,7 @@ def consumers(traced: TracedModel, analysis: AnalysisResult) -> list[Consumer]:
     """Every op that contracts over a tracked channel dim of its input (its spec's ``reads``), where its FX node
     reads a node as its first argument (what :class:`GatedRunner` gates)."""
 
-    def key(op: Op) -> str | None:
+    def key(op: Op, value: str) -> str | None:
         node = op.source
         if not isinstance(node, torch.fx.Node) or not node.args or not isinstance(node.args[0], torch.fx.Node):
             return None
