@@ -77,6 +77,9 @@ def _add_bias(
     keep = kept_outputs(i) if kept_outputs is not None else None
     if keep is not None:
         arr = arr[keep]
+    weight = next((t for t in g.initializer if t.name == n.input[1]), None)
+    if weight is not None:  # the bias has the weight's dtype (a float64 sum of means would not do)
+        arr = arr.astype(helper.tensor_dtype_to_np_dtype(weight.data_type))
     g.initializer.append(numpy_helper.from_array(np.ascontiguousarray(arr), name))
     while len(n.input) < 2:
         n.input.append("")
