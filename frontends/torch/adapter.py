@@ -13,6 +13,7 @@ from frontends.graph import ChannelGraph
 from frontends.torch.calibration import CalibrationData
 from frontends.torch.criteria import DataCriteria
 from frontends.torch.rewrite import RewriteFX
+from frontends.torch.structured import is_plain, split_inputs, structured_module
 from frontends.torch.trace import load_torch
 from frontends.torch.verify import VerifyFX
 
@@ -36,20 +37,22 @@ class TorchAdapter(Adapter):
         calibration: Iterable[Any] | None = None,
         loss_fn: Callable[[Any, Any], Any] | None = None,
     ) -> None:
-        import torch
 
         if example_inputs is None:
             raise InvalidArgumentError("example_inputs are required for a PyTorch model, e.g. (torch.randn(1, 3, 224, 224),)")
-        if isinstance(example_inputs, torch.Tensor):
-            example_inputs = (example_inputs,)
         self.model = model
-        self.inputs = tuple(example_inputs)
+        self.args, self.kwargs = split_inputs(example_inputs)  # a tensor: one argument; a dict: keyword arguments
+        self.inputs = tuple(self.args) if is_plain(self.args, self.kwargs) else ()  # the traced graph's inputs, set by load
         self.calibration, self.loss_fn = calibration, loss_fn
         self.model_name = type(model).__name__
 
     def load(self, steps: Callable[..., Any]) -> ChannelGraph:
-        self.traced = steps("trace", load_torch, self.model, self.inputs)
-        self.data = CalibrationData.from_user(self.calibration, self.inputs, self.loss_fn)
+        example = self.inputs if is_plain(self.args, self.kwargs) else (self.args if not self.kwargs else self.kwargs)
+        if self.kwargs and self.args:
+            raise InvalidArgumentError("example_inputs: pass positional arguments as a tuple or keyword arguments as a dict, not both")
+        self.traced = steps("trace", load_torch, self.model, example)
+        self.inputs = self.traced.example_inputs
+        self.data = CalibrationData.from_user(self.calibration, self.inputs, self.loss_fn, signature=self.traced.signature)
         self.handle, self.graph, self.trace_method = self.traced, self.traced.graph, self.traced.method
         return self.graph
 
@@ -61,15 +64,20 @@ class TorchAdapter(Adapter):
 
     def rewrite(self, plan: Any, updates: dict[str, Any]) -> Rewritten:
         r = RewriteFX().call(self.traced, plan.analysis, plan.selection.pruned, updates)
-        return Rewritten(r.module, {}, r)
+        sig = self.traced.signature
+        # structured arguments: the graph takes and returns leaves; the model handed back takes the arguments as given
+        model = r.module if sig is None else structured_module(r.module, sig)
+        return Rewritten(model, {}, r)
 
     def verify(self, plan: Any, rewritten: Rewritten, updates: dict[str, Any], rtol: float) -> dict[str, Any]:
         pruned = plan.selection.pruned
-        return VerifyFX(rtol=rtol).call(self.traced, plan.analysis, pruned, rewritten.model, self.inputs, updates).to_dict()
+        flat = rewritten.raw.module if self.traced.signature is not None else rewritten.model
+        return VerifyFX(rtol=rtol).call(self.traced, plan.analysis, pruned, flat, self.inputs, updates).to_dict()
 
     def measure(self, rewritten: Rewritten) -> ChannelGraph:
+        flat = rewritten.raw.module if self.traced.signature is not None else rewritten.model
         try:
-            return load_torch(rewritten.model, self.inputs).graph
+            return load_torch(flat, self.inputs).graph
         except PrunecError as exc:
             raise InternalError(f"the pruned model does not trace again: {exc}") from exc
 

@@ -17,7 +17,7 @@ outputs, and second-order ones use the reconstruction error
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from frontends.errors import InvalidArgumentError
 from frontends.graph import Op
+from frontends.torch.structured import Signature
 from frontends.torch.trace import TracedModel
 from passes.channel_analysis import AnalysisResult
 from passes.data_criteria import Consumer, read_consumers
@@ -39,7 +40,7 @@ __all__ = ["Batch", "CalibrationData", "Consumer", "GatedRunner", "consumers", "
 
 @dataclass
 class Batch:
-    inputs: tuple[torch.Tensor, ...]
+    inputs: tuple[Any, ...]  # what the traced graph takes (the leaves of structured arguments)
     labels: torch.Tensor | None
 
 
@@ -67,8 +68,14 @@ class CalibrationData:
         example_inputs: Sequence[torch.Tensor],
         loss_fn: Callable[[Any, Any], torch.Tensor] | None = None,
         max_batches: int | None = None,
+        signature: Signature | None = None,
     ) -> CalibrationData:
-        """Batches: a tensor (the single input), or a tuple of the inputs optionally followed by labels."""
+        """Batches: a tensor (the single input), or a tuple of the inputs optionally followed by labels.
+
+        With structured arguments (``signature``), a batch is structured like the example: a tuple of the
+        positional arguments, optionally followed by labels, or a dict of the keyword arguments, optionally
+        with a ``"labels"`` key the example does not have. ``example_inputs`` are then the example's leaves.
+        """
         n_in = len(example_inputs)
         out: list[Batch] = []
         if calibration is None:
@@ -76,7 +83,9 @@ class CalibrationData:
         for i, b in enumerate(calibration):
             if max_batches is not None and i >= max_batches:
                 break
-            if isinstance(b, torch.Tensor):
+            if signature is not None:
+                out.append(_structured_batch(i, b, signature))
+            elif isinstance(b, torch.Tensor):
                 if n_in != 1:
                     raise InvalidArgumentError(f"calibration batch {i}: the model takes {n_in} inputs, got one tensor")
                 out.append(Batch((b,), None))
@@ -99,24 +108,46 @@ class CalibrationData:
         return cls(out, loss_fn)
 
 
+def _structured_batch(i: int, b: Any, sig: Signature) -> Batch:
+    """Calibration batch ``i`` of a model with structured arguments: its leaves (and labels)."""
+    where = f"calibration batch {i}"
+    labels = None
+    if sig.kwargs and isinstance(b, Mapping) and "labels" in b and "labels" not in sig.kwargs:
+        b = dict(b)
+        labels = b.pop("labels")
+    elif not sig.kwargs and isinstance(b, (tuple, list)) and len(b) == len(sig.args) + 1:
+        b, labels = tuple(b[:-1]), b[-1]
+    if labels is not None and not isinstance(labels, torch.Tensor):
+        raise InvalidArgumentError(f"{where}: labels must be a tensor, got {type(labels).__name__}")
+    if not sig.kwargs and isinstance(b, torch.Tensor) and len(sig.args) == 1:
+        b = (b,)
+    leaves = sig.leaves_of(b, where)
+    for k, (t, ex) in enumerate(zip(leaves, sig.leaves, strict=True)):
+        if isinstance(ex, torch.Tensor) != isinstance(t, torch.Tensor):
+            raise InvalidArgumentError(f"{where}, input {sig.leaf_names[k]}: {type(t).__name__} where the example has {type(ex).__name__}")
+    _check_inputs(i, tuple(leaves), sig.leaves, sig.leaf_names)
+    return Batch(tuple(leaves), labels)
+
+
 def _family(t: torch.Tensor) -> str:
     return "floating-point" if t.is_floating_point() or t.is_complex() else "integer"
 
 
-def _check_inputs(i: int, inputs: tuple[torch.Tensor, ...], example_inputs: Sequence[torch.Tensor]) -> None:
+def _check_inputs(i: int, inputs: tuple[Any, ...], example_inputs: Sequence[Any], names: Sequence[str] | None = None) -> None:
     """Each input of calibration batch ``i`` has its example input's shape past dim 0 (the batch) and dtype family."""
     for k, (t, ex) in enumerate(zip(inputs, example_inputs, strict=True)):
         if not isinstance(ex, torch.Tensor):
             continue
+        name = names[k] if names is not None else str(k)
         if t.dim() != ex.dim() or (ex.dim() > 0 and t.shape[1:] != ex.shape[1:]) or (ex.dim() == 0 and t.shape != ex.shape):
             expected = "[" + ", ".join(["N", *map(str, ex.shape[1:])]) + "]" if ex.dim() > 0 else "[]"
             raise InvalidArgumentError(
-                f"calibration batch {i}, input {k}: shape {list(t.shape)} does not match the example input's "
+                f"calibration batch {i}, input {name}: shape {list(t.shape)} does not match the example input's "
                 f"{list(ex.shape)} (expected {expected}, any batch size N)"
             )
         if _family(t) != _family(ex):
             raise InvalidArgumentError(
-                f"calibration batch {i}, input {k}: dtype {t.dtype} ({_family(t)}) where the example input is "
+                f"calibration batch {i}, input {name}: dtype {t.dtype} ({_family(t)}) where the example input is "
                 f"{ex.dtype} ({_family(ex)})"
             )
 

@@ -73,6 +73,14 @@ _SAFE_NON_TENSOR = {"size", "dim", "numel", "getattr", "ndimension", "nelement",
                     "sym_size", "sym_numel", "_assert_tensor_metadata", "_assert_scalar"}  # fmt: skip
 
 
+def _is_container(node: torch.fx.Node) -> bool:
+    """Whether the node produced a tuple or list (of one tensor, too: ``x[0]`` picks it, not a row of it)."""
+    tm = node.meta.get("tensor_meta")
+    if tm is not None:
+        return isinstance(tm, (list, tuple)) and not isinstance(tm, TensorMetadata)
+    return isinstance(node.meta.get("val"), (list, tuple))
+
+
 class _Lowering:
     """One pass over the FX graph in order, adding each node's values and op to a new :class:`ChannelGraph`."""
 
@@ -238,8 +246,9 @@ class _Lowering:
         # tuple element access
         if fn == "getitem" and isinstance(args[0], torch.fx.Node) and args[0].name in self.node_values:
             src = self.node_values[args[0].name]
-            if len(src) > 1 or not self.graph.values[src[0]].is_tensor:
-                if isinstance(args[1], int) and len(src) > 1 and -len(src) <= args[1] < len(src):
+            container = _is_container(args[0])
+            if len(src) > 1 or not self.graph.values[src[0]].is_tensor or container:
+                if isinstance(args[1], int) and (len(src) > 1 or container) and -len(src) <= args[1] < len(src):
                     self.node_values[node.name] = self.nested.get(src[args[1]], [src[args[1]]])
                     return
                 if not out_is_tensor:

@@ -24,15 +24,28 @@ from typing import Any
 
 import torch
 import torch.fx
+import torch.fx._pytree as fx_pytree
 import torch.nn as nn
+import torch.utils._pytree as pytree
 from torch.fx.passes.shape_prop import ShapeProp
 from torch.nn.parameter import UninitializedBuffer, UninitializedParameter
 
 from frontends.errors import TraceError, UnsupportedModelError
 from frontends.graph import ChannelGraph
+from frontends.torch import runtime
 from frontends.torch.attention import decompose_attention
+from frontends.torch.concrete import concrete_trace
 from frontends.torch.inline import inline_wrapped
 from frontends.torch.lower import lower
+from frontends.torch.structured import (
+    Signature,
+    describe_leaf,
+    flat_module,
+    flatten_output,
+    is_plain,
+    positional_names,
+    split_inputs,
+)
 from passes.ops import SPECS
 
 log = logging.getLogger(__name__)
@@ -48,8 +61,9 @@ class TracedModel:
     graph: ChannelGraph
     node_values: dict[str, list[str]]  # FX node name -> value names (several for tuples)
     method: str  # "symbolic_trace" or "torch.export"
-    example_inputs: tuple = ()
+    example_inputs: tuple = ()  # what ``gm`` takes: the example's tensors, or the leaves of structured arguments
     notes: list[str] = field(default_factory=list)
+    signature: Signature | None = None  # structured arguments and outputs (the graph takes and returns their leaves)
 
 
 def _user_frame(exc: BaseException) -> str | None:
@@ -154,8 +168,14 @@ def _meta_shape_prop(gm: torch.fx.GraphModule, inputs: Sequence[Any]) -> bool:
             store[k] = t
 
 
+def _has_runtime_leaves(gm: torch.fx.GraphModule) -> bool:
+    """Run-time leaves run their own code, which may update their state from what it reads (an anchor
+    generator moves its cell anchors to the input's device): never on meta tensors."""
+    return any(n.op == "call_module" and runtime.is_leaf_module(gm.get_submodule(str(n.target))) for n in gm.graph.nodes)
+
+
 def _shape_prop(gm: torch.fx.GraphModule, inputs: Sequence[Any]) -> None:
-    if _meta_shape_prop(gm, inputs):
+    if not _has_runtime_leaves(gm) and _meta_shape_prop(gm, inputs):
         return
     prop = _ShapeProp(gm)
     try:
@@ -197,26 +217,118 @@ class _Tracer(torch.fx.Tracer):
     """``torch.fx.symbolic_trace``'s tracer; a module whose class has a channel rule registered under its
     name (a user's own layer, docs/extending.md) is kept a leaf, lowered as that target."""
 
+    def __init__(self) -> None:
+        super().__init__(autowrap_functions=tuple(runtime.leaf_functions()))
+
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         spec = SPECS.get(type(m).__name__)
+        if runtime.is_leaf_module(m):  # run-time parts (detection's transform, anchors, RoI align) stay one node
+            return True
         return super().is_leaf_module(m, module_qualified_name) or (spec is not None and spec.rule is not None)
 
 
-def _symbolic_trace(model: nn.Module) -> torch.fx.GraphModule:
-    tracer = _Tracer()
+class _StructuredTracer(_Tracer):
+    """:class:`_Tracer` over the leaves of structured arguments (:class:`Signature`): one placeholder per leaf,
+    the model called with the arguments rebuilt from them, a flat tuple of output leaves (their structure goes
+    to ``sig.out_spec``)."""
+
+    def __init__(self, sig: Signature) -> None:
+        super().__init__()
+        self.sig = sig
+
+    def create_args_for_root(self, root_fn: Any, is_module: bool, concrete_args: Any = None) -> tuple[Any, list[Any]]:
+        sig = self.sig
+        flat = [self.create_proxy("placeholder", name, (), {}) for name in sig.leaf_names]
+
+        def flat_fn(root: nn.Module, *leaves: Any) -> tuple[Any, ...]:
+            args, kwargs = sig.unflatten(leaves)
+            out_leaves, sig.out_spec = flatten_output(root_fn(root, *args, **kwargs))
+            return tuple(out_leaves)
+
+        return flat_fn, [self.root, *flat]
+
+
+def _symbolic_trace(model: nn.Module, sig: Signature | None = None) -> torch.fx.GraphModule:
+    tracer = _Tracer() if sig is None else _StructuredTracer(sig)
     graph = tracer.trace(model)
     return torch.fx.GraphModule(tracer.root, graph, type(model).__name__)
 
 
-def trace(model: nn.Module, example_inputs: Sequence[Any]) -> tuple[torch.fx.GraphModule, str]:
-    """Trace an eval-mode copy of ``model`` (weights shared, never written). Returns (graph module, method)."""
+def dynamic_shapes(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """``torch.export``'s ``dynamic_shapes`` for the arguments: every tensor leaf's dim 0 (the batch), and dim 1 of
+    an integer tensor of two dims or more (token ids, masks: the sequence), as ``Dim.AUTO`` (dynamic where the
+    model allows it, else static without an error)."""
+    auto = torch.export.Dim.AUTO
+
+    def spec(x: Any) -> Any:
+        if not isinstance(x, torch.Tensor) or x.dim() == 0:
+            return None
+        dims = {0: auto}
+        if x.dim() >= 2 and not (x.is_floating_point() or x.is_complex()):
+            dims[1] = auto
+        return dims
+
+    pos = [pytree.tree_map(spec, a) for a in args]
+    if not kwargs:
+        return tuple(pos)
+    names = positional_names(model, len(args))
+    return {**dict(zip(names, pos, strict=True)), **{k: pytree.tree_map(spec, v) for k, v in kwargs.items()}}
+
+
+def _export(work: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], notes: list[str]) -> torch.fx.GraphModule:
+    """``torch.export`` with the batch (and sequence) dims dynamic; where export refuses them, static."""
+    try:
+        dyn = dynamic_shapes(work, args, kwargs)
+        with contextlib.redirect_stderr(io.StringIO()):
+            ep = torch.export.export(work, args, kwargs, strict=False, dynamic_shapes=dyn)
+    except Exception as exc:  # noqa: BLE001 - a model that rejects dynamic dims: the static export decides
+        log.info("torch.export with dynamic batch/sequence dims failed (%s); exporting static shapes", exc)
+        with contextlib.redirect_stderr(io.StringIO()):
+            ep = torch.export.export(work, args, kwargs, strict=False)
+        notes.append(
+            "torch.export refused a dynamic batch/sequence dim "
+            f"({type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:200]}): the pruned model runs at the example's sizes"
+        )
+    static = [f"{n}: {tuple(t.shape)}" for n, t in _input_shapes(ep)]
+    if static:
+        notes.append("torch.export kept these input dims static (the model does not allow others): " + "; ".join(static))
+    return ep.module()
+
+
+def _input_shapes(ep: Any) -> list[tuple[str, tuple[int, ...]]]:
+    """The user inputs whose batch dim torch.export made static (a plain int where a symbol was asked for)."""
+    out = []
+    sigs = ep.graph_signature.user_inputs
+    for node in ep.graph.nodes:
+        if node.op != "placeholder" or node.name not in sigs:
+            continue
+        val = node.meta.get("val")
+        if isinstance(val, torch.Tensor) and val.dim() > 0 and isinstance(val.shape[0], int) and val.shape[0] > 1:
+            out.append((node.name, tuple(int(s) for s in val.shape)))
+    return out
+
+
+@dataclass
+class _Trace:
+    gm: torch.fx.GraphModule
+    method: str
+    signature: Signature | None  # structured arguments: the graph takes their leaves
+    inputs: tuple[Any, ...]  # what the graph takes: the example's tensors, or the leaves
+    notes: list[str]
+
+
+def trace(model: nn.Module, example_inputs: Any) -> _Trace:
+    """Trace an eval-mode copy of ``model`` (weights shared, never written)."""
     if not isinstance(model, nn.Module):
         raise UnsupportedModelError(f"expected a torch.nn.Module, got {type(model).__name__}")
-    for x in example_inputs:
-        if not isinstance(x, torch.Tensor):
-            raise UnsupportedModelError(
-                f"example_inputs must be tensors; got {type(x).__name__} (pass a tuple of tensors, e.g. (x,))"
-            )
+    args, kwargs = split_inputs(example_inputs)
+    sig = None if is_plain(args, kwargs) else Signature.of(model, args, kwargs)
+    if sig is not None and not sig.tensor_leaves:
+        raise UnsupportedModelError(
+            "example_inputs hold no tensor (" + ", ".join(describe_leaf(x) for x in sig.leaves) + ")"
+        )
+    inputs = tuple(args) if sig is None else tuple(sig.leaves)
+    notes: list[str] = []
     work = _module_copy(model).eval()
     cfg = getattr(work, "config", None)
     if cfg is not None and getattr(cfg, "use_cache", False):  # Hugging Face: a KV cache in the outputs is not a tensor output
@@ -225,44 +337,82 @@ def trace(model: nn.Module, example_inputs: Sequence[Any]) -> tuple[torch.fx.Gra
     if n_mha:
         log.info("decomposed %d nn.MultiheadAttention module(s) so their heads can be pruned", n_mha)
     try:
-        gm = _symbolic_trace(work)
+        gm = _symbolic_trace(work, sig)
         method = "symbolic_trace"
     except Exception as fx_exc:
         log.info("symbolic_trace failed (%s); trying torch.export", fx_exc)
         disabled = logging.root.manager.disable
         logging.disable(logging.ERROR)  # torch.export logs and prints pages before it gives up: the user gets one line
         try:
-            with contextlib.redirect_stderr(io.StringIO()):
-                ep = torch.export.export(work, tuple(example_inputs), strict=False)
-            gm = ep.module()
+            gm = _export(work, args, kwargs, notes)
             method = "torch.export"
+            if sig is not None:
+                sig = _exported_signature(gm, sig, args, kwargs)
+                inputs = tuple(sig.leaves)
+                flat_module(gm)
         except Exception as ex_exc:
-            where = _user_frame(fx_exc) or _user_frame(ex_exc)
-            module = _failing_module(work, fx_exc) or _failing_module(work, ex_exc)
-            first = str(fx_exc).strip().splitlines()[0] if str(fx_exc).strip() else type(fx_exc).__name__
-            msg = f"cannot trace {type(model).__name__}"
-            if module:
-                msg += f": module {module}"
-            if where:
-                msg += f" at {where}"
-            msg += f": {first} (torch.export also failed: {type(ex_exc).__name__})"
-            raise TraceError(msg, module=module, location=where) from fx_exc
+            logging.disable(disabled)
+            runtime = concrete_trace(work, sig, inputs) if sig is not None else None
+            if runtime is not None:
+                gm, method = runtime.gm, runtime.method
+                notes.extend(runtime.notes)
+            else:
+                if sig is not None:
+                    _runs_eagerly(work, args, kwargs)
+                where = _user_frame(fx_exc) or _user_frame(ex_exc)
+                module = _failing_module(work, fx_exc) or _failing_module(work, ex_exc)
+                first = str(fx_exc).strip().splitlines()[0] if str(fx_exc).strip() else type(fx_exc).__name__
+                msg = f"cannot trace {type(model).__name__}"
+                if module:
+                    msg += f": module {module}"
+                if where:
+                    msg += f" at {where}"
+                msg += f": {first} (torch.export also failed: {type(ex_exc).__name__})"
+                raise TraceError(msg, module=module, location=where) from fx_exc
         finally:
             logging.disable(disabled)
     if method == "symbolic_trace":
         try:
-            inlined = inline_wrapped(gm, example_inputs)
+            inlined = inline_wrapped(gm, inputs)
         except Exception as exc:  # the model does not run: _shape_prop names the culprit
             log.debug("inlining skipped: %s", exc)
             inlined = []
         if inlined:
             log.info("inlined wrapped functions at the example's sizes: %s", ", ".join(sorted(set(inlined))))
-    _shape_prop(gm, example_inputs)
-    return gm, method
+    _shape_prop(gm, inputs)
+    return _Trace(gm, method, sig, inputs, notes)
 
 
-def load_torch(model: nn.Module, example_inputs: Sequence[Any]) -> TracedModel:
-    """Trace and lower a PyTorch model."""
-    gm, method = trace(model, example_inputs)
-    graph, node_values = lower(gm)
-    return TracedModel(gm, graph, node_values, method, tuple(example_inputs))
+def _runs_eagerly(work: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    """Raises :class:`UnsupportedModelError` where the model does not run on structured example arguments
+    (a dict where it takes a tensor): the inputs are at fault, not the tracers."""
+    try:
+        with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):
+            work(*args, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - any failure of the model on its example is the example's
+        leaves = pytree.tree_leaves((args, kwargs))
+        where = _user_frame(exc)
+        first = (str(exc).strip().splitlines() or [""])[0]
+        raise UnsupportedModelError(
+            f"the model does not run on the example inputs ({', '.join(describe_leaf(x) for x in leaves)}): "
+            f"{type(exc).__name__}: {first}" + (f" at {where}" if where else "")
+        ) from exc
+
+
+def _exported_signature(gm: torch.fx.GraphModule, sig: Signature, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Signature:
+    """The signature of an exported module: its own input and output specs and argument names (the leaves
+    flattened by its input spec, in the order of its placeholders)."""
+    info = gm.graph._codegen.pytree_info  # type: ignore[attr-defined]
+    leaves = fx_pytree.tree_flatten_spec((args, kwargs), info.in_spec)
+    names = [n.name for n in gm.graph.nodes if n.op == "placeholder"]
+    if len(names) != len(leaves):
+        raise UnsupportedModelError(f"torch.export made {len(names)} inputs of {len(leaves)} argument leaves")
+    return Signature(args, kwargs, info.in_spec, list(leaves), names, list(info.orig_args), info.out_spec)
+
+
+def load_torch(model: nn.Module, example_inputs: Any) -> TracedModel:
+    """Trace and lower a PyTorch model. ``example_inputs``: the positional arguments (a tuple; a tensor is one),
+    or a dict of keyword arguments; structured arguments (:mod:`frontends.torch.structured`) are traced as their leaves."""
+    t = trace(model, example_inputs)
+    graph, node_values = lower(t.gm)
+    return TracedModel(t.gm, graph, node_values, t.method, t.inputs, t.notes, t.signature)

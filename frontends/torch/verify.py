@@ -28,6 +28,7 @@ import numpy as np
 import torch
 import torch.fx
 import torch.nn as nn
+import torch.utils._pytree as pytree
 
 from frontends.adapter import VerifyResult
 from frontends.errors import VerificationError
@@ -50,13 +51,8 @@ class _NodeStats:
 
 
 def flat_tensors(x: Any) -> list[torch.Tensor]:
-    if isinstance(x, torch.Tensor):
-        return [x]
-    if isinstance(x, dict):
-        return [t for v in x.values() for t in flat_tensors(v)]
-    if isinstance(x, (list, tuple)):
-        return [t for v in x for t in flat_tensors(v)]
-    return []
+    """Every tensor leaf of ``x`` in order: nested tuples, lists, dicts, named tuples, ``ModelOutput``."""
+    return [t for t in pytree.tree_leaves(x) if isinstance(t, torch.Tensor)]
 
 
 class _Capture(torch.fx.Interpreter):
