@@ -29,7 +29,8 @@ def test_gpt2_conv1d_layers_prune_and_verify(attention):
         before = model(ids).logits
     r = compiler.compile(model, (ids,), ratio=0.5, attention=attention)
     rep = r.report
-    assert rep.verification["passed"]
+    v = rep.verification  # torch.export graph, checked node by node in float64 (its float32 dtype asserts dropped)
+    assert v["passed"] and v["dtype"] == "float64" and v["nodes_checked"] > 40
     assert rep.macs_after < 0.75 * rep.macs_before
     frozen = {f.target for f in rep.frozen_ops}
     assert "aten.addmm.default" not in frozen and "addmm" not in " ".join(frozen)
