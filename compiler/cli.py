@@ -156,16 +156,30 @@ def _inspect_report(spec: str, args: argparse.Namespace, ratio: float, importanc
     import torch
 
     import compiler
+    from compiler import model_inputs
 
+    if args.inputs and args.input_shape:
+        raise InvalidArgumentError("give --inputs or --input-shape, not both")
     target: Any = spec
     if _is_onnx_file(spec):
-        inputs: Any = _onnx_inputs(spec, [args.input_shape] if args.input_shape else None)
+        if args.inputs:
+            from frontends.onnx import load_proto, real_inputs
+
+            names = [vi.name for vi in real_inputs(load_proto(spec)[0])]
+            inputs: Any = model_inputs.onnx_inputs_from_file(args.inputs, names)
+        else:
+            inputs = _onnx_inputs(spec, [args.input_shape] if args.input_shape else None)
         _progress(f"analysing {spec}")
     else:
-        target = load_model_spec(spec)
-        shape = _parse_shape(args.input_shape) if args.input_shape else _default_shape(spec)
-        inputs = (torch.randn(*shape),)
-        _progress(f"analysing {spec} on input {shape}")
+        target, given = model_inputs.split_factory_result(load_model_spec(spec), spec)
+        if args.inputs:
+            inputs = model_inputs.torch_inputs_from_file(args.inputs, target)
+        elif given is not None and not args.input_shape:
+            inputs = given
+        else:
+            inputs = (torch.randn(*(_parse_shape(args.input_shape) if args.input_shape else _default_shape(spec))),)
+        shapes = ", ".join(f"{getattr(x, 'dtype', type(x).__name__)}{list(getattr(x, 'shape', []))}" for x in inputs)
+        _progress(f"analysing {spec} on {shapes}")
     result = compiler.compile(target, inputs, ratio=ratio, importance=importance, verify=verify, progress=_progress)
     return result.report
 
@@ -553,6 +567,11 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("model", help="torchvision:NAME, package.module:function, or an .onnx file")
     i.add_argument("pruned", nargs="?", help="optional: a pruned version of the model (same kinds of spec) to compare channels with")
     i.add_argument("--input-shape", help="example input shape, e.g. 1,3,224,224")
+    i.add_argument(
+        "--inputs", metavar="FILE.npz",
+        help="example inputs from numpy.savez: arrays in forward's argument order, or named by argument "
+        "(ONNX: by input name); dtypes kept (int64 token ids). A factory may also return (model, example_inputs)",
+    )  # fmt: skip
     i.add_argument("--ratio", type=float, default=0.5, help="plan this ratio to show what would be kept (default 0.5)")
     i.add_argument("--importance", default="l2")
     i.add_argument("--no-verify", dest="verify", action="store_false")

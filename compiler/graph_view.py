@@ -6,6 +6,13 @@ module stack (``layer1.0`` of ``layer1.0.conv1`` and of the residual add inside
 ``layer1.0``), or the ``/``-separated scope of an ONNX node name
 (``/layer1/layer1.0/conv1/Conv``). An op without a scope of its own takes the
 block of its first input's producer.
+
+An op the registry does not know freezes every channel of its inputs; only one that
+had a tracked channel to freeze is reported as unknown (:func:`unknown_ops_that_froze`).
+A *side* op computes from no channel at all: no tracked dim on its inputs or outputs,
+and every producer of its inputs is a side op too (or a model input). Causal masks
+and positions built from token ids are side ops; the page folds them out of its
+default picture.
 """
 
 from __future__ import annotations
@@ -19,11 +26,38 @@ import numpy as np
 
 from compiler.report import GraphBlock, GraphNode, GraphView
 from frontends.graph import Op
-from passes.channel_analysis import AnalysisResult
+from passes.channel_analysis import AnalysisResult, UnknownOp
 
 log = logging.getLogger(__name__)
 
-__all__ = ["build_graph_view", "op_scope"]
+__all__ = ["build_graph_view", "op_scope", "unknown_ops_that_froze", "side_ops"]
+
+
+def _tracked(a: AnalysisResult, value: str) -> bool:
+    """The value has a channel-labelled dim."""
+    lab = a.labels.get(value)
+    return bool(lab) and any(x is not None for x in lab)
+
+
+def unknown_ops_that_froze(a: AnalysisResult) -> list[UnknownOp]:
+    """The unknown ops that froze a tracked channel: some input had a channel-labelled dim. An unknown op on
+    integer masks or positions freezes nothing and is not among them."""
+    g = a.graph
+    return [u for u in a.unknown_ops if any(v is not None and _tracked(a, v) for v in g.ops[u.op].inputs)]
+
+
+def side_ops(a: AnalysisResult) -> set[str]:
+    """Names of the ops that compute from no channel: none of their values is tracked and their inputs come
+    from model inputs, constants or other side ops (causal masks, position ids)."""
+    g = a.graph
+    side: set[str] = set()
+    for op in g.ops.values():
+        if any(_tracked(a, v) for v in op.outputs) or any(v is not None and _tracked(a, v) for v in op.inputs):
+            continue
+        producers = (g.values[v].producer for v in op.tensor_inputs())
+        if all(p is None or p not in g.ops or p in side for p in producers):
+            side.add(op.name)
+    return side
 
 
 def op_scope(op: Op) -> list[tuple[str, str]] | None:
@@ -50,13 +84,16 @@ def build_graph_view(
     class_group = _group_of_class(a)
     index = {name: i for i, name in enumerate(g.ops)}
     blocks = _Blocks()
+    side = side_ops(a)
     nodes: list[GraphNode] = []
     edges: set[tuple[int, int]] = set()
     for i, op in enumerate(g.ops.values()):
         preds = _predecessors(a, op, i, index)
         edges.update((p, i) for p in preds)
         block = blocks.place(op, preds)
-        nodes.append(_graph_node(a, op, block, class_group, _OpChannels.of(a, op, shape_after), unknown, layer_of))
+        node = _graph_node(a, op, block, class_group, _OpChannels.of(a, op, shape_after), unknown, layer_of)
+        node.side = op.name in side
+        nodes.append(node)
     return GraphView(nodes, sorted(edges), blocks.blocks)
 
 

@@ -171,12 +171,16 @@ _PAGE = """<!DOCTYPE html>
 <section id="sec-graph"><h2>Graph</h2>
 <p class="hint">Nodes are ops, colored by coupling group (channels pruned together). Module blocks are collapsed:
 click a block (&#9656;) to open it, a block's title bar (&#9662;) to close it, an op for its details.
-Gray: channels frozen. Red dashed: an op the registry does not know; it froze the channels it touches.</p>
+Gray: channels frozen. Red dashed: an op the registry does not know; it froze the channels it touches.
+Side computations that touch no channel (causal masks, position ids) are folded away. Zoom: the buttons,
+Ctrl + wheel, or + / &minus; / 0 on the graph.</p>
 <div class="controls"><button id="btn-expand-all" type="button">Expand all</button>
 <button id="btn-collapse-all" type="button">Collapse all</button>
 <button id="btn-default" type="button">Default view</button>
+<button id="btn-side" type="button" hidden></button>
+<span class="zoom"><button id="btn-zoom-out" type="button" title="zoom out (-)">&minus;</button><button id="btn-zoom-fit" type="button" title="fit to the panel (0)">Fit</button><button id="btn-zoom-in" type="button" title="zoom in (+)">+</button> <span id="zoom-level"></span></span>
 <span id="graph-info"></span></div>
-<div class="graph-wrap"><div id="graph"></div><aside id="details"><em>Click an op or a group.</em></aside></div>
+<div class="graph-wrap"><div id="graph" tabindex="0"></div><aside id="details"><em>Click an op or a group.</em></aside></div>
 </section>
 <section id="sec-removed"><h2>Removed per layer</h2>
 <div class="controls">metric <select id="metric"><option value="params">parameters</option>
@@ -202,7 +206,7 @@ h1{font-size:22px;margin:0 0 2px}h2{font-size:17px;margin:28px 0 8px;border-bott
 #status{font-size:12px;color:var(--muted);margin:4px 0}#status[data-ok="1"]{display:none}
 .cards{display:flex;flex-wrap:wrap;gap:10px}
 .card{background:var(--bg2);border:1px solid var(--line);border-radius:6px;padding:8px 12px;min-width:150px}
-.card .k{font-size:12px;color:var(--muted)}.card .v{font-size:17px;font-weight:600}.card .s{font-size:12px;color:var(--muted)}
+.card .k{font-size:12px;color:var(--muted)}.card .v{font-size:17px;font-weight:600;max-width:260px;overflow:hidden;text-overflow:ellipsis;white-space:nowrap}.card .s{font-size:12px;color:var(--muted)}
 .card.bad .v{color:var(--bad)}
 .controls{margin:6px 0;display:flex;gap:8px;align-items:center;flex-wrap:wrap}
 button,select{font:inherit;padding:3px 10px;border:1px solid var(--line);border-radius:4px;background:var(--bg2);cursor:pointer}
@@ -215,12 +219,15 @@ svg text{font-family:inherit}
 .op rect.box,.blk rect.box{stroke:#6b7385;stroke-width:1}
 .op{cursor:pointer}.blk{cursor:pointer}
 .op.unknown rect.box,.blk.unknown rect.box{stroke:var(--bad);stroke-width:2;stroke-dasharray:5 3}
+.op.side rect.box{stroke:#a8b0c0;stroke-dasharray:2 2}.op.side text{fill:#5b6475}
+.zoom button{padding:3px 8px;min-width:30px}.zoom button+button{margin-left:2px}#zoom-level{color:var(--muted);font-size:12px}
+#graph:focus{outline:2px solid #8fb3e8}
 .blk rect.box{stroke-width:1.5}.blk rect.inner{fill:none;stroke:#6b7385;stroke-width:.8}
 .hl rect.box{stroke:#000;stroke-width:3}
 .frame rect{fill:rgba(90,110,150,.05);stroke:#a8b0c0;stroke-dasharray:3 3}
 .frame .head{cursor:pointer}.frame .head rect{fill:rgba(90,110,150,.12);stroke:none}
 .frame .head:hover rect{fill:rgba(90,110,150,.25)}
-.edge{fill:none;stroke:#8c94a6;stroke-width:1.2}
+.edge{fill:none;stroke:#8c94a6;stroke-width:1.2}.edge.fan{stroke-opacity:.3}
 .t1{font-size:12px;font-weight:600}.t2{font-size:11px;fill:#3a4150}
 table.data{border-collapse:collapse;font-size:13px}
 table.data th,table.data td{border-bottom:1px solid var(--line);padding:3px 8px;text-align:left;white-space:nowrap;vertical-align:middle}
@@ -268,8 +275,10 @@ function pct(x){return (100*x).toFixed(1)+"%";}
 function frac(b,a){return b>0?1-a/b:0;}
 function clip(s,n){s=String(s);return s.length>n?"\u2026"+s.slice(s.length-n+1):s;}
 function cut(s,n){s=String(s);return s.length>n?s.slice(0,n-1)+"\u2026":s;}
-function groupColor(id){var g=GROUPS[id];if(!g)return"#ffffff";if(g.frozen)return"#cfd3da";return"hsl("+((id*137.508)%360).toFixed(1)+",62%,76%)";}
-function groupStroke(id){var g=GROUPS[id];if(!g||g.frozen)return"#8a8f99";return"hsl("+((id*137.508)%360).toFixed(1)+",55%,40%)";}
+// group hues run from amber (40) to violet (310) by the golden ratio: never red, salmon or pink, the warning colour's
+function groupHue(id){return (40+((id*0.6180339887)%1)*270).toFixed(1);}
+function groupColor(id){var g=GROUPS[id];if(!g)return"#ffffff";if(g.frozen)return"#cfd3da";return"hsl("+groupHue(id)+",62%,76%)";}
+function groupStroke(id){var g=GROUPS[id];if(!g||g.frozen)return"#8a8f99";return"hsl("+groupHue(id)+",55%,40%)";}
 function swatch(id){var s=el("span",{"class":"sw"});s.style.background=groupColor(id);s.title="group "+id;return s;}
 
 // ---------------------------------------------------------------- summary
@@ -277,45 +286,56 @@ function swatch(id){var s=el("span",{"class":"sw"});s.style.background=groupColo
   document.getElementById("title").textContent="prunec inspect \u2014 "+R.model;
   document.getElementById("subtitle").textContent=R.framework+", traced by "+R.trace_method+"; importance "+(R.settings.importance||"?")+", equalization "+(R.settings.equalization||"?")+(R.settings.ratio_used!==undefined&&R.settings.ratio_used!==null?", ratio "+R.settings.ratio_used:"");
   var cards=document.getElementById("cards");
-  function card(k,v,s,bad){var c=el("div",{"class":"card"+(bad?" bad":"")});c.appendChild(el("div",{"class":"k"},k));c.appendChild(el("div",{"class":"v"},v));if(s)c.appendChild(el("div",{"class":"s"},s));cards.appendChild(c);}
+  function card(k,v,s,bad){var c=el("div",{"class":"card"+(bad?" bad":"")});c.appendChild(el("div",{"class":"k"},k));c.appendChild(el("div",{"class":"v",title:v},v));if(s)c.appendChild(el("div",{"class":"s"},s));cards.appendChild(c);}
   var nPruned=R.groups.filter(function(g){return g.channels_after<g.channels_before;}).length;
   var nFrozen=R.groups.filter(function(g){return g.frozen;}).length;
   card("parameters",h(R.params_before)+" \u2192 "+h(R.params_after),R.params_ratio.toFixed(3)+"\u00d7");
   card("MACs",h(R.macs_before)+" \u2192 "+h(R.macs_after),R.macs_ratio.toFixed(3)+"\u00d7");
   card("coupling groups",String(R.groups.length),nPruned+" pruned, "+nFrozen+" frozen");
   card("layers",String(R.layers.length),G.nodes.length+" ops in the graph");
-  card("unknown ops",String(R.frozen_ops.length),R.frozen_ops.length?"froze their channels":"none",R.frozen_ops.length>0);
+  var free=R.channel_free_ops||[];
+  card("unknown ops",String(R.frozen_ops.length),R.frozen_ops.length?"froze their channels":(free.length?"none froze a channel ("+free.length+" touched none)":"none"),R.frozen_ops.length>0);
   if(R.verification){var v=R.verification;card("verified",v.passed?"passed":"FAILED","max abs error "+Number(v.max_abs_error).toExponential(2),!v.passed);}
   else card("verified","no","verify=False");
-  if(C){card("compared with",clip(C.model,28),C.matched+"/"+R.layers.length+" layers matched by "+C.matched_by);
+  if(C){card("compared with",C.model,C.matched+"/"+R.layers.length+" layers matched by "+C.matched_by);
         card("its parameters",h(C.params),(R.params_before?(C.params/R.params_before).toFixed(3):"-")+"\u00d7 of the original");}
 })();
 
 // ---------------------------------------------------------------- graph model
-var N=G.nodes.length, nodeOf=[], kids={root:[]}, firstOp={}, opsIn={};
-G.blocks.forEach(function(b,j){kids["b"+j]=[];});
+// Side ops (no channel on any value, computed from model inputs and constants only: causal masks,
+// position ids) are folded out of the picture unless showSide; blocks left empty vanish with them.
+var N=G.nodes.length, NSIDE=G.nodes.filter(function(n){return n.side;}).length, showSide=false;
+var kids, firstOp, opsIn, eff, par, depth, chain;
+function vis(i){return showSide||!G.nodes[i].side;}
 function pkey(b){return (b===null||b===undefined)?"root":"b"+b;}
-G.blocks.forEach(function(b,j){kids[pkey(b.parent)].push("b"+j);});
-G.nodes.forEach(function(n,i){kids[pkey(n.block)].push("n"+i);});
 function resolve(k){if(k[0]==="b"){var c=kids[k];if(c.length===0)return null;if(c.length===1)return resolve(c[0]);}return k;}
-var eff={}, par={}, depth={root:0};
+function fo(k){return k[0]==="n"?+k.slice(1):firstOp[k];}
 function build(k){
   var out=[];kids[k].forEach(function(c){var r=resolve(c);if(r!==null)out.push(r);});
   eff[k]=out;var ops=[];
   out.forEach(function(c){par[c]=k;depth[c]=depth[k]+1;if(c[0]==="b"){build(c);ops=ops.concat(opsIn[c]);}else ops.push(+c.slice(1));});
   opsIn[k]=ops;var m=1e18;for(var q=0;q<ops.length;q++){if(ops[q]<m)m=ops[q];}firstOp[k]=m;
 }
-build("root");
-Object.keys(eff).forEach(function(k){eff[k].sort(function(a,b){return fo(a)-fo(b);});});
-function fo(k){return k[0]==="n"?+k.slice(1):firstOp[k];}
-var chain=[];  // per node: items from the root's child down to the node
-for(var i=0;i<N;i++){var c=[],k="n"+i;while(k!=="root"&&k!==undefined){c.unshift(k);k=par[k];}chain.push(c);}
+function buildModel(){
+  kids={root:[]};firstOp={};opsIn={};eff={};par={};depth={root:0};chain=[];
+  G.blocks.forEach(function(b,j){kids["b"+j]=[];});
+  G.blocks.forEach(function(b,j){kids[pkey(b.parent)].push("b"+j);});
+  G.nodes.forEach(function(n,i){if(vis(i))kids[pkey(n.block)].push("n"+i);});
+  build("root");
+  Object.keys(eff).forEach(function(k){eff[k].sort(function(a,b){return fo(a)-fo(b);});});
+  for(var i=0;i<N;i++){  // per visible node: items from the root's child down to the node
+    if(!vis(i)){chain.push(null);continue;}
+    var c=[],k="n"+i;while(k!=="root"&&k!==undefined){c.unshift(k);k=par[k];}chain.push(c);
+  }
+}
+buildModel();
 function blockName(k){return G.blocks[+k.slice(1)].name;}
 function blockType(k){return G.blocks[+k.slice(1)].type||"";}
 function blockGroups(k){var s={};opsIn[k].forEach(function(i){G.nodes[i].groups.forEach(function(g){s[g]=1;});});return Object.keys(s).map(Number).sort(function(a,b){return a-b;});}
 function blockUnknown(k){return opsIn[k].filter(function(i){return G.nodes[i].unknown;}).length;}
 function blockOut(k){var ops=opsIn[k],last=ops[0];for(var q=1;q<ops.length;q++){if(ops[q]>last)last=ops[q];}return G.nodes[last];}
 function shortName(i){var n=G.nodes[i], p=par["n"+i];if(p&&p!=="root"){var b=blockName(p);if(n.name.indexOf(b)===0&&n.name.length>b.length){var s=n.name.slice(b.length).replace(/^[.\/]+/,"");if(s)return s;}}return n.name;}
+function visibleEdges(){return G.edges.filter(function(e){return chain[e[0]]&&chain[e[1]];});}
 
 var expanded={};
 function setDefault(){
@@ -328,11 +348,15 @@ function setDefault(){
     count+=add;level=next;
   }
 }
-function repOf(i){var c=chain[i];for(var d=0;d<c.length;d++){if(c[d][0]==="b"&&!expanded[c[d]])return c[d];}return "n"+i;}
+function repOf(i){var c=chain[i];if(!c)return null;for(var d=0;d<c.length;d++){if(c[d][0]==="b"&&!expanded[c[d]])return c[d];}return "n"+i;}
 var highlight=null;
 
 // ---------------------------------------------------------------- graph layout and drawing
-var W=196,H=40,BH=46,GX=22,GY=26,PAD=10,HEAD=22;
+// A box's items are laid out in rows by dependency rank; a box taller than the panel wraps its rows
+// into side-by-side columns, as many as make it about as wide as it is tall in the panel's proportions.
+var W=228,H=40,BH=46,GX=22,GY=26,CG=44,PAD=10,HEAD=22,M=16, PANEL={w:900,h:700};
+var zoom=1, autoFit=true, lastBox=null;
+function svText(attrs,full,shown){var t=sv("text",attrs,shown);if(shown!==full)t.appendChild(sv("title",null,full));return t;}
 function layoutBox(k){
   var items=eff[k], size={}, pos={};
   items.forEach(function(c){
@@ -342,7 +366,7 @@ function layoutBox(k){
   var idx={};items.forEach(function(c,j){idx[c]=j;});
   var d=depth[k]===undefined?0:depth[k];
   var preds=items.map(function(){return [];}), seen={};
-  G.edges.forEach(function(e){
+  visibleEdges().forEach(function(e){
     var cu=chain[e[0]], cv=chain[e[1]];
     var u=(k==="root"||cu[d-1]===k)?cu[d]:undefined, v=(k==="root"||cv[d-1]===k)?cv[d]:undefined;
     if(u===undefined||v===undefined||u===v)return;
@@ -352,17 +376,36 @@ function layoutBox(k){
   var rank=items.map(function(){return 0;});
   for(var j=0;j<items.length;j++){preds[j].forEach(function(p){if(rank[p]+1>rank[j])rank[j]=rank[p]+1;});}
   var rows=[];items.forEach(function(c,j){(rows[rank[j]]=rows[rank[j]]||[]).push(j);});
-  var cx={}, y=0, width=0, rowsOut=[];
+  var cx={}, rowsOut=[];
   rows.forEach(function(row){
     if(!row)return;
     row.sort(function(a,b){var ba=bary(a),bb=bary(b);return ba===bb?a-b:ba-bb;});
     function bary(j){if(!preds[j].length)return j*1e-6;var s=0;preds[j].forEach(function(p){s+=cx[p];});return s/preds[j].length;}
     var rw=0,rh=0;row.forEach(function(j){rw+=size[items[j]].w;rh=Math.max(rh,size[items[j]].h);});rw+=GX*(row.length-1);
-    rowsOut.push({row:row,w:rw,h:rh,y:y});width=Math.max(width,rw);y+=rh+GY;
+    rowsOut.push({row:row,w:rw,h:rh});
     var x=-rw/2;row.forEach(function(j){cx[j]=x+size[items[j]].w/2;x+=size[items[j]].w+GX;});
   });
-  rowsOut.forEach(function(r){var x=(width-r.w)/2;r.row.forEach(function(j){var c=items[j];pos[c]={x:x,y:r.y,w:size[c].w,h:size[c].h,sub:size[c].sub};x+=size[c].w+GX;});});
-  return {w:Math.max(width,W),h:Math.max(y-GY,H),pos:pos,items:items};
+  var cols=wrapRows(rowsOut), width=0, height=0;
+  cols.forEach(function(col){
+    var y=0;col.rows.forEach(function(r){
+      var x=width+(col.w-r.w)/2;
+      r.row.forEach(function(j){var c=items[j];pos[c]={x:x,y:y,w:size[c].w,h:size[c].h,sub:size[c].sub,col:cols.indexOf(col)};x+=size[c].w+GX;});
+      y+=r.h+GY;
+    });
+    height=Math.max(height,y-GY);width+=col.w+CG;
+  });
+  return {w:Math.max(width-CG,W),h:Math.max(height,H),pos:pos,items:items,cols:cols.length};
+}
+function wrapRows(rows){
+  var total=0,tallest=0,widest=W;rows.forEach(function(r){total+=r.h+GY;tallest=Math.max(tallest,r.h);widest=Math.max(widest,r.w);});total-=GY;
+  var limit=Infinity;
+  if(total>PANEL.h&&rows.length>1){var n=Math.max(1,Math.round(Math.sqrt(total*PANEL.w/PANEL.h/(widest+CG))));limit=Math.max(tallest,Math.min(PANEL.h,total/n));}
+  var cols=[],cur=null;
+  rows.forEach(function(r){
+    if(!cur||(cur.rows.length&&cur.h+GY+r.h>limit*1.08)){cur={rows:[],h:-GY,w:0};cols.push(cur);}
+    cur.rows.push(r);cur.h+=GY+r.h;cur.w=Math.max(cur.w,r.w);
+  });
+  return cols.length?cols:[{rows:[],h:0,w:W}];
 }
 function place(box,ox,oy,out,frames,dep){
   box.items.forEach(function(c){
@@ -374,13 +417,27 @@ function place(box,ox,oy,out,frames,dep){
 function nodeLines(i){
   var n=G.nodes[i], ch=n.channels?arrow(n.channels[0],n.channels[1]):(n.shape?"["+n.shape.join(",")+"]":"");
   if(C&&n.layer!==null&&n.layer!==undefined&&C.layers[n.layer])ch+=" | "+C.layers[n.layer].out_channels;
-  return [(n.unknown?"\u2716 ":"")+clip(shortName(i),28),cut(cut(n.target||n.kind,18)+(ch?" \u00b7 "+ch:""),34)];
+  var a=(n.unknown?"\u2716 ":"")+shortName(i), b=(n.target||n.kind)+(ch?" \u00b7 "+ch:"");
+  return [[a,(n.unknown?"\u2716 ":"")+clip(shortName(i),28)],[b,cut(cut(n.target||n.kind,18)+(ch?" \u00b7 "+ch:""),34)]];
 }
 function stripes(g,x,y,hh,groups){var k=Math.min(groups.length,8);for(var s=0;s<k;s++){g.appendChild(sv("rect",{x:x+2+s*5,y:y+2,width:4,height:hh-4,fill:groupStroke(groups[s])}));}return k;}
+function edgePath(a,b){
+  var x1=a.x+a.w/2,y1=a.y+a.h,x2=b.x+b.w/2,y2=b.y;
+  if(y2-y1>1.5*(H+GY)&&Math.abs(x2-x1)<W){var k=W*0.8;return "M"+x1+","+y1+" C"+(x1+k)+","+(y1+(y2-y1)/3)+" "+(x2+k)+","+(y2-(y2-y1)/3)+" "+x2+","+y2;}
+  if(y2<=y1&&b.x>a.x+a.w){  // into a later column: down, along the gap between the columns, up, and in from above
+    var gx=(a.x+a.w+b.x)/2, ya=y1+10, yb=y2-10, r=5;
+    return "M"+x1+","+y1+" L"+x1+","+(ya-r)+" Q"+x1+","+ya+" "+(x1+r)+","+ya+" L"+(gx-r)+","+ya+" Q"+gx+","+ya+" "+gx+","+(ya-r)+
+      " L"+gx+","+(yb+r)+" Q"+gx+","+yb+" "+(gx+r)+","+yb+" L"+(x2-r)+","+yb+" Q"+x2+","+yb+" "+x2+","+(yb+r)+" L"+x2+","+y2;
+  }
+  if(y2<=y1){return "M"+x1+","+y1+" C"+(x1+W)+","+(y1+40)+" "+(x2+W)+","+(y2-40)+" "+x2+","+y2;}
+  var my=(y1+y2)/2;return "M"+x1+","+y1+" C"+x1+","+my+" "+x2+","+my+" "+x2+","+y2;
+}
 function drawGraph(){
-  var host=document.getElementById("graph");while(host.firstChild)host.removeChild(host.firstChild);
-  var box=layoutBox("root"), at={}, frames=[];place(box,0,0,at,frames,0);
-  var M=16, svg=sv("svg",{width:box.w+2*M,height:box.h+2*M,viewBox:(-M)+" "+(-M)+" "+(box.w+2*M)+" "+(box.h+2*M),id:"graph-svg"});
+  var host=document.getElementById("graph");
+  PANEL={w:Math.max(320,host.clientWidth-18),h:Math.max(320,Math.round(window.innerHeight*0.78))};
+  while(host.firstChild)host.removeChild(host.firstChild);
+  var box=layoutBox("root"), at={}, frames=[];place(box,0,0,at,frames,0);lastBox=box;
+  var svg=sv("svg",{viewBox:(-M)+" "+(-M)+" "+(box.w+2*M)+" "+(box.h+2*M),id:"graph-svg"});
   var defs=sv("defs");var mk=sv("marker",{id:"arr",viewBox:"0 0 10 10",refX:"9",refY:"5",markerWidth:"7",markerHeight:"7",orient:"auto-start-reverse"});
   mk.appendChild(sv("path",{d:"M0,0 L10,5 L0,10 z",fill:"#8c94a6"}));defs.appendChild(mk);svg.appendChild(defs);
   var gFrames=sv("g"),gEdges=sv("g"),gNodes=sv("g");svg.appendChild(gFrames);svg.appendChild(gEdges);svg.appendChild(gNodes);
@@ -388,31 +445,31 @@ function drawGraph(){
     var g=sv("g",{"class":"frame","data-block":blockName(f.k)});
     g.appendChild(sv("rect",{x:f.x,y:f.y,width:f.w,height:f.h,rx:6}));
     var head=sv("g",{"class":"head"});head.appendChild(sv("rect",{x:f.x,y:f.y,width:f.w,height:HEAD-4,rx:6}));
-    var t=blockType(f.k);head.appendChild(sv("text",{x:f.x+8,y:f.y+13,"class":"t2"},"\u25be "+clip(blockName(f.k),40)+(t?"  \u00b7 "+t:"")));
+    var t=blockType(f.k),room=Math.max(8,Math.floor((f.w-24)/6.2)-(t?t.length+4:0));
+    head.appendChild(svText({x:f.x+8,y:f.y+13,"class":"t2"},"\u25be "+blockName(f.k)+(t?"  \u00b7 "+t:""),"\u25be "+clip(blockName(f.k),room)+(t?"  \u00b7 "+t:"")));
     head.appendChild(sv("title",null,"close "+blockName(f.k)));
     head.addEventListener("click",function(){delete expanded[f.k];Object.keys(expanded).forEach(function(k){if(isInside(k,f.k))delete expanded[k];});drawGraph();});
     g.appendChild(head);gFrames.appendChild(g);
   });
-  var seen={},nEdges=0;
-  G.edges.forEach(function(e){
+  var seen={},drawn=[],fan={};
+  visibleEdges().forEach(function(e){
     var u=repOf(e[0]),v=repOf(e[1]);if(u===v)return;var key=u+">"+v;if(seen[key])return;seen[key]=1;
-    var a=at[u],b=at[v];if(!a||!b)return;
-    var x1=a.x+a.w/2,y1=a.y+a.h,x2=b.x+b.w/2,y2=b.y,d;
-    if(y2-y1>1.5*(H+GY)&&Math.abs(x2-x1)<W){var k=W*0.8;d="M"+x1+","+y1+" C"+(x1+k)+","+(y1+(y2-y1)/3)+" "+(x2+k)+","+(y2-(y2-y1)/3)+" "+x2+","+y2;}
-    else if(y2<=y1){d="M"+x1+","+y1+" C"+(x1+W)+","+(y1+40)+" "+(x2+W)+","+(y2-40)+" "+x2+","+y2;}
-    else{var my=(y1+y2)/2;d="M"+x1+","+y1+" C"+x1+","+my+" "+x2+","+my+" "+x2+","+y2;}
-    gEdges.appendChild(sv("path",{d:d,"class":"edge","marker-end":"url(#arr)"}));nEdges++;
+    if(!at[u]||!at[v])return;drawn.push([u,v]);fan[u]=(fan[u]||0)+1;
   });
+  drawn.forEach(function(e){  // a value read by many (positions, a mask) is drawn faint: it would hide the rest
+    gEdges.appendChild(sv("path",{d:edgePath(at[e[0]],at[e[1]]),"class":"edge"+(fan[e[0]]>4?" fan":""),"marker-end":"url(#arr)"}));
+  });
+  var nEdges=drawn.length;
   var nOps=0,nBlocks=0;
   Object.keys(at).sort(function(a,b){return fo(a)-fo(b);}).forEach(function(k){
     var p=at[k],g;
     if(k[0]==="n"){
       var i=+k.slice(1),n=G.nodes[i];nOps++;
-      g=sv("g",{"class":"op"+(n.unknown?" unknown":"")+(n.frozen?" frozen":"")+(highlight!==null&&n.groups.indexOf(highlight)>=0?" hl":""),"data-node":String(i)});
+      g=sv("g",{"class":"op"+(n.unknown?" unknown":"")+(n.frozen?" frozen":"")+(n.side?" side":"")+(highlight!==null&&n.groups.indexOf(highlight)>=0?" hl":""),"data-node":String(i)});
       g.appendChild(sv("rect",{"class":"box",x:p.x,y:p.y,width:p.w,height:p.h,rx:4,fill:n.groups.length?groupColor(n.groups[0]):"#ffffff"}));
       var off=n.groups.length>1?stripes(g,p.x,p.y,p.h,n.groups)*5:0;
-      var L=nodeLines(i);g.appendChild(sv("text",{x:p.x+8+off,y:p.y+16,"class":"t1"},L[0]));g.appendChild(sv("text",{x:p.x+8+off,y:p.y+31,"class":"t2"},L[1]));
-      g.appendChild(sv("title",null,n.name+"\n"+n.target+" ("+n.kind+")"+(n.groups.length?"\ngroups "+n.groups.join(", "):"")+(n.frozen?"\nchannels frozen":"")));
+      var L=nodeLines(i);g.appendChild(svText({x:p.x+8+off,y:p.y+16,"class":"t1"},L[0][0],L[0][1]));g.appendChild(svText({x:p.x+8+off,y:p.y+31,"class":"t2"},L[1][0],L[1][1]));
+      g.appendChild(sv("title",null,n.name+"\n"+n.target+" ("+n.kind+")"+(n.groups.length?"\ngroups "+n.groups.join(", "):"")+(n.frozen?"\nchannels frozen":"")+(n.side?"\nside computation: touches no channel":"")));
       g.addEventListener("click",function(){showNode(i);});
     }else{
       nBlocks++;var gs=blockGroups(k),unk=blockUnknown(k),last=blockOut(k);
@@ -421,17 +478,34 @@ function drawGraph(){
       g.appendChild(sv("rect",{"class":"inner",x:p.x+3,y:p.y+3,width:p.w-6,height:p.h-6,rx:5}));
       var off2=stripes(g,p.x+2,p.y+2,p.h-4,gs)*5;
       var room=Math.floor((p.w-16-off2)/6.0);
-      g.appendChild(sv("text",{x:p.x+10+off2,y:p.y+18,"class":"t1"},"\u25b8 "+clip(blockName(k),room-3)));
+      g.appendChild(svText({x:p.x+10+off2,y:p.y+18,"class":"t1"},"\u25b8 "+blockName(k),"\u25b8 "+clip(blockName(k),room-3)));
       var ch=last.channels?arrow(last.channels[0],last.channels[1]):"";
-      g.appendChild(sv("text",{x:p.x+10+off2,y:p.y+34,"class":"t2"},cut((blockType(k)?blockType(k)+" \u00b7 ":"")+opsIn[k].length+" ops"+(ch?" \u00b7 "+ch:"")+(unk?" \u00b7 \u2716"+unk:""),room)));
+      var sub=(blockType(k)?blockType(k)+" \u00b7 ":"")+opsIn[k].length+" ops"+(ch?" \u00b7 "+ch:"")+(unk?" \u00b7 \u2716"+unk:"");
+      g.appendChild(svText({x:p.x+10+off2,y:p.y+34,"class":"t2"},sub,cut(sub,room)));
       g.appendChild(sv("title",null,"open "+blockName(k)+" ("+opsIn[k].length+" ops; groups "+gs.join(", ")+")"));
       g.addEventListener("click",function(){expanded[k]=true;drawGraph();});
     }
     gNodes.appendChild(g);
   });
   host.appendChild(svg);
-  document.getElementById("graph-info").textContent=nOps+" ops and "+nBlocks+" closed blocks shown of "+N+" ops, "+nEdges+" edges";
+  applyZoom(null);
+  var side=NSIDE?(showSide?"; "+NSIDE+" side ops shown":"; "+NSIDE+" side ops (masks, positions) folded away"):"";
+  document.getElementById("graph-info").textContent=nOps+" ops and "+nBlocks+" closed blocks shown of "+N+" ops, "+nEdges+" edges"+side;
 }
+function fitZoom(){  // the panel's width; larger than 100% only while the whole picture still fits its height
+  if(!lastBox)return 1;var zw=PANEL.w/(lastBox.w+2*M), zh=PANEL.h/(lastBox.h+2*M);
+  return Math.max(0.4,Math.min(zw,zh>=1?Math.min(zh,1.25):1));
+}
+function applyZoom(anchor){
+  var svg=document.getElementById("graph-svg");if(!svg||!lastBox)return;
+  var old=parseFloat(svg.getAttribute("data-zoom")||"0")||zoom;
+  if(autoFit)zoom=fitZoom();
+  svg.setAttribute("width",((lastBox.w+2*M)*zoom).toFixed(1));svg.setAttribute("height",((lastBox.h+2*M)*zoom).toFixed(1));
+  svg.setAttribute("data-zoom",String(zoom));
+  if(anchor){var host=document.getElementById("graph");host.scrollLeft=anchor.px*zoom/old-anchor.cx;host.scrollTop=anchor.py*zoom/old-anchor.cy;}
+  document.getElementById("zoom-level").textContent=Math.round(zoom*100)+"%"+(autoFit?" (fit)":"");
+}
+function setZoom(z,anchor){zoom=Math.max(0.15,Math.min(4,z));autoFit=false;applyZoom(anchor);}
 function isInside(k,outer){var p=par[k];while(p&&p!=="root"){if(p===outer)return true;p=par[p];}return false;}
 function showNode(i){
   var n=G.nodes[i],box=document.getElementById("details");while(box.firstChild)box.removeChild(box.firstChild);
@@ -442,7 +516,9 @@ function showNode(i){
   if(n.shape)row("shape","["+n.shape.join(", ")+"]");
   if(n.groups.length){var s=el("span");n.groups.forEach(function(g){var a=el("a",{href:"#group-"+g});a.appendChild(swatch(g));a.appendChild(document.createTextNode(String(g)+" "));s.appendChild(a);});row("groups",s);}
   if(n.unknown)row("frozen","op not in the registry: froze the channels it touches");
+  else if(n.kind==="unknown")row("registry","op not in the registry; its inputs carry no channel, so it froze nothing");
   else if(n.frozen)row("frozen","its channels are frozen: "+n.groups.map(function(g){return (GROUPS[g].reasons||[]).slice(0,2).join("; ");}).join("; "));
+  if(n.side)row("side","a side computation (mask, positions): no channel on its inputs or outputs");
   if(n.layer!==null&&n.layer!==undefined){var L=R.layers[n.layer];
     row("in",arrow(L.in_channels[0],L.in_channels[1]));row("out",arrow(L.out_channels[0],L.out_channels[1]));
     row("params",h(L.params[0])+" \u2192 "+h(L.params[1]));row("MACs",h(L.macs[0])+" \u2192 "+h(L.macs[1]));
@@ -455,10 +531,36 @@ function setHighlight(g,scroll){
   drawGraph();
   if(scroll&&highlight!==null){var first=document.querySelector("#graph .hl");if(first&&first.scrollIntoView)first.scrollIntoView({block:"center",inline:"center"});}
 }
+function toggleSide(){
+  showSide=!showSide;buildModel();
+  Object.keys(expanded).forEach(function(k){if(!eff[k])delete expanded[k];});
+  document.getElementById("btn-side").textContent=(showSide?"Fold":"Show")+" side computations ("+NSIDE+" ops)";
+  drawGraph();
+}
 document.getElementById("btn-expand-all").addEventListener("click",function(){Object.keys(eff).forEach(function(k){if(k[0]==="b")expanded[k]=true;});drawGraph();});
 document.getElementById("btn-collapse-all").addEventListener("click",function(){expanded={};drawGraph();});
-document.getElementById("btn-default").addEventListener("click",function(){setDefault();drawGraph();});
-window.prunecGraph={expandAll:function(){document.getElementById("btn-expand-all").click();},collapseAll:function(){document.getElementById("btn-collapse-all").click();},reset:function(){document.getElementById("btn-default").click();}};
+document.getElementById("btn-default").addEventListener("click",function(){setDefault();autoFit=true;drawGraph();});
+document.getElementById("btn-zoom-in").addEventListener("click",function(){setZoom(zoom*1.25,null);});
+document.getElementById("btn-zoom-out").addEventListener("click",function(){setZoom(zoom/1.25,null);});
+document.getElementById("btn-zoom-fit").addEventListener("click",function(){autoFit=true;applyZoom(null);});
+(function(){
+  var sideBtn=document.getElementById("btn-side");
+  if(NSIDE){sideBtn.hidden=false;sideBtn.textContent="Show side computations ("+NSIDE+" ops)";sideBtn.addEventListener("click",toggleSide);}
+  var host=document.getElementById("graph");
+  host.addEventListener("wheel",function(e){  // Ctrl/Cmd + wheel (a trackpad pinch) zooms about the pointer; a plain wheel scrolls
+    if(!(e.ctrlKey||e.metaKey))return;e.preventDefault();
+    var r=host.getBoundingClientRect(),cx=e.clientX-r.left,cy=e.clientY-r.top;
+    setZoom(zoom*Math.exp(-e.deltaY*0.002),{px:cx+host.scrollLeft,py:cy+host.scrollTop,cx:cx,cy:cy});
+  },{passive:false});
+  host.addEventListener("keydown",function(e){
+    if(e.key==="+"||e.key==="="){setZoom(zoom*1.25,null);e.preventDefault();}
+    else if(e.key==="-"||e.key==="_"){setZoom(zoom/1.25,null);e.preventDefault();}
+    else if(e.key==="0"){autoFit=true;applyZoom(null);e.preventDefault();}
+  });
+  var pending=null;window.addEventListener("resize",function(){if(pending)clearTimeout(pending);pending=setTimeout(function(){if(N)drawGraph();},150);});
+})();
+window.prunecGraph={expandAll:function(){document.getElementById("btn-expand-all").click();},collapseAll:function(){document.getElementById("btn-collapse-all").click();},reset:function(){document.getElementById("btn-default").click();},
+  toggleSide:function(){if(NSIDE)toggleSide();},zoom:function(z){if(z===undefined)return zoom;setZoom(z,null);return zoom;},fit:function(){document.getElementById("btn-zoom-fit").click();return zoom;}};
 setDefault();
 if(N)drawGraph();else document.getElementById("graph").appendChild(el("p",{"class":"hint"},"This report has no graph view."));
 
@@ -485,9 +587,9 @@ function drawBars(){
     g.appendChild(sv("line",{x1:0,x2:pw,y1:y,y2:y,stroke:s.color,"stroke-dasharray":"6 4","stroke-width":1.5}));
     g.appendChild(sv("line",{x1:pw-250,x2:pw-226,y1:-10-14*si,y2:-10-14*si,stroke:s.color,"stroke-dasharray":"6 4","stroke-width":1.5}));
     g.appendChild(sv("rect",{x:pw-220,y:-15-14*si,width:10,height:10,fill:s.color}));
-    g.appendChild(sv("text",{x:pw-206,y:-6-14*si,"class":"t2"},clip(s.name,34)+": overall "+pct(mean)));
+    g.appendChild(svText({x:pw-206,y:-6-14*si,"class":"t2"},s.name+": overall "+pct(mean),clip(s.name,34)+": overall "+pct(mean)));
   });
-  for(var j=0;j<n;j+=every){var x=j*slot+slot/2;g.appendChild(sv("text",{transform:"translate("+x+","+(ph+8)+") rotate(-60)","text-anchor":"end","class":"t2"},clip(Ls[j].name,26)));}
+  for(var j=0;j<n;j+=every){var x=j*slot+slot/2;g.appendChild(sv("text",{transform:"translate("+x+","+(ph+8)+") rotate(-60)","text-anchor":"end","class":"t2"},Ls[j].name,clip(Ls[j].name,26)));}
   g.appendChild(sv("line",{x1:0,x2:pw,y1:ph,y2:ph,stroke:"#6b7385"}));
   host.appendChild(svg);
   document.getElementById("bars-note").textContent="fraction of each layer's "+({params:"parameters",out:"output channels",macs:"MACs"})[metric]+" removed, layers in graph order; dashed: overall"+(C?"; blue: this inspect's plan, orange: the pruned model":"");
@@ -520,7 +622,7 @@ function histogram(g){
   R.groups.forEach(function(g){
     var tr=el("tr",{"class":"group-row","data-group":String(g.id),id:"group-"+g.id});
     var td=el("td");td.appendChild(swatch(g.id));td.appendChild(document.createTextNode(String(g.id)));tr.appendChild(td);
-    var m=g.members.slice(0,3).join(", ")+(g.members.length>3?" +"+(g.members.length-3):"");tr.appendChild(el("td",{"class":"members",title:g.members.join("\n")},m));
+    var m=g.members.join(", ");tr.appendChild(el("td",{"class":"members",title:m},m));
     tr.appendChild(el("td",{"class":"num"},g.channels_before));tr.appendChild(el("td",{"class":"num"},g.channels_after));
     tr.appendChild(el("td",{"class":"num"},pct(frac(g.channels_before,g.channels_after))));
     tr.appendChild(el("td",null,g.equalization||"-"));
@@ -562,16 +664,26 @@ function histogram(g){
     tb.appendChild(tr);
   });
   var host=document.getElementById("layers");
-  if(C){host.appendChild(el("p",{"class":"hint"},"Pruned model "+C.model+": "+C.matched+" of "+R.layers.length+" layers matched by "+C.matched_by+"; "+diffs+" differ from this inspect's plan"+(C.unmatched.length?"; its layers not matched: "+C.unmatched.slice(0,10).join(", ")+(C.unmatched.length>10?" \u2026":""):"")+"."));}
+  if(C){var um=C.unmatched.length?"; its layers not matched: ":"";
+    var hint=el("p",{"class":"hint"},"Pruned model "+C.model+": "+C.matched+" of "+R.layers.length+" layers matched by "+C.matched_by+"; "+diffs+" differ from this inspect's plan"+(um?um+C.unmatched.slice(0,10).join(", ")+(C.unmatched.length>10?" \u2026":""):"")+".");
+    if(C.unmatched.length>10)hint.title=C.unmatched.join(", ");host.appendChild(hint);}
   host.appendChild(t);
 })();
 
 // ---------------------------------------------------------------- frozen ops and settings
 (function frozen(){
   var host=document.getElementById("frozen");
-  if(!R.frozen_ops.length){host.appendChild(el("p",{"class":"hint"},"None: every op is in the op registry."));return;}
+  if(!R.frozen_ops.length){host.appendChild(el("p",{"class":"hint"},(R.channel_free_ops||[]).length?"None froze a channel.":"None: every op is in the op registry."));return;}
   var t=el("table",{"class":"data"}),hd=el("tr");["op","type","node"].forEach(function(c){hd.appendChild(el("th",null,c));});t.appendChild(hd);
   R.frozen_ops.forEach(function(o){var tr=el("tr",{"class":"frozen-row"});tr.appendChild(el("td",null,o.label||o.name));tr.appendChild(el("td",null,o.target));tr.appendChild(el("td",null,o.name));t.appendChild(tr);});
+  host.appendChild(t);
+})();
+(function channelFree(){
+  var free=R.channel_free_ops||[];if(!free.length)return;
+  var host=document.getElementById("frozen");
+  host.appendChild(el("p",{"class":"hint"},free.length+" more ops are not in the op registry, but no channel reached them (integer masks, positions): they froze nothing."));
+  var t=el("table",{"class":"data",id:"channel-free"}),hd=el("tr");["op","type","node"].forEach(function(c){hd.appendChild(el("th",null,c));});t.appendChild(hd);
+  free.forEach(function(o){var tr=el("tr",{"class":"free-row"});tr.appendChild(el("td",null,o.label||o.name));tr.appendChild(el("td",null,o.target));tr.appendChild(el("td",null,o.name));t.appendChild(tr);});
   host.appendChild(t);
 })();
 (function settings(){

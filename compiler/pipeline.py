@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from compiler.graph_view import build_graph_view
+from compiler.graph_view import build_graph_view, unknown_ops_that_froze
 from compiler.options import Options
 from compiler.report import FrozenOp, GroupReport, LayerReport, Report
 from frontends.adapter import Adapter, Rewritten
@@ -187,16 +187,18 @@ def build_report(
         macs_after, params_after = p.selection.planned_macs, graph_params(g, shape_after)
     layers, layer_of = _layer_reports(a, shape_after)
     groups = _group_reports(p)
-    unknown = {u.op for u in a.unknown_ops}
+    froze = unknown_ops_that_froze(a)  # an unknown op on masks or positions froze nothing: not reported as one
+    unknown = {u.op for u in froze}
     graph_view = build_graph_view(a, layer_of, unknown, shape_after)
-    frozen_ops = [FrozenOp(u.op, u.target, u.label) for u in a.unknown_ops]
+    frozen_ops = [FrozenOp(u.op, u.target, u.label) for u in froze]
+    channel_free = [FrozenOp(u.op, u.target, u.label) for u in a.unknown_ops if u.op not in unknown]
     settings = opts.settings()
     if p.selection.ratio is not None:
         settings["ratio_used"] = p.selection.ratio
     settings.update(extra_settings or {})
     return Report(
         model_name, g.framework, trace_method, params_before, params_after, macs_before, macs_after, settings,
-        layers, groups, frozen_ops, verification, timings, graph_view,
+        layers, groups, frozen_ops, verification, timings, graph_view, channel_free,
     )  # fmt: skip
 
 

@@ -70,8 +70,9 @@ class GraphNode:
     channels: tuple[int, int] | None  # output channels (before, after); None: no channel structure tracked
     shape: list[int] | None  # shape of its first output before pruning
     frozen: bool  # its output channels are all frozen, or the op itself froze them
-    unknown: bool  # an op the registry does not know (it froze its channels)
+    unknown: bool  # an op the registry does not know that froze tracked channels
     layer: int | None  # index into Report.layers
+    side: bool = False  # computes from no channel (masks, positions): folded out of the page's default view
 
 
 @dataclass
@@ -99,6 +100,7 @@ class Report:
     verification: dict[str, Any] | None = None
     timings: dict[str, float] = field(default_factory=dict)
     graph: GraphView | None = None
+    channel_free_ops: list[FrozenOp] = field(default_factory=list)  # not in the registry, but touched no channel
 
     @property
     def macs_ratio(self) -> float:
@@ -132,6 +134,10 @@ class Report:
             names = ", ".join(f"{o.label or o.name} [{o.target}]" for o in self.frozen_ops[:6])
             more = f" and {len(self.frozen_ops) - 6} more" if len(self.frozen_ops) > 6 else ""
             lines.append(f"unknown ops  {len(self.frozen_ops)} froze their channels: {names}{more}")
+        if self.channel_free_ops:
+            names = ", ".join(o.label or o.name for o in self.channel_free_ops[:6])
+            more = f" and {len(self.channel_free_ops) - 6} more" if len(self.channel_free_ops) > 6 else ""
+            lines.append(f"side ops     {len(self.channel_free_ops)} not in the registry touched no channel, froze nothing: {names}{more}")
         if self.verification is not None:
             v = self.verification
             state = "passed" if v["passed"] else "FAILED"

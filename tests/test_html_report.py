@@ -107,7 +107,7 @@ OLD_KEYS = {
 
 def test_to_dict_only_adds_keys(small):
     d = small.report.to_dict()
-    assert OLD_KEYS <= set(d) and set(d) - OLD_KEYS == {"graph"}
+    assert OLD_KEYS | {"graph", "channel_free_ops"} <= set(d)
     assert {"name", "target", "in_channels", "out_channels", "macs"} < set(d["layers"][0])
     assert {"params", "kind", "group"} <= set(d["layers"][0])
     old_group = {
@@ -539,3 +539,171 @@ def test_printed_report_says_how_to_see_every_group_and_layer():
     assert "more groups (all of them: report.groups_table())" in text
     assert "more layers (all of them: report.layers_table())" in text
     assert len(r.report.groups_table().splitlines()) > len(r.report.groups)
+
+
+# -- a language model: mask arithmetic is no unknown op ------------------------------------------------
+
+
+def tiny_llama(layers: int = 2):
+    """A LLaMA built from a tiny config (no download) and its token ids."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(
+        vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32,
+    )  # fmt: skip
+    return transformers.LlamaForCausalLM(cfg).eval(), (torch.randint(0, 96, (1, 12)),)
+
+
+@pytest.fixture(scope="module")
+def llama():
+    model, ids = tiny_llama()
+    return compiler.compile(model, ids, ratio=0.5, verify=False).report
+
+
+MASK_OPS = {"aten.diff.default", "aten.ne.Scalar", "aten.index.Tensor", "aten.le.Tensor", "aten.eq.Tensor"}
+
+
+def test_llama_mask_ops_are_not_counted_as_unknown(llama):
+    """The causal mask's integer arithmetic touches no channel: it freezes nothing and is not an unknown op."""
+    assert llama.frozen_ops == [], [o.target for o in llama.frozen_ops]
+    assert MASK_OPS <= {o.target for o in llama.channel_free_ops}
+    assert "unknown ops" not in llama.summary() and "froze nothing" in llama.summary()
+    nodes = llama.graph.nodes
+    assert not any(n.unknown for n in nodes)
+    side = {n.target for n in nodes if n.side}
+    assert MASK_OPS | {"aten.arange.default", "aten.cumsum.default"} <= side
+    # every layer and every op carrying channels stays in the picture
+    assert not any(n.side for n in nodes if n.layer is not None or n.channels is not None)
+    assert sum(n.side for n in nodes) < len(nodes) // 4
+
+
+def test_an_unknown_op_on_channels_still_counts(small):
+    """torch.sort over a conv's channels froze them: reported, drawn as unknown, not a side op."""
+    rep = small.report
+    assert [o.target for o in rep.frozen_ops] == ["torch.sort"] and rep.channel_free_ops == []
+    (node,) = [n for n in rep.graph.nodes if n.unknown]
+    assert node.frozen and not node.side
+    assert not any(n.side for n in rep.graph.nodes)  # an image model computes everything from channels
+
+
+# -- the page's layout in Chromium: width used, zoom, no cut text without its full text, colours -----
+
+TRUNCATED_WITHOUT_TITLE_JS = r"""
+(function(){
+  function own(e){var s="";e.childNodes.forEach(function(c){if(c.nodeType===3)s+=c.nodeValue;});return s.trim();}
+  function titleOf(e){
+    if(e.getAttribute("title"))return e.getAttribute("title");
+    for(var i=0;i<e.children.length;i++){if(e.children[i].tagName.toLowerCase()==="title")return e.children[i].textContent;}
+    return null;
+  }
+  var bad=[];
+  document.querySelectorAll("body *").forEach(function(e){
+    if(e.closest("title,script,style")||!e.getClientRects().length)return;
+    var text=own(e);if(!text)return;
+    var cut=text.indexOf("\u2026")>=0;
+    if(!(e instanceof SVGElement)){
+      var cs=getComputedStyle(e);
+      if((cs.textOverflow==="ellipsis"||cs.overflowX==="hidden"||cs.overflowX==="clip")&&e.scrollWidth>e.clientWidth+1)cut=true;
+    }
+    if(!cut)return;
+    var t=titleOf(e), pieces=text.split("\u2026").map(function(s){return s.trim();}).filter(Boolean);
+    if(!t||!pieces.every(function(p){return t.indexOf(p)>=0;}))bad.push(text+"  [title: "+t+"]");
+  });
+  return bad;
+})()
+"""
+
+GRAPH_WIDTH_JS = """(function(){var s=document.getElementById('graph-svg').getBoundingClientRect(),
+  p=document.getElementById('graph');return [s.width,p.clientWidth];})()"""
+
+
+def _hsl(rgb: str) -> tuple[float, float]:
+    """Hue (degrees) and saturation of a CSS ``rgb(r, g, b)`` or ``#rrggbb`` colour."""
+    import colorsys
+
+    if rgb.startswith("#"):
+        r, g, b = (int(rgb[i : i + 2], 16) for i in (1, 3, 5))
+    else:
+        r, g, b = (float(x) for x in re.findall(r"[\d.]+", rgb)[:3])
+    h, _, s = colorsys.rgb_to_hls(r / 255, g / 255, b / 255)
+    return h * 360, s
+
+
+def _hue_distance(a: float, b: float) -> float:
+    d = abs(a - b) % 360
+    return min(d, 360 - d)
+
+
+def _group_colours(browser: Browser) -> list[str]:
+    return browser.eval(
+        """(function(){var out=[];
+        document.querySelectorAll('#groups-table .sw').forEach(function(e){out.push(getComputedStyle(e).backgroundColor);});
+        document.querySelectorAll('#graph g.op rect.box, #graph g.blk rect').forEach(function(e){out.push(getComputedStyle(e).fill);});
+        return out;})()"""
+    )
+
+
+def _check_layout(browser: Browser, label: str) -> None:
+    svg_w, panel_w = browser.eval(GRAPH_WIDTH_JS)
+    assert svg_w >= 0.7 * panel_w, f"{label}: the graph is {svg_w:.0f} px wide in a {panel_w} px panel"
+    bad = browser.eval(TRUNCATED_WITHOUT_TITLE_JS)
+    assert bad == [], f"{label}: cut text without its full text in a title: {bad[:5]}"
+    warn = browser.eval("getComputedStyle(document.documentElement).getPropertyValue('--bad').trim()")
+    warn_hue, _ = _hsl(warn)
+    clash = []
+    for colour in set(_group_colours(browser)):
+        if colour.startswith(("rgb", "#")):
+            hue, sat = _hsl(colour)
+            if sat > 0.15 and _hue_distance(hue, warn_hue) < 35:
+                clash.append(colour)
+    assert clash == [], f"{label}: group colours too close to the warning colour {warn}: {clash}"
+
+
+def test_resnet50_page_layout_in_chromium(r50, browser, tmp_path):
+    page = tmp_path / "resnet50.html"
+    r50.to_html(page)
+    _load(browser, page)
+    _check_layout(browser, "default view")
+    browser.eval("document.querySelector('tr.group-row[data-group=\"0\"]').click()")  # a group selected
+    _check_layout(browser, "group 0 selected")
+    browser.eval("prunecGraph.expandAll()")
+    bad = browser.eval(TRUNCATED_WITHOUT_TITLE_JS)
+    assert bad == [], f"expanded: cut text without its full text in a title: {bad[:5]}"
+    # zoomable: buttons, Ctrl+wheel and keys scale the picture; Fit brings it back to the panel
+    browser.eval("prunecGraph.reset()")
+    fit = browser.eval("document.getElementById('graph-svg').getBoundingClientRect().width")
+    browser.eval("document.getElementById('btn-zoom-in').click()")
+    wider = browser.eval("document.getElementById('graph-svg').getBoundingClientRect().width")
+    assert wider == pytest.approx(fit * 1.25, rel=0.02)
+    browser.eval(
+        "document.getElementById('graph').dispatchEvent(new WheelEvent('wheel',"
+        "{deltaY:300,ctrlKey:true,clientX:300,clientY:300,bubbles:true,cancelable:true}))"
+    )
+    assert browser.eval("document.getElementById('graph-svg').getBoundingClientRect().width") < wider * 0.8
+    browser.eval("document.getElementById('graph').dispatchEvent(new KeyboardEvent('keydown',{key:'0'}))")
+    assert browser.eval("document.getElementById('graph-svg').getBoundingClientRect().width") == pytest.approx(fit, rel=0.01)
+    assert browser.problems() == []
+
+
+def test_llama_page_folds_mask_arithmetic_in_chromium(llama, browser, tmp_path):
+    page = tmp_path / "llama.html"
+    llama.to_html(page)
+    _load(browser, page)
+    _check_layout(browser, "llama default view")
+    card = browser.eval(
+        "Array.from(document.querySelectorAll('.card')).filter(function(c){return c.querySelector('.k').textContent==='unknown ops';})"
+        ".map(function(c){return [c.querySelector('.v').textContent,c.classList.contains('bad')];})[0]"
+    )
+    assert card == ["0", False]
+    n_side = sum(n.side for n in llama.graph.nodes)
+    browser.eval("prunecGraph.expandAll()")
+    assert _count(browser, "#graph g.op.unknown") == 0 and _count(browser, "#graph g.op.side") == 0
+    assert _count(browser, "#graph g.op") == len(llama.graph.nodes) - n_side
+    browser.eval("prunecGraph.toggleSide()")  # the side computations stay reachable
+    browser.eval("prunecGraph.expandAll()")
+    assert _count(browser, "#graph g.op.side") == n_side and _count(browser, "#graph g.op") == len(llama.graph.nodes)
+    assert _count(browser, "#graph g.op.unknown") == 0
+    assert _count(browser, "#channel-free tr.free-row") == len(llama.channel_free_ops) > 0
+    browser.eval("prunecGraph.toggleSide()")
+    assert browser.problems() == []
