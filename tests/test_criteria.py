@@ -343,3 +343,113 @@ def test_calibration_batches_need_as_many_inputs_as_the_example():
     with pytest.raises(compiler.InvalidArgumentError, match=r"batch 0, input 1: shape \[3, 9\]"):
         compiler.compile(m, (x, y), importance="taylor", calibration=[(torch.randn(3, 4), torch.randn(3, 9))])
     compiler.compile(m, (x, y), importance="taylor", calibration=[(torch.randn(6, 4), torch.randn(6, 8))])
+
+
+# ---------------------------------------------------------------------------
+# the criteria the brute-force test does not cover, each on a case whose ranking is known by construction:
+# ratio 0.5 at granularity 1 keeps the hidden layer's better half, read off the pruned layer's fan-in rows
+
+
+def _kept_units(original: torch.Tensor, pruned: torch.Tensor) -> set[int]:
+    """Which rows of ``original`` (a layer's fan-in weights) ``pruned`` kept, by their values."""
+    o = original.detach().reshape(original.shape[0], -1)
+    p = pruned.detach().reshape(pruned.shape[0], -1)
+    kept = set()
+    for row in p:
+        match = [i for i in range(len(o)) if torch.equal(o[i][: len(row)], row)]
+        assert len(match) == 1, "rows are distinct by construction"
+        kept.add(match[0])
+    return kept
+
+
+def _hidden_kept(m: nn.Sequential, x: torch.Tensor, importance: str, **kw) -> set[int]:
+    r = compiler.compile(m, (x,), ratio=0.5, granularity=1, importance=importance, **kw)
+    assert r.report.verification["passed"], importance
+    return _kept_units(m[0].weight, r.model.get_submodule("0").weight)
+
+
+_ORDER = [5, 0, 3, 6, 1, 7, 2, 4]  # units in this order get the two kinds alternately: neither half is a prefix
+_FIRST, _SECOND = set(_ORDER[0::2]), set(_ORDER[1::2])
+
+
+def test_l1_and_l2_keep_the_units_their_norm_ranks_first():
+    """Spiky fan-in rows (one weight 3: L1 3, L2 3) and flat ones (four weights 1: L1 4, L2 2):
+    l1 keeps the flat units, l2 the spiky ones; each unit's scale (1.00 to 1.07) orders units of a kind."""
+    m = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+    with torch.no_grad():
+        for k, unit in enumerate(_ORDER):
+            row = torch.tensor([3.0, 0, 0, 0]).roll(k % 4) if unit in _FIRST else torch.ones(4)
+            m[0].weight[unit] = row * (1 + 0.01 * k)
+    x = torch.randn(16, 4)
+    assert _hidden_kept(m, x, "l1") == _SECOND
+    assert _hidden_kept(m, x, "l2") == _FIRST
+
+
+def _dead_and_faint():
+    """Units of _FIRST are dead (big fan-in weights behind a bias of -100: ReLU gives 0 on every input);
+    those of _SECOND are alive with small fan-in weights (ReLU of about 1 + 0.01 x)."""
+    torch.manual_seed(9)
+    m = nn.Sequential(nn.Linear(5, 8), nn.ReLU(), nn.Linear(8, 3))
+    with torch.no_grad():
+        for k, unit in enumerate(_ORDER):
+            dead = unit in _FIRST
+            m[0].weight[unit] = (5.0 if dead else 0.01) * torch.randn(5)
+            m[0].bias[unit] = -100.0 if dead else 1.0 + 0.01 * k
+    return m, torch.randn(64, 5)
+
+
+def test_activation_keeps_the_live_units_over_the_heavy_dead_ones():
+    m, x = _dead_and_faint()
+    with torch.no_grad():
+        assert bool((torch.relu(m[0](x))[:, sorted(_FIRST)] == 0).all())  # the dead units are dead
+    assert _hidden_kept(m, x, "l2") == _FIRST  # the weights alone rank the dead units first
+    assert _hidden_kept(m, x, "activation", calibration=[x]) == _SECOND
+
+
+def test_n2ps_weighs_activation_by_fan_out():
+    """All units alive; _FIRST's activations are 10x larger but their fan-out weights 1000x smaller:
+    activation keeps _FIRST, n2ps (mean |x| times total |fan-out weight|) keeps _SECOND."""
+    torch.manual_seed(10)
+    m = nn.Sequential(nn.Linear(5, 8), nn.ReLU(), nn.Linear(8, 3))
+    with torch.no_grad():
+        for k, unit in enumerate(_ORDER):
+            loud = unit in _FIRST
+            m[0].weight[unit] = 0.01 * torch.randn(5)
+            m[0].bias[unit] = (10.0 if loud else 1.0) * (1 + 0.01 * k)
+            m[2].weight[:, unit] = (0.001 if loud else 1.0) * (1 + 0.01 * k)
+    x = torch.randn(64, 5)
+    assert _hidden_kept(m, x, "activation", calibration=[x]) == _FIRST
+    assert _hidden_kept(m, x, "n2ps", calibration=[x]) == _SECOND
+
+
+def test_synflow_drops_the_units_whose_path_to_the_output_is_cut():
+    """_FIRST's units have big fan-in weights and an all-zero fan-out: no flow from input to output passes
+    them, so their synflow is 0 and they go, where l2 would keep them."""
+    torch.manual_seed(11)
+    m = nn.Sequential(nn.Linear(4, 8, bias=False), nn.ReLU(), nn.Linear(8, 3, bias=False))
+    with torch.no_grad():
+        for k, unit in enumerate(_ORDER):
+            cut = unit in _FIRST
+            m[0].weight[unit] = (5.0 if cut else 0.1) * (1 + 0.01 * k) * torch.randn(4).abs()
+            m[2].weight[:, unit] = 0.0 if cut else 1.0 + 0.01 * k
+    x = torch.randn(8, 4)
+    assert _hidden_kept(m, x, "l2") == _FIRST
+    assert _hidden_kept(m, x, "synflow") == _SECOND
+
+
+def test_random_is_seeded_and_reads_no_weight_value():
+    """The same seed keeps the same units of two models with other weights of the same shapes; another seed
+    keeps other units; over seeds the choice is not the l2 one (nor any other fixed one)."""
+    torch.manual_seed(12)
+    a = nn.Sequential(nn.Linear(6, 32), nn.ReLU(), nn.Linear(32, 3))
+    b = nn.Sequential(nn.Linear(6, 32), nn.ReLU(), nn.Linear(32, 3))
+    x = torch.randn(8, 6)
+    l2 = _hidden_kept(a, x, "l2")
+    by_seed = [_hidden_kept(a, x, "random", seed=s) for s in range(4)]
+    assert all(len(k) == 16 for k in by_seed)
+    assert by_seed[0] == _hidden_kept(a, x, "random", seed=0)  # reproducible
+    for s in range(4):
+        kept_b = _hidden_kept(b, x, "random", seed=s)
+        assert kept_b == by_seed[s], s  # the weights' values play no part
+    assert len({frozenset(k) for k in by_seed}) == 4  # each seed its own choice
+    assert l2 not in by_seed
