@@ -109,7 +109,7 @@ def _batch_items(i: int, b: Any, names: list[str]) -> tuple[list[Any], Any]:
         missing = [k for k in names if k not in b]
         extra = [str(k) for k in b if k not in names]
         if missing or extra:
-            what = f"no input {missing[0]!r}" if missing else f"{extra[0]!r} names no input"
+            what = f"{extra[0]!r} names no input" if extra else f"no array for input {missing[0]!r}"
             raise InvalidArgumentError(f"calibration batch {i}: {what}; the model's inputs are {', '.join(names)}")
         return [b[k] for k in names], None
     if hasattr(b, "shape"):

@@ -113,13 +113,13 @@ class OnnxDataCriteria(ChannelStatistics):
         rows = max(b.size for b in self.data.batches)
         example = max((int(a.shape[0]) for a in self.om.inputs.values() if a.ndim), default=1) or 1
         chunks: list[list[str]] = [[]]
-        size = 0
+        size = 0.0
         for v in values:
             shape = self.analysis.graph.shape(v)
             nbytes = math.prod(shape) * 8 * max(rows / example, 1.0)
             if chunks[-1] and size + nbytes > self.chunk_bytes:
                 chunks.append([])
-                size = 0
+                size = 0.0
             chunks[-1].append(v)
             size += nbytes
         return chunks
@@ -135,7 +135,6 @@ class OnnxDataCriteria(ChannelStatistics):
         sums: dict[str, np.ndarray] = {}
         hess: dict[str, np.ndarray] = {}
         rows: dict[str, int] = {}
-        n = 0
         done_local: set[str] = set()
         for chunk in self._chunks(fetch) if fetch else [[]]:
             sess = ort_session(capture_model(self.om.model, chunk, self.om.elem_types))
