@@ -488,6 +488,8 @@ def _calibration_batches(path: str, model: str, inputs: dict[str, Any] | None) -
     where = f"--calibration {path}"
     if not os.path.isfile(path):
         raise InvalidArgumentError(f"{where}: no such file")
+    if not zipfile.is_zipfile(path):
+        raise InvalidArgumentError(f"{where}: is not an .npz file (write it with numpy.savez(FILE, input_name=array))")
     try:
         with np.load(path, allow_pickle=False) as npz:
             data = {k: npz[k] for k in npz.files}
