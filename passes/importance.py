@@ -18,8 +18,9 @@ A criterion says at which **level** it scores and what it **needs** from the fra
                  loss is the change of the model's outputs), so no criterion needs it
 
 A criterion that needs more than ``weights`` runs the model (:attr:`Criterion.runs_model`): it reads
-the adapter's data object (for PyTorch, :class:`frontends.torch.criteria.DataCriteria`; the contract is
-:class:`CriteriaData`), and its raw statistics are the ones a statistics reducer (an all-reduce
+the adapter's data object (for PyTorch, :class:`frontends.torch.criteria.DataCriteria`; for ONNX,
+:class:`frontends.onnx.criteria.OnnxDataCriteria`, which serves the criteria that need no gradients; the
+contract is :class:`CriteriaData`), and its raw statistics are the ones a statistics reducer (an all-reduce
 under torch.distributed) is applied to. ``bn_scale`` reads the norm layers' scales from the
 channel graph, so it needs only ``weights`` and runs under every adapter.
 
@@ -62,7 +63,8 @@ RawScores: TypeAlias = "dict[int, np.ndarray] | np.ndarray"
 
 
 class CriteriaData(Protocol):
-    """What data-driven criteria ask of an adapter's data object (:class:`frontends.torch.criteria.DataCriteria`)."""
+    """What data-driven criteria ask of an adapter's data object (:class:`frontends.torch.criteria.DataCriteria`;
+    an adapter without ``gradients`` need not have the gradient criteria's methods)."""
 
     def activation(self) -> np.ndarray: ...
     def n2ps(self) -> np.ndarray: ...
