@@ -36,7 +36,7 @@ __all__ = ["build_graph_view", "op_scope", "unknown_ops_that_froze", "side_ops"]
 def _tracked(a: AnalysisResult, value: str) -> bool:
     """The value has a channel-labelled dim."""
     lab = a.labels.get(value)
-    return bool(lab) and any(x is not None for x in lab)
+    return lab is not None and any(x is not None for x in lab)
 
 
 def unknown_ops_that_froze(a: AnalysisResult) -> list[UnknownOp]:

@@ -355,7 +355,7 @@ var highlight=null;
 // A box's items are laid out in rows by dependency rank; a box taller than the panel wraps its rows
 // into side-by-side columns, as many as make it about as wide as it is tall in the panel's proportions.
 var W=228,H=40,BH=46,GX=22,GY=26,CG=44,PAD=10,HEAD=22,M=16, PANEL={w:900,h:700};
-var zoom=1, autoFit=true, lastBox=null;
+var zoom=1, autoFit=true, lastBox=null, GAPS=[];  // GAPS: x of every gap between wrapped columns
 function svText(attrs,full,shown){var t=sv("text",attrs,shown);if(shown!==full)t.appendChild(sv("title",null,full));return t;}
 function layoutBox(k){
   var items=eff[k], size={}, pos={};
@@ -385,8 +385,9 @@ function layoutBox(k){
     rowsOut.push({row:row,w:rw,h:rh});
     var x=-rw/2;row.forEach(function(j){cx[j]=x+size[items[j]].w/2;x+=size[items[j]].w+GX;});
   });
-  var cols=wrapRows(rowsOut), width=0, height=0;
+  var cols=wrapRows(rowsOut), width=0, height=0, gaps=[];
   cols.forEach(function(col){
+    if(width>0)gaps.push(width-CG/2);
     var y=0;col.rows.forEach(function(r){
       var x=width+(col.w-r.w)/2;
       r.row.forEach(function(j){var c=items[j];pos[c]={x:x,y:y,w:size[c].w,h:size[c].h,sub:size[c].sub,col:cols.indexOf(col)};x+=size[c].w+GX;});
@@ -394,7 +395,7 @@ function layoutBox(k){
     });
     height=Math.max(height,y-GY);width+=col.w+CG;
   });
-  return {w:Math.max(width-CG,W),h:Math.max(height,H),pos:pos,items:items,cols:cols.length};
+  return {w:Math.max(width-CG,W),h:Math.max(height,H),pos:pos,items:items,cols:cols.length,gaps:gaps};
 }
 function wrapRows(rows){
   var total=0,tallest=0,widest=W;rows.forEach(function(r){total+=r.h+GY;tallest=Math.max(tallest,r.h);widest=Math.max(widest,r.w);});total-=GY;
@@ -408,6 +409,7 @@ function wrapRows(rows){
   return cols.length?cols:[{rows:[],h:0,w:W}];
 }
 function place(box,ox,oy,out,frames,dep){
+  box.gaps.forEach(function(g){GAPS.push(ox+g);});
   box.items.forEach(function(c){
     var p=box.pos[c], ax=ox+p.x, ay=oy+p.y;
     if(p.sub){frames.push({k:c,x:ax,y:ay,w:p.w,h:p.h,d:dep});place(p.sub,ax+PAD,ay+HEAD,out,frames,dep+1);}
@@ -426,6 +428,7 @@ function edgePath(a,b){
   if(y2-y1>1.5*(H+GY)&&Math.abs(x2-x1)<W){var k=W*0.8;return "M"+x1+","+y1+" C"+(x1+k)+","+(y1+(y2-y1)/3)+" "+(x2+k)+","+(y2-(y2-y1)/3)+" "+x2+","+y2;}
   if(y2<=y1&&b.x>a.x+a.w){  // into a later column: down, along the gap between the columns, up, and in from above
     var gx=(a.x+a.w+b.x)/2, ya=y1+10, yb=y2-10, r=5;
+    GAPS.forEach(function(g){if(g>a.x+a.w&&g<b.x&&(gx===(a.x+a.w+b.x)/2||g>gx))gx=g;});  // the gap just left of b's column
     return "M"+x1+","+y1+" L"+x1+","+(ya-r)+" Q"+x1+","+ya+" "+(x1+r)+","+ya+" L"+(gx-r)+","+ya+" Q"+gx+","+ya+" "+gx+","+(ya-r)+
       " L"+gx+","+(yb+r)+" Q"+gx+","+yb+" "+(gx+r)+","+yb+" L"+(x2-r)+","+yb+" Q"+x2+","+yb+" "+x2+","+(yb+r)+" L"+x2+","+y2;
   }
@@ -436,7 +439,7 @@ function drawGraph(){
   var host=document.getElementById("graph");
   PANEL={w:Math.max(320,host.clientWidth-18),h:Math.max(320,Math.round(window.innerHeight*0.78))};
   while(host.firstChild)host.removeChild(host.firstChild);
-  var box=layoutBox("root"), at={}, frames=[];place(box,0,0,at,frames,0);lastBox=box;
+  GAPS=[];var box=layoutBox("root"), at={}, frames=[];place(box,0,0,at,frames,0);lastBox=box;
   var svg=sv("svg",{viewBox:(-M)+" "+(-M)+" "+(box.w+2*M)+" "+(box.h+2*M),id:"graph-svg"});
   var defs=sv("defs");var mk=sv("marker",{id:"arr",viewBox:"0 0 10 10",refX:"9",refY:"5",markerWidth:"7",markerHeight:"7",orient:"auto-start-reverse"});
   mk.appendChild(sv("path",{d:"M0,0 L10,5 L0,10 z",fill:"#8c94a6"}));defs.appendChild(mk);svg.appendChild(defs);

@@ -98,7 +98,9 @@ def read_inputs_file(path: str, names: Sequence[str]) -> tuple[list[str] | None,
         raise InvalidArgumentError(f"--inputs {path}: holds no arrays (write it with numpy.savez)")
     for k, arr in data.items():
         if arr.dtype.kind not in "biuf":
-            raise InvalidArgumentError(f"--inputs {path}: array {k!r} has dtype {arr.dtype}; expected numbers or booleans")
+            raise InvalidArgumentError(
+                f"--inputs {path}: array {k!r} has dtype {arr.dtype}; expected numbers or booleans"
+            )
         if arr.ndim == 0:
             raise InvalidArgumentError(f"--inputs {path}: array {k!r} is a scalar; an input needs a batch dimension")
     positional = [f"arr_{i}" for i in range(len(data))]

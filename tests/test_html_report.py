@@ -682,7 +682,9 @@ def test_resnet50_page_layout_in_chromium(r50, browser, tmp_path):
     )
     assert browser.eval("document.getElementById('graph-svg').getBoundingClientRect().width") < wider * 0.8
     browser.eval("document.getElementById('graph').dispatchEvent(new KeyboardEvent('keydown',{key:'0'}))")
-    assert browser.eval("document.getElementById('graph-svg').getBoundingClientRect().width") == pytest.approx(fit, rel=0.01)
+    assert browser.eval("document.getElementById('graph-svg').getBoundingClientRect().width") == pytest.approx(
+        fit, rel=0.01
+    )
     assert browser.problems() == []
 
 

@@ -21,7 +21,7 @@ pytest.importorskip("transformers")
 
 ROOT = str(Path(__file__).resolve().parent.parent)
 
-FACTORY = '''
+FACTORY = """
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -44,7 +44,7 @@ def build_kwargs():
 
 def build_three():
     return model(), (torch.randint(0, 96, (1, 12)),), "extra"
-'''
+"""
 
 
 @pytest.fixture
@@ -202,3 +202,33 @@ def test_inputs_file_dtypes_are_kept(tmp_path):
     np.savez(path, mask=np.ones((1, 3), dtype=bool), x=np.arange(3, dtype=np.int32).reshape(1, 3))
     x, mask = torch_inputs_from_file(str(path), TwoInputs())
     assert x.dtype == torch.int32 and mask.dtype == torch.bool and x.tolist() == [[0, 1, 2]]
+
+
+class Embed(torch.nn.Module):
+    """Token ids in, channels out: an ONNX model whose input is int64."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb, self.fc1, self.fc2 = torch.nn.Embedding(50, 16), torch.nn.Linear(16, 32), torch.nn.Linear(32, 4)
+
+    def forward(self, ids):
+        return self.fc2(torch.relu(self.fc1(self.emb(ids))))
+
+
+@pytest.mark.parametrize("named", [False, True])
+def test_inputs_file_for_an_onnx_model(tmp_path, named, capsys):
+    src = tmp_path / "embed.onnx"
+    torch.onnx.export(
+        Embed().eval(), (torch.zeros(1, 6, dtype=torch.long),), str(src), input_names=["ids"], dynamo=False
+    )
+    npz = tmp_path / "ids.npz"
+    ids = np.random.default_rng(0).integers(0, 50, (1, 6)).astype(np.int64)
+    np.savez(npz, **({"ids": ids} if named else {"arr_0": ids}))
+    js = tmp_path / "r.json"
+    code, _, err = _main(["inspect", src, "--inputs", npz, "--json", js], capsys)
+    assert code == 0, err
+    data = json.loads(js.read_text())
+    assert data["framework"] == "onnx" and data["verification"]["passed"] and data["macs_after"] < data["macs_before"]
+    np.savez(npz, tokens=ids)
+    code, _, err = _main(["inspect", src, "--inputs", npz], capsys)
+    assert code == 2 and "'tokens' names no input of the model (ids)" in err
