@@ -178,6 +178,44 @@ def test_masked_reference_needs_the_recurrent_columns_dropped(monkeypatch, cell)
         compiler.compile(Tagger(cell).eval(), (_x(False),), ratio=0.5, granularity=1)
 
 
+
+class SizeBranch(nn.Module):
+    """A branch on the input's size: torch.fx cannot trace it, torch.export can (nn.LSTM becomes aten.lstm with
+    its initial states made by zeros([L*D, B, H]))."""
+
+    def __init__(self, cell: str) -> None:
+        super().__init__()
+        self.inp = nn.Linear(6, 16)
+        self.rnn = CELLS[cell](16, 24, num_layers=2, bidirectional=True)
+        self.out = nn.Linear(48, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] > 3:
+            x = x * 2
+        return self.out(self.rnn(self.inp(x))[0])
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_torch_export_recurrent_prunes_and_verifies_in_float64(cell):
+    torch.manual_seed(0)
+    x = _x(False)
+    r = compiler.compile(SizeBranch(cell).eval(), (x,), ratio=0.5, granularity=1)
+    assert r.report.to_dict()["trace_method"] == "torch.export"
+    v = r.report.verification
+    assert v["passed"] and v["dtype"] == "float64" and v["nodes_checked"] >= 5 and r.report.frozen_ops == []
+    sd = r.model.state_dict()
+    assert tuple(sd["rnn.weight_hh_l1_reverse"].shape) == (GATES[cell] * 12, 12)
+    assert tuple(sd["rnn.weight_ih_l1"].shape) == (GATES[cell] * 12, 24)
+    assert r.report.macs_after < 0.4 * r.report.macs_before
+    assert r.model(x).shape == (7, 3, 5)
+
+
+def test_torch_export_masked_reference_needs_the_recurrent_columns_dropped(monkeypatch):
+    monkeypatch.delitem(op_spec("recurrent").reference, "torch")
+    torch.manual_seed(0)
+    with pytest.raises((InternalError, VerificationError), match="differs|verification"):
+        compiler.compile(SizeBranch("gru").eval(), (_x(False),), ratio=0.5, granularity=1)
+
 # -- ONNX: LSTM / GRU / RNN nodes exported from torch -------------------------------------------------
 
 

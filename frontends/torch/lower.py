@@ -647,6 +647,39 @@ def _h_matmul(lw, node, args, kwargs) -> bool:
     return True
 
 
+@_handles("lstm", "gru", "rnn_tanh", "rnn_relu")
+def _h_recurrent_fn(lw, node, args, kwargs) -> bool:
+    """aten.lstm / gru / rnn_tanh / rnn_relu (torch.export's nn.LSTM, ...): (x, hx, params, has_biases, num_layers,
+    dropout, train, bidirectional, batch_first) -> a ``recurrent`` op, as the module is lowered."""
+    if len(args) != 9 or not isinstance(args[2], (list, tuple)) or not isinstance(args[4], int):
+        return False  # the packed-sequence overload (data, batch_sizes, ...) is not this
+    cell = {"lstm": "lstm", "gru": "gru", "rnn_tanh": "rnn", "rnn_relu": "rnn"}[call_name(node)]
+    x, hx, params, has_biases, layers, bidirectional = lw._val(args[0]), args[1], list(args[2]), args[3], args[4], args[7]
+    states = [lw._val(h) for h in (hx if isinstance(hx, (list, tuple)) else [hx])]
+    ws = [lw._val(p) for p in params]
+    dirs = 2 if bidirectional else 1
+    per = len(ws) // (layers * dirs) if layers * dirs else 0
+    plain = 4 if has_biases else 2
+    if not x or any(v is None for v in states + ws) or per not in (plain, plain + 1) or per * layers * dirs != len(ws):
+        return False
+    slots: list[str | None] = []
+    for k in range(layers * dirs):
+        w = ws[k * per : (k + 1) * per]
+        slots += w[:2] + (w[2:4] if has_biases else [None, None]) + ([w[-1]] if per > plain else [None])
+    hidden = lw.graph.shape(ws[1])[0] // {"lstm": 4, "gru": 3, "rnn": 1}[cell]
+    n_out = 3 if cell == "lstm" else 2
+    if len(lw._meta_values(node)) != n_out:
+        return False
+    attrs = {
+        "cell": cell, "gates": {"lstm": 4, "gru": 3, "rnn": 1}[cell], "layers": layers, "directions": dirs,
+        "hidden": hidden, "proj": lw.graph.shape(ws[plain])[0] if per > plain else 0, "weights": "per_layer",
+        "outputs": ["y", "h", "c"][:n_out], "y_concat": True, "batch_first": bool(args[8]),
+    }  # fmt: skip
+    h0, c0 = (states + [None, None])[:2]
+    lw._emit(node, "recurrent", [x, h0, c0, None, *slots], attrs)
+    return True
+
+
 @_handles("addmm")
 def _h_addmm(lw, node, args, kwargs) -> bool:
     """torch.addmm(bias, x, W) with beta = alpha = 1: ``addmm`` (passes/ops/addmm.py; transformers' Conv1D)."""

@@ -33,6 +33,7 @@ import torch.utils._pytree as pytree
 from frontends.adapter import VerifyResult
 from frontends.errors import VerificationError
 from frontends.graph import Op
+from frontends.torch.nodes import call_name
 from frontends.torch.rewrite import apply_updates
 from frontends.torch.trace import TracedModel
 from passes.channel_analysis import AnalysisResult
@@ -284,9 +285,9 @@ class VerifyFX:
         ins = [_to_dtype(x, dtype) for x in inputs]
         ref_gm = _reference_module(traced, updates, dtype)
         new = copy.deepcopy(module).to(dtype).eval()
-        if dtype != torch.float32:  # torch.export graphs assert their float32 dtypes: checks only, dropped here
+        if dtype != torch.float32:  # torch.export graphs pin float32 (dtype asserts, factories): both copies follow dtype
             for g in (ref_gm, new):
-                _drop_dtype_asserts(g)
+                _follow_dtype(g, dtype)
         check_nodes = dtype == torch.float64 and isinstance(new, torch.fx.GraphModule)
         got_out, captured = _run_pruned(new, ins, check_nodes)
         got = flat_tensors(got_out)
@@ -326,14 +327,27 @@ def _reference_module(traced: TracedModel, updates: dict[str, np.ndarray] | None
     return ref_gm.to(dtype)
 
 
-def _drop_dtype_asserts(gm: nn.Module) -> None:
-    """Remove a torch.export graph's ``_assert_tensor_metadata`` checks (no users; they pin float32)."""
+_FACTORIES = {"zeros", "ones", "full", "empty", "new_zeros", "new_ones", "new_full", "new_empty", "zeros_like",
+              "ones_like", "full_like", "empty_like"}  # fmt: skip
+
+
+def _follow_dtype(gm: nn.Module, dtype: torch.dtype) -> None:
+    """A torch.export graph run in ``dtype``: its ``_assert_tensor_metadata`` checks (no users; they pin float32)
+    are removed, and tensors it makes as float32 (``zeros(..., dtype=float32)``: an LSTM's initial state) are made
+    in ``dtype``."""
     if not isinstance(gm, torch.fx.GraphModule):
         return
-    nodes = [n for n in gm.graph.nodes if n.op == "call_function" and "_assert_tensor_metadata" in str(n.target) and not n.users]
-    for n in nodes:
-        gm.graph.erase_node(n)
-    if nodes:
+    changed = False
+    for n in list(gm.graph.nodes):
+        if n.op != "call_function":
+            continue
+        if "_assert_tensor_metadata" in str(n.target) and not n.users:
+            gm.graph.erase_node(n)
+            changed = True
+        elif n.kwargs.get("dtype") == torch.float32 and call_name(n) in _FACTORIES:
+            n.kwargs = {**n.kwargs, "dtype": dtype}
+            changed = True
+    if changed:
         gm.recompile()
 
 

@@ -34,7 +34,9 @@ directions are concatenated), and the input column of the next layer. Decisions:
 - the layers of one torch module share it too (``nn.LSTM`` has one ``hidden_size``);
   separate ONNX nodes (one layer each) prune on their own;
 - torch ``proj_size`` (LSTM with projections) is frozen, with the reason;
-- the input features tie to the input columns of the first layer's weights.
+- the input features tie to the input columns of the first layer's weights;
+- an initial state from elsewhere ties to the hidden units (a model input freezes them); a tensor of
+  zeros made for the layer alone (torch.export's ``zeros`` for a call without one) follows them.
 
 Zeroing a removed unit's rows is not what makes the masked original equal the pruned
 layer (an LSTM's gates see sigmoid(0) = 0.5): the reference semantics of each adapter
@@ -129,9 +131,8 @@ def _recurrent(op: Op, ctx: RuleContext) -> None:
             for v in (w_ih, w_hh):
                 if v is not None:
                     ctx.producer(v, 0, rows)
-    h0, c0 = op.inputs[1], op.inputs[2]
-    tie(h0, -1, out, "initial hidden state from an untracked tensor")
-    tie(c0, -1, cell, "initial cell state from an untracked tensor")
+    _initial_state(op, ctx, op.inputs[1], out, "initial hidden state from an untracked tensor")
+    _initial_state(op, ctx, op.inputs[2], cell, "initial cell state from an untracked tensor")
     for role, v in zip(a["outputs"], op.outputs, strict=True):
         lab: Labels = [None] * len(ctx.shape(v))
         if role == "y":
@@ -141,6 +142,21 @@ def _recurrent(op: Op, ctx: RuleContext) -> None:
         elif role == "c":
             lab[-1] = cell
         ctx.set(v, lab)
+
+
+def _initial_state(op: Op, ctx: RuleContext, value: str | None, atoms: np.ndarray, reason: str) -> None:
+    """An initial state carries the hidden units on its last dim. A tensor of zeros made for this layer alone
+    (torch.export's ``zeros([L*D, B, H])`` for an ``nn.LSTM`` called without one) takes them: its size follows."""
+    if value is None:
+        return
+    lab = list(ctx.get(value))
+    v = ctx.graph.values[value]
+    made = ctx.graph.ops.get(v.producer) if v.producer else None
+    if lab[-1] is None and made is not None and made.kind == "factory" and "zeros" in made.target and v.users == [op.name]:
+        lab[-1] = atoms
+        ctx.set(value, lab)
+        return
+    ctx.tie(lab[-1], atoms, reason)
 
 
 @recurrent.cost
