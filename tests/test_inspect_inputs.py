@@ -232,3 +232,15 @@ def test_inputs_file_for_an_onnx_model(tmp_path, named, capsys):
     np.savez(npz, tokens=ids)
     code, _, err = _main(["inspect", src, "--inputs", npz], capsys)
     assert code == 2 and "'tokens' names no input of the model (ids)" in err
+
+
+@pytest.mark.parametrize("case", ["float-ids", "ids-out-of-vocabulary"])
+def test_inputs_the_model_cannot_run_are_one_line_exit_2(lm_dir, case, capsys):
+    """Arrays that read well but that the model cannot take: the trace fails, named in one line."""
+    ids = _ids().astype(np.float32) if case == "float-ids" else _ids() + 1000
+    np.savez(lm_dir / "ids.npz", input_ids=ids)
+    code, out, err = _main(["inspect", "lm_factory:model", "--inputs", "ids.npz", "--json", "out/r.json"], capsys)
+    assert code == 2, (out, err)
+    lines = [ln for ln in err.splitlines() if ln.strip() and not ln.startswith("  [")]
+    assert len(lines) == 1 and lines[0].startswith("prunec: error:") and "embed" in lines[0], err
+    assert os.listdir(lm_dir / "out") == []
