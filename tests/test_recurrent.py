@@ -272,7 +272,7 @@ def test_onnx_macs_match_the_torch_path():
     rt = compiler.compile(model, (x,), ratio=0.5, granularity=1)
     ro = compiler.compile(_export(model, x), (x.numpy(),), ratio=0.5, granularity=1)
     assert ro.report.macs_before == rt.report.macs_before
-    assert ro.report.macs_after == rt.report.macs_after
+    assert ro.report.macs_after == rt.report.macs_after < 0.4 * ro.report.macs_before
 
 
 def test_onnx_corrupted_pruned_recurrent_weight_fails_verification(monkeypatch):
