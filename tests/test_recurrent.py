@@ -358,3 +358,15 @@ def test_onnx_lstm_states_and_peepholes_follow(corrupt):
 
     err = float(np.abs(run(ref) - run(r.model)).max())
     assert (err > 1e-3) if corrupt else (err < 1e-5), err
+
+
+def test_onnx_dynamo_export_lstm_prunes_and_verifies():
+    """torch.onnx's dynamo exporter writes the same LSTM node (with its own Transpose / Reshape around it)."""
+    torch.manual_seed(0)
+    x = _x(False)
+    proto = torch.onnx.export(Tagger("lstm", bidirectional=True).eval(), (x,), dynamo=True).model_proto
+    assert "LSTM" in {n.op_type for n in proto.graph.node}
+    r = compiler.compile(proto, (x.numpy(),), ratio=0.5, granularity=1)
+    assert r.report.verification["passed"] and r.report.frozen_ops == []
+    assert _attr(next(n for n in r.model.graph.node if n.op_type == "LSTM"), "hidden_size") == 12
+    assert r.report.macs_after < 0.4 * r.report.macs_before
