@@ -24,6 +24,8 @@ What prunec then works on is a private copy (:func:`working_copy`; the model giv
   the upgrade changed no node, and the result passes ``onnx.checker`` (full check) and computes what the
   pruned model computes in ONNX Runtime; else at opset 13, with the IR version opset 13 needs. The
   report's ``settings["onnx"]["notes"]`` says which: ``written at opset N ...``.
+* **over 2 GB** (external data beside the file): checked on the file's path and shape-inferred and run on
+  light copies (:mod:`frontends.onnx.large`), never serialized whole;
 * **IR version 3** (every initializer also a graph input): kept; the pruned model lists every
   initializer it holds (sliced, renamed or new) as a graph input with its shape.
 
@@ -43,6 +45,7 @@ import onnx
 from onnx import numpy_helper
 
 from frontends.errors import UnsupportedModelError
+from frontends.onnx import large
 from frontends.onnx.opsets import OLDEST_OPSET, WORKING_OPSET, run_quietly
 from frontends.onnx.proto import all_tensors, first_line, iter_graphs, onnx_opset
 
@@ -98,7 +101,7 @@ def load_checked(model: str | os.PathLike | onnx.ModelProto) -> CheckedModel:
         raise UnsupportedModelError(f"{where}: not an ONNX model (no graph)")
     _check_opset(proto, where)
     try:
-        onnx.checker.check_model(proto)
+        large.check_model(proto, path=path)  # over 2 GB: on the file, which holds the external data
     except Exception as exc:
         raise UnsupportedModelError(f"{where}: invalid ONNX model: {first_line(exc)}") from None
     return CheckedModel(proto, path, _check_consistent(proto, where))
@@ -206,7 +209,7 @@ def _check_consistent(proto: onnx.ModelProto, where: str) -> ShapeCheck:
             raise UnsupportedModelError(f"{where}: tensor {t.name!r}: its data does not fit dims {list(t.dims)} ({first_line(exc)})") from None
     bare = _without_value_info(proto)
     try:
-        inferred = onnx.shape_inference.infer_shapes(bare, check_type=True, strict_mode=True)
+        inferred = large.infer_shapes(bare, check_type=True, strict_mode=True)
     except Exception as exc:
         found = _output_conflicts(bare)
         if found is None:
@@ -285,7 +288,7 @@ def _keep_hints(bare: onnx.ModelProto, proto: onnx.ModelProto, inferred: set[str
                 kept += 1
     if kept:
         try:
-            onnx.shape_inference.infer_shapes(bare, check_type=True, strict_mode=True)
+            large.infer_shapes(bare, check_type=True, strict_mode=True)
         except Exception as exc:
             log.info("stored value_info hints contradict shape inference (%s); all dropped", first_line(exc))
             for g in iter_graphs(bare.graph):
@@ -302,7 +305,7 @@ def _output_conflicts(bare: onnx.ModelProto) -> tuple[dict[str, onnx.TypeProto],
         if vi.type.HasField("tensor_type"):
             vi.type.tensor_type.ClearField("shape")
     try:
-        inferred = onnx.shape_inference.infer_shapes(m, check_type=True, strict_mode=True)
+        inferred = large.infer_shapes(m, check_type=True, strict_mode=True)
     except Exception:
         return None
     declared = {vi.name: vi.type for vi in bare.graph.output}

@@ -55,6 +55,7 @@ from onnx import helper, numpy_helper
 from frontends.adapter import PlannedShapes
 from frontends.errors import InternalError, UnsupportedModelError
 from frontends.graph import ChannelGraph, Op
+from frontends.onnx import large
 from frontends.onnx.evaluate import evaluate_static
 from frontends.onnx.model import ArgSlot, OnnxModel
 from frontends.onnx.opsets import list_initializers_as_inputs, write_back
@@ -446,7 +447,7 @@ def _refresh_shapes(m: onnx.ModelProto, pruned_shapes: dict[str, tuple[int, ...]
     """
     del m.graph.value_info[:]
     try:
-        inferred = onnx.shape_inference.infer_shapes(m)
+        inferred = large.infer_shapes(m)
     except Exception as exc:
         first = str(exc).strip().splitlines()[0]
         raise InternalError(f"shape inference fails on the pruned ONNX model: {first}") from exc
@@ -479,11 +480,11 @@ def _write_back_opset(rw: OnnxRewrite, om: OnnxModel) -> None:
 def _check(m: onnx.ModelProto, om: OnnxModel) -> None:
     """The pruned model must pass the full checker; where the input itself does not, the input is refused."""
     try:
-        onnx.checker.check_model(m, full_check=True)
+        large.check_model(m, full_check=True)
     except Exception as exc:
         first = str(exc).strip().splitlines()[0]
         try:  # an input whose declared shapes contradict its ops fails the same check: refuse the input
-            onnx.checker.check_model(om.model, full_check=True)
+            large.check_model(om.model, full_check=True, path=om.path)
         except Exception as orig_exc:
             why = str(orig_exc).strip().splitlines()[0] if str(orig_exc).strip() else type(orig_exc).__name__
             raise UnsupportedModelError(f"{om.name}: the model's declared shapes are inconsistent: {why}") from None

@@ -10,6 +10,8 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from frontends.onnx.large import session_parts
+
 log = logging.getLogger(__name__)
 
 __all__ = ["ort_session", "ort_values", "run_ort"]
@@ -37,20 +39,29 @@ def _cuda_present() -> bool:
         return False
 
 
-def ort_session(model: onnx.ModelProto, optimize: bool = True, device: str = "cpu") -> Any:
-    """An ONNX Runtime session for an in-memory model (CPU unless ``device`` asks for CUDA)."""
+def ort_session(model: onnx.ModelProto, optimize: bool = True, device: str = "cpu", arrays: Mapping[str, np.ndarray] | None = None) -> Any:
+    """An ONNX Runtime session for an in-memory model (CPU unless ``device`` asks for CUDA); ``arrays``: the data of a
+    light copy's initializers (:mod:`frontends.onnx.large`)."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
     so.log_severity_level = 3
     if not optimize:
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    return ort.InferenceSession(model.SerializeToString(), so, providers=_providers(device))
+    blob, names, values = session_parts(model, arrays)  # over 2 GB: the large initializers given apart, as OrtValues
+    if names:
+        so.add_external_initializers(names, values)
+        so.add_session_config_entry("session.disable_prepacking", "1")  # no second copy of the weights
+    sess = ort.InferenceSession(blob, so, providers=_providers(device))
+    sess.prunec_initializers = values  # ONNX Runtime reads them for as long as the session lives
+    return sess
 
 
-def run_ort(model: onnx.ModelProto, inputs: Mapping[str, np.ndarray], optimize: bool = True) -> dict[str, np.ndarray]:
-    """Every output of one CPU run, by name."""
-    sess = ort_session(model, optimize=optimize)
+def run_ort(
+    model: onnx.ModelProto, inputs: Mapping[str, np.ndarray], optimize: bool = True, arrays: Mapping[str, np.ndarray] | None = None
+) -> dict[str, np.ndarray]:
+    """Every output of one CPU run, by name (``arrays``: as :func:`ort_session`)."""
+    sess = ort_session(model, optimize=optimize, arrays=arrays)
     names = [o.name for o in sess.get_outputs()]
     outs = sess.run(names, dict(inputs))
     return dict(zip(names, outs, strict=True))

@@ -15,6 +15,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from frontends.onnx.large import is_large, light_copy
 from frontends.onnx.proto import first_line, tensor_dims
 from frontends.onnx.runtime import ort_values
 
@@ -36,7 +37,7 @@ def infer_shapes(model: onnx.ModelProto, inputs: Mapping[str, np.ndarray]) -> tu
     """Static shapes and element types from ONNX shape inference (with data propagation)."""
     pinned = _pinned(model, inputs)
     try:
-        inferred = onnx.shape_inference.infer_shapes(pinned, check_type=False, strict_mode=False, data_prop=True)
+        inferred = onnx.shape_inference.infer_shapes(pinned, check_type=False, strict_mode=False, data_prop=True)  # pinned is light
     except Exception as exc:  # inference is best effort: ORT fills the gaps
         log.info("shape inference failed: %s", exc)
         inferred = pinned
@@ -51,7 +52,7 @@ def infer_shapes(model: onnx.ModelProto, inputs: Mapping[str, np.ndarray]) -> tu
 def _pinned(model: onnx.ModelProto, inputs: Mapping[str, np.ndarray]) -> onnx.ModelProto:
     """A copy whose graph inputs carry the example inputs' static shapes."""
     m = onnx.ModelProto()
-    m.CopyFrom(model)
+    m.CopyFrom(light_copy(model)[0] if is_large(model) else model)  # over 2 GB: shapes only, large data left out
     for vi in m.graph.input:
         if vi.name in inputs:
             shape = vi.type.tensor_type.shape

@@ -30,6 +30,7 @@ from onnx import TensorProto, helper, numpy_helper
 from frontends.adapter import VerifyResult
 from frontends.errors import InternalError, UnsupportedModelError, VerificationError
 from frontends.graph import Op
+from frontends.onnx.large import is_large, light_copy
 from frontends.onnx.model import OnnxModel
 from frontends.onnx.proto import UniqueNames, implicit_inputs, node_attrs
 from frontends.onnx.quantized import CodeCheck, bypass_activation_quantizers, compare_codes
@@ -97,9 +98,10 @@ ReferenceHandler = Callable[[MaskedReference, Op, onnx.NodeProto], "list[onnx.No
 
 
 def masked_reference(om: OnnxModel, analysis: AnalysisResult, pruned: np.ndarray) -> onnx.ModelProto:
-    """The original model with every removed channel zeroed after its producer."""
+    """The original model with every removed channel zeroed after its producer. Over 2 GB it is a light copy
+    (:func:`frontends.onnx.large.light_copy`): run it with ``arrays=om.static``."""
     m = onnx.ModelProto()
-    m.CopyFrom(om.model)
+    m.CopyFrom(light_copy(om.model)[0] if is_large(om.model) else om.model)  # over 2 GB: weights from om.static
     g = m.graph
     ref = MaskedReference(om, analysis, pruned, m)
     ops: dict[int, list[Op]] = defaultdict(list)
@@ -358,7 +360,7 @@ class VerifyONNX:
             for v in codes
             if v in graph.values
         ]
-        run = _Runs(om, _Runner(masked_reference(om, analysis, pruned), copy=False), _Runner(model, copy=True), feeds)
+        run = _Runs(om, _Runner(masked_reference(om, analysis, pruned), copy=False, arrays=om.static), _Runner(model, copy=True), feeds)
         ref, got = run.both(tensors)
         return compare_codes(ref, got, {t.name: t.kept for t in tensors})
 
@@ -366,7 +368,7 @@ class VerifyONNX:
         self, om: OnnxModel, analysis: AnalysisResult, pruned: np.ndarray, model: onnx.ModelProto, feeds: dict[str, np.ndarray]
     ) -> VerifyResult:
         ref_model = masked_reference(om, analysis, pruned)
-        run = _Runs(om, _Runner(ref_model, copy=False), _Runner(model, copy=True), feeds)
+        run = _Runs(om, _Runner(ref_model, copy=False, arrays=om.static), _Runner(model, copy=True), feeds)
         path = _PathScale(ref_model, om, feeds)
         names = [o.name for o in om.model.graph.output]
         nodes: list[_Check] = []
@@ -488,7 +490,8 @@ def _chunks(tensors: list[_Tensor], budget: int) -> list[list[_Tensor]]:
 class _Runner:
     """A model whose graph outputs are extended by intermediate values for a run (on a private copy)."""
 
-    def __init__(self, model: onnx.ModelProto, copy: bool) -> None:
+    def __init__(self, model: onnx.ModelProto, copy: bool, arrays: Mapping[str, np.ndarray] | None = None) -> None:
+        self.arrays = arrays  # the data of a light copy's initializers (a masked reference over 2 GB)
         if copy:
             copy_m = onnx.ModelProto()
             copy_m.CopyFrom(model)
@@ -500,7 +503,7 @@ class _Runner:
         outs = self.model.graph.output
         del outs[self.n_outputs :]
         outs.extend(helper.make_tensor_value_info(t.name, t.elem, None) for t in tensors)
-        return run_ort(self.model, feeds, optimize=False)
+        return run_ort(self.model, feeds, optimize=False, arrays=self.arrays)
 
 
 class _PathScale:
