@@ -324,7 +324,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     if not external:
         try:
             data = result.model.SerializeToString()
-        except ValueError:  # protobuf's 2 GB limit: the weights go to a data file prunec names itself
+        except Exception:  # protobuf's 2 GB limit (EncodeError; ValueError in older protobuf): a data file prunec names
             external = True
     _progress(f"writing {out}")
     before = _file_bytes(src)
