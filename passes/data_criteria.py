@@ -138,7 +138,7 @@ class ObsLayer:
     consumer: Consumer
     weight: str
     bias: str | None  # value name of an existing (constant) bias
-    bias_attr: str | None  # the name of a bias the layer can be given (it has none)
+    bias_attr: str | None  # the name of a bias of its own the layer is given (it has none, or shares ``bias``)
     kernel: tuple[int, ...] = ()  # a conv's kernel size (its weight's shape[2:])
     unfold: Unfold | None = None  # a conv's input as rows; None for a linear layer
 
@@ -188,7 +188,8 @@ class ChannelStatistics(ABC):
         return True
 
     def new_bias_name(self, op: Op) -> str | None:
-        """The update name of a bias a conv/linear op without one is given (None: it cannot be given one)."""
+        """The update name of a bias of its own a conv/linear op is given where it has none, or where its bias
+        cannot be updated in place (a constant other ops read too); None: it cannot be given one."""
         return None
 
     def updatable(self, value: str) -> bool:
@@ -264,9 +265,11 @@ class ChannelStatistics(ABC):
         if c.kind not in ("linear", "conv") or c.weight is None or not self.updatable(c.weight):
             return None  # c.weight None: computed, nothing to re-fit
         bias = op.inputs[2]
-        if bias is not None and (not graph.values[bias].is_const or not self.updatable(bias)):
+        if bias is not None and not graph.values[bias].is_const:
             return None
-        bias_attr = self.new_bias_name(op) if bias is None else None
+        bias_attr = self.new_bias_name(op) if bias is None or not self.updatable(bias) else None
+        if bias is not None and not self.updatable(bias) and bias_attr is None:
+            return None
         if c.kind == "linear":
             return ObsLayer(c, c.weight, bias, bias_attr)
         if not self.exact_geometry(op):
@@ -333,10 +336,10 @@ class ChannelStatistics(ABC):
             Wn[:, K] = A
             w0 = self._const(lay.weight)
             updates[lay.weight] = Wn[:, :-1].reshape(w0.shape).astype(w0.dtype)
-            if lay.bias is not None:
-                updates[lay.bias] = Wn[:, -1].astype(self._const(lay.bias).dtype)
-            elif lay.bias_attr is not None:
+            if lay.bias_attr is not None:
                 updates[lay.bias_attr] = Wn[:, -1].astype(w0.dtype)
+            elif lay.bias is not None:
+                updates[lay.bias] = Wn[:, -1].astype(self._const(lay.bias).dtype)
             done.add(lay.consumer.node)
         return updates, done
 
@@ -385,6 +388,9 @@ class ChannelStatistics(ABC):
                 updates[bias] = (base + delta).astype(b0.dtype)
             elif bias is None and (name := self.new_bias_name(op)) is not None:
                 updates[name] = (updates.get(name, 0) + delta).astype(w.dtype)
+            elif bias is not None and g.values[bias].is_const and (name := self.new_bias_name(op)) is not None:
+                b0 = self._const(bias)  # shared with other ops: this op gets a bias of its own
+                updates[name] = (updates.get(name, b0.astype(np.float64)) + delta).astype(b0.dtype)
             else:
                 skipped.append(op.label or op.name)
         return updates, skipped

@@ -325,3 +325,35 @@ def test_acceptance_cli_obs_keeps_the_torch_accuracy_and_beats_l2(digits, tmp_pa
     assert abs(acc["obs"] - acc_torch) <= 0.01, (acc, acc_torch)
     assert acc["obs"] > acc["l2"] + 0.1, acc
     assert os.path.getsize(tmp_path / "obs.onnx") < 0.6 * os.path.getsize(digits.src)
+
+
+SHARED_BIAS = """
+g (float[N,3,8,8] x) => (float[N,4] y) {
+  [c1] a = Conv<pads=[1,1,1,1]>(x, w1, b)
+  [r1] h = Relu(a)
+  [c2] c = Conv(h, w2, b)
+  [r2] k = Relu(c)
+  [gap] p = GlobalAveragePool(k)
+  [fl] f = Flatten(p)
+  [fc] y = Gemm<transB=1>(f, w3, b3)
+}
+"""
+
+
+@pytest.mark.parametrize("options", [{"importance": "obs"}, {"importance": "activation", "bias_propagation": True}])
+def test_a_bias_shared_between_layers_is_not_updated_in_place(options):
+    """Exporters share equal constants (zero biases of an untrained net): an update of c2's bias gives c2 a bias of
+    its own, c1 keeps reading the shared one; verification passes (it failed when the shared bias was updated)."""
+    from tests._onnx_helpers import build
+
+    m = build(SHARED_BIAS, {"w1": (16, 3, 3, 3), "b": np.zeros(16, np.float32), "w2": (16, 16, 3, 3), "w3": (4, 16), "b3": (4,)})
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((8, 3, 8, 8)).astype(np.float32)
+    cal = [rng.standard_normal((16, 3, 8, 8)).astype(np.float32) for _ in range(2)]
+    r = compiler.compile(m, (x,), ratio=0.5, granularity=1, calibration=cal, **options)
+    assert r.report.verification["passed"]
+    nodes = {n.name: n for n in r.model.graph.node}
+    assert nodes["c1"].input[2] == "b" and nodes["c2"].input[2] not in ("", "b")
+    w = _weights(r.model)
+    assert not np.array_equal(w[nodes["c2"].input[2]], np.zeros_like(w[nodes["c2"].input[2]]))  # it was updated
+    assert w["b"].shape == (8,) and not w["b"].any()  # the shared one is only sliced

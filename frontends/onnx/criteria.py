@@ -10,8 +10,9 @@ chunks of at most ``chunk_bytes`` per run). ``mrp`` runs a gated copy
 
 A consumer is collected where its node reads the ONNX value directly (a Gemm with ``transA`` reads a transposed
 copy the lowering made, which no run computes: its classes are left to the other consumers, or unscored). Weight
-updates go to initializers and ``Constant`` nodes; a conv or Gemm without a bias gets a new one
-(:attr:`OnnxDataCriteria.new_biases`, applied by :mod:`frontends.onnx.updates`).
+updates go to initializers and ``Constant`` nodes that one node reads; a conv or Gemm without a bias, or whose
+bias other nodes share (exporters de-duplicate equal constants), gets one of its own
+(:attr:`OnnxDataCriteria.new_biases`, applied by :mod:`frontends.onnx.updates`); a shared weight is not re-fitted.
 
 Criteria that need gradients (``taylor``, ``taylor2``, ``mrs``, ``obd``, ``synflow``) are not served: the adapter
 does not declare ``gradients`` and the registry refuses them in one line naming those that run.
@@ -29,7 +30,7 @@ import onnx
 from frontends.graph import Op
 from frontends.onnx.calibration import GatedRead, OnnxCalibration, capture_model, gated_model
 from frontends.onnx.model import OnnxModel
-from frontends.onnx.proto import UniqueNames, node_attrs
+from frontends.onnx.proto import UniqueNames, implicit_inputs, node_attrs
 from frontends.onnx.runtime import ort_session
 from passes.channel_analysis import AnalysisResult
 from passes.data_criteria import (
@@ -58,6 +59,12 @@ class OnnxDataCriteria(ChannelStatistics):
         self.nodes = list(om.model.graph.node)
         g = om.model.graph
         self.constants = {t.name for t in g.initializer} | {n.output[0] for n in self.nodes if n.op_type == "Constant"}
+        self.reads: dict[str, int] = {}  # how often each value is read (by nodes, their subgraphs, as an output)
+        for n in self.nodes:
+            for x in list(n.input) + implicit_inputs(n):
+                self.reads[x] = self.reads.get(x, 0) + 1
+        for o in g.output:
+            self.reads[o.name] = self.reads.get(o.name, 0) + 1
         self._computed = {o for n in self.nodes for o in n.output if o} | {vi.name for vi in g.input}
         self.cons = read_consumers(analysis, self._key)
         self.new_biases: dict[str, int] = {}  # update name of a new bias -> index of the node it goes to
@@ -81,16 +88,18 @@ class OnnxDataCriteria(ChannelStatistics):
         return op.name
 
     def updatable(self, value: str) -> bool:
-        """An initializer or a ``Constant`` node's output: a value the model stores."""
-        return value in self.constants
+        """An initializer or a ``Constant`` node's output that only one node input reads (exporters share equal
+        constants between layers: an update in place would change the others too)."""
+        return value in self.constants and self.reads.get(value, 0) == 1
 
     def new_bias_name(self, op: Op) -> str | None:
-        """A Conv, or a Gemm lowered as a linear layer with ``beta`` 1, that has no bias input gets one."""
+        """A Conv, or a Gemm lowered as a linear layer with ``beta`` 1, that has no bias input, or one other nodes
+        read too, gets one of its own."""
         i = op.source
         if not isinstance(i, int):
             return None
         n = self.nodes[i]
-        if n.op_type not in ("Conv", "Gemm") or (len(n.input) > 2 and n.input[2]):
+        if n.op_type not in ("Conv", "Gemm") or (len(n.input) > 2 and n.input[2] and self.updatable(n.input[2])):
             return None
         if n.op_type == "Gemm" and float(node_attrs(n).get("beta", 1.0)) != 1.0:
             return None

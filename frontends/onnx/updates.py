@@ -2,8 +2,8 @@
 
 ``updates`` maps constant names to new full-size values (the pipeline's weight-updates step). An initializer
 or a ``Constant`` node's tensor gets the new value in the copy (and in its ``static`` values, which the rewrite
-slices from); a name in ``new_biases`` is a bias a Conv or Gemm without one is given: a new initializer, its
-node's third input. For the rewrite the new bias is cut to the layer's kept output channels (the channel graph
+slices from); a name in ``new_biases`` is a bias of its own a Conv or Gemm is given (it had none, or shared one
+with other nodes): a new initializer, its node's third input. For the rewrite the new bias is cut to the layer's kept output channels (the channel graph
 does not know it, so the rewrite would not slice it); for the verification's reference it stays full size.
 """
 
@@ -71,9 +71,7 @@ def _add_bias(
     g: onnx.GraphProto, i: int, name: str, arr: np.ndarray, kept_outputs: Callable[[int], np.ndarray | None] | None
 ) -> None:
     """Node ``i`` (a Conv or Gemm without a bias) reads the new initializer ``name`` as its bias."""
-    n = g.node[i]
-    if len(n.input) > 2 and n.input[2]:
-        raise InternalError(f"{n.name or n.op_type} has a bias already; cannot give it {name!r}")
+    n = g.node[i]  # a bias it already has is shared with other nodes, which keep it
     keep = kept_outputs(i) if kept_outputs is not None else None
     if keep is not None:
         arr = arr[keep]
