@@ -11,7 +11,12 @@ The number that matters is speedup / MACs reduction: 1.0 means every removed
 multiply-accumulate became time saved. Prints a table and writes
 ``benchmarks/results/latency.md`` (and ``.json``), naming the device.
 
-    python benchmarks/latency.py                         # CPU, batch 1 and 16
+The interleaved timing is repeated (``--repeats``, each repeat a fresh set of rounds); a cell
+gives the median over repeats of each repeat's median, with the min-max range over repeats. Two
+models are ranked only where their ranges do not overlap; overlapping ranges are a tie.
+
+    python benchmarks/latency.py                         # CPU, batch 1 and 16, 5 repeats
+    python benchmarks/latency.py --quick                 # a check of the script: mobilenet_v2, batch 1, prints only
     python benchmarks/latency.py --provider cuda --batches 1,64 --out benchmarks/results/latency_gpu.md
     python benchmarks/latency.py --runtime torch --provider cuda --batches 1,64 --out benchmarks/results/latency_gpu_torch.md
 """
@@ -23,6 +28,7 @@ import contextlib
 import io
 import json
 import os
+import statistics
 import sys
 import time
 import warnings
@@ -95,6 +101,22 @@ def tp_to_macs(name: str, x: torch.Tensor, target: float, base: int, seed: int) 
     return best
 
 
+def spread(values: list[float]) -> dict[str, float]:
+    """Min, median and max of one quantity over the repeats."""
+    v = sorted(values)
+    return {"min": v[0], "median": float(statistics.median(v)), "max": v[-1]}
+
+
+def verdict(a: list[float], b: list[float]) -> str:
+    """``"faster"`` where every repeat of ``a`` (latencies, ms) beats every repeat of ``b``, ``"slower"`` the
+    other way round, ``"tie"`` where their min-max ranges overlap."""
+    if max(a) < min(b):
+        return "faster"
+    if min(a) > max(b):
+        return "slower"
+    return "tie"
+
+
 def make_runners(models: dict[str, Any], runtime: str, provider: str) -> dict[str, Any]:
     """ONNX Runtime sessions of the exported models, or the PyTorch modules on torch.compile (CUDA) / eager."""
     if runtime == "onnxruntime":
@@ -102,7 +124,8 @@ def make_runners(models: dict[str, Any], runtime: str, provider: str) -> dict[st
     return {k: TorchRunner(m, mode="auto", device="cuda" if provider == "cuda" else "cpu") for k, m in models.items()}
 
 
-def one(name: str, batches: list[int], provider: str, seed: int, runs: int, runtime: str = "onnxruntime") -> list[dict[str, Any]]:
+def one(name: str, batches: list[int], provider: str, seed: int, runs: int, runtime: str = "onnxruntime",
+        repeats: int = 5) -> list[dict[str, Any]]:
     x = torch.randn(1, 3, 224, 224)
     model = build(name, seed)
     base = macs_of(model, x)
@@ -140,14 +163,12 @@ def one(name: str, batches: list[int], provider: str, seed: int, runs: int, runt
         xb = xb_t.numpy()
         fns = {k: rn.timed_fn(xb) for k, rn in runners.items()}
         n = max(5, runs if b == 1 else runs // 3)
-        log(f"{name}: batch {b}, {n}+ interleaved rounds on {device}")
-        t = time_interleaved(fns, b, warmup=3, runs=n, min_seconds=3.0)
-        row: dict[str, Any] = {"model": name, "batch": b, "device": device, "original_ms": t["original"].median_ms,
-                               "opsets": opsets}
-        for tool, (_, frac) in {**pruned, "prunec-latency": lat}.items():
-            speed = t["original"].median_ms / t[tool].median_ms
-            row[tool] = {"ms": t[tool].median_ms, "p90_ms": t[tool].p90_ms, "macs": frac, "speedup": speed,
-                         "speedup_per_macs": speed * frac}
+        log(f"{name}: batch {b}, {repeats} repeats of {n}+ interleaved rounds on {device}")
+        reps = []
+        for i in range(repeats):
+            reps.append(time_interleaved(fns, b, warmup=3 if i == 0 else 1, runs=n, min_seconds=3.0))
+            log(f"{name}: batch {b}, repeat {i + 1}/{repeats}: " + ", ".join(f"{k} {v.median_ms:.1f} ms" for k, v in reps[-1].items()))
+        row = cell(name, b, device, opsets, reps, {**pruned, "prunec-latency": lat})
         rows.append(row)
         log(f"{name} b{b}: original {row['original_ms']:.1f} ms; " + "; ".join(
             f"{k} {row[k]['ms']:.1f} ms ({row[k]['speedup']:.2f}x, {row[k]['speedup_per_macs']:.2f} of MACs)"
@@ -156,6 +177,27 @@ def one(name: str, batches: list[int], provider: str, seed: int, runs: int, runt
 
 
 TOOLS = ("prunec", "prunec-latency", "torch-pruning")
+
+
+def cell(name: str, batch: int, device: str, opsets: dict, reps: list[dict[str, Any]],
+         macs: dict[str, tuple[Any, float]]) -> dict[str, Any]:
+    """One table row from the repeats' timings (``reps[i][model].median_ms``): medians over repeats, their
+    min-max ranges, speedups paired by repeat, and each prunec model's verdict against Torch-Pruning and the
+    original."""
+    ms = {k: [r[k].median_ms for r in reps] for k in reps[0]}
+    orig = spread(ms["original"])
+    row: dict[str, Any] = {"model": name, "batch": batch, "device": device, "repeats": len(reps),
+                           "original_ms": orig["median"], "original_spread": orig, "opsets": opsets}
+    for tool, (_, frac) in macs.items():
+        t = spread(ms[tool])
+        speed = [o / v for o, v in zip(ms["original"], ms[tool], strict=True)]  # paired: one repeat's rounds
+        row[tool] = {"ms": t["median"], "ms_spread": t, "ms_repeats": ms[tool], "macs": frac,
+                     "speedup": orig["median"] / t["median"], "speedup_per_macs": orig["median"] / t["median"] * frac,
+                     "speedup_per_macs_spread": spread([x * frac for x in speed])}
+        if tool != "torch-pruning":
+            row[tool]["vs_torch_pruning"] = verdict(ms[tool], ms["torch-pruning"]) if "torch-pruning" in ms else "?"
+            row[tool]["vs_original"] = verdict(ms[tool], ms["original"])
+    return row
 
 
 def write(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
@@ -181,35 +223,54 @@ def write(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
         f"torch {torch.__version__}, torch-pruning {tpv}. {time.strftime('%Y-%m-%d')}. "
         "Random weights, input 3x224x224. prunec: `target_macs=0.5`, l2, granularity 8, verified. "
         "Torch-Pruning: `MagnitudePruner` (L2, its defaults, classifier ignored, ViT `num_heads` declared), its "
-        "`pruning_ratio` bisected to the same MACs. MACs of all models counted by one counter. Each cell: median of "
-        "interleaved runs (original, prunec, Torch-Pruning in one process, order alternating by round).",
+        "`pruning_ratio` bisected to the same MACs. MACs of all models counted by one counter. Timing: interleaved "
+        "rounds (original, prunec, Torch-Pruning in one process, order alternating by round), repeated "
+        f"{rows[0]['repeats'] if rows else '?'} times; each cell is the median over repeats of each repeat's median, "
+        "with the min-max range over repeats in brackets. A model is called faster or slower than another only where "
+        "their ranges do not overlap; overlapping ranges are a tie.",
         "",
         "**speedup / MACs reduction** (s/M): 1.00 means every removed multiply-accumulate became saved time. "
         "prunec: uniform ratio per group (the default). prunec-latency: `allocation=\"latency\"`, per-layer latency "
         "tables measured on this runtime at the row's batch size (example inputs of that batch; one pruned model per "
         "batch size), channels ranked by saliency per millisecond saved, same MACs budget.",
         "",
-        "| model | batch | original ms | " + " | ".join(f"{t} MACs | {t} ms | {t} speedup | **{t} s/M**" for t in TOOLS) + " |",
-        "|---|---|---|" + "---|---|---|---|" * len(TOOLS),
+        "| model | batch | original ms | " + " | ".join(f"{t} MACs | {t} ms | **{t} s/M**" for t in TOOLS)
+        + " | prunec vs TP | prunec-latency vs TP |",
+        "|---|---|---|" + "---|---|---|" * len(TOOLS) + "---|---|",
     ]
+
+    def rng(x: dict[str, float], fmt: str) -> str:
+        return f"{x['median']:{fmt}} [{x['min']:{fmt}}, {x['max']:{fmt}}]"
+
     for r in rows:
-        cells = [r["model"], str(r["batch"]), f"{r['original_ms']:.1f}"]
+        cells = [r["model"], str(r["batch"]), rng(r["original_spread"], ".1f")]
         for t in TOOLS:
             c = r[t]
-            cells += [f"{c['macs']:.3f}", f"{c['ms']:.1f}", f"{c['speedup']:.2f}x", f"**{c['speedup_per_macs']:.2f}**"]
+            cells += [f"{c['macs']:.3f}", rng(c["ms_spread"], ".1f"), f"**{rng(c['speedup_per_macs_spread'], '.2f')}**"]
+        cells += [r["prunec"]["vs_torch_pruning"], r["prunec-latency"]["vs_torch_pruning"]]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
-    for tool in ("prunec", "prunec-latency"):
-        ahead = sum(r[tool]["ms"] < r["torch-pruning"]["ms"] for r in rows)
-        slower = sum(r[tool]["ms"] >= r["original_ms"] for r in rows)
-        worst = min((r[tool]["speedup_per_macs"] for r in rows), default=float("nan"))
-        lines.append(f"- {tool}: faster than Torch-Pruning's model in {ahead} of {len(rows)} cells; slower than the "
-                     f"original in {slower}; lowest speedup/MACs {worst:.2f}.")
+    lines += summary(rows)
     lines += [
         "",
         f"Command: `python benchmarks/latency.py {' '.join(sys.argv[1:])}`",
     ]
     return "\n".join(lines) + "\n"
+
+
+def summary(rows: list[dict[str, Any]]) -> list[str]:
+    """One line per prunec model: its verdicts against Torch-Pruning and the original, counted over the cells."""
+    out = []
+    for tool in ("prunec", "prunec-latency"):
+        vs_tp = [r[tool]["vs_torch_pruning"] for r in rows]
+        vs_orig = [r[tool]["vs_original"] for r in rows]
+        worst = min((r[tool]["speedup_per_macs"] for r in rows), default=float("nan"))
+        out.append(
+            f"- {tool} against Torch-Pruning's model: faster in {vs_tp.count('faster')}, tie in {vs_tp.count('tie')}, "
+            f"slower in {vs_tp.count('slower')} of {len(rows)} cells; against the original: slower in "
+            f"{vs_orig.count('slower')}, tie in {vs_orig.count('tie')}; lowest median speedup/MACs {worst:.2f}."
+        )
+    return out
 
 
 def main() -> None:
@@ -220,15 +281,27 @@ def main() -> None:
     ap.add_argument("--runtime", default="onnxruntime", choices=["onnxruntime", "torch"],
                     help="torch: the modules themselves, torch.compile on CUDA, eager on the CPU")
     ap.add_argument("--runs", type=int, default=30, help="interleaved rounds at batch 1 (a third of it at larger batches)")
+    ap.add_argument("--repeats", type=int, default=5, help="repeats of the interleaved timing (the spread and the ties)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", default=os.path.join(RESULTS, "latency.md"))
+    ap.add_argument("--out", default=None, help="default benchmarks/results/latency.md; with --quick, nothing written")
+    ap.add_argument("--quick", action="store_true",
+                    help="check the script end to end in a few minutes: mobilenet_v2, batch 1, 5 rounds x 3 repeats; "
+                         "prints the table and writes nothing unless --out is given")
     args = ap.parse_args()
+    if args.repeats < 2:
+        ap.error("--repeats must be at least 2 (a spread needs two)")
+    if args.quick:
+        args.models, args.batches, args.runs, args.repeats = "mobilenet_v2", "1", 5, 3
     logging_quiet()
     rows: list[dict[str, Any]] = []
     for name in args.models.split(","):
-        rows += one(name, [int(b) for b in args.batches.split(",")], args.provider, args.seed, args.runs, args.runtime)
+        rows += one(name, [int(b) for b in args.batches.split(",")], args.provider, args.seed, args.runs, args.runtime,
+                    args.repeats)
     text = write(rows, args)
     print(text)
+    if args.quick and args.out is None:
+        return
+    args.out = args.out or os.path.join(RESULTS, "latency.md")
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
         f.write(text)
