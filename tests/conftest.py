@@ -10,12 +10,29 @@ if ROOT not in sys.path:
 
 def pytest_addoption(parser):
     parser.addoption("--runslow", action="store_true", default=False, help="run the slow model sweeps too")
+    parser.addoption(
+        "--slow-slice", action="store_true", default=False, help="run the slow sweeps' CI slice too (tests/_ci_slice.py)"
+    )
 
 
 def pytest_collection_modifyitems(config, items):
+    from tests._ci_slice import CI_SLICE
+
+    in_slice = {item.nodeid for item in items} & set(CI_SLICE)
+    for item in items:
+        if item.nodeid in in_slice:
+            item.add_marker(pytest.mark.ci_slice)
     if config.getoption("--runslow") or os.environ.get("PRUNEC_RUNSLOW") == "1":
         return
-    skip = pytest.mark.skip(reason="slow sweep: run with --runslow")
+    slow_slice = config.getoption("--slow-slice") or os.environ.get("PRUNEC_SLOW_SLICE") == "1"
+    if slow_slice and not any("::" in arg for arg in config.args):
+        # a slice entry whose test function was collected but not that parametrization is stale
+        # (not checked when node ids were given: then only those are collected)
+        functions = {item.nodeid.split("[")[0] for item in items}
+        stale = [n for n in CI_SLICE if n not in in_slice and n.split("[")[0] in functions]
+        if stale:
+            raise pytest.UsageError(f"tests/_ci_slice.py names tests that were not collected: {stale}")
+    skip = pytest.mark.skip(reason="slow sweep: run with --runslow (or --slow-slice for the CI slice)")
     for item in items:
-        if "slow" in item.keywords:
+        if "slow" in item.keywords and not (slow_slice and item.nodeid in in_slice):
             item.add_marker(skip)
