@@ -3,7 +3,7 @@
 By default one model of each remaining family (Swin, Swin V2, MaxViT, ViT, SqueezeNet, MNASNet,
 a segmentation and a video model); ``--runslow`` adds every model of the sweep
 (``benchmarks/coverage.py``: classification, segmentation, video), the largest (vit_h_14, 632M
-parameters) included.
+parameters) included; ``--slow-slice`` (what CI runs) adds the eight of them named in tests/_ci_slice.py.
 Random weights (``weights=None``), nothing downloaded.
 """
 
