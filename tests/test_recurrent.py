@@ -370,3 +370,37 @@ def test_onnx_dynamo_export_lstm_prunes_and_verifies():
     assert r.report.verification["passed"] and r.report.frozen_ops == []
     assert _attr(next(n for n in r.model.graph.node if n.op_type == "LSTM"), "hidden_size") == 12
     assert r.report.macs_after < 0.4 * r.report.macs_before
+
+
+class Seq2Seq(nn.Module):
+    """An encoder LSTM whose final (h, c) start a decoder LSTM, and a GRU started from a computed state."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Linear(6, 16)
+        self.enc = nn.LSTM(16, 24, num_layers=2)
+        self.dec = nn.LSTM(16, 24, num_layers=2)
+        self.init = nn.Linear(6, 24)
+        self.gru = nn.GRU(16, 24)
+        self.out = nn.Linear(24, 5)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        _, (h, c) = self.enc(self.emb(x))
+        o, _ = self.dec(self.emb(y), (h, c))
+        g, _ = self.gru(self.emb(y), torch.tanh(self.init(x.mean(0))).unsqueeze(0))
+        return self.out(o) + self.out(g)
+
+
+def test_torch_states_passed_between_layers_prune_together():
+    """The encoder's final states are the decoder's initial ones: both keep the same hidden units; a computed
+    initial state (a Linear's output) prunes with the GRU it starts."""
+    torch.manual_seed(0)
+    x, y = torch.randn(7, 3, 6), torch.randn(5, 3, 6)
+    r = compiler.compile(Seq2Seq().eval(), (x, y), ratio=0.5, granularity=1)
+    m = r.model
+    assert m.enc.hidden_size == m.dec.hidden_size == m.gru.hidden_size == m.init.out_features == 12
+    v = r.report.verification
+    assert v["passed"] and v["nodes_checked"] >= 10 and r.report.frozen_ops == []
+    # the encoder's units are the decoder's (it reads their (h, c)), and the computed state's are the GRU's
+    members = [set(g["members"]) for g in r.report.to_dict()["groups"]]
+    assert any({"enc", "dec"} <= m for m in members) and any({"init", "gru"} <= m for m in members)
