@@ -380,6 +380,16 @@ def test_comparison_page_in_chromium(small, browser, tmp_path):
     _check_page(browser, small.report, n_bars_per_layer=2)
     assert _count(browser, "#layers-table td.same") == len(small.report.layers)
     assert _count(browser, "#layers-table td.diff") == 0
+    # a long name for the pruned model is cut in the summary card and the bar chart's legend, full in their titles
+    long_name = "/models/experiments/2026-12-03/run-17/checkpoints/small-net-pruned-at-half.onnx"
+    write_html(small.report, page, compare=other, compare_name=long_name)
+    _load(browser, page)
+    browser.eval("prunecGraph.expandAll()")
+    assert browser.eval(TRUNCATED_WITHOUT_TITLE_JS) == []
+    assert browser.eval(f"document.querySelectorAll('[title={json.dumps(long_name)}]').length") >= 1
+    assert browser.eval(
+        f"Array.from(document.querySelectorAll('#bars-svg text title')).some(function(t){{return t.textContent.indexOf({json.dumps(long_name)})>=0;}})"
+    )
 
 
 def test_a_script_error_is_shown_not_hidden(browser, tmp_path):
