@@ -1,15 +1,21 @@
 """``prunec bench``: a model and its pruned version, side by side on one runtime.
 
-Both models run on the same runtime and provider, interleaved run by run, at each
-batch size: median and p90 latency, throughput, peak memory (measured in a fresh
-process per model and batch), and the ratios: measured speedup, MACs reduction,
-and speedup divided by MACs reduction (1.0: the runtime turns every removed MAC
-into time saved).
+Both models run on the same runtime and provider, interleaved round by round, at
+each batch size: median and p90 latency, throughput, peak memory (measured in a
+fresh process per model and batch), and the ratios: measured speedup (with a
+bootstrap interval over the paired rounds), MACs reduction, and speedup divided
+by MACs reduction (1.0: the runtime turns every removed MAC into time saved).
+
+The number of rounds adapts to a time budget: at least ``runs`` rounds per batch
+size, then more while the batch size's share of ``budget_s`` lasts. A progress
+line reports each of the first ``runs`` rounds as it finishes, then at most one
+line a second while the budget lasts.
 """
 
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,7 +24,11 @@ import numpy as np
 
 from frontends.errors import InvalidArgumentError, UnsupportedModelError
 
-__all__ = ["BenchModel", "bench", "format_table"]
+__all__ = ["BenchModel", "bench", "format_table", "time_rounds", "speedup_interval", "default_batches",
+           "parse_batches", "check_finite", "onnx_bench_model", "torch_bench_model"]
+
+MIN_RUNS = 5  # rounds per batch size at least, whatever the budget
+MAX_RUNS = 200  # rounds per batch size at most, whatever the budget
 
 
 @dataclass
@@ -86,6 +96,73 @@ class Cell:
     timings: dict[str, Any]  # label -> Timing
     memory: dict[str, dict[str, float]]
     skipped: str = ""
+    samples: dict[str, list[float]] = field(default_factory=dict)  # label -> seconds per round, paired by round
+
+
+def default_batches(runtime: str = "onnxruntime", provider: str = "auto") -> list[int]:
+    """Batch sizes when none are given: 1 and 64 on a GPU, 1 and 8 on the CPU (where 64 takes minutes)."""
+    from compiler.backend import gpu_present, resolve_providers
+
+    if runtime == "torch":
+        gpu = provider != "cpu" and gpu_present()
+    else:
+        gpu = resolve_providers(provider)[0] != "CPUExecutionProvider"
+    return [1, 64] if gpu else [1, 8]
+
+
+def time_rounds(
+    fns: dict[str, Callable[[], None]],
+    warmup: int = 2,
+    runs: int = MIN_RUNS,
+    budget_s: float = 10.0,
+    progress: Callable[[str], None] | None = None,
+    prefix: str = "",
+    interval_s: float = 1.0,
+    clock: Callable[[], float] = time.perf_counter,
+) -> dict[str, list[float]]:
+    """Seconds per run of each function, paired by round.
+
+    Every round runs each function once, in an order that alternates between
+    rounds, so slow drifts of the machine hit all of them alike. ``runs`` rounds
+    at least, then more while ``budget_s`` seconds (warm-up included) have not
+    passed, :data:`MAX_RUNS` (or ``runs``, if more) at most. A progress line for
+    each of the first ``runs`` rounds, then at most one every ``interval_s`` seconds.
+    """
+    names = list(fns)
+    start = clock()
+    for _ in range(max(warmup, 0)):
+        for n in names:
+            fns[n]()
+    samples: dict[str, list[float]] = {n: [] for n in names}
+    cap = max(runs, MAX_RUNS)
+    last_line = -math.inf
+    r = 0
+    while r < runs or (clock() - start < budget_s and r < cap):
+        for n in names if r % 2 == 0 else names[::-1]:
+            t0 = clock()
+            fns[n]()
+            samples[n].append(clock() - t0)
+        r += 1
+        now = clock()
+        if progress and (r <= runs or now - last_line >= interval_s):
+            last_line = now
+            times = ", ".join(f"{n} {samples[n][-1] * 1e3:.1f} ms" for n in names)
+            progress(f"{prefix}round {r} ({runs} at least, {now - start:.1f}s of {budget_s:.0f}s): {times}")
+    if progress:
+        progress(f"{prefix}{r} rounds in {clock() - start:.1f}s")
+    return samples
+
+
+def speedup_interval(base: Sequence[float], other: Sequence[float], level: float = 0.9, resamples: int = 2000,
+                     seed: int = 0) -> tuple[float, float]:
+    """Bootstrap interval of median(base) / median(other), resampling the paired rounds together."""
+    b, o = np.asarray(base, dtype=np.float64), np.asarray(other, dtype=np.float64)
+    if len(b) != len(o) or not len(b):
+        raise ValueError("speedup_interval needs paired, non-empty samples")
+    idx = np.random.default_rng(seed).integers(0, len(b), size=(resamples, len(b)))
+    ratios = np.median(b[idx], axis=1) / np.median(o[idx], axis=1)
+    lo, hi = np.quantile(ratios, [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)
 
 
 def bench(
@@ -94,20 +171,27 @@ def bench(
     runtime: str = "onnxruntime",
     provider: str = "auto",
     fp16: bool = False,
-    warmup: int = 5,
-    runs: int = 30,
-    min_seconds: float = 1.0,
+    warmup: int = 2,
+    runs: int = MIN_RUNS,
+    budget_s: float = 12.0,
     memory: bool = True,
     threads: int | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Time every model at every batch size, interleaved, on one runtime. Returns a JSON-able dict."""
-    from compiler.backend import OrtRunner, export_onnx, make_runner, peak_memory_onnx, time_interleaved
+    """Time every model at every batch size, interleaved, on one runtime. Returns a JSON-able dict.
+
+    Each batch size gets an equal share of ``budget_s`` for its rounds (see :func:`time_rounds`).
+    """
+    from compiler.backend import OrtRunner, Timing, export_onnx, make_runner, peak_memory_onnx
 
     if runtime not in ("onnxruntime", "torch"):
         raise InvalidArgumentError(f"runtime must be onnxruntime or torch, got {runtime!r}")
     if any(b < 1 for b in batches):
         raise InvalidArgumentError(f"batch sizes must be positive, got {list(batches)}")
+    if runs < 3:
+        raise InvalidArgumentError(f"runs must be at least 3, got {runs}")
+    if not budget_s >= 0:
+        raise InvalidArgumentError(f"the time budget must be a number of seconds >= 0, got {budget_s}")
     runners: dict[str, Any] = {}
     onnx_models: dict[str, Any] = {}
     for m in models:
@@ -123,6 +207,8 @@ def bench(
             runners[m.label] = make_runner(m.model, backend="auto", provider=provider, fp16=fp16)
     names = {r.name for r in runners.values()}
     cells = []
+    timed = [b for b in batches if not any(m.static_batch is not None and m.static_batch != b for m in models)]
+    share = budget_s / max(len(timed), 1)
     for b in batches:
         static = [m for m in models if m.static_batch is not None and m.static_batch != b]
         if static:
@@ -131,9 +217,12 @@ def bench(
                 progress(f"batch {b}: skipped ({cells[-1].skipped})")
             continue
         if progress:
-            progress(f"batch {b}: timing {len(models)} models interleaved ({warmup} warm-up, {runs}+ rounds)")
+            progress(f"batch {b}: timing {len(models)} models interleaved ({warmup} warm-up, then {runs} rounds "
+                     f"at least and more while {share:.0f}s last)")
         fns = {m.label: runners[m.label].timed_fn(*m.inputs(b)) for m in models}
-        timings = time_interleaved(fns, b, warmup=warmup, runs=runs, min_seconds=min_seconds, progress=progress)
+        samples = time_rounds(fns, warmup=warmup, runs=runs, budget_s=share, progress=progress, prefix=f"batch {b}: ")
+        timings = {n: Timing(float(np.median(s) * 1e3), float(np.percentile(s, 90) * 1e3), len(s), b)
+                   for n, s in samples.items()}
         mem: dict[str, dict[str, float]] = {}
         if memory and onnx_models:
             for m in models:
@@ -149,7 +238,7 @@ def bench(
                 torch.cuda.reset_peak_memory_stats()
                 fns[m.label]()
                 mem[m.label] = {"device_mb": torch.cuda.max_memory_allocated() / 2**20}
-        cells.append(Cell(b, timings, mem))
+        cells.append(Cell(b, timings, mem, samples=samples))
     return _summarize(models, cells, ", ".join(sorted(names)))
 
 
@@ -168,6 +257,7 @@ def _summarize(models: Sequence[BenchModel], cells: list[Cell], runtime: str) ->
                 b = c.timings[base.label]
                 if m is not base:
                     row["speedup"] = b.median_ms / t.median_ms
+                    row["speedup_interval"] = list(speedup_interval(c.samples[base.label], c.samples[m.label]))
                     row["macs_reduction"] = base.macs / max(m.macs, 1)
                     row["speedup_per_macs"] = row["speedup"] / row["macs_reduction"]
             rows.append(row)
@@ -175,7 +265,8 @@ def _summarize(models: Sequence[BenchModel], cells: list[Cell], runtime: str) ->
 
 
 def format_table(result: dict[str, Any]) -> str:
-    head = ["model", "batch", "median ms", "p90 ms", "samples/s", "peak MB", "MACs (G)", "speedup", "MACs fewer", "speedup/MACs"]
+    head = ["model", "batch", "rounds", "median ms", "p90 ms", "samples/s", "peak MB", "MACs (G)", "speedup (90% interval)",
+            "MACs fewer", "speedup/MACs"]
     lines = [f"runtime: {result['runtime']}", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in result["rows"]:
         if "skipped" in r:
@@ -183,14 +274,21 @@ def format_table(result: dict[str, Any]) -> str:
             continue
         mem = r.get("device_mb", r.get("host_mb"))
         cells = [
-            r["model"], str(r["batch"]), f"{r['median_ms']:.3f}", f"{r['p90_ms']:.3f}", f"{r['throughput']:.1f}",
-            "-" if mem is None else f"{mem:.0f}", f"{r['macs'] / 1e9:.3f}",
-            f"{r['speedup']:.2f}x" if "speedup" in r else "-",
+            r["model"], str(r["batch"]), str(r["runs"]), f"{r['median_ms']:.3f}", f"{r['p90_ms']:.3f}",
+            f"{r['throughput']:.1f}", "-" if mem is None else f"{mem:.0f}", f"{r['macs'] / 1e9:.3f}",
+            _speedup_cell(r) if "speedup" in r else "-",
             f"{r['macs_reduction']:.2f}x" if "macs_reduction" in r else "-",
             f"{r['speedup_per_macs']:.2f}" if "speedup_per_macs" in r else "-",
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _speedup_cell(row: dict[str, Any]) -> str:
+    """``1.85x (1.62-2.01)``; an interval that holds 1.0 is a tie, and says so."""
+    lo, hi = row.get("speedup_interval", (row["speedup"], row["speedup"]))
+    tie = ", a tie" if lo <= 1.0 <= hi else ""
+    return f"{row['speedup']:.2f}x ({lo:.2f}-{hi:.2f}{tie})"
 
 
 def parse_batches(text: str) -> list[int]:

@@ -94,24 +94,18 @@ def _write_atomic(path: str, data: str | bytes) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    import torch
+    """Train a small CNN, prune it with each criterion at one ratio, verify, compare accuracy on held-out images."""
+    from compiler.demo import run_demo
+    from compiler.options import Options
 
-    import compiler
-    from compiler.demo import DemoNet, accuracy, train
-
-    torch.manual_seed(0)
-    print("prunec demo: a small CNN with a residual add, concat, depthwise conv, SE gate and flatten->linear")
-    model = DemoNet()
-    _progress("training 150 steps on synthetic 16x16 images (10 classes)")
-    train(model, steps=args.steps)
-    acc0 = accuracy(model)
-    x = torch.randn(1, 1, 16, 16)
-    result = compiler.compile(model, (x,), ratio=args.ratio, importance=args.importance, progress=_progress)
-    acc1 = accuracy(result.model)
-    print()
-    print(result.report)
-    print()
-    print(f"accuracy     {acc0:.3f} -> {acc1:.3f} right after pruning (no fine-tuning)")
+    criteria = [c.strip() for c in args.importance.split(",") if c.strip()]
+    if not criteria:
+        raise InvalidArgumentError("--importance: name at least one criterion, e.g. l2,obs")
+    if args.steps < 1:
+        raise InvalidArgumentError(f"--steps must be at least 1, got {args.steps}")
+    for c in criteria:  # bad input fails before the training, not after it
+        Options(ratio=args.ratio, importance=c).validate()
+    run_demo(steps=args.steps, ratio=args.ratio, criteria=criteria, progress=_progress)
     return 0
 
 
@@ -379,12 +373,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
     """Latency and throughput of a model and its pruned version, side by side on one runtime."""
     from compiler.backend import export_onnx
     from compiler.bench import bench as run_bench
-    from compiler.bench import check_finite, format_table, onnx_bench_model, parse_batches, torch_bench_model
+    from compiler.bench import check_finite, default_batches, format_table, onnx_bench_model, parse_batches, torch_bench_model
 
-    batches = parse_batches(args.batch)
+    batches = parse_batches(args.batch) if args.batch is not None else None
     runs = _number("--runs", args.runs, int)
     if runs < 3:
         raise InvalidArgumentError("--runs must be at least 3")
+    budget = _number("--budget", args.budget)
+    if not budget >= 0:
+        raise InvalidArgumentError(f"--budget must be a number of seconds >= 0, got {args.budget}")
     if args.json:
         _check_output(args.json, args.model)
     shapes = [_parse_shape(s) for s in args.input_shape] if args.input_shape else None
@@ -404,9 +401,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
         else:
             models.append(torch_bench_model(label, m, ex))
     threads = _number("--threads", args.threads, int) if args.threads else None
-    timings = run_bench(models, batches, runtime="onnxruntime" if args.runtime == "onnxruntime" or example is None else "torch",
-                        provider=args.provider, fp16=args.fp16, warmup=args.warmup, runs=runs, memory=args.memory,
-                        threads=threads, progress=_progress)
+    runtime = "onnxruntime" if args.runtime == "onnxruntime" or example is None else "torch"
+    if batches is None:
+        batches = default_batches(runtime, args.provider)
+    timings = run_bench(models, batches, runtime=runtime, provider=args.provider, fp16=args.fp16, warmup=args.warmup,
+                        runs=runs, budget_s=budget, memory=args.memory, threads=threads, progress=_progress)
     check_finite(timings)
     print(format_table(timings))
     if args.json:
@@ -423,9 +422,12 @@ def _add_bench_parser(sub: Any) -> None:
                    help="ONNX Runtime execution provider (auto: TensorRT, else CUDA, else CPU)")
     b.add_argument("--runtime", default="onnxruntime", choices=["onnxruntime", "torch"],
                    help="PyTorch models: export to ONNX Runtime (default) or run in PyTorch (torch.compile on CUDA)")
-    b.add_argument("--batch", default="1,64", help="comma-separated batch sizes (default 1,64)")
-    b.add_argument("--runs", default="30", help="timed rounds per batch size (default 30; more while under 1 s)")
-    b.add_argument("--warmup", type=int, default=5, help="warm-up runs per model (default 5)")
+    b.add_argument("--batch", help="comma-separated batch sizes (default 1,64 on a GPU, 1,8 on the CPU)")
+    b.add_argument("--runs", default="5",
+                   help="timed rounds per batch size at least (default 5; --runs 30 --budget 120 for a longer, tighter measurement)")
+    b.add_argument("--budget", default="12",
+                   help="seconds of timing shared by the batch sizes: more rounds while it lasts (default 12)")
+    b.add_argument("--warmup", type=int, default=2, help="warm-up runs per model and batch size (default 2)")
     b.add_argument("--threads", help="ONNX Runtime intra-op threads (default: its own choice)")
     b.add_argument("--fp16", action="store_true", help="run in half precision (GPU)")
     b.add_argument("--no-memory", dest="memory", action="store_false", help="skip the peak-memory measurement")
@@ -560,9 +562,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     d = sub.add_parser("demo", help="self-contained first run: build, train briefly, prune, verify, report")
-    d.add_argument("--ratio", type=float, default=0.5)
-    d.add_argument("--importance", default="l2")
-    d.add_argument("--steps", type=int, default=150)
+    d.add_argument("--ratio", type=float, default=0.75, help="fraction of each group's prunable channels to remove (default 0.75)")
+    d.add_argument("--importance", default="l2,obs,random",
+                   help="comma-separated criteria to compare at that ratio (default l2,obs,random)")
+    d.add_argument("--steps", type=int, default=150, help="training steps (default 150)")
     d.set_defaults(func=cmd_demo)
 
     i = sub.add_parser("inspect", help="coupled groups, saliencies, channels, params and MACs of a model; a picture of its graph")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -281,16 +282,22 @@ def test_pipeline_without_runtime_refuses_target_latency():
 def test_bench_cli_prunes_and_times_side_by_side(tmp_path):
     out = tmp_path / "bench.json"
     proc = prunec("bench", "torchvision:resnet18", "--input-shape", "1,3,32,32", "--batch", "1,2", "--runs", "3",
-                  "--provider", "cpu", "--json", str(out))
+                  "--budget", "0", "--provider", "cpu", "--json", str(out))
     assert proc.returncode == 0, proc.stderr
     assert "runtime: onnxruntime-cpu" in proc.stdout and "speedup/MACs" in proc.stdout
     assert "batch 2: timing 2 models interleaved" in proc.stderr  # progress while it runs
+    for b in (1, 2):  # a line per round as it finishes, with both models' times
+        rounds = re.findall(rf"batch {b}: round (\d+) \(.*\): original [\d.]+ ms, pruned [\d.]+ ms", proc.stderr)
+        assert rounds == ["1", "2", "3"], proc.stderr
+        assert f"batch {b}: 3 rounds in" in proc.stderr
     data = json.loads(out.read_text())
     rows = data["rows"]
     assert [(r["model"], r["batch"]) for r in rows] == [("original", 1), ("pruned", 1), ("original", 2), ("pruned", 2)]
     pruned = [r for r in rows if r["model"] == "pruned"]
     assert all(r["macs_reduction"] > 1.5 and r["speedup"] > 0 and r["host_mb"] > 0 for r in pruned)
-    assert all(r["p90_ms"] >= r["median_ms"] > 0 and r["runs"] >= 3 for r in rows)
+    assert all(r["speedup_interval"][0] <= r["speedup"] <= r["speedup_interval"][1] for r in pruned)
+    assert all(r["p90_ms"] >= r["median_ms"] > 0 and r["runs"] == 3 for r in rows)  # budget 0: the minimum, no more
+    assert "| pruned | 1 | 3 |" in proc.stdout  # the table says how many rounds each number rests on
 
 
 def test_bench_cli_two_onnx_files_and_static_batch(tmp_path):
