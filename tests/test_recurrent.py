@@ -404,3 +404,24 @@ def test_torch_states_passed_between_layers_prune_together():
     # the encoder's units are the decoder's (it reads their (h, c)), and the computed state's are the GRU's
     members = [set(g["members"]) for g in r.report.to_dict()["groups"]]
     assert any({"enc", "dec"} <= m for m in members) and any({"init", "gru"} <= m for m in members)
+
+
+def test_onnx_gru_with_a_recurrent_weight_computed_at_run_time():
+    """R = R0 * s with s a model input: R0 is sliced, and the masked reference masks R's columns with a Mul."""
+    from tests._onnx_helpers import build
+
+    text = """
+    g (float[5,2,6] x, float[1] s) => (float[5,2,4] y) {
+      [scale] r = Mul(R0, s)
+      [gru] ys, yh = GRU<hidden_size=8>(x, W, r, B)
+      [sq] z = Squeeze(ys, one)
+      [mm] y = MatMul(z, Wo)
+    }
+    """
+    m = build(text, {"W": (1, 24, 6), "R0": (1, 24, 8), "B": (1, 48), "Wo": (8, 4), "one": np.array([1], dtype=np.int64)})
+    rng = np.random.default_rng(0)
+    x, s = rng.standard_normal((5, 2, 6)).astype(np.float32), np.array([0.7], dtype=np.float32)
+    r = compiler.compile(m, (x, s), ratio=0.5, granularity=1)
+    inits = {t.name: onnx.numpy_helper.to_array(t) for t in r.model.graph.initializer}
+    assert inits["R0"].shape == (1, 12, 4) and inits["W"].shape == (1, 12, 6) and inits["Wo"].shape == (4, 4)
+    assert r.report.verification["passed"] and r.report.frozen_ops == []

@@ -23,7 +23,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
+from onnx import helper
 
+from frontends.errors import VerificationError
 from frontends.graph import Op
 from frontends.onnx.handlers import op
 from frontends.onnx.proto import node_attrs
@@ -88,9 +90,17 @@ def _recurrent_reference(ref: MaskedReference, op_: Op, n: onnx.NodeProto) -> li
     keep = ref.keep_mask(r, range(2, 3))
     if keep is None:
         return None
-    arr = np.array(ref.om.static[r], copy=True)
-    arr[:, :, ~keep.reshape(-1)] = 0
     node = onnx.NodeProto()
     node.CopyFrom(n)
-    node.input[2] = ref.const(f"{r}__masked", arr)
-    return [node]
+    if n.input[2] in ref.om.static:  # a constant R: its masked copy
+        arr = np.array(ref.om.static[n.input[2]], copy=True)
+        arr[:, :, ~keep.reshape(-1)] = 0
+        node.input[2] = ref.const(f"{r}__masked", arr)
+        return [node]
+    elem = ref.om.elem_types.get(n.input[2])  # computed at run time: times a 0/1 mask over its columns
+    if not elem:
+        raise VerificationError(f"cannot build the masked reference: the element type of {n.input[2]!r} is unknown")
+    cols = ref.const(f"{r}__keep", keep.reshape(1, 1, -1).astype(helper.tensor_dtype_to_np_dtype(elem)))
+    masked = ref.names.fresh(f"{r}__masked")
+    node.input[2] = masked
+    return [helper.make_node("Mul", [n.input[2], cols], [masked], name=ref.names.fresh(f"{r}__mask")), node]
