@@ -357,3 +357,61 @@ def test_a_bias_shared_between_layers_is_not_updated_in_place(options):
     w = _weights(r.model)
     assert not np.array_equal(w[nodes["c2"].input[2]], np.zeros_like(w[nodes["c2"].input[2]]))  # it was updated
     assert w["b"].shape == (8,) and not w["b"].any()  # the shared one is only sliced
+
+
+@pytest.mark.parametrize("export_kw", [{"opset_version": 11, "dynamo": False}, {"opset_version": 18, "dynamo": True}])
+def test_obs_on_other_exports_matches_the_torch_path(digits, tmp_path, export_kw):
+    """An opset-11 TorchScript export (upgraded on a private copy, written back at 11) and a dynamo export prune
+    with obs to the PyTorch path's accuracy."""
+    path = str(tmp_path / "d.onnx")
+    with torch.no_grad():
+        if export_kw["dynamo"]:
+            dims = ({0: torch.export.Dim("N")},)
+            torch.onnx.export(digits.model, (torch.zeros(2, 1, 8, 8),), path, input_names=["x"], dynamic_shapes=dims, verbose=False, **export_kw)
+        else:
+            torch.onnx.export(digits.model, (torch.zeros(2, 1, 8, 8),), path, input_names=["x"], dynamic_axes={"x": {0: "N"}}, **export_kw)
+    r = compiler.compile(path, (digits.xe[:8],), ratio=0.5, importance="obs", calibration=list(digits.cal))
+    assert r.report.verification["passed"] and r.report.settings["compensated_layers"] == 4
+    out = tmp_path / "p.onnx"
+    out.write_bytes(r.model.SerializeToString())
+    rt = compiler.compile(digits.model, (torch.from_numpy(digits.xe[:8]),), ratio=0.5, importance="obs",
+                          calibration=[torch.from_numpy(b) for b in digits.cal])  # fmt: skip
+    assert abs(onnx_accuracy(str(out), digits.xe, digits.ye) - torch_accuracy(rt.model, digits.xe, digits.ye)) <= 0.01
+
+
+TWO_INPUTS = """
+g (float[N,3,8,8] a, float[N,3,8,8] b) => (float[N,4] y) {
+  [add] s = Add(a, b)
+  [c1] h = Conv<pads=[1,1,1,1]>(s, w1, b1)
+  [r1] k = Relu(h)
+  [c2] c = Conv(k, w2, b2)
+  [r2] q = Relu(c)
+  [gap] p = GlobalAveragePool(q)
+  [fl] f = Flatten(p)
+  [fc] y = Gemm<transB=1>(f, w3, b3)
+}
+"""
+
+
+def test_two_inputs_from_dicts_tuples_and_the_cli(tmp_path, capsys):
+    from tests._onnx_helpers import build
+
+    m = build(TWO_INPUTS, {"w1": (16, 3, 3, 3), "b1": (16,), "w2": (16, 16, 3, 3), "b2": (16,), "w3": (4, 16), "b3": (4,)})
+    src = str(tmp_path / "two.onnx")
+    onnx.save(m, src)
+    rng = np.random.default_rng(0)
+    a, b = (rng.standard_normal((70, 3, 8, 8)).astype(np.float32) for _ in range(2))
+    dicts = [{"a": a[i : i + 64], "b": b[i : i + 64]} for i in range(0, 70, 64)]
+    tuples = [(a[i : i + 64], b[i : i + 64]) for i in range(0, 70, 64)]
+    r1 = compiler.compile(src, (a[:8], b[:8]), ratio=0.5, importance="obs", granularity=1, calibration=dicts)
+    r2 = compiler.compile(src, (a[:8], b[:8]), ratio=0.5, importance="obs", granularity=1, calibration=tuples)
+    assert r1.report.verification["passed"] and r1.model.SerializeToString() == r2.model.SerializeToString()
+    np.savez(tmp_path / "cal.npz", a=a, b=b)
+    out = tmp_path / "out.onnx"
+    code, _, err = _main(["prune", src, "-o", out, "--importance", "obs", "--granularity", "1", "--calibration", tmp_path / "cal.npz"], capsys)
+    assert code == 0, err
+    # the CLI batches the file as above and takes its first 8 samples as the example inputs: the same model
+    assert onnx.load(str(out)).SerializeToString() == r1.model.SerializeToString()
+    np.savez(tmp_path / "short.npz", a=a, b=b[:60])
+    code, _, err = _main(["prune", src, "-o", out.with_name("o2.onnx"), "--importance", "obs", "--calibration", tmp_path / "short.npz"], capsys)
+    assert code == 2 and "same number of samples" in err and not out.with_name("o2.onnx").exists()
