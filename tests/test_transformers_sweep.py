@@ -28,6 +28,7 @@ ENCODER = dict(vocab_size=1000, num_hidden_layers=4, max_position_embeddings=64)
 MODELS = {
     "bert": lambda: T.BertForSequenceClassification(T.BertConfig(**ENCODER)),
     "roberta": lambda: T.RobertaForSequenceClassification(T.RobertaConfig(**ENCODER)),
+    "roberta_mlm": lambda: T.RobertaForMaskedLM(T.RobertaConfig(**ENCODER)),
     "distilbert": lambda: T.DistilBertForSequenceClassification(T.DistilBertConfig(vocab_size=1000, n_layers=4, max_position_embeddings=64)),
     "opt": lambda: T.OPTForCausalLM(T.OPTConfig(vocab_size=1000, hidden_size=512, ffn_dim=2048, num_hidden_layers=4, num_attention_heads=8,
                                                 max_position_embeddings=64, word_embed_proj_dim=512)),  # fmt: skip
@@ -41,8 +42,9 @@ NOT_HALF = {"t5_encoder"}  # no head: the output is the 512-wide residual stream
 OUTPUTS_ONLY = {"opt", "llama", "qwen2", "mistral", "t5_encoder"}  # verified on their outputs, not intermediates
 ROTARY = {"llama", "qwen2", "mistral"}  # whole heads: a pruned head size's rotary frequencies are not in the config
 # to_hf refuses, typed: DistilBertConfig and T5Config name their FFN width hidden_dim / d_ff, which compiler/hf.py
-# does not map; OPT's pruned attention has no reshape into heads that hf.py finds
-NO_HF_CONFIG = {"distilbert", "t5_encoder", "opt"}
+# does not map; OPT's pruned attention has no reshape into heads that hf.py finds; the masked-LM head's hidden
+# transform (768 -> 768, LayerNorm, then the decoder tied to the embeddings) prunes, and the config has one hidden_size
+NO_HF_CONFIG = {"distilbert", "t5_encoder", "opt", "roberta_mlm"}
 
 
 def _first(out):
