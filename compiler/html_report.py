@@ -305,7 +305,7 @@ function swatch(id){var s=el("span",{"class":"sw"});s.style.background=groupColo
 // Side ops (no channel on any value, computed from model inputs and constants only: causal masks,
 // position ids) are folded out of the picture unless showSide; blocks left empty vanish with them.
 var N=G.nodes.length, NSIDE=G.nodes.filter(function(n){return n.side;}).length, showSide=false;
-var kids, firstOp, opsIn, eff, par, depth, chain;
+var kids, firstOp, opsIn, eff, par, depth, chain, shownEdges;
 function vis(i){return showSide||!G.nodes[i].side;}
 function pkey(b){return (b===null||b===undefined)?"root":"b"+b;}
 function resolve(k){if(k[0]==="b"){var c=kids[k];if(c.length===0)return null;if(c.length===1)return resolve(c[0]);}return k;}
@@ -327,6 +327,7 @@ function buildModel(){
     if(!vis(i)){chain.push(null);continue;}
     var c=[],k="n"+i;while(k!=="root"&&k!==undefined){c.unshift(k);k=par[k];}chain.push(c);
   }
+  shownEdges=G.edges.filter(function(e){return chain[e[0]]&&chain[e[1]];});
 }
 buildModel();
 function blockName(k){return G.blocks[+k.slice(1)].name;}
@@ -335,7 +336,7 @@ function blockGroups(k){var s={};opsIn[k].forEach(function(i){G.nodes[i].groups.
 function blockUnknown(k){return opsIn[k].filter(function(i){return G.nodes[i].unknown;}).length;}
 function blockOut(k){var ops=opsIn[k],last=ops[0];for(var q=1;q<ops.length;q++){if(ops[q]>last)last=ops[q];}return G.nodes[last];}
 function shortName(i){var n=G.nodes[i], p=par["n"+i];if(p&&p!=="root"){var b=blockName(p);if(n.name.indexOf(b)===0&&n.name.length>b.length){var s=n.name.slice(b.length).replace(/^[.\/]+/,"");if(s)return s;}}return n.name;}
-function visibleEdges(){return G.edges.filter(function(e){return chain[e[0]]&&chain[e[1]];});}
+function visibleEdges(){return shownEdges;}
 
 var expanded={};
 function setDefault(){
@@ -534,15 +535,15 @@ function setHighlight(g,scroll){
   drawGraph();
   if(scroll&&highlight!==null){var first=document.querySelector("#graph .hl");if(first&&first.scrollIntoView)first.scrollIntoView({block:"center",inline:"center"});}
 }
-function toggleSide(){
-  showSide=!showSide;buildModel();
+function setSide(on){
+  showSide=on;buildModel();
   Object.keys(expanded).forEach(function(k){if(!eff[k])delete expanded[k];});
   document.getElementById("btn-side").textContent=(showSide?"Fold":"Show")+" side computations ("+NSIDE+" ops)";
-  drawGraph();
 }
+function toggleSide(){setSide(!showSide);drawGraph();}
 document.getElementById("btn-expand-all").addEventListener("click",function(){Object.keys(eff).forEach(function(k){if(k[0]==="b")expanded[k]=true;});drawGraph();});
 document.getElementById("btn-collapse-all").addEventListener("click",function(){expanded={};drawGraph();});
-document.getElementById("btn-default").addEventListener("click",function(){setDefault();autoFit=true;drawGraph();});
+document.getElementById("btn-default").addEventListener("click",function(){if(showSide)setSide(false);setDefault();autoFit=true;drawGraph();});
 document.getElementById("btn-zoom-in").addEventListener("click",function(){setZoom(zoom*1.25,null);});
 document.getElementById("btn-zoom-out").addEventListener("click",function(){setZoom(zoom/1.25,null);});
 document.getElementById("btn-zoom-fit").addEventListener("click",function(){autoFit=true;applyZoom(null);});

@@ -717,5 +717,8 @@ def test_llama_page_folds_mask_arithmetic_in_chromium(llama, browser, tmp_path):
     assert _count(browser, "#graph g.op.side") == n_side and _count(browser, "#graph g.op") == len(llama.graph.nodes)
     assert _count(browser, "#graph g.op.unknown") == 0
     assert _count(browser, "#channel-free tr.free-row") == len(llama.channel_free_ops) > 0
-    browser.eval("prunecGraph.toggleSide()")
+    browser.eval("prunecGraph.reset()")  # the default view folds them again
+    assert _count(browser, "#graph g.op.side") == 0 and "side ops (masks, positions) folded away" in browser.eval(
+        "document.getElementById('graph-info').textContent"
+    )
     assert browser.problems() == []
