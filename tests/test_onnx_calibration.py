@@ -32,6 +32,7 @@ from frontends.torch.calibration import CalibrationData
 from frontends.torch.criteria import DataCriteria
 from passes.channel_analysis import ChannelAnalysis
 from passes.importance import servable
+from tests.test_onnx_large import FAKE_LIMIT, _write_mlp, fake_2gb_limit  # noqa: F401 - the fixture
 
 
 @pytest.fixture(scope="module")
@@ -415,3 +416,21 @@ def test_two_inputs_from_dicts_tuples_and_the_cli(tmp_path, capsys):
     np.savez(tmp_path / "short.npz", a=a, b=b[:60])
     code, _, err = _main(["prune", src, "-o", out.with_name("o2.onnx"), "--importance", "obs", "--calibration", tmp_path / "short.npz"], capsys)
     assert code == 2 and "same number of samples" in err and not out.with_name("o2.onnx").exists()
+
+
+@pytest.mark.usefixtures("fake_2gb_limit")
+def test_obs_on_a_model_over_the_2gb_limit(tmp_path, capsys):
+    """Under a fake 2 GB limit (tests/test_onnx_large.py): the calibration runs and the compensated rewrite of an
+    external-data model go through the light copies ONNX Runtime takes its weights apart from."""
+    src = _write_mlp(str(tmp_path / "in"), [256, 64, 64, 8])
+    assert onnx.load(src).ByteSize() > FAKE_LIMIT
+    np.savez(tmp_path / "cal.npz", x=np.random.default_rng(0).standard_normal((20, 256)).astype(np.float32))
+    out = tmp_path / "out" / "pruned.onnx"
+    out.parent.mkdir()
+    code, _, err = _main(["prune", src, "-o", out, "--ratio", "0.5", "--granularity", "1", "--importance", "obs",
+                       "--calibration", tmp_path / "cal.npz", "--external-data", "--json", tmp_path / "r.json"], capsys)  # fmt: skip
+    assert code == 0, err
+    import json
+
+    rep = json.loads((tmp_path / "r.json").read_text())
+    assert rep["settings"]["compensated_layers"] == 2 and rep["verification"]["passed"]

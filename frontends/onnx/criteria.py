@@ -29,6 +29,7 @@ import onnx
 
 from frontends.graph import Op
 from frontends.onnx.calibration import GatedRead, OnnxCalibration, capture_model, gated_model
+from frontends.onnx.large import is_large, light_copy
 from frontends.onnx.model import OnnxModel
 from frontends.onnx.proto import UniqueNames, implicit_inputs, node_attrs
 from frontends.onnx.runtime import ort_session
@@ -110,6 +111,11 @@ class OnnxDataCriteria(ChannelStatistics):
         return self._bias_names[op.name]
 
     # -- the runs ------------------------------------------------------------------------------
+    def _base(self) -> onnx.ModelProto:
+        """The model the private copies are made of: over 2 GB, a light copy whose large initializers ONNX
+        Runtime gets from the loaded static values (:mod:`frontends.onnx.large`)."""
+        return light_copy(self.om.model)[0] if is_large(self.om.model) else self.om.model
+
     def _value(self, name: str, outs: dict[str, np.ndarray], feeds: dict[str, np.ndarray]) -> np.ndarray:
         if name in outs:
             return outs[name]
@@ -146,7 +152,7 @@ class OnnxDataCriteria(ChannelStatistics):
         rows: dict[str, int] = {}
         done_local: set[str] = set()
         for chunk in self._chunks(fetch) if fetch else [[]]:
-            sess = ort_session(capture_model(self.om.model, chunk, self.om.elem_types))
+            sess = ort_session(capture_model(self._base(), chunk, self.om.elem_types), arrays=self.om.static)
             local = [v for v in by_value if v not in fetch and v not in done_local]  # inputs and static values: once
             done_local |= set(local)
             for b in self.data.batches:
@@ -202,8 +208,8 @@ class OnnxDataCriteria(ChannelStatistics):
             rank = len(self.analysis.graph.shape(c.value))
             elem = self.om.elem_types[c.value] if c.value in self.om.elem_types else onnx.TensorProto.FLOAT
             reads.setdefault((i, k), GatedRead(i, k, c.value, c.dim, rank, c.classes, means[c.node], elem))
-        model, gates = gated_model(self.om.model, list(reads.values()), self.C)
-        sess = ort_session(model)
+        model, gates = gated_model(self._base(), list(reads.values()), self.C)
+        sess = ort_session(model, arrays=self.om.static)
         outputs = [o.name for o in self.om.model.graph.output]
         ones = np.ones(self.C + 1, dtype=np.float32)
         scores = np.full(self.C, np.nan)
