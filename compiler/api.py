@@ -101,6 +101,8 @@ def compile(  # noqa: A001 - the public contract's name
     attention: str = "head_dim",
     target_latency: float | None = None,
     allocation: str = "uniform",
+    depth: float | str | None = None,
+    depth_importance: str = "auto",
     backend: str = "auto",
     provider: str = "auto",
     fp16: bool = False,
@@ -146,11 +148,19 @@ def compile(  # noqa: A001 - the public contract's name
     else CUDA, else CPU) or PyTorch's device (``cpu``/``cuda``); ``fp16`` runs in
     half precision. ``result.backend`` names what actually runs.
 
+    ``depth`` removes whole residual blocks first (a fraction of the removable
+    ones: ResNet blocks without downsampling, transformer layers), ranked by
+    ``depth_importance`` (``cosine``, ``loss``, ``norm``; ``auto``: cosine with
+    calibration, else norm), verified against the original with those branches
+    zeroed; any width policy then runs on what is left (``target_macs`` stays a
+    budget of the original's MACs). ``depth="auto"`` with ``target_macs``
+    chooses how many blocks to remove by held-out quality (:mod:`compiler.depth`).
+
     ``statistics_reducer(array) -> array`` is applied to raw criterion statistics
     and weight updates (``compiler.workflows.distributed_compile`` passes an
     all-reduce so that every rank prunes identically).
     """
-    if ratio is None and threshold is None and target_macs is None and f_nz is None and target_latency is None:
+    if ratio is None and threshold is None and target_macs is None and f_nz is None and target_latency is None and depth is None:
         ratio = 0.5
     opts = Options(
         ratio=ratio,
@@ -172,13 +182,25 @@ def compile(  # noqa: A001 - the public contract's name
         attention=attention,
         target_latency=target_latency,
         allocation=allocation,
+        depth=depth,
+        depth_importance=depth_importance,
         statistics_reducer=statistics_reducer,
     )
     opts.validate()
     _check_backend(backend, provider, fp16)
     backend_options = {"backend": backend, "provider": provider, "fp16": bool(fp16)}
+    if opts.depth is not None and calibration is not None:
+        calibration = list(calibration)  # read by the depth ranking and again by the width pass
     adapter_for = _adapter_factory(model, example_inputs, calibration, loss_fn, opts, backend, seed)
-    if opts.attention == "both":  # two verified passes: whole heads, then head dims (compiler.attention_both)
+    if opts.depth is not None:  # residual blocks removed and verified, then width (compiler.depth)
+        from compiler.depth import compile_depth
+
+        def run(m: Any, o: Options, cal: Any = None) -> CompileResult:
+            factory = adapter_for if cal is None else _adapter_factory(model, example_inputs, cal, loss_fn, o, backend, seed)
+            return _run(factory(m), o, progress, backend_options)
+
+        result = compile_depth(model, opts, adapter_for, run, progress)
+    elif opts.attention == "both":  # two verified passes: whole heads, then head dims (compiler.attention_both)
         from compiler.attention_both import compile_both
 
         result = compile_both(model, opts, lambda m, o: _run(adapter_for(m), o, progress, backend_options))

@@ -288,7 +288,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
     granularity = _number("--granularity", args.granularity, int)
     if sum(x is not None for x in (ratio, threshold, target_macs)) > 1:
         raise InvalidArgumentError("give only one of --ratio, --threshold and --target-macs")
-    if ratio is None and threshold is None and target_macs is None:
+    depth = None if args.depth is None else args.depth if args.depth == "auto" else _number("--depth", args.depth)
+    if ratio is None and threshold is None and target_macs is None and depth is None:
         ratio = 0.5
     _check_onnx_importance(args.importance)
     _check_output(out, src)
@@ -313,6 +314,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
         calibration=calibration,
         verify=args.verify,
         progress=_progress,
+        depth=depth,
+        depth_importance=args.depth_importance,
     )
     external, data = bool(args.external_data), b""
     if not external:
@@ -546,6 +549,12 @@ def _add_prune_parser(sub: Any) -> None:
         help="calibration data for data-driven criteria: numpy.savez(FILE, INPUT_NAME=array, ...), one array per "
         f"model input, samples on axis 0 (batched by {CALIBRATION_BATCH})",
     )  # fmt: skip
+    r.add_argument(
+        "--depth", metavar="FRACTION",
+        help="first remove this fraction of the removable residual blocks (whole ResNet blocks, transformer layers), "
+        "verified; 'auto' with --target-macs chooses the depth/width split",
+    )  # fmt: skip
+    r.add_argument("--depth-importance", default="auto", help="block criterion: cosine, loss, norm (default auto)")
     r.add_argument("--scope", default="local", help="local: the ratio in every group; global: one ranking across groups")
     r.add_argument("--equalization", default="arithmetic_mean", help="how coupled layers' scores combine")
     r.add_argument("--granularity", default="8", help="kept channel counts are multiples of this (default 8)")

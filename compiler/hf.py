@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -234,6 +235,69 @@ def _first_tensor(out: Any) -> torch.Tensor:
     raise UnsupportedModelError(f"cannot compare outputs of type {type(out).__name__}")
 
 
+_PERIODIC = re.compile(r"(pattern|_step|_interval|_every|_period)$")  # per-layer behaviour derived from the layer index
+
+
+def fewer_layers(model: nn.Module, pruned: torch.fx.GraphModule) -> tuple[nn.Module, torch.fx.GraphModule]:
+    """Depth pruning: where whole elements of the model's layer list (the ``ModuleList`` of
+    ``num_hidden_layers`` layers) are gone from ``pruned``, ``model``'s class built with the kept layers
+    only (``num_hidden_layers`` and per-layer lists such as ``layer_types`` follow; the original weights of
+    the kept layers, renumbered 0..n-1), and ``pruned`` with its kept layers renumbered the same way.
+    Unchanged where no layer is gone. A per-layer setting the config derives from the layer index (an
+    ``*_pattern`` / ``*_step`` / ``*_interval`` attribute) that the kept layers no longer follow raises
+    :class:`UnsupportedModelError`: the config cannot say which layers were removed."""
+    from frontends.torch.depth import reindex_layers
+
+    cfg = _config(model)
+    n = getattr(cfg, "num_hidden_layers", None)
+    lists = [name for name, mod in model.named_modules() if isinstance(mod, nn.ModuleList) and n is not None and len(mod) == n]
+    if n is None or len(lists) != 1:
+        return model, pruned
+    prefix = lists[0]
+    keys = set(pruned.state_dict())
+    kept = [i for i in range(n) if any(k.startswith(f"{prefix}.{i}.") for k in keys)]
+    if len(kept) == n:
+        partial = [
+            i for i in range(n)
+            if any(k.startswith(f"{prefix}.{i}.") and k not in keys for k in model.state_dict())  # (width keeps every key)
+        ]  # fmt: skip
+        if partial:
+            left = sorted({k.split(".")[-2] for k in model.state_dict() if k.startswith(f"{prefix}.{partial[0]}.") and k in keys})
+            raise UnsupportedModelError(
+                f"{prefix}.{partial[0]} lost its residual branches but keeps {', '.join(left[:4])} (a post-norm layer: the "
+                f"norms after its adds stay on the stream); {type(cfg).__name__} cannot express a layer without its "
+                "branches: keep the pruned GraphModule"
+            )
+        return model, pruned
+    new_cfg = copy.deepcopy(cfg)
+    new_cfg.num_hidden_layers = len(kept)
+    for attr, value in vars(cfg).items():
+        if isinstance(value, (list, tuple)) and len(value) == n and attr != "architectures":
+            setattr(new_cfg, attr, type(value)(value[i] for i in kept))
+        elif _PERIODIC.search(attr) and isinstance(value, int) and not isinstance(value, bool) and value > 1:
+            if any(old % value != new % value for new, old in enumerate(kept)):
+                raise UnsupportedModelError(
+                    f"{type(cfg).__name__}.{attr}={value} derives per-layer behaviour from the layer index; with layers "
+                    f"{[i for i in range(n) if i not in kept]} removed the kept layers no longer follow it, and the config "
+                    "cannot say which were removed: keep the pruned GraphModule"
+                )
+    try:
+        small: Any = type(model)(new_cfg).to(dtype=next(model.parameters()).dtype).eval()
+    except (ValueError, AssertionError) as exc:
+        raise UnsupportedModelError(f"{type(cfg).__name__} cannot express {len(kept)} of {n} layers: {exc}") from exc
+    head = f"{prefix}."
+    state = {}
+    for key, value in model.state_dict().items():
+        if key.startswith(head):
+            idx, _, rest = key[len(head) :].partition(".")
+            if int(idx) not in kept:
+                continue
+            key = f"{head}{kept.index(int(idx))}.{rest}"
+        state[key] = value
+    small.load_state_dict(state, strict=False)
+    return small, reindex_layers(pruned, prefix, kept)
+
+
 def to_hf(model: nn.Module, pruned: nn.Module, inputs: tuple, rtol: float = 1e-4) -> nn.Module:
     """``model``'s own class built from the pruned config, holding the pruned weights.
 
@@ -243,6 +307,7 @@ def to_hf(model: nn.Module, pruned: nn.Module, inputs: tuple, rtol: float = 1e-4
     """
     if not is_hf_model(model):
         raise UnsupportedModelError(f"{type(model).__name__} is not a Hugging Face transformers model")
+    model, pruned = fewer_layers(model, _graph_module(pruned))  # depth pruning: the kept layers, renumbered
     persistent = set(model.state_dict())
     pruned_buffers = dict(pruned.named_buffers())
     for key, buf in model.named_buffers():  # recomputed from the config when the class is built (rotary inv_freq)

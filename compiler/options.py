@@ -36,6 +36,8 @@ class Options:
     attention: str = "head_dim"  # or "heads": what a reshape into attention heads prunes
     target_latency: float | None = None  # milliseconds (> 1) or a fraction of the original's latency (<= 1)
     allocation: str = "uniform"  # target_macs: "uniform" ratio per group, or "latency": saliency per measured ms saved
+    depth: float | str | None = None  # fraction of removable residual blocks to remove, or "auto" (with target_macs)
+    depth_importance: str = "auto"  # block criterion (passes.depth.DEPTH_CRITERIA); auto: cosine with calibration, else norm
     # raw criterion statistics and weight updates pass through this (an all-reduce under torch.distributed)
     statistics_reducer: Callable[[np.ndarray], np.ndarray] | None = field(default=None, repr=False)
 
@@ -92,7 +94,25 @@ class Options:
             raise InvalidArgumentError(f"min_channels must be an integer >= 1, got {self.min_channels!r}")
         if self.attention not in ("head_dim", "heads", "both"):
             raise InvalidArgumentError(f"attention must be 'head_dim', 'heads' or 'both', got {self.attention!r}")
+        self._validate_depth()
         if self.scope not in ("local", "global"):
             raise InvalidArgumentError(f"scope must be 'local' or 'global', got {self.scope!r}")
         if isinstance(self.ignore, str):
             self.ignore = [self.ignore]
+
+    def _validate_depth(self) -> None:
+        from passes.depth import DEPTH_CRITERIA
+
+        if self.depth_importance not in ("auto", *DEPTH_CRITERIA):
+            raise InvalidArgumentError(f"depth_importance={self.depth_importance!r}; choose from auto, {', '.join(DEPTH_CRITERIA)}")
+        if self.depth is None:
+            return
+        if self.depth == "auto":
+            if self.target_macs is None:
+                raise InvalidArgumentError("depth='auto' splits a target_macs= budget between depth and width: give target_macs")
+        elif isinstance(self.depth, bool) or not isinstance(self.depth, (int, float)) or not 0.0 <= self.depth < 1.0:
+            raise InvalidArgumentError(f"depth must be a fraction of the removable blocks in [0, 1), or 'auto'; got {self.depth!r}")
+        if self.attention == "both":
+            raise InvalidArgumentError("depth= does not combine with attention='both'")
+        if self.f_nz is not None:
+            raise InvalidArgumentError("depth= does not combine with f_nz=")

@@ -100,6 +100,7 @@ class Report:
     verification: dict[str, Any] | None = None
     timings: dict[str, float] = field(default_factory=dict)
     graph: GraphView | None = None
+    depth: dict[str, Any] | None = None  # depth pruning (compiler.depth): blocks, scores, what was removed, its check
     channel_free_ops: list[FrozenOp] = field(default_factory=list)  # not in the registry, but touched no channel
 
     @property
@@ -138,6 +139,8 @@ class Report:
             names = ", ".join(o.label or o.name for o in self.channel_free_ops[:6])
             more = f" and {len(self.channel_free_ops) - 6} more" if len(self.channel_free_ops) > 6 else ""
             lines.append(f"side ops     {len(self.channel_free_ops)} not in the registry touched no channel, froze nothing: {names}{more}")
+        if self.depth is not None:
+            lines.append(_depth_line(self.depth))
         if self.verification is not None:
             v = self.verification
             state = "passed" if v["passed"] else "FAILED"
@@ -227,3 +230,16 @@ def text_table(rows: Sequence[Sequence[str]]) -> str:
         if k == 0:
             out.append("  ".join("-" * w for w in widths))
     return "\n".join(out)
+
+
+def _depth_line(d: dict[str, Any]) -> str:
+    """The summary line of depth pruning: blocks removed, by what criterion, and its verification."""
+    gone = ", ".join(d["removed"][:6]) + (f" and {len(d['removed']) - 6} more" if len(d["removed"]) > 6 else "")
+    v = d.get("verification")
+    check = (
+        f"; verified {'passed' if v['passed'] else 'FAILED'} (max abs error {v['max_abs_error']:.2e}) against the original "
+        "with those branches zeroed"
+        if v
+        else ""
+    )
+    return f"depth        removed {len(d['removed'])} of {d['candidates']} blocks by {d['criterion']}: {gone or 'none'}{check}"

@@ -134,6 +134,11 @@ class Adapter(ABC):
     def measure(self, rewritten: Rewritten) -> ChannelGraph:
         """The pruned model lowered again: MACs and params are counted on what was built."""
 
+    def depth(self) -> Any:
+        """The depth-pruning handler of the loaded model (``frontends/<format>/depth.py``: runs it for the block
+        ranking, removes residual branches, verifies); None where the format has none."""
+        return None
+
     @abstractmethod
     def latency_model(self) -> Any:
         """A model the backend can run for latency measurements of the original."""

@@ -107,3 +107,8 @@ class OnnxAdapter(Adapter):
         from frontends.onnx.depth import OnnxDepth
 
         return OnnxDepth(self.loaded)
+
+    def depth(self) -> Any:
+        from frontends.onnx.depth import OnnxDepth
+
+        return OnnxDepth(self.loaded)
