@@ -205,3 +205,43 @@ def test_blockwise_quantization_is_refused_naming_the_node(tmp_path, capsys):
     code = cli.main(["prune", str(src), "-o", str(out)])
     _assert_one_line_error(code, capsys.readouterr().err, "block-wise")
     assert not out.exists()
+
+
+class _Mixer(torch.nn.Module):
+    """Linear layers (Gemm / MatMul), a residual add, a depthwise Conv1d and a mean: a token-mixer-like block."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = torch.nn.Linear(32, 64), torch.nn.Linear(64, 32)
+        self.dw = torch.nn.Conv1d(32, 32, 3, padding=1, groups=32)
+        self.head = torch.nn.Linear(32, 5)
+
+    def forward(self, x):
+        y = x + self.b(torch.nn.functional.gelu(self.a(x)))
+        y = self.dw(y.transpose(1, 2)).transpose(1, 2)
+        return self.head(y.mean(1))
+
+
+class _TokenReader(quantization.CalibrationDataReader):
+    def __init__(self) -> None:
+        self.it = iter([{"x": np.random.default_rng(200 + i).standard_normal((1, 10, 32)).astype(np.float32)} for i in range(8)])
+
+    def get_next(self):
+        return next(self.it, None)
+
+
+@pytest.mark.parametrize("per_channel", [False, True], ids=["per_tensor", "per_channel"])
+def test_qdq_linear_layers_residual_and_depthwise(tmp_path, per_channel):
+    torch.manual_seed(0)
+    src, out = tmp_path / "mixer.onnx", tmp_path / "mixer_qdq.onnx"
+    torch.onnx.export(_Mixer().eval(), (torch.randn(1, 10, 32),), str(src), opset_version=17, dynamo=False, input_names=["x"])
+    quantization.quantize_static(str(src), str(out), _TokenReader(), quant_format=quantization.QuantFormat.QDQ, per_channel=per_channel)
+    feeds = {"x": np.random.default_rng(9).standard_normal((1, 10, 32)).astype(np.float32)}
+    r = compiler.compile(str(out), feeds, ratio=0.5, granularity=1)
+    assert r.report.frozen_ops == [] and r.report.verification["passed"]
+    assert r.report.params_after < 0.6 * r.report.params_before
+    c = consts(r.model)
+    codes = {k: v for k, v in c.items() if k.endswith("_quantized")}
+    assert codes and all(v.dtype.kind in "iu" for v in codes.values())
+    assert any(v.shape != consts(onnx.load(str(out)))[k].shape for k, v in codes.items())
+    assert op_types(r.model) == op_types(onnx.load(str(out)))
