@@ -57,12 +57,17 @@ class CompileResult:
         if self._runner is None:
             opts = dict(self.backend_options)
             example = opts.pop("example_inputs", None)
+            if opts.get("backend") == "onnxruntime" and getattr(self.traced, "signature", None) is not None:
+                raise InvalidArgumentError(
+                    "backend='onnxruntime' exports models whose example_inputs are a tuple of tensors; this model takes "
+                    "structured arguments (lists, dicts or keywords): use backend='eager' or 'torch.compile'"
+                )
             self._runner = make_runner(self.model, example_inputs=example, **opts)
             self.backend = self._runner.name
         return self._runner
 
-    def __call__(self, *inputs: Any) -> Any:
-        out = self.runtime()(*inputs)
+    def __call__(self, *inputs: Any, **kwargs: Any) -> Any:
+        out = self.runtime()(*inputs, **kwargs)
         if isinstance(out, list):  # ONNX Runtime: a list of arrays
             return out[0] if len(out) == 1 else out
         return out

@@ -207,22 +207,34 @@ class TorchRunner:
         self._fn = torch.compile(module) if mode == "torch.compile" else module
         self.name = ("torch.compile" if mode == "torch.compile" else "torch-eager") + f"-{device}" + ("-fp16" if fp16 else "")
 
+    def _tensor(self, x: Any) -> Any:
+        import torch
+
+        t = torch.as_tensor(x).to(self.device)
+        return t.half() if self.fp16 and t.is_floating_point() else t
+
     def _prepare(self, inputs: Sequence[Any]) -> list[Any]:
+        """Each argument as a tensor on the device; in a list, tuple or dict argument (a detection model's list
+        of images), each tensor or array leaf, the other leaves as they are."""
+        import numpy as np
+        import torch
+        import torch.utils._pytree as pytree
+
+        def leaf(x: Any) -> Any:
+            return self._tensor(x) if isinstance(x, (torch.Tensor, np.ndarray)) else x
+
+        def structured(x: Any) -> bool:  # a list of numbers is still one tensor
+            return isinstance(x, (list, tuple, dict)) and any(isinstance(t, (torch.Tensor, np.ndarray)) for t in pytree.tree_leaves(x))
+
+        return [pytree.tree_map(leaf, x) if structured(x) else self._tensor(x) for x in inputs]
+
+    def __call__(self, *inputs: Any, **kwargs: Any) -> Any:
         import torch
 
-        out = []
-        for x in inputs:
-            t = torch.as_tensor(x).to(self.device)
-            if self.fp16 and t.is_floating_point():
-                t = t.half()
-            out.append(t)
-        return out
-
-    def __call__(self, *inputs: Any) -> Any:
-        import torch
-
+        names = list(kwargs)
+        values = self._prepare([kwargs[k] for k in names])
         with torch.no_grad():
-            return self._fn(*self._prepare(inputs))
+            return self._fn(*self._prepare(inputs), **dict(zip(names, values, strict=True)))
 
     def timed_fn(self, *inputs: Any) -> Callable[[], None]:
         import torch

@@ -67,7 +67,8 @@ class TorchAdapter(Adapter):
         sig = self.traced.signature
         # structured arguments: the graph takes and returns leaves; the model handed back takes the arguments as given
         model = r.module if sig is None else structured_module(r.module, sig)
-        return Rewritten(model, {}, r)
+        info = {"trace_notes": list(self.traced.notes)} if self.traced.notes else {}  # to the report's settings
+        return Rewritten(model, info, r)
 
     def verify(self, plan: Any, rewritten: Rewritten, updates: dict[str, Any], rtol: float) -> dict[str, Any]:
         pruned = plan.selection.pruned
@@ -83,8 +84,3 @@ class TorchAdapter(Adapter):
 
     def latency_model(self) -> Any:
         return copy.deepcopy(self.traced.gm)
-
-    def depth(self) -> Any:
-        from frontends.torch.depth import TorchDepth
-
-        return TorchDepth(self.traced, self.data, self.inputs, self.calibration is not None)

@@ -24,6 +24,7 @@ Cases handled, one by one:
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import operator
 from collections import OrderedDict
@@ -168,7 +169,7 @@ class _Tracer(torch.fx.Tracer):
         return runtime.is_leaf_module(m) or super().is_leaf_module(m, qualified_name)
 
     def _run(self, kind: str, target: Any, args: Any, kwargs: Any) -> Any:
-        a, k = map_aggregate(args, _val), map_aggregate(kwargs, _val)
+        a, k = runtime.mutable(map_aggregate(args, _val)), runtime.mutable(map_aggregate(kwargs, _val))
         if kind == "get_attr":
             return module_attr(self.root, target)
         if kind == "call_module":
@@ -237,9 +238,15 @@ def _patch_methods(model: nn.Module) -> list[tuple[nn.Module, str, str]]:
                     continue
                 m.add_module(child, runtime.RuntimeMethod(m, meth))
                 leaf = m._modules[child]
-                m.__dict__[meth] = leaf.__call__  # the instance attribute shadows the class's method for the trace
+                # the instance attribute shadows the class's method for the trace; ``leaf(...)`` goes through the
+                # tracer's ``nn.Module.__call__``, so the call is one ``call_module`` node
+                m.__dict__[meth] = functools.partial(_call, leaf)
                 patched.append((m, meth, child))
     return patched
+
+
+def _call(leaf: nn.Module, *args: Any, **kwargs: Any) -> Any:
+    return leaf(*args, **kwargs)
 
 
 def concrete_trace(model: nn.Module, sig: Signature | None, inputs: tuple[Any, ...]) -> ConcreteTrace | None:

@@ -36,7 +36,7 @@ import torch.nn as nn
 
 log = logging.getLogger(__name__)
 
-__all__ = ["RuntimeMethod", "LEAF_MODULES", "LEAF_METHODS", "leaf_functions", "value_args", "has_runtime_parts"]
+__all__ = ["RuntimeMethod", "mutable", "LEAF_MODULES", "LEAF_METHODS", "leaf_functions", "value_args", "has_runtime_parts"]
 
 # class name -> indices of the positional arguments whose *values* it reads (None: all of them)
 LEAF_MODULES: dict[str, tuple[int, ...] | None] = {
@@ -93,6 +93,17 @@ def value_args(m: nn.Module) -> tuple[int, ...] | None:
     return None
 
 
+def mutable(a: Any) -> Any:
+    """``a`` with every list and dict (torch.fx's immutable ones included) copied as a plain list and dict."""
+    if isinstance(a, list):
+        return [mutable(x) for x in a]
+    if isinstance(a, tuple) and not hasattr(a, "_fields"):
+        return tuple(mutable(x) for x in a)
+    if isinstance(a, dict):
+        return {k: mutable(v) for k, v in a.items()}
+    return a
+
+
 class RuntimeMethod(nn.Module):
     """Runs ``type(owner).<method>`` on a copy of ``owner`` without submodules, parameters or buffers."""
 
@@ -106,7 +117,9 @@ class RuntimeMethod(nn.Module):
         self.owner_class = type(owner)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        return getattr(self.owner_class, self.method)(self.__dict__["owner"], *args, **kwargs)
+        # torch.fx hands node arguments over as immutable lists and dicts; the method may update them
+        # (``GeneralizedRCNNTransform.postprocess`` writes the rescaled boxes into its detections)
+        return getattr(self.owner_class, self.method)(self.__dict__["owner"], *mutable(args), **mutable(kwargs))
 
     def extra_repr(self) -> str:
         return f"{self.owner_class.__name__}.{self.method}"

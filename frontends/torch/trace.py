@@ -289,7 +289,7 @@ def _export(work: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], note
             "torch.export refused a dynamic batch/sequence dim "
             f"({type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:200]}): the pruned model runs at the example's sizes"
         )
-    static = [f"{n}: {tuple(t.shape)}" for n, t in _input_shapes(ep)]
+    static = [f"{n}: {shape}" for n, shape in _input_shapes(ep)]
     if static:
         notes.append("torch.export kept these input dims static (the model does not allow others): " + "; ".join(static))
     return ep.module()
@@ -303,9 +303,16 @@ def _input_shapes(ep: Any) -> list[tuple[str, tuple[int, ...]]]:
         if node.op != "placeholder" or node.name not in sigs:
             continue
         val = node.meta.get("val")
-        if isinstance(val, torch.Tensor) and val.dim() > 0 and isinstance(val.shape[0], int) and val.shape[0] > 1:
+        if isinstance(val, torch.Tensor) and val.dim() > 0 and _static(val.shape[0]) and int(val.shape[0]) > 1:
             out.append((node.name, tuple(int(s) for s in val.shape)))
     return out
+
+
+def _static(size: Any) -> bool:
+    """An int, or a symbol torch.export specialized to a number."""
+    if isinstance(size, int):
+        return True
+    return bool(getattr(getattr(getattr(size, "node", None), "expr", None), "is_number", False))
 
 
 @dataclass
