@@ -6,6 +6,8 @@ One concern per module:
   external-data security checks and the consistency checks the analysis relies on;
 - :mod:`~frontends.onnx.inputs`: the example inputs (the user's, checked, or random ones);
 - :mod:`~frontends.onnx.runtime`: ONNX Runtime sessions and runs;
+- :mod:`~frontends.onnx.large`: models over protobuf's 2 GB limit (checked on their path, inferred and run on
+  light copies);
 - :mod:`~frontends.onnx.shapes`: static shapes (shape inference, then one ONNX Runtime run for the
   rest) and the shape arithmetic of Slice and Reshape;
 - :mod:`~frontends.onnx.evaluate`: the static values, evaluated once with the reference evaluator;
