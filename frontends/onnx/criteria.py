@@ -139,9 +139,10 @@ class OnnxDataCriteria(ChannelStatistics):
             size += nbytes
         return chunks
 
-    def _collect(self) -> None:
-        """One pass over the batches: mean |x|, the mean and (OBS layers) X̃ᵀX̃ of every consumer's input."""
-        layers = self.obs_layers()
+    def _collect(self, hessians: bool) -> None:
+        """One pass over the batches: mean |x| and the mean of every consumer's input, and where ``hessians``,
+        X̃ᵀX̃ of every OBS layer's input rows."""
+        layers = self.obs_layers() if hessians else {}
         fetch = [v for v in dict.fromkeys(c.value for c in self.cons) if v not in self.om.static and v not in self.om.inputs]
         by_value: dict[str, list[Any]] = {}
         for c in self.cons:
@@ -172,23 +173,24 @@ class OnnxDataCriteria(ChannelStatistics):
         nb = len(self.data.batches)
         self._abs = {node: v / nb for node, v in absmean.items()}
         self._means = {node: v / n for node, v in sums.items()}
-        self._layers = [(lay, hess[node] / rows[node]) for node, lay in layers.items() if node in hess]
+        if hessians:
+            self._layers = [(lay, hess[node] / rows[node]) for node, lay in layers.items() if node in hess]
 
     def _mean_abs_activation(self) -> dict[str, np.ndarray]:
         if self._abs is None:
-            self._collect()
+            self._collect(hessians=False)
         assert self._abs is not None
         return self._abs
 
     def _position_means(self) -> dict[str, np.ndarray]:
         if self._means is None:
-            self._collect()
+            self._collect(hessians=False)
         assert self._means is not None
         return self._means
 
     def layers(self) -> list[tuple[ObsLayer, np.ndarray]]:
         if self._layers is None:
-            self._collect()
+            self._collect(hessians=True)
         assert self._layers is not None
         return self._layers
 
