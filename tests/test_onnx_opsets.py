@@ -210,10 +210,10 @@ def test_upsample_and_resize_of_older_opsets(form, mode):
         opset = 11
         rs = helper.make_node("Resize", ["h", "roi", "sc", "sz"], ["u"], name="up", coordinate_transformation_mode="asymmetric", **attrs)
         extra = [f32("roi", []), f32("sc", []), numpy_helper.from_array(np.array([1, 8, 16, 16], np.int64), "sz")]
-    else:  # a roi that matters (tf_crop_and_resize): the resize is frozen, with its reason, the rest prunes
+    else:  # a roi that crops the channels (tf_crop_and_resize): the resize is frozen, with its reason, the rest prunes
         opset = 11
         rs = helper.make_node("Resize", ["h", "roi", "sc"], ["u"], name="up", coordinate_transformation_mode="tf_crop_and_resize", **attrs)
-        extra = [f32("roi", [0, 0, 0, 0, 1, 1, 1, 1]), f32("sc", [1, 1, 2, 2])]
+        extra = [f32("roi", [0, 0, 0, 0, 1, 0.5, 1, 1]), f32("sc", [1, 1, 2, 2])]
     nodes = [
         helper.make_node("Conv", ["x", "w0"], ["a0"], name="conv0", pads=[1, 1, 1, 1]),
         helper.make_node("Relu", ["a0"], ["h0"], name="relu0"),
