@@ -136,7 +136,7 @@ def prune_with(model: nn.Module, data: DemoData, importance: str, ratio: float, 
     import compiler
     from passes.importance import CRITERIA
 
-    reads_data = CRITERIA[importance].runs_model
+    reads_data = importance in CRITERIA and CRITERIA[importance].runs_model  # an unknown name: compile says so
     n_cal = len(data.calibration[0])
     what = f"{n_cal} calibration images" if reads_data else "weights only"
     if progress:

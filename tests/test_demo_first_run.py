@@ -93,6 +93,22 @@ def test_demo_train_reports_progress_without_warnings(recwarn):
     assert not [w for w in recwarn if "requires_grad" in str(w.message)]
 
 
+def test_prune_with_leaves_the_model_alone_and_refuses_unknown_criteria():
+    from frontends.errors import InvalidArgumentError
+
+    torch.manual_seed(0)
+    model = demo.DemoNet().eval()
+    data = demo.demo_data(2, 64, 16, 64)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    r = demo.prune_with(model, data, "taylor", 0.5)
+    assert r.data == "16 calibration images" and r.report.verification["passed"]
+    assert r.report.macs_after < r.report.macs_before
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert demo.prune_with(model, data, "l2", 0.5).data == "weights only"
+    with pytest.raises(InvalidArgumentError, match="nope"):
+        demo.prune_with(model, data, "nope", 0.5)
+
+
 def test_demo_bad_input_fails_before_training():
     for args, word in ((("--importance", "nope"), "nope"), (("--ratio", "1.5"), "ratio"), (("--steps", "0"), "--steps")):
         proc = prunec("demo", *args)
