@@ -155,12 +155,13 @@ def test_conv_geometry_is_recorded_as_the_torch_lowering_records_it():
 
 def test_onnx_handlers_are_on_the_op_specs():
     """Each kind whose ONNX node carries sizes in attributes or static arguments has its ONNX rewrite handler on its
-    spec; LayerNorm (and one-instance InstanceNorm, lowered as layer norm) its ONNX reference semantics."""
+    spec; LayerNorm (and one-instance InstanceNorm, lowered as layer norm) and LSTM/GRU/RNN their ONNX reference
+    semantics."""
     from passes.ops import SPECS
 
-    kinds = ["conv", "group_norm", "reshape", "expand", "slice", "identity", "split", "spatial", "reduce"]
+    kinds = ["conv", "group_norm", "reshape", "expand", "slice", "identity", "split", "spatial", "reduce", "recurrent"]
     assert sorted(k for k, s in SPECS.items() if "onnx" in s.rewrite) == sorted(kinds)
-    assert sorted(k for k, s in SPECS.items() if "onnx" in s.reference) == ["layer_norm"]
+    assert sorted(k for k, s in SPECS.items() if "onnx" in s.reference) == ["layer_norm", "recurrent"]
 
 
 @pytest.mark.parametrize("trans_b", [1, 0])
