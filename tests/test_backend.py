@@ -314,6 +314,8 @@ def test_bench_cli_two_onnx_files_and_static_batch(tmp_path):
 
 def test_bench_cli_bad_input(tmp_path):
     assert_one_line_error(prunec("bench", "torchvision:resnet18", "--batch", "0"), "--batch")
+    assert_one_line_error(prunec("bench", "torchvision:resnet18", "--budget", "-1"), "--budget")
+    assert_one_line_error(prunec("bench", "torchvision:resnet18", "--budget", "soon"), "--budget")
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"\x08\x07garbage")
     assert_one_line_error(prunec("bench", str(bad)), "bad.onnx")
