@@ -202,11 +202,12 @@ def build_report(
     )  # fmt: skip
 
 
-_LAYER_KINDS = ("conv", "linear", "matmul", "embedding")
+_LAYER_KINDS = ("conv", "linear", "matmul", "embedding", "addmm", "recurrent")
 
 
 def _layer_reports(a: AnalysisResult, shape_after: Callable[[str], tuple[int, ...]]) -> tuple[list[LayerReport], dict[str, int]]:
-    """One row per layer (conv, linear, matmul, embedding): channels, MACs and own parameters before and after."""
+    """One row per layer (conv, linear, matmul, embedding, addmm, recurrent): channels, MACs and own parameters
+    before and after."""
     g = a.graph
     layers: list[LayerReport] = []
     layer_of: dict[str, int] = {}
