@@ -69,6 +69,8 @@ def test_conv1d_mlp_prunes_with_node_level_verification():
     sd = r.model.state_dict()
     assert tuple(sd["fc.weight"].shape) == (12, 16) and tuple(sd["fc.bias"].shape) == (16,)
     assert tuple(sd["proj.weight"].shape) == (16, 6)
+    rows = [(lay.kind, lay.in_channels, lay.out_channels) for lay in r.report.layers]
+    assert rows == [("addmm", (12, 12), (32, 16)), ("addmm", (32, 16), (6, 6))]
     assert r.report.macs_before == 2 * 5 * (12 * 32 + 32 * 6)
     assert r.report.macs_after == 2 * 5 * (12 * 16 + 16 * 6)
     # the kept units are the 16 with the largest L2 norm of their fan-in (columns of the [in, out] weight)

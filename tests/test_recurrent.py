@@ -92,6 +92,8 @@ def test_torch_lstm_macs_count_gates_and_recurrence():
     x = _x(False)
     r = compiler.compile(model, (x,), ratio=0.5, granularity=1)
     steps = 7 * 3
+    (row,) = [lay for lay in r.report.layers if lay.kind == "recurrent"]  # the layer table has the LSTM
+    assert (row.name, row.target, row.in_channels, row.out_channels) == ("rnn", "LSTM", (16, 8), (48, 24))
 
     def rnn_macs(i: int, h: int) -> int:
         layer0 = 2 * 4 * h * (i + h)
