@@ -77,7 +77,7 @@ class _Proxy(torch.fx.Proxy):
     def __iter__(self) -> Any:
         if isinstance(self.value, Mapping):
             return iter(list(self.value))
-        return iter([self[i] for i in range(len(self.value))])
+        return iter([_item(self, i) for i in range(len(self.value))])
 
     def __bool__(self) -> bool:
         return bool(self.value)
@@ -108,22 +108,27 @@ class _Method:
         return self.obj.tracer.create_proxy("call_method", self.name, (self.obj, *args), kwargs)
 
 
+def _item(p: _Proxy, k: Any) -> Any:
+    """``p[k]`` recorded as a ``getitem`` node."""
+    return p.tracer.create_proxy("call_function", operator.getitem, (p, k), {})
+
+
 def _dict_view(p: _Proxy, k: str) -> list[Any]:
     keys = list(p.value)
     if k == "keys":
         return keys
     if k == "values":
-        return [p[key] for key in keys]
-    return [(key, p[key]) for key in keys]
+        return [_item(p, key) for key in keys]
+    return [(key, _item(p, key)) for key in keys]
 
 
 def _containers(proxy: _Proxy, value: Any) -> Any:
     """A list, tuple or dict value as that container of item proxies (``isinstance`` tests see a list);
     sizes (``torch.Size``) and named tuples stay one proxy."""
     if type(value) in (list, tuple):
-        return type(value)(proxy[i] for i in range(len(value)))
+        return type(value)(_item(proxy, i) for i in range(len(value)))
     if type(value) in (dict, OrderedDict):
-        return type(value)((k, proxy[k]) for k in value)
+        return type(value)((k, _item(proxy, k)) for k in value)
     return proxy
 
 
@@ -237,7 +242,7 @@ def _patch_methods(model: nn.Module) -> list[tuple[nn.Module, str, str]]:
                 if child in m._modules:
                     continue
                 m.add_module(child, runtime.RuntimeMethod(m, meth))
-                leaf = m._modules[child]
+                leaf = m.get_submodule(child)
                 # the instance attribute shadows the class's method for the trace; ``leaf(...)`` goes through the
                 # tracer's ``nn.Module.__call__``, so the call is one ``call_module`` node
                 m.__dict__[meth] = functools.partial(_call, leaf)

@@ -31,6 +31,7 @@ import torch.nn as nn
 from torch.fx.passes.shape_prop import TensorMetadata
 
 from frontends.graph import ChannelGraph, Op, Value
+from frontends.torch import runtime
 from frontends.torch.nodes import call_arg, call_name, flat_args, flatten, module_attr, target_label
 
 log = logging.getLogger(__name__)
@@ -232,6 +233,9 @@ class _Lowering:
         elif isinstance(m, (nn.modules.padding._ConstantPadNd, nn.modules.padding._ReflectionPadNd, nn.modules.padding._ReplicationPadNd,
                             nn.ZeroPad2d)) and x:
             self._emit(node, "pad", [x], {"pads": list(m.padding)})
+        elif runtime.is_leaf_module(m) and runtime.value_args(m) is not None:  # reads only some arguments' values
+            read = [a for i, a in enumerate(node.args) if i in (runtime.value_args(m) or ())]
+            self._emit(node, "unknown", [v for v in (self._val(a) for a in flatten(read)) if v is not None], {})
         else:
             self._unknown(node, extra=list(p.values()))
 
