@@ -245,3 +245,26 @@ def test_qdq_linear_layers_residual_and_depthwise(tmp_path, per_channel):
     assert codes and all(v.dtype.kind in "iu" for v in codes.values())
     assert any(v.shape != consts(onnx.load(str(out)))[k].shape for k, v in codes.items())
     assert op_types(r.model) == op_types(onnx.load(str(out)))
+
+
+def test_changed_quantized_weights_are_quantized_again_on_the_kept_scales(tmp_path):
+    """A weight whose value changed before the rewrite (a criterion's compensation) is not the original sliced: its
+    codes are quantized again with the kept channels' scales and zero points, within half a step of the new value."""
+    path = _qdq_model(tmp_path, per_channel=True)
+    om = load_onnx(path, _feeds())
+    r = compiler.compile(path, _feeds(), ratio=0.5, granularity=1)
+    p = r.plan
+    name = "c2.weight_DequantizeLinear_Output"
+    changed = om.static[name] * np.float32(0.9)
+    om.static[name] = changed
+    res = RewriteONNX().call(om, p.analysis, p.selection.pruned)
+    assert any("quantized again" in n for n in res.notes)
+    c = consts(res.model)
+    keep = [p.analysis.keep_mask(name, d, p.selection.pruned) for d in range(4)]
+    want = changed[np.ix_(*[np.flatnonzero(k) if k is not None else np.arange(s) for k, s in zip(keep, changed.shape, strict=True)])]
+    scale, zp = c["c2.weight_scale"], c["c2.weight_zero_point"]
+    got = (c["c2.weight_quantized"].astype(np.float32) - zp.reshape(-1, 1, 1, 1)) * scale.reshape(-1, 1, 1, 1)
+    assert got.shape == want.shape and c["c2.weight_quantized"].dtype == np.int8
+    assert np.all(np.abs(got - want) <= scale.reshape(-1, 1, 1, 1) / 2 + 1e-7)
+    assert not np.array_equal(c["c2.weight_quantized"], consts(onnx.load(path))["c2.weight_quantized"][np.ix_(
+        *[np.flatnonzero(k) if k is not None else np.arange(s) for k, s in zip(keep, changed.shape, strict=True)])])

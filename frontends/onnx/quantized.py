@@ -102,7 +102,7 @@ def slice_dequantized(rw: OnnxRewrite, name: str, want: np.ndarray) -> bool:
     """``name`` is a weight computed by a ``DequantizeLinear`` of constants and ``want`` its pruned value: slice its
     codes (and its per-axis scale and zero point) as the weight was sliced, so it stays quantized. A value that is
     not the original sliced (changed by a criterion's compensation) is quantized again with the kept channels'
-    scales. False where ``name`` is not such a weight."""
+    scales (a changed value is one the sliced codes do not dequantize to). False where ``name`` is not such a weight."""
     p = rw.producer.get(name)
     if p is None:
         return False
@@ -112,7 +112,7 @@ def slice_dequantized(rw: OnnxRewrite, name: str, want: np.ndarray) -> bool:
     ins = [x if k < len(n.input) else "" for k, x in enumerate(list(n.input) + ["", ""])][:3]
     if any(x and x not in rw.om.static for x in ins):
         return False
-    orig = rw.om.static[name]
+    orig = rw.om.static[name]  # the value the rewrite slices (a compensation may have changed it)
     keep = [rw.keep_mask(name, d) for d in range(orig.ndim)]
     codes = _take(rw.om.static[ins[0]], keep)
     axis = int(node_attrs(n).get("axis", 1)) % max(orig.ndim, 1)
@@ -124,8 +124,8 @@ def slice_dequantized(rw: OnnxRewrite, name: str, want: np.ndarray) -> bool:
         params.append(v)
     scale, zp = params
     assert scale is not None
-    if not np.array_equal(_take(orig, keep), want):  # new values: quantized again on the kept channels' grid
-        codes = _quantize(want, scale, zp, axis, rw.om.static[ins[0]].dtype)
+    if not np.allclose(_dequantize(codes, scale, zp, axis), want, rtol=1e-6, atol=0.0):  # new values (compensated):
+        codes = _quantize(want, scale, zp, axis, rw.om.static[ins[0]].dtype)  # quantized again on the kept grid
         rw.result.notes.append(f"{name}: changed weights quantized again ({n.name or n.op_type})")
     rw.set_arg(p, 0, codes)
     for k, v in ((1, scale), (2, zp)):
@@ -142,15 +142,28 @@ def _take(arr: np.ndarray, keep: list[np.ndarray | None]) -> np.ndarray:
     return arr
 
 
+def _per_axis(v: np.ndarray, ndim: int, axis: int, size: int) -> np.ndarray:
+    """A scale or zero point laid along ``axis`` where it is per axis (else as it is)."""
+    if v.ndim == 1 and ndim and v.size == size:
+        shape = [1] * ndim
+        shape[axis] = -1
+        return v.reshape(shape)
+    return v
+
+
+def _dequantize(codes: np.ndarray, scale: np.ndarray, zp: np.ndarray | None, axis: int) -> np.ndarray:
+    """ONNX DequantizeLinear of ``codes``."""
+    size = codes.shape[axis] if codes.ndim else 1
+    z = 0.0 if zp is None else _per_axis(zp, codes.ndim, axis, size).astype(np.float32)
+    return (codes.astype(np.float32) - z) * _per_axis(scale, codes.ndim, axis, size)
+
+
 def _quantize(w: np.ndarray, scale: np.ndarray, zp: np.ndarray | None, axis: int, dtype: np.dtype) -> np.ndarray:
     """ONNX QuantizeLinear of ``w`` (round half to even, saturate) into ``dtype``."""
-    shape = [1] * w.ndim
-    if scale.ndim == 1 and w.ndim and scale.size == w.shape[axis]:
-        shape[axis] = -1
-    s = scale.reshape(shape) if scale.ndim == 1 else scale
-    z = 0 if zp is None else (zp.reshape(shape) if zp.ndim == 1 else zp).astype(np.int64)
+    size = w.shape[axis] if w.ndim else 1
+    z = 0 if zp is None else _per_axis(zp, w.ndim, axis, size).astype(np.int64)
     info = np.iinfo(dtype)
-    return np.clip(np.rint(w / s) + z, info.min, info.max).astype(dtype)
+    return np.clip(np.rint(w / _per_axis(scale, w.ndim, axis, size)) + z, info.min, info.max).astype(dtype)
 
 
 # -- verification ------------------------------------------------------------------------------------------------
