@@ -58,7 +58,7 @@ from passes.ops.spec import ShapeFn, op_spec
 
 log = logging.getLogger(__name__)
 
-__all__ = ["GATES", "torch_weight_slots", "hidden_size"]
+__all__ = ["GATES", "torch_weight_slots"]
 
 GATES = {"lstm": 4, "gru": 3, "rnn": 1}
 
@@ -77,16 +77,6 @@ def torch_weight_slots(op: Op) -> list[tuple[int, int, list[str | None]]]:
             out.append((layer, d, list(ws[k : k + _PER_SLOT])))
             k += _PER_SLOT
     return out
-
-
-def hidden_size(op: Op, shape: ShapeFn) -> int:
-    """The hidden size from the recurrent weight's shape (follows a pruned plan)."""
-    if op.attrs["weights"] == "stacked":
-        return shape(op.input(5))[2]
-    w_hr = torch_weight_slots(op)[0][2][4]
-    if w_hr is not None:
-        return shape(w_hr)[1]
-    return shape(op.input(5))[1]
 
 
 @recurrent.channel_rule
