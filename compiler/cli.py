@@ -95,7 +95,6 @@ def _write_atomic(path: str, data: str | bytes) -> None:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Train a small CNN, prune it with each criterion at one ratio, verify, compare accuracy on held-out images."""
-    from compiler.demo import run_demo
     from compiler.options import Options
 
     criteria = [c.strip() for c in args.importance.split(",") if c.strip()]
@@ -105,6 +104,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         raise InvalidArgumentError(f"--steps must be at least 1, got {args.steps}")
     for c in criteria:  # bad input fails before the training, not after it
         Options(ratio=args.ratio, importance=c).validate()
+    from compiler.demo import run_demo  # imports torch: after the checks, so bad input fails at once
+
     run_demo(steps=args.steps, ratio=args.ratio, criteria=criteria, progress=_progress)
     return 0
 

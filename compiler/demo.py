@@ -13,7 +13,8 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,9 +25,21 @@ import torch.nn.functional as F
 log = logging.getLogger(__name__)
 
 __all__ = ["DemoNet", "DemoData", "CriterionResult", "demo_data", "bar_images", "train", "accuracy", "prune_with",
-           "format_comparison", "run_demo"]
+           "format_comparison", "run_demo",
+           "one_thread"]
 
 Progress = Callable[[str], None]
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """PyTorch on one CPU thread inside: the same numbers on any machine, no thread contention on a busy one."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 class DemoNet(nn.Module):
@@ -98,15 +111,16 @@ def train(model: nn.Module, data: DemoData, steps: int = 150, batch: int = 64, s
     last = math.nan
     if progress:
         progress(f"training {type(model).__name__}: {steps} steps of {batch} images, a line every {every} steps")
-    for step in range(1, steps + 1):
-        idx = torch.randint(0, len(x), (batch,), generator=g)
-        loss = F.cross_entropy(model(x[idx]), y[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        last = loss.item()
-        if progress and (step % every == 0 or step == steps):
-            progress(f"training step {step}/{steps}: loss {last:.3f}")
+    with one_thread():
+        for step in range(1, steps + 1):
+            idx = torch.randint(0, len(x), (batch,), generator=g)
+            loss = F.cross_entropy(model(x[idx]), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            last = loss.item()
+            if progress and (step % every == 0 or step == steps):
+                progress(f"training step {step}/{steps}: loss {last:.3f}")
     model.eval()
     return last
 
@@ -143,9 +157,10 @@ def prune_with(model: nn.Module, data: DemoData, importance: str, ratio: float, 
         progress(f"pruning with {importance} ({what}) at ratio {ratio}, verifying")
     start = time.perf_counter()
     x_eval, y_eval = data.evaluation
-    result = compiler.compile(model, (x_eval[:1],), ratio=ratio, importance=importance, granularity=granularity,
-                              calibration=data.calibration_batches() if reads_data else None)
-    acc = accuracy(result.model, x_eval, y_eval)
+    with one_thread():
+        result = compiler.compile(model, (x_eval[:1],), ratio=ratio, importance=importance, granularity=granularity,
+                                  calibration=data.calibration_batches() if reads_data else None)
+        acc = accuracy(result.model, x_eval, y_eval)
     seconds = time.perf_counter() - start
     if progress:
         progress(f"{importance}: done in {seconds:.1f}s, held-out accuracy {acc:.3f}")
@@ -178,9 +193,7 @@ def format_comparison(results: Sequence[CriterionResult], unpruned_accuracy: flo
 def run_demo(steps: int = 150, ratio: float = 0.75, criteria: Sequence[str] = ("l2", "obs", "random"),
              progress: Progress | None = None, out: Callable[[str], None] = print, seed: int = 0) -> list[CriterionResult]:
     """Train, prune with each criterion, print the first one's report and the comparison; one CPU thread, seeded."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the same numbers on every machine; no thread contention on a busy one
-    try:
+    with one_thread():
         data = demo_data(seed)
         n_train, n_cal, n_eval = (len(s[0]) for s in (data.train, data.calibration, data.evaluation))
         out("prunec demo: a small CNN with a residual add, concat, depthwise conv, SE gate and flatten->linear")
@@ -202,5 +215,3 @@ def run_demo(steps: int = 150, ratio: float = 0.75, criteria: Sequence[str] = ("
             "accuracy right after pruning, no fine-tuning:")
         out(format_comparison(results, acc0, n_eval))
         return results
-    finally:
-        torch.set_num_threads(threads)

@@ -86,7 +86,9 @@ def test_demo_train_reports_progress_without_warnings(recwarn):
     seen: list[str] = []
     model = demo.DemoNet()
     data = demo.demo_data(1, 128, 16, 64)
+    threads = torch.get_num_threads()
     loss = demo.train(model, data, steps=4, batch=16, progress=seen.append, every=2)
+    assert torch.get_num_threads() == threads  # one thread inside, the caller's setting restored
     assert [s.split(":")[0] for s in seen[1:]] == ["training step 2/4", "training step 4/4"]
     assert f"loss {loss:.3f}" in seen[-1]
     assert not model.training  # left in eval mode for the pruning that follows
