@@ -94,6 +94,8 @@ def test_retinanet_prunes_and_verifies():
     assert r.report.verification["passed"]
     assert r.report.macs_after < 0.7 * r.report.macs_before
     assert {"anchor_generator", "runtime_postprocess_detections"} <= _leaves(r.model)
+    # the anchor generator reads only the feature maps' sizes: the backbone's output channels still prune
+    assert r.model.get_submodule("backbone.5").out_channels < 16
     out = r.model(_images((80, 96), seed=2))
     assert out[0]["boxes"].shape[1] == 4
 
