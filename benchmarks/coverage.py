@@ -103,9 +103,10 @@ def models(args) -> list[tuple[str, str]]:
     return out
 
 
-def _export_onnx(m, x, path: str):
-    """The model as a user would hand it to ``prunec``: through the TorchScript ONNX exporter (opset 17), else
-    (a model it cannot export, such as EVA-02) through the dynamo exporter (opset 18). Returns (proto, exporter)."""
+def _export_onnx(m, x, path: str, exporter: str | None = None):
+    """The model as a user would hand it to ``prunec``: through the TorchScript ONNX exporter (opset 17) or the
+    dynamo exporter (opset 18). ``exporter=None``: TorchScript, else (a model it cannot export, such as EVA-02)
+    dynamo; a named exporter is used alone, its failure raised. Returns (proto, exporter)."""
     import contextlib
     import io
     import warnings
@@ -113,21 +114,43 @@ def _export_onnx(m, x, path: str):
     import onnx
     import torch
 
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
+    def run(which: str):
+        with warnings.catch_warnings(), torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            if which == "torchscript":
+                torch.onnx.export(m, (x,), path, dynamo=False, opset_version=17, input_names=["x"])
+            else:
+                torch.onnx.export(m, (x,), path, dynamo=True, opset_version=18, input_names=["x"])
+        return onnx.load(path), which
+
+    if exporter is not None:
+        return run(exporter)
+    try:
+        return run("torchscript")
+    except Exception as first:
         try:
-            torch.onnx.export(m, (x,), path, dynamo=False, opset_version=17, input_names=["x"])
-            return onnx.load(path), "torchscript"
-        except Exception as first:
-            try:
-                with contextlib.redirect_stdout(io.StringIO()):
-                    torch.onnx.export(m, (x,), path, dynamo=True, opset_version=18, input_names=["x"])
-            except Exception:
-                raise first from None
-            return onnx.load(path), "dynamo"
+            return run("dynamo")
+        except Exception:
+            raise first from None
 
 
-def one(name: str, family: str, max_params: float, via_onnx: bool = False) -> dict:
+def _export_reason(exc: BaseException) -> str:
+    """One line for an export failure: the exception and, where it wraps another (the dynamo exporter wraps
+    what ``torch.export`` raised), the innermost cause, each as its type and first non-empty message line."""
+
+    def line(e: BaseException) -> str:
+        text = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), "")
+        return f"{type(e).__name__}: {text}"[:200]
+
+    root = exc
+    seen = {id(exc)}
+    while (nxt := root.__cause__ or root.__context__) is not None and id(nxt) not in seen:
+        seen.add(id(nxt))
+        root = nxt
+    return line(exc) if root is exc else f"{line(exc)[:120]} <- {line(root)}"
+
+
+def one(name: str, family: str, max_params: float, via_onnx: bool = False, exporter: str | None = None) -> dict:
     """Build, compile (verify=True) and measure one model, in this process."""
     import torch
     import torchvision.models as tvm
@@ -157,12 +180,17 @@ def one(name: str, family: str, max_params: float, via_onnx: bool = False) -> di
     if via_onnx:
         import tempfile
 
+        if exporter is not None:
+            row["exporter"] = exporter
+        t = time.perf_counter()
         try:
             with tempfile.TemporaryDirectory() as tmp:
-                proto, exporter = _export_onnx(m, x, os.path.join(tmp, "model.onnx"))
+                proto, exporter = _export_onnx(m, x, os.path.join(tmp, "model.onnx"), exporter)
         except Exception as exc:
-            row.update(status="export failed", error=f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:200]}")
+            row.update(status="export failed", error=_export_reason(exc), export_s=time.perf_counter() - t)
             return row
+        row.update(exporter=exporter, export_s=time.perf_counter() - t)
+    print("STAGE compile", flush=True)
     t = time.perf_counter()
     try:
         r = compiler.compile(proto, ratio=0.5) if via_onnx else compiler.compile(m, (x,), ratio=0.5)
@@ -189,28 +217,48 @@ def one(name: str, family: str, max_params: float, via_onnx: bool = False) -> di
         error_v=rep.verification["max_abs_error"],
         scale=rep.verification["reference_scale"],
         nodes=rep.verification.get("nodes_checked", 0),
+        node_error=rep.verification.get("max_node_error", 0.0),
+        worst_node=rep.verification.get("worst_node", ""),
+        dtype=rep.verification.get("dtype", ""),
         seconds=time.perf_counter() - t,
     )
     return row
 
 
-def run_isolated(name: str, family: str, max_params: float, timeout: float, via_onnx: bool = False) -> dict:
-    """``one`` in a child process with a time limit."""
+def run_isolated(name: str, family: str, max_params: float, timeout: float, via_onnx: bool = False,
+                 exporter: str | None = None) -> dict:  # fmt: skip
+    """``one`` in a child process with a time limit. A timeout or a crash says in which stage it happened
+    (``export`` or ``compile``: the child prints ``STAGE compile`` before it calls ``compiler.compile``)."""
     cmd = [sys.executable, os.path.abspath(__file__), "--one", name, "--family", family, "--max-params", str(max_params)]
     cmd += ["--onnx"] if via_onnx else []
+    cmd += ["--exporter", exporter] if exporter else []
+    base = dict(model=name, family=family, **({"exporter": exporter} if exporter else {}))
+
+    def stage(out) -> str:
+        out = out.decode(errors="replace") if isinstance(out, bytes) else (out or "")
+        if "STAGE compile" in out:
+            return " (during compile)"
+        return " (during build/export)" if via_onnx else ""
+
     t = time.perf_counter()
     try:
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return dict(model=name, family=family, status="timeout", error=f"no result within {timeout:.0f} s", seconds=timeout)
+    except subprocess.TimeoutExpired as exc:
+        return dict(base, status="timeout", error=f"no result within {timeout:.0f} s{stage(exc.stdout)}", seconds=timeout)
     for line in reversed(p.stdout.splitlines()):
         if line.startswith("ROW "):
             return json.loads(line[4:])
     tail = (p.stderr.strip().splitlines() or [f"exit code {p.returncode}"])[-1][:200]
-    return dict(model=name, family=family, status="crashed", error=f"exit code {p.returncode}: {tail}", seconds=time.perf_counter() - t)
+    return dict(base, status="crashed", error=f"exit code {p.returncode}{stage(p.stdout)}: {tail}", seconds=time.perf_counter() - t)
 
 
-def write(rows: list[dict], total: int, timm: bool = False, via_onnx: bool = False) -> str:
+_EXPORTERS = {
+    "torchscript": "TorchScript ONNX exporter (`torch.onnx.export(..., dynamo=False)`, opset 17, static shapes)",
+    "dynamo": "dynamo exporter (`torch.onnx.export(..., dynamo=True)`, opset 18, static shapes)",
+}
+
+
+def write(rows: list[dict], total: int, timm: bool = False, via_onnx: bool = False, exporter: str | None = None) -> str:
     not_run = [r for r in rows if r.get("status") == "not run"]
     rows = [r for r in rows if r.get("status") != "not run"]
     ok = [r for r in rows if r.get("status") == "ok"]
@@ -226,10 +274,14 @@ def write(rows: list[dict], total: int, timm: bool = False, via_onnx: bool = Fal
     how = "`compiler.compile(model, (x,), ratio=0.5)`"
     if via_onnx:
         what += ", exported to ONNX,"
-        cmd = cmd[:-1] + " --onnx`"
-        how = ("each model exported with the TorchScript ONNX exporter (opset 17, static shapes; where that "
-               "fails, the dynamo exporter, opset 18, marked in `traced`), then "
-               "`compiler.compile(onnx_model, ratio=0.5)` (what `prunec compile model.onnx` does)")
+        cmd = cmd[:-1] + " --onnx" + (f" --exporter {exporter}`" if exporter else "`")
+        if exporter:
+            how = (f"each model exported with the {_EXPORTERS[exporter]} alone (a failure is a row with its reason), then "
+                   "`compiler.compile(onnx_model, ratio=0.5)` (what `prunec compile model.onnx` does), verified in ONNX Runtime")
+        else:
+            how = ("each model exported with the TorchScript ONNX exporter (opset 17, static shapes; where that "
+                   "fails, the dynamo exporter, opset 18, marked in `traced`), then "
+                   "`compiler.compile(onnx_model, ratio=0.5)` (what `prunec compile model.onnx` does)")
     lines = [
         f"# Coverage: {what} through prunec",
         "",
@@ -245,24 +297,128 @@ def write(rows: list[dict], total: int, timm: bool = False, via_onnx: bool = Fal
         + (f"; {total - len(rows)} not run yet" if total > len(rows) else "")
         + ".**",
         "",
-        "| model | family | input | status | traced | groups | frozen | MACs | params | error / scale | time (s) | frozen because / unknown ops / error |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| model | family | input | status | traced | groups | frozen | MACs | params | error / scale | "
+        + ("nodes | max node error | worst node | " if via_onnx else "") + "time (s) | frozen because / unknown ops / error |",
+        "|---|---|---|---|---|---|---|---|---|---|" + ("---|---|---|" if via_onnx else "") + "---|---|",
     ]
+    blank = " | | |" if via_onnx else ""
     for r in rows + not_run:
         if r.get("status") == "not run":
-            lines.append(f"| {r['model']} | {r['family']} | | not run (sweep stopped for time) | | | | | | | | |")
+            lines.append(f"| {r['model']} | {r['family']} | | not run (sweep stopped for time) | | | | | | |{blank} | |")
             continue
         inp = r.get("input", "")
         if r.get("status") in ("ok", "verification failed"):
             why = r["reasons"] + (f" — unknown: {r['unknown']}" if r["unknown"] else "")
             lines.append(
                 f"| {r['model']} | {r['family']} | {inp} | {r['status']} | {r['traced']} | {r['groups']} | {r['frozen']} | "
-                f"{r['macs']:.3f} | {r['params']:.3f} | {r['error_v']:.1e} / {r['scale']:.1e} | {r['seconds']:.1f} | {why} |"
+                f"{r['macs']:.3f} | {r['params']:.3f} | {r['error_v']:.1e} / {r['scale']:.1e} | "
+                + (f"{r.get('nodes', 0)} | {r.get('node_error', 0.0):.1e} | `{r.get('worst_node', '')}` | " if via_onnx else "")
+                + f"{r['seconds']:.1f} | {why} |"
             )
         else:
             err = str(r.get("error", "")).replace("|", "/").replace("\n", " ")
-            lines.append(f"| {r['model']} | {r['family']} | {inp} | {r['status']} | | | | | | | {r.get('seconds', 0):.1f} | {err} |")
+            lines.append(f"| {r['model']} | {r['family']} | {inp} | {r['status']} | | | | | |{blank} | {r.get('seconds', 0):.1f} | {err} |")
     return "\n".join(lines) + "\n"
+
+
+def _read_jsonl(path: str) -> dict[str, dict]:
+    rows: dict[str, dict] = {}
+    if os.path.exists(path):
+        with open(path) as f:
+            for line in f:
+                if line.strip():
+                    r = json.loads(line)
+                    rows[r["model"]] = r
+    return rows
+
+
+def write_combined(todo: list[tuple[str, str]], by_exporter: dict[str, dict[str, dict]]) -> str:
+    """``coverage_onnx.md``: one row per torchvision model, for each exporter what its sweep's jsonl holds."""
+    names = list(_EXPORTERS)
+    families = list(dict.fromkeys(f for _, f in todo))
+    ran = []
+    for fam in ("classification", "segmentation", "video"):
+        n = sum(1 for _, f in todo if f == fam)
+        got = {e: sum(1 for r in by_exporter[e].values() if r["family"] == fam and not str(r.get("status", "")).startswith("skipped"))
+               for e in names}  # fmt: skip
+        if fam not in families or not any(got.values()):
+            ran.append(f"{fam}: not run")
+        else:
+            ran.append(f"{fam} ({n} models): " + ", ".join(f"{e} {got[e]} run" for e in names))
+    summary = []
+    for e in names:
+        rows = [by_exporter[e][n] for n, _ in todo if n in by_exporter[e]]
+        rows = [r for r in rows if not str(r.get("status", "")).startswith("skipped")]
+        ok = [r for r in rows if r.get("status") == "ok"]
+        half = [r for r in ok if r["macs"] < 0.5]
+        exp = [r for r in rows if r.get("status") == "export failed" or "during build/export" in str(r.get("error", ""))]
+        bad = [r for r in rows if r.get("status") != "ok" and r not in exp]
+        summary.append(f"{e}: {len(ok)} of {len(rows)} run compiled and verified ({len(half)} below half the MACs), "
+                       f"{len(exp)} not exported, {len(bad)} failed in prunec")  # fmt: skip
+    skipped = sorted({n for e in names for n, r in by_exporter[e].items() if str(r.get("status", "")).startswith("skipped")})
+    lines = [
+        "# Coverage: torchvision models exported to ONNX (TorchScript and dynamo exporters) through prunec",
+        "",
+        "Each model (random weights, `weights=None`) exported with each exporter alone: "
+        + "; ".join(f"**{e}**: the {_EXPORTERS[e]}" for e in names)
+        + "; then `compiler.compile(onnx_model, ratio=0.5)` with defaults (l2, arithmetic_mean, granularity 8, "
+        "verify=True), what `prunec compile model.onnx` does. Verification runs in ONNX Runtime (float32, CPU): "
+        "the pruned model against the original with removed channels zeroed, every graph output and every "
+        "intermediate tensor the pruned model still computes compared at its kept positions; `nodes` is how many "
+        "intermediate tensors were compared, `node err` the worst |difference| / scale over them "
+        "(`verification.max_node_error`; the value name where it was seen is in the per-exporter tables). "
+        "`time` is the compile time in seconds (export not included), wall-clock on a shared 2-core machine. "
+        f"{SIZES_DOC} Each model runs in its own process with a time limit.",
+        "",
+        "Produced by `python benchmarks/coverage.py --onnx --exporter torchscript --resume` and "
+        "`... --exporter dynamo --resume` (rows in `coverage_onnx_torchscript.jsonl`, `coverage_onnx_dynamo.jsonl`; "
+        "per-exporter tables with the output errors and worst nodes in `coverage_onnx_torchscript.md`, "
+        "`coverage_onnx_dynamo.md`); this table re-rendered by `python benchmarks/coverage.py --onnx --table-only`"
+        + (" (`--all` for segmentation and video)" if "segmentation" not in families else "") + f", {time.strftime('%Y-%m-%d')}.",
+        "",
+        "**Sets: " + "; ".join(ran) + ".**",
+        "",
+        "**" + "; ".join(summary) + ".**" + (f" Skipped for size (`--max-params`): {', '.join(skipped)}." if skipped else ""),
+        "",
+        "| model | family | input | "
+        + " | ".join(f"{e} status | MACs | params | nodes | node err | time" for e in names)
+        + " | failure reason |",
+        "|---|---|---|" + "---|---|---|---|---|---|" * len(names) + "---|",
+    ]
+    for name, fam in todo:
+        cells, reasons, inp = [], [], ""
+        for e in names:
+            r = by_exporter[e].get(name)
+            if r is None:
+                cells.append("not run | | | | |")
+                continue
+            inp = inp or r.get("input", "")
+            st = r.get("status", "")
+            if st in ("ok", "verification failed"):
+                cells.append(f"{st} | {r['macs']:.3f} | {r['params']:.3f} | {r.get('nodes', 0)} | "
+                             f"{r.get('node_error', 0.0):.1e} | {r['seconds']:.1f}")  # fmt: skip
+                if st != "ok":
+                    reasons.append(f"{e}: verification failed at `{r.get('worst_node', '')}`")
+            else:
+                sec = f"{r['seconds']:.1f}" if "seconds" in r else ""
+                cells.append(f"{st} | | | | | {sec}")
+                reasons.append(f"{e}: " + str(r.get("error", "")).replace("|", "/").replace("\n", " "))
+        lines.append(f"| {name} | {fam} | {inp} | " + " | ".join(cells) + " | " + "; ".join(reasons) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def render_combined(args) -> None:
+    """Rewrite ``results/coverage_onnx.md`` from both exporters' jsonl files (``--all``: the model list with
+    segmentation and video; also used when either jsonl already holds such rows)."""
+    by_exporter = {e: _read_jsonl(os.path.join(RESULTS, f"coverage_onnx_{e}.jsonl")) for e in _EXPORTERS}
+    families = {r["family"] for rows in by_exporter.values() for r in rows.values()}
+    todo = models(argparse.Namespace(timm=False, all=args.all or bool(families - {"classification"}), models=None))
+    out = os.path.join(RESULTS, "coverage_onnx.md")
+    tmp = f"{out}.{os.getpid()}.tmp"  # the two exporters' sweeps may render at the same time
+    with open(tmp, "w") as f:
+        f.write(write_combined(todo, by_exporter))
+    os.replace(tmp, out)
+    print(f"wrote {out}")
 
 
 def main() -> None:
@@ -271,9 +427,13 @@ def main() -> None:
     ap.add_argument("--models", help="comma-separated model names")
     ap.add_argument("--timm", action="store_true", help="timm models (TIMM_MODELS) instead; table coverage_timm.md")
     ap.add_argument("--onnx", action="store_true", help="export each model to ONNX and prune that; table *_onnx.md")
+    ap.add_argument("--exporter", choices=sorted(_EXPORTERS), help="with --onnx: this ONNX exporter alone, no fallback; "
+                    "rows in *_onnx_<exporter>.jsonl (torchvision: the combined table coverage_onnx.md is re-rendered too)")
     ap.add_argument("--max-params", type=float, default=1000.0, help="skip (and list) models with more parameters (millions)")
     ap.add_argument("--timeout", type=float, default=900.0, help="seconds per model")
     ap.add_argument("--resume", action="store_true", help="keep the rows already in the .jsonl; run only the others")
+    ap.add_argument("--smallest-first", action="store_true", help="run the models in the order of their parameter "
+                    "counts as results/coverage.jsonl records them (unknown last), so a sweep cut short covers the most models")
     ap.add_argument("--limit", type=int, default=0, help="run at most this many models now (chunks)")
     ap.add_argument("--out", default=None, help="table path (default results/coverage.md, or coverage_timm.md with --timm)")
     ap.add_argument("--table-only", action="store_true", help="rewrite the table from the .jsonl; models not in it are listed as not run")
@@ -281,10 +441,20 @@ def main() -> None:
     ap.add_argument("--family", default="classification", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
-        print("ROW " + json.dumps(one(args.one, args.family, args.max_params, args.onnx)), flush=True)
+        print("ROW " + json.dumps(one(args.one, args.family, args.max_params, args.onnx, args.exporter)), flush=True)
+        return
+    if args.exporter and not args.onnx:
+        ap.error("--exporter needs --onnx")
+    combined = args.onnx and not args.timm and args.out is None
+    if combined and not args.exporter:
+        if not args.table_only:
+            ap.error("torchvision --onnx runs one exporter at a time: add --exporter torchscript|dynamo "
+                     "(or --table-only to re-render coverage_onnx.md from both)")
+        render_combined(args)
         return
     if args.out is None:
-        args.out = os.path.join(RESULTS, ("coverage_timm" if args.timm else "coverage") + ("_onnx" if args.onnx else "") + ".md")
+        stem = ("coverage_timm" if args.timm else "coverage") + ("_onnx" if args.onnx else "")
+        args.out = os.path.join(RESULTS, stem + (f"_{args.exporter}" if args.exporter else "") + ".md")
     jsonl = os.path.splitext(args.out)[0] + ".jsonl"
     done: dict[str, dict] = {}
     if (args.resume or args.table_only) and os.path.exists(jsonl):
@@ -299,16 +469,22 @@ def main() -> None:
     if args.table_only:
         rows = [done.get(n, dict(model=n, family=f, status="not run")) for n, f in todo]
         with open(args.out, "w") as f:
-            f.write(write(rows, len(todo), args.timm, args.onnx))
+            f.write(write(rows, len(todo), args.timm, args.onnx, args.exporter))
         print(f"wrote {args.out}")
+        if combined:
+            render_combined(args)
         return
+    order = list(todo)
+    if args.smallest_first:
+        known = {n: r.get("params_m", float("inf")) for n, r in _read_jsonl(os.path.join(RESULTS, "coverage.jsonl")).items()}
+        order.sort(key=lambda nf: known.get(nf[0], float("inf")))
     ran = 0
-    for i, (name, family) in enumerate(todo):
+    for i, (name, family) in enumerate(order):
         if name in done:
             continue
         if args.limit and ran >= args.limit:
             break
-        row = run_isolated(name, family, args.max_params, args.timeout, args.onnx)
+        row = run_isolated(name, family, args.max_params, args.timeout, args.onnx, args.exporter)
         ran += 1
         done[name] = row
         with open(jsonl, "a") as f:
@@ -319,8 +495,10 @@ def main() -> None:
         os.makedirs(os.path.dirname(args.out), exist_ok=True)
         tmp = args.out + ".tmp"
         with open(tmp, "w") as f:
-            f.write(write(rows, len(todo), args.timm, args.onnx))
+            f.write(write(rows, len(todo), args.timm, args.onnx, args.exporter))
         os.replace(tmp, args.out)
+        if combined:
+            render_combined(args)
     print(f"wrote {args.out}")
 
 
