@@ -128,7 +128,8 @@ def test_exporter_activations(op, attrs, opset, extra):
 
 def test_torch_export_with_the_ops_of_mobile_networks():
     """hardswish, PReLU(C), an SE gate with hardsigmoid, erf GELU, a depthwise ConvTranspose, bilinear and bicubic
-    Resize, mish, elu, clamp: exported by torch at opsets 11 and 17, nothing frozen."""
+    Resize, mish, elu, selu, softplus, softsign, silu, leaky relu, clamp: exported by torch (TorchScript at opsets 11
+    and 17, dynamo at 18), nothing frozen."""
     torch = pytest.importorskip("torch")
     fn = torch.nn.functional
 
@@ -148,14 +149,18 @@ def test_torch_export_with_the_ops_of_mobile_networks():
             x = x * fn.hardsigmoid(self.se2(fn.relu(self.se1(x.mean((2, 3), keepdim=True)))))
             x = self.up(fn.gelu(self.pw(x)))
             x = fn.elu(fn.mish(fn.interpolate(x, scale_factor=2, mode="bilinear", align_corners=True)))
+            x = fn.selu(fn.softplus(x)) + fn.softsign(x) + fn.silu(x) + fn.leaky_relu(x)
             return self.out(torch.clamp(fn.interpolate(x, size=(40, 40), mode="bicubic"), -1, 1))
 
     torch.manual_seed(0)
     net = Mobile().eval()
-    for opset in (11, 17):
-        f = io.BytesIO()
-        torch.onnx.export(net, (torch.randn(1, 3, 10, 10),), f, opset_version=opset, dynamo=False)
-        m = onnx.load_from_string(f.getvalue())
+    for opset, dynamo in ((11, False), (17, False), (18, True)):
+        if dynamo:
+            m = torch.onnx.export(net, (torch.randn(1, 3, 10, 10),), opset_version=opset, dynamo=True).model_proto
+        else:
+            f = io.BytesIO()
+            torch.onnx.export(net, (torch.randn(1, 3, 10, 10),), f, opset_version=opset, dynamo=False)
+            m = onnx.load_from_string(f.getvalue())
         r = compiler.compile(m, ratio=0.5, granularity=1)  # opset 11 is upgraded on a private copy
         onnx.checker.check_model(r.model, full_check=True)
         assert r.report.frozen_ops == [] and r.report.verification["passed"]
