@@ -427,3 +427,11 @@ def test_onnx_gru_with_a_recurrent_weight_computed_at_run_time():
     inits = {t.name: onnx.numpy_helper.to_array(t) for t in r.model.graph.initializer}
     assert inits["R0"].shape == (1, 12, 4) and inits["W"].shape == (1, 12, 6) and inits["Wo"].shape == (4, 4)
     assert r.report.verification["passed"] and r.report.frozen_ops == []
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_torch_unbatched_input(cell):
+    """An unbatched sequence [seq, features] (states [L*D, H]) prunes the same way."""
+    torch.manual_seed(0)
+    r = compiler.compile(Tagger(cell, bidirectional=True, num_layers=2).eval(), (torch.randn(7, 6),), ratio=0.5, granularity=1)
+    assert r.model.rnn.hidden_size == 12 and r.report.verification["passed"] and r.report.frozen_ops == []
