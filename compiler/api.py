@@ -108,6 +108,7 @@ def compile(  # noqa: A001 - the public contract's name
     allocation: str = "uniform",
     depth: float | str | None = None,
     depth_importance: str = "auto",
+    hf_compatible: bool | None = None,
     backend: str = "auto",
     provider: str = "auto",
     fp16: bool = False,
@@ -161,6 +162,14 @@ def compile(  # noqa: A001 - the public contract's name
     budget of the original's MACs). ``depth="auto"`` with ``target_macs``
     chooses how many blocks to remove by held-out quality (:mod:`compiler.depth`).
 
+    ``hf_compatible`` (default: on for a transformers ``PreTrainedModel``) restricts
+    the plan to what the model's config can express, so that
+    ``result.save_pretrained`` -> ``from_pretrained`` works: the same width per
+    role in every layer, and only sizes the class builds from its config; a
+    width the config cannot express keeps its channels (frozen, with the
+    reason). ``report.settings["hf_constraint"]`` gives the MACs with and
+    without the constraint (:mod:`compiler.hf_constraints`).
+
     ``statistics_reducer(array) -> array`` is applied to raw criterion statistics
     and weight updates (``compiler.workflows.distributed_compile`` passes an
     all-reduce so that every rank prunes identically).
@@ -189,6 +198,7 @@ def compile(  # noqa: A001 - the public contract's name
         allocation=allocation,
         depth=depth,
         depth_importance=depth_importance,
+        hf_compatible=hf_compatible,
         statistics_reducer=statistics_reducer,
     )
     opts.validate()

@@ -38,6 +38,7 @@ class Options:
     allocation: str = "uniform"  # target_macs: "uniform" ratio per group, or "latency": saliency per measured ms saved
     depth: float | str | None = None  # fraction of removable residual blocks to remove, or "auto" (with target_macs)
     depth_importance: str = "auto"  # block criterion (passes.depth.DEPTH_CRITERIA); auto: cosine with calibration, else norm
+    hf_compatible: bool | None = None  # plans a transformers config can hold (compiler.hf_constraints); None: on for a PreTrainedModel
     # raw criterion statistics and weight updates pass through this (an all-reduce under torch.distributed)
     statistics_reducer: Callable[[np.ndarray], np.ndarray] | None = field(default=None, repr=False)
 
@@ -92,6 +93,8 @@ class Options:
             raise InvalidArgumentError(f"granularity must be an integer >= 1, got {self.granularity!r}")
         if not isinstance(self.min_channels, int) or self.min_channels < 1:
             raise InvalidArgumentError(f"min_channels must be an integer >= 1, got {self.min_channels!r}")
+        if self.hf_compatible is not None and not isinstance(self.hf_compatible, bool):
+            raise InvalidArgumentError(f"hf_compatible must be True, False or None, got {self.hf_compatible!r}")
         if self.attention not in ("head_dim", "heads", "both"):
             raise InvalidArgumentError(f"attention must be 'head_dim', 'heads' or 'both', got {self.attention!r}")
         self._validate_depth()

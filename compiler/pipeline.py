@@ -54,6 +54,7 @@ class Plan:
     selection: SelectionResult
     data: Any = None  # the DataCriteria used, if any
     latency: Any = None  # the LatencyModel used for target_latency, if any
+    hf: dict[str, Any] | None = None  # hf_compatible: what the config constraint cost and froze (compiler.hf_constraints)
 
 
 def select_latency(
@@ -78,6 +79,7 @@ def plan(
     steps: Steps,
     make_data: Callable[[AnalysisResult], Any] | None = None,
     latency: Callable[[AnalysisResult], Any] | None = None,
+    constraint_for: Callable[[AnalysisResult], Any] | None = None,
 ) -> Plan:
     """Analysis, saliency and selection: the format-independent middle of the pipeline.
 
@@ -109,7 +111,27 @@ def plan(
         granularity=opts.granularity,
         min_channels=opts.min_channels,
     )
+    if constraint_for is not None:  # hf_compatible: every plan the policy considers, repaired (compiler.hf_constraints)
+        return _plan_constrained(analysis, saliency, data, selector, constraint_for(analysis), steps)
     return Plan(analysis, saliency, steps("select", selector.call, analysis, saliency.scores), data)
+
+
+def _plan_constrained(
+    analysis: AnalysisResult, saliency: SaliencyResult, data: Any, selector: Selection, constraint: Any, steps: Steps
+) -> Plan:
+    """The selection under ``constraint`` (``repair``, ``freeze``), and what it cost against the plan without it."""
+    from dataclasses import replace
+
+    free = selector.call(analysis, saliency.scores)
+    selection = steps("select", replace(selector, constraint=constraint.repair).call, analysis, saliency.scores)
+    frozen = constraint.freeze(analysis, selection.pruned)
+    hf = {
+        "config": constraint.cfg_name,
+        "macs_unconstrained": int(free.planned_macs),
+        "macs_constrained": int(selection.planned_macs),
+        "frozen": frozen,
+    }
+    return Plan(analysis, saliency, selection, data, hf=hf)
 
 
 def _plan_dead_units(analysis: AnalysisResult, data: Any, opts: Options, steps: Steps) -> Plan:
@@ -151,9 +173,11 @@ def weight_updates(p: Plan, opts: Options, steps: Steps) -> tuple[dict[str, np.n
     info: dict[str, Any] = {}
     done: set[str] = set()
     if opts.compensates and p.data is not None:
-        u, done = steps("compensate", p.data.obs_compensation, p.selection.pruned)
+        u, done = steps("compensate", p.data.obs_compensation, p.selection.pruned, None, opts.statistics_reducer)
         updates.update(u)
         info["compensated_layers"] = len(done)
+        if getattr(p.data, "compensation_report", None) is not None:  # the held-out guard's decisions
+            info["compensation"] = p.data.compensation_report
     if opts.propagate_bias and p.data is not None:
         u, skipped = steps("propagate bias", p.data.bias_propagation, p.selection.pruned, done)
         updates.update(u)
@@ -195,6 +219,8 @@ def build_report(
     settings = opts.settings()
     if p.selection.ratio is not None:
         settings["ratio_used"] = p.selection.ratio
+    if p.hf is not None:
+        settings["hf_constraint"] = p.hf
     settings.update(extra_settings or {})
     return Report(
         model_name, g.framework, trace_method, params_before, params_after, macs_before, macs_after, settings,
@@ -327,7 +353,8 @@ def compile_with(
     check_ignored_names(adapter.graph, opts.ignore)
     latency, run_opts = latency_setup(opts, backend_options, adapter.example_inputs(), progress, steps, adapter.latency_model)
     make_data = lambda analysis: adapter.criteria_data(analysis, opts)  # noqa: E731
-    p = plan(adapter.graph, run_opts, steps, make_data, latency.cost_model if latency is not None else None)
+    constraint_for = _hf_constraint(adapter, opts)
+    p = plan(adapter.graph, run_opts, steps, make_data, latency.cost_model if latency is not None else None, constraint_for)
 
     def build(p: Plan) -> tuple[dict[str, np.ndarray], dict[str, Any], Rewritten]:
         updates, info = weight_updates(p, opts, steps)
@@ -346,6 +373,26 @@ def compile_with(
     settings = {**rewritten.info, **info}
     report = build_report(adapter.model_name, adapter.trace_method, p, after, opts, verification, steps.timings, settings)
     return Compiled(rewritten.model, p, report)
+
+
+def _hf_constraint(adapter: Adapter, opts: Options) -> Callable[[AnalysisResult], Any] | None:
+    """``hf_compatible`` (None: on for a transformers ``PreTrainedModel``): the constraint on the plan, or None."""
+    if opts.hf_compatible is False:
+        return None
+    if opts.f_nz is not None or opts.target_latency is not None or opts.allocation == "latency":
+        if opts.hf_compatible:
+            raise InvalidArgumentError("hf_compatible=True goes with ratio=, threshold= or target_macs= (uniform allocation)")
+        return None
+    model = getattr(adapter, "model", None)
+    from compiler.hf import is_hf_model
+
+    if not is_hf_model(model):
+        if opts.hf_compatible:
+            raise InvalidArgumentError(f"hf_compatible=True needs a transformers PreTrainedModel, got {type(model).__name__}")
+        return None
+    from compiler.hf_constraints import HfConstraint
+
+    return lambda analysis: HfConstraint(model, analysis, opts.attention)
 
 
 class _Latency:

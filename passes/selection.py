@@ -133,10 +133,16 @@ class Selection:
     scope: str = "local"
     granularity: int = 8
     min_channels: int = 1
+    # constraint(analysis, scores, pruned) -> pruned: applied to every plan the policy considers (compiler.hf_constraints)
+    constraint: Callable[[AnalysisResult, np.ndarray, np.ndarray], np.ndarray] | None = None
 
     @property
     def planner(self) -> GroupPlanner:
         return GroupPlanner(self.granularity, self.min_channels)
+
+    def _by_ratio(self, planner: GroupPlanner, analysis: AnalysisResult, scores: np.ndarray, ratio: float) -> np.ndarray:
+        pruned = planner.by_ratio(analysis, scores, ratio, self.scope)
+        return pruned if self.constraint is None else self.constraint(analysis, scores, pruned)
 
     def call(self, analysis: AnalysisResult, scores: np.ndarray) -> SelectionResult:
         planner = self.planner
@@ -144,9 +150,11 @@ class Selection:
             return self._meet_macs(analysis, scores, planner, self.target_macs)
         if self.threshold is not None:
             pruned = planner.by_threshold(analysis, scores, self.threshold)
+            if self.constraint is not None:
+                pruned = self.constraint(analysis, scores, pruned)
         else:
             assert self.ratio is not None, "Options.validate leaves one policy"
-            pruned = planner.by_ratio(analysis, scores, self.ratio, self.scope)
+            pruned = self._by_ratio(planner, analysis, scores, self.ratio)
         return SelectionResult(pruned, self.ratio, _planned_macs(analysis, pruned))
 
     def _meet_macs(self, analysis: AnalysisResult, scores: np.ndarray, planner: GroupPlanner, target_macs: float) -> SelectionResult:
@@ -154,13 +162,13 @@ class Selection:
         graph: ChannelGraph = analysis.graph
         target = target_macs * graph_macs(graph) if target_macs <= 1.0 else target_macs
         lo, hi = 0.0, 0.999
-        best = planner.by_ratio(analysis, scores, hi, self.scope)
+        best = self._by_ratio(planner, analysis, scores, hi)
         if _planned_macs(analysis, best) > target:
             log.warning("target_macs %.3g not reachable: at most %.3g", target, _planned_macs(analysis, best))
             return SelectionResult(best, hi, _planned_macs(analysis, best))
         for _ in range(20):
             mid = (lo + hi) / 2
-            plan = planner.by_ratio(analysis, scores, mid, self.scope)
+            plan = self._by_ratio(planner, analysis, scores, mid)
             if _planned_macs(analysis, plan) <= target:
                 hi, best = mid, plan
             else:
