@@ -94,11 +94,6 @@ def _width_options(opts: Options, macs0: int, macs_d: int) -> tuple[Options, str
     return base, ""
 
 
-def _batches(handler: Any) -> list[Any]:
-    """The ranking's calibration batches in the form ``compile(calibration=)`` takes."""
-    return [tuple(b.inputs) + ((b.labels,) if b.labels is not None else ()) for b in handler.data.batches]
-
-
 def _search(
     analysis: DepthAnalysis,
     scores: np.ndarray,
@@ -114,7 +109,7 @@ def _search(
     """How many blocks to remove: the split with the best held-out cosine under the ``target_macs`` budget."""
     assert opts.target_macs is not None
     target = opts.target_macs * macs0 if opts.target_macs <= 1.0 else opts.target_macs
-    calibration = _batches(handler)
+    calibration = handler.calibration()  # the ranking's batches: the held-out ones stay unseen
     best_k, best_q = 0, -np.inf
     for k in range(analysis.max_removable() + 1):
         removed: list[Block] = select_blocks(analysis, scores, k) if k else []

@@ -325,6 +325,24 @@ def test_onnx_resnet_blocks_removed_and_verified():
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
+def test_onnx_criteria_on_calibration_rank_a_dead_block_last():
+    _, _, proto = _resnet18_onnx()
+    dead = {n.input[i] for n in proto.graph.node if n.op_type == "Conv" and "/layer3.1/conv2/" in n.name for i in (1, 2)}
+    for t in proto.graph.initializer:
+        if t.name in dead:
+            t.CopyFrom(onnx.numpy_helper.from_array(np.zeros_like(onnx.numpy_helper.to_array(t)), t.name))
+    name = proto.graph.input[0].name
+    cal = [{name: np.random.default_rng(i).standard_normal((1, 3, 64, 64)).astype(np.float32)} for i in range(3)]
+    for crit in ("cosine", "loss", "norm"):
+        r = compiler.compile(proto, depth=0.2, depth_importance=crit, calibration=cal)
+        d = r.report.depth
+        assert d["criterion"] == crit and d["removed"] == ["layer3.1"], (crit, d["blocks"])
+        assert d["verification"]["passed"]
+    r = compiler.compile(proto, depth="auto", target_macs=0.9, calibration=cal, importance="activation")
+    assert [t["blocks_removed"] for t in r.report.depth["search"]][0] == 0
+    assert r.report.macs_after <= 0.9 * r.report.macs_before * 1.02 and r.report.verification["passed"]
+
+
 def test_cli_prune_depth(tmp_path, capsys):
     _, _, proto = _resnet18_onnx()
     src, out = tmp_path / "r.onnx", tmp_path / "p.onnx"

@@ -106,9 +106,4 @@ class OnnxAdapter(Adapter):
     def depth(self) -> Any:
         from frontends.onnx.depth import OnnxDepth
 
-        return OnnxDepth(self.loaded)
-
-    def depth(self) -> Any:
-        from frontends.onnx.depth import OnnxDepth
-
-        return OnnxDepth(self.loaded)
+        return OnnxDepth(self.loaded, [dict(b.inputs) for b in self.data.batches], self.calibration is not None)

@@ -2,9 +2,9 @@
 
 :class:`OnnxDepth` is the ONNX side of :mod:`passes.depth`:
 
-1. ``values`` / ``loss``: ONNX Runtime (CPU, graph optimizations off) on a copy that lists
-   the wanted values as extra outputs; the example inputs are the only data (the ONNX
-   adapter has no calibration), so ``cosine`` and ``loss`` read them too;
+1. ``values`` / ``loss`` / ``quality``: ONNX Runtime (CPU, graph optimizations off) on a
+   copy that lists the wanted values as extra outputs, over the calibration batches (the
+   example inputs where none were given);
 2. ``remove``: a copy of the model in which the consumers of each removed ``Add`` read the
    stream instead (an ``Identity`` keeps the name where the add's output is a graph
    output), the nodes and initializers nothing reads any more are deleted, names, opset and
@@ -19,14 +19,13 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Iterator, Sequence
-from typing import Any
 
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
 from frontends.adapter import VerifyResult
-from frontends.errors import InternalError, VerificationError
+from frontends.errors import InternalError, InvalidArgumentError, VerificationError
 from frontends.onnx.model import OnnxModel
 from frontends.onnx.proto import implicit_inputs
 from frontends.onnx.runtime import ort_session
@@ -62,17 +61,50 @@ def _used(g: onnx.GraphProto) -> set[str]:
 
 
 class OnnxDepth:
-    """The :class:`passes.depth.DepthRunner` of a loaded ONNX model, and its block removal and verification."""
+    """The :class:`passes.depth.DepthRunner` of a loaded ONNX model, and its block removal and verification.
 
-    has_calibration = False
+    ``batches``: the calibration inputs (by graph-input name); the example inputs where none were given."""
 
-    def __init__(self, om: OnnxModel) -> None:
+    def __init__(self, om: OnnxModel, batches: Sequence[dict[str, np.ndarray]] | None = None, has_calibration: bool = False) -> None:
         self.om = om
-        self._reference: dict[str, np.ndarray] | None = None
+        self.batches = list(batches) if batches else [dict(om.inputs)]
+        self.has_calibration = has_calibration and bool(batches)
+        self.held: list[dict[str, np.ndarray]] = []
+        self._reference: dict[int, dict[str, np.ndarray]] = {}
 
     def values(self, names: Sequence[str], data: str) -> Iterator[dict[str, np.ndarray]]:
-        out = _run(self.om.model, self.om.inputs, names)
-        yield {n: out[n] for n in names}
+        for feeds in self.batches if data == "calibration" else [self.om.inputs]:
+            out = _run(self.om.model, feeds, names)
+            yield {n: out[n] for n in names}
+
+    def calibration(self) -> list[dict[str, np.ndarray]]:
+        """The ranking's batches in the form ``compile(calibration=)`` takes."""
+        return [dict(b) for b in self.batches]
+
+    def hold_out(self, fraction: float = 0.25) -> list[dict[str, np.ndarray]]:
+        """Set the last ``fraction`` of the calibration batches (at least one) aside for :meth:`quality`."""
+        n = len(self.batches)
+        if not self.has_calibration or n < 2:
+            raise InvalidArgumentError(
+                "depth='auto' measures quality on calibration batches the ranking does not see: give calibration= "
+                f"with at least 2 batches (got {n if self.has_calibration else 0})"
+            )
+        k = max(1, int(n * fraction))
+        self.held, self.batches = self.batches[n - k :], self.batches[: n - k]
+        self._reference.clear()
+        return self.held
+
+    def quality(self, model: onnx.ModelProto, batches: Sequence[dict[str, np.ndarray]]) -> float:
+        """Mean cosine similarity, per sample, of ``model``'s first output to the original's on ``batches``."""
+        first = self.om.model.graph.output[0].name
+        sims: list[float] = []
+        for feeds in batches:
+            want = np.asarray(_run(self.om.model, feeds)[first], np.float64)
+            got = np.asarray(_run(model, feeds)[first], np.float64)
+            w, g = want.reshape(want.shape[0], -1), got.reshape(got.shape[0], -1)
+            den = np.linalg.norm(w, axis=1) * np.linalg.norm(g, axis=1)
+            sims.extend(((w * g).sum(1) / np.where(den > 0, den, 1.0)).tolist())
+        return float(np.mean(sims)) if sims else float("nan")
 
     def _add_node(self, g: onnx.GraphProto, out: str) -> onnx.NodeProto:
         for n in g.node:
@@ -98,17 +130,19 @@ class OnnxDepth:
         return m
 
     def loss(self, removed: Sequence[Block]) -> float:
-        """The relative squared change of the outputs from the original's on the example inputs."""
-        if self._reference is None:
-            self._reference = _run(self.om.model, self.om.inputs)
+        """Mean over the calibration batches of the relative squared change of the outputs from the original's."""
         if not removed:
             return 0.0
-        got = _run(self.zeroed(removed), self.om.inputs)
+        model = self.zeroed(removed)
         total = 0.0
-        for name, ref in self._reference.items():
-            r, x = np.asarray(ref, np.float64), np.asarray(got[name], np.float64)
-            total += float(((x - r) ** 2).sum()) / max(float((r**2).sum()), 1e-30)
-        return total
+        for i, feeds in enumerate(self.batches):
+            if i not in self._reference:
+                self._reference[i] = _run(self.om.model, feeds)
+            got = _run(model, feeds)
+            for name, ref in self._reference[i].items():
+                r, x = np.asarray(ref, np.float64), np.asarray(got[name], np.float64)
+                total += float(((x - r) ** 2).sum()) / max(float((r**2).sum()), 1e-30)
+        return total / len(self.batches)
 
     def remove(self, blocks: Sequence[Block]) -> onnx.ModelProto:
         """A new model without the branches of ``blocks`` (the loaded one is not touched)."""
@@ -202,8 +236,6 @@ class OnnxDepth:
             )
         return res
 
-    def quality(self, model: Any, batches: Sequence[Any]) -> float:  # pragma: no cover - no calibration for ONNX
-        raise InternalError("the ONNX adapter has no held-out calibration batches")
 
 
 def _abs(r: np.ndarray, x: np.ndarray) -> float:

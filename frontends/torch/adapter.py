@@ -84,3 +84,8 @@ class TorchAdapter(Adapter):
 
     def latency_model(self) -> Any:
         return copy.deepcopy(self.traced.gm)
+
+    def depth(self) -> Any:
+        from frontends.torch.depth import TorchDepth
+
+        return TorchDepth(self.traced, self.data, self.inputs, self.calibration is not None)

@@ -88,6 +88,10 @@ class TorchDepth:
         self._reference.clear()
         return self.held
 
+    def calibration(self) -> list[tuple[torch.Tensor, ...]]:
+        """The ranking's batches in the form ``compile(calibration=)`` takes."""
+        return [tuple(b.inputs) + ((b.labels,) if b.labels is not None else ()) for b in self.data.batches]
+
     def _node(self, value: str) -> str:
         node = self.node_of.get(value)
         if node is None:
