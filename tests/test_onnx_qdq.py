@@ -268,3 +268,27 @@ def test_changed_quantized_weights_are_quantized_again_on_the_kept_scales(tmp_pa
     assert np.all(np.abs(got - want) <= scale.reshape(-1, 1, 1, 1) / 2 + 1e-7)
     assert not np.array_equal(c["c2.weight_quantized"], consts(onnx.load(path))["c2.weight_quantized"][np.ix_(
         *[np.flatnonzero(k) if k is not None else np.arange(s) for k, s in zip(keep, changed.shape, strict=True)])])
+
+
+def test_torchvision_resnet18_qdq_prunes_and_verifies(tmp_path):
+    """A real network (residual adds between quantized activations, folded batch norms, per-channel int8 weights)."""
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    src, out = tmp_path / "resnet18.onnx", tmp_path / "resnet18_qdq.onnx"
+    net = torchvision.models.resnet18(weights=None).eval()
+    torch.onnx.export(net, (torch.randn(1, 3, 64, 64),), str(src), opset_version=17, dynamo=False, input_names=["x"])
+
+    class Images(quantization.CalibrationDataReader):
+        def __init__(self) -> None:
+            self.it = iter([{"x": np.random.default_rng(400 + i).standard_normal((1, 3, 64, 64)).astype(np.float32)} for i in range(4)])
+
+        def get_next(self):
+            return next(self.it, None)
+
+    quantization.quantize_static(str(src), str(out), Images(), quant_format=quantization.QuantFormat.QDQ, per_channel=True)
+    feeds = {"x": np.random.default_rng(5).standard_normal((1, 3, 64, 64)).astype(np.float32)}
+    r = compiler.compile(str(out), feeds, ratio=0.5)
+    assert r.report.frozen_ops == [] and r.report.verification["passed"] and r.report.verification["nodes_checked"] > 50
+    assert r.report.macs_after < 0.5 * r.report.macs_before
+    assert op_types(r.model) == op_types(onnx.load(str(out)))
+    assert any(n.startswith("quantized activations: 33 code tensors") for n in r.report.settings["onnx"]["notes"])
