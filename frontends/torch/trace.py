@@ -296,14 +296,15 @@ def _export(work: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], note
 
 
 def _input_shapes(ep: Any) -> list[tuple[str, tuple[int, ...]]]:
-    """The user inputs whose batch dim torch.export made static (a plain int where a symbol was asked for)."""
+    """The user inputs whose batch dim torch.export made static (a number where a symbol was asked for; a batch of 1
+    always is)."""
     out = []
     sigs = ep.graph_signature.user_inputs
     for node in ep.graph.nodes:
         if node.op != "placeholder" or node.name not in sigs:
             continue
         val = node.meta.get("val")
-        if isinstance(val, torch.Tensor) and val.dim() > 0 and _static(val.shape[0]) and int(val.shape[0]) > 1:
+        if isinstance(val, torch.Tensor) and val.dim() > 0 and _static(val.shape[0]):
             out.append((node.name, tuple(int(s) for s in val.shape)))
     return out
 
