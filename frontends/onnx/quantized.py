@@ -109,18 +109,21 @@ def slice_dequantized(rw: OnnxRewrite, name: str, want: np.ndarray) -> bool:
     n = rw.nodes[p]
     if n.op_type != "DequantizeLinear" or n.domain not in DEFAULT_DOMAINS or name not in rw.om.static:
         return False
-    ins = [x if k < len(n.input) else "" for k, x in enumerate(list(n.input) + ["", ""])][:3]
+    ins = (list(n.input) + ["", ""])[:3]  # codes, scale, zero point (optional)
     if any(x and x not in rw.om.static for x in ins):
         return False
     orig = rw.om.static[name]  # the value the rewrite slices (a compensation may have changed it)
     keep = [rw.keep_mask(name, d) for d in range(orig.ndim)]
     codes = _take(rw.om.static[ins[0]], keep)
     axis = int(node_attrs(n).get("axis", 1)) % max(orig.ndim, 1)
+    along = keep[axis] if orig.ndim and keep[axis] is not None and not keep[axis].all() else None
     params: list[np.ndarray | None] = []
-    for x in ins[1:]:
+    sliced: list[int] = []
+    for k, x in enumerate(ins[1:], start=1):
         v = rw.om.static[x] if x else None
-        if v is not None and v.ndim == 1 and v.size == orig.shape[axis] and keep[axis] is not None:  # per axis
-            v = v[np.flatnonzero(keep[axis])]
+        if v is not None and along is not None and v.ndim == 1 and v.size == orig.shape[axis]:  # per axis, pruned
+            v = v[np.flatnonzero(along)]
+            sliced.append(k)
         params.append(v)
     scale, zp = params
     assert scale is not None
@@ -128,9 +131,10 @@ def slice_dequantized(rw: OnnxRewrite, name: str, want: np.ndarray) -> bool:
         codes = _quantize(want, scale, zp, axis, rw.om.static[ins[0]].dtype)  # quantized again on the kept grid
         rw.result.notes.append(f"{name}: changed weights quantized again ({n.name or n.op_type})")
     rw.set_arg(p, 0, codes)
-    for k, v in ((1, scale), (2, zp)):
-        if v is not None and v.ndim == 1 and v.size == codes.shape[axis]:
-            rw.set_arg(p, k, v)
+    for k in sliced:
+        v = params[k - 1]
+        assert v is not None
+        rw.set_arg(p, k, v)
     rw.env[name] = np.asarray(want)
     return True
 
