@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 
 import compiler
-from frontends.errors import VerificationError
+from frontends.errors import InvalidArgumentError, VerificationError
 from frontends.torch.rewrite import RewriteFX
 from frontends.torch.verify import VerifyFX
 
@@ -74,6 +74,8 @@ def test_fasterrcnn_prunes_its_backbone_and_heads_and_verifies():
     out = r.model(_images((90, 70), (64, 64), seed=3))  # other image sizes run
     assert [sorted(o) for o in out] == [["boxes", "labels", "scores"]] * 2
     assert all(o["boxes"].shape[1] == 4 for o in out)
+    with pytest.raises(InvalidArgumentError, match="number of images"):  # list lengths are the example's
+        r.model(_images((64, 64)))
 
 
 def test_the_concrete_trace_reads_sizes_at_run_time():

@@ -64,6 +64,8 @@ def test_a_list_of_images_in_and_a_nested_dict_out():
     assert len(flat_tensors(out)) == 3
     # the backend runner takes the same structure
     assert torch.allclose(r(x)["logits"], out["logits"])
+    with pytest.raises(InvalidArgumentError, match="3 leaves"):  # never an image silently dropped
+        r.model(_images(3))
 
 
 def test_keyword_arguments_as_a_dict():

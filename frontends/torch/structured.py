@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 import torch.fx
+import torch.fx._pytree as fx_pytree
 import torch.nn as nn
 import torch.utils._pytree as pytree
 from torch.fx.graph import CodeGen, _PyTreeCodeGen, _PyTreeInfo
@@ -174,9 +175,34 @@ def structured_module(flat: torch.fx.GraphModule, sig: Signature) -> torch.fx.Gr
     graph = torch.fx.Graph()
     out = graph.graph_copy(flat.graph, {})
     graph.output(out)
-    graph._codegen = _PyTreeCodeGen(_PyTreeInfo(list(sig.arg_names), sig.in_spec, sig.out_spec))
+    graph._codegen = _StrictPyTreeCodeGen(_PyTreeInfo(list(sig.arg_names), sig.in_spec, sig.out_spec))
     gm = torch.fx.GraphModule(flat, graph, type(flat).__name__)
+    gm.__dict__["_prunec_flatten"] = strict_flatten  # read by the generated forward
     return gm
+
+
+class _StrictPyTreeCodeGen(_PyTreeCodeGen):
+    """torch.fx's pytree code generator, flattening the arguments with :func:`strict_flatten`."""
+
+    def gen_var_bindings(self, fn_args: list[str], free_vars: list[str], expanded_def: bool) -> str:
+        code = super().gen_var_bindings(fn_args, free_vars, expanded_def)
+        return code.replace("fx_pytree.tree_flatten_spec(", "self._prunec_flatten(")
+
+
+def strict_flatten(tree: Any, spec: pytree.TreeSpec) -> list[Any]:
+    """The leaves of ``tree`` in ``spec``'s order; raises where ``tree`` has another number of leaves (a list of
+    two images where the model was traced with one: ``tree_flatten_spec`` alone would drop the second)."""
+    given = len(pytree.tree_leaves(tree))
+    try:
+        leaves = fx_pytree.tree_flatten_spec(tree, spec)
+    except (IndexError, KeyError, TypeError, AttributeError):  # fewer items, a missing key, another kind
+        leaves = None
+    if leaves is None or given != len(leaves):
+        raise InvalidArgumentError(
+            f"the pruned model takes arguments structured as its example_inputs were ({spec.num_leaves} leaves: "
+            f"{_short(spec)}); got {given} leaves (list lengths, such as the number of images, are the example's)"
+        )
+    return list(leaves)
 
 
 def flat_module(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
