@@ -2,6 +2,9 @@
 
 ==================  ===============================================================
 ``trace``           symbolic trace (torch.export as the fallback), shapes on every node
+``structured``      arguments and outputs of any pytree shape around a flat graph of their leaves
+``concrete``        the concrete trace (values on the example) for models with run-time parts
+``runtime``         run-time parts kept as they are: detection's transform, anchors, RoI align, NMS
 ``lower``           FX nodes into the neutral ops of :mod:`frontends.graph`
 ``inline``          wrapped leaf functions inlined at the example's sizes
 ``attention``       ``nn.MultiheadAttention`` decomposed so its heads can be pruned
