@@ -16,13 +16,18 @@
                             (seed 004), and BatchNorm-scale L1 (network slimming), as a loss term
 ``distributed_compile``     ``compile`` under ``torch.distributed``: calibration statistics and
                             weight updates reduced across ranks, so every rank prunes identically
+``distill``                 knowledge distillation of the pruned model from the original on
+                            unlabelled batches (logits KL and/or output MSE), DDP-aware; held-out
+                            quality before and after
 =========================== ==================================================================
 
 Modules: :mod:`~compiler.workflows.schedules` (iterative pruning, lottery tickets, rewinding),
 :mod:`~compiler.workflows.magnitude` (unstructured sparsity and compaction),
-:mod:`~compiler.workflows.regularizers` (loss terms), :mod:`~compiler.workflows.distributed`.
+:mod:`~compiler.workflows.regularizers` (loss terms), :mod:`~compiler.workflows.distributed`,
+:mod:`~compiler.workflows.distill`.
 """
 
+from compiler.workflows.distill import DistillResult, distill
 from compiler.workflows.distributed import distributed_compile
 from compiler.workflows.magnitude import CompactResult, MagnitudePruner, sparsify_and_compact, weight_sparsity
 from compiler.workflows.regularizers import SparsityRegularizer, bn_l1, group_weight_decay
@@ -42,4 +47,6 @@ __all__ = [
     "group_weight_decay",
     "bn_l1",
     "distributed_compile",
+    "distill",
+    "DistillResult",
 ]
