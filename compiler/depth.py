@@ -70,15 +70,34 @@ def compile_depth(model: Any, opts: Options, adapter_for: Callable[[Any], Adapte
         verification = steps("verify blocks", handler.verify, removed, depth_model, rtol).to_dict()
     macs_d = graph_macs(steps("measure blocks", adapter.measure, Rewritten(depth_model)))
     width_opts, note = _width_options(opts, macs0, macs_d)
-    result = run(depth_model, width_opts, None)
+    width_input, hf_note = _as_hf(adapter, depth_model, removed, opts, steps)
+    result = run(width_input, width_opts, None)
     r = result.report
     r.params_before, r.macs_before = params0, macs0
     r.model, r.trace_method = adapter.model_name, adapter.trace_method
     r.settings.update(depth=opts.depth, depth_importance=opts.depth_importance)
-    r.depth = _report(analysis, scores, criterion, removed, opts, macs0, macs_d, verification, search, note)
+    r.depth = _report(analysis, scores, criterion, removed, opts, macs0, macs_d, verification, search, "; ".join(x for x in (note, hf_note) if x))
     r.timings = {**steps.timings, **r.timings}
-    result.source = adapter.model  # the model as given: to_hf / save_pretrained rebuild its class
+    if width_input is depth_model:
+        result.source = adapter.model  # the model as given: to_hf / save_pretrained rebuild its class (compiler.hf.fewer_layers)
     return result
+
+
+def _as_hf(adapter: Adapter, depth_model: Any, removed: list[Block], opts: Options, steps: Steps) -> tuple[Any, str]:
+    """For a transformers model whose removed blocks are whole layers: its own class with the kept layers
+    (``compiler.hf.to_hf``, outputs checked against the depth-pruned graph), so that the width pass keeps
+    the config's constraints (``hf_compatible``); else the depth-pruned graph module as it is."""
+    from compiler.hf import is_hf_model
+
+    if not removed or adapter.name != "torch" or not is_hf_model(adapter.model) or getattr(opts, "hf_compatible", None) is False:
+        return depth_model, ""
+    from compiler.hf import to_hf
+
+    try:
+        small = steps("rebuild layers", to_hf, adapter.model, depth_model, tuple(adapter.example_inputs()))
+    except UnsupportedModelError as exc:
+        return depth_model, f"the width pass runs on the graph module: {exc}"
+    return small, f"the width pass runs on {type(small).__name__} with {small.config.num_hidden_layers} layers"
 
 
 def _width_options(opts: Options, macs0: int, macs_d: int) -> tuple[Options, str]:

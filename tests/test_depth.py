@@ -215,6 +215,7 @@ def test_llama_depth_and_width_under_one_macs_budget(tmp_path):
     assert len(d["removed"]) == 1 and d["macs_after_depth"] > 0.6 * r.report.macs_before
     assert r.report.macs_after <= 0.6 * r.report.macs_before * 1.02
     assert r.report.verification["passed"] and d["verification"]["passed"]
+    assert "the width pass runs on LlamaForCausalLM with 3 layers" in d["note"]  # so its config constraints hold
     r.save_pretrained(tmp_path)
     reloaded = transformers.LlamaForCausalLM.from_pretrained(tmp_path).eval()
     assert reloaded.config.num_hidden_layers == 3
@@ -243,6 +244,22 @@ def test_a_config_that_derives_layers_from_the_index_is_a_typed_error():
     r = compiler.compile(model, (ids,), depth=0.25, depth_importance="norm")
     assert r.report.depth["removed"] == ["model.layers.1"] and r.report.depth["verification"]["passed"]
     with pytest.raises(UnsupportedModelError, match="sliding_window_pattern=2 derives per-layer behaviour"):
+        r.to_hf()
+
+
+def test_post_norm_layers_keep_their_norms_and_say_the_config_cannot_express_it():
+    cfg = transformers.BertConfig(vocab_size=100, hidden_size=32, num_attention_heads=2, num_hidden_layers=3,
+                                  intermediate_size=64, max_position_embeddings=32)  # fmt: skip
+    model, ids = transformers.BertModel(cfg).eval(), torch.randint(0, 100, (2, 8))
+    r = compiler.compile(model, (ids,), depth=0.34, depth_importance="norm")
+    d = r.report.depth
+    assert len(d["removed"]) == 1 and d["verification"]["passed"]
+    gone = d["removed"][0]
+    keys = set(r.model.state_dict())
+    assert not any(k.startswith(f"{gone}.attention.self.") or k.startswith(f"{gone}.intermediate.") for k in keys)
+    assert f"{gone}.output.LayerNorm.weight" in keys  # LN(x + 0) stays on the stream
+    assert "runs on the graph module" in d["note"]
+    with pytest.raises(UnsupportedModelError, match="post-norm"):
         r.to_hf()
 
 
