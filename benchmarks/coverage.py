@@ -353,8 +353,12 @@ def write_combined(todo: list[tuple[str, str]], by_exporter: dict[str, dict[str,
         half = [r for r in ok if r["macs"] < 0.5]
         exp = [r for r in rows if r.get("status") == "export failed" or "during build/export" in str(r.get("error", ""))]
         bad = [r for r in rows if r.get("status") != "ok" and r not in exp]
-        summary.append(f"{e}: {len(ok)} of {len(rows)} run compiled and verified ({len(half)} below half the MACs), "
+        span = f", MACs {min(r['macs'] for r in ok):.2f}x to {max(r['macs'] for r in ok):.2f}x" if ok else ""
+        summary.append(f"{e}: {len(ok)} of {len(rows)} run compiled and verified ({len(half)} below half the MACs{span}), "
                        f"{len(exp)} not exported, {len(bad)} failed in prunec")  # fmt: skip
+    both = [(n, by_exporter["torchscript"][n]["macs"], by_exporter["dynamo"][n]["macs"]) for n, _ in todo
+            if all(by_exporter[e].get(n, {}).get("status") == "ok" for e in names)]  # fmt: skip
+    differ = [f"{n} ({a:.3f} / {b:.3f})" for n, a, b in both if abs(a - b) > 0.005]
     skipped = sorted({n for e in names for n, r in by_exporter[e].items() if str(r.get("status", "")).startswith("skipped")})
     lines = [
         "# Coverage: torchvision models exported to ONNX (TorchScript and dynamo exporters) through prunec",
@@ -379,6 +383,9 @@ def write_combined(todo: list[tuple[str, str]], by_exporter: dict[str, dict[str,
         "**Sets: " + "; ".join(ran) + ".**",
         "",
         "**" + "; ".join(summary) + ".**" + (f" Skipped for size (`--max-params`): {', '.join(skipped)}." if skipped else ""),
+        "",
+        f"Both exporters verified on {len(both)} models; the MACs ratio differs between the two exports (torchscript / "
+        f"dynamo, more than 0.005) on {len(differ)}" + (f": {', '.join(differ)}." if differ else "."),
         "",
         "| model | family | input | "
         + " | ".join(f"{e} status | MACs | params | nodes | node err | time" for e in names)

@@ -63,7 +63,10 @@ def test_combined_table_shows_only_rows_that_ran():
     assert rows["a"].endswith("dynamo: X: no / way |")
     assert rows["b"].count("not run") == 2 and rows["c"].count("not run") == 2
     assert "classification (2 models): torchscript 1 run, dynamo 1 run; segmentation: not run; video: not run" in text
-    assert "torchscript: 1 of 1 run compiled and verified (1 below half the MACs)" in text
+    assert "torchscript: 1 of 1 run compiled and verified (1 below half the MACs, MACs 0.30x to 0.30x)" in text
     assert "dynamo: 0 of 1 run compiled and verified (0 below half the MACs), 1 not exported, 0 failed in prunec" in text
+    assert "Both exporters verified on 0 models" in text
+    both = coverage.write_combined(todo, {"torchscript": {"a": ok}, "dynamo": {"a": dict(ok, macs=0.4)}})
+    assert "on 1: a (0.300 / 0.400)." in both
     header = next(line for line in text.splitlines() if line.startswith("| model"))
     assert all(line.count("|") == header.count("|") for line in rows.values())
