@@ -144,6 +144,19 @@ def test_corrupted_rewrite_fails_verification():
         handler.verify(removed, bad, 1e-6)
 
 
+def test_convnext_blocks_with_layer_scale_and_permutes():
+    model, x = torchvision.models.convnext_tiny(weights=None).eval(), torch.randn(1, 3, 32, 32)
+    adapter = TorchAdapter(model, (x,))
+    adapter.load(lambda name, fn, *a, **k: fn(*a, **k))
+    analysis = FindBlocks().call(adapter.graph)
+    depths = (3, 3, 9, 3)
+    assert [b.name for b in analysis.blocks] == [f"features.{2 * s + 1}.{i}" for s, n in enumerate(depths) for i in range(n)]
+    assert sorted({b.stage for b in analysis.blocks}) == [0, 1, 2, 3] and not analysis.rejected
+    handler = adapter.depth()
+    removed = select_blocks(analysis, score_blocks(analysis, handler, "norm"), 4)
+    assert handler.verify(removed, handler.remove(removed), 1e-6).passed
+
+
 # ---------------------------------------------------------------------------------------------- ViT
 
 
