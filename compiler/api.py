@@ -91,7 +91,7 @@ def compile(  # noqa: A001 - the public contract's name
     *,
     threshold: float | None = None,
     target_macs: float | None = None,
-    importance: str = "l2",
+    importance: str = "auto",
     equalization: str = "arithmetic_mean",
     normalizer: str = "max",
     granularity: int = 8,
@@ -126,6 +126,11 @@ def compile(  # noqa: A001 - the public contract's name
     fraction of the original MACs when <= 1, else an absolute count).
     ``verify`` runs the pruned model against the original with the removed
     channels zeroed and raises :class:`VerificationError` on a mismatch.
+
+    ``importance`` names the saliency criterion (:data:`passes.importance.CRITERIA`); the default ``"auto"``
+    chooses one from the data (:mod:`compiler.defaults`): ``l2`` without calibration data, ``obs`` with
+    held-out-guarded compensation given enough calibration samples, else ``taylor`` (``activation`` for ONNX);
+    ``report.settings["importance_choice"]`` says which and why.
 
     Data-driven criteria read ``calibration`` (an iterable of batches: a tensor,
     or a tuple of the inputs optionally followed by labels; without it, the

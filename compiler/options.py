@@ -19,7 +19,7 @@ class Options:
     ratio: float | None = None
     threshold: float | None = None
     target_macs: float | None = None
-    importance: str = "l2"
+    importance: str = "auto"  # a criterion of passes.importance.CRITERIA; auto: chosen from the data (compiler.defaults)
     equalization: str = "arithmetic_mean"
     normalizer: str = "max"
     granularity: int = 8
@@ -66,8 +66,8 @@ class Options:
         from passes.importance import CRITERIA
         from passes.saliency import EQUALIZATIONS, NORMALIZERS
 
-        if self.importance not in CRITERIA:
-            raise InvalidArgumentError(f"importance={self.importance!r} is not available; choose from {', '.join(CRITERIA)}")
+        if self.importance != "auto" and self.importance not in CRITERIA:
+            raise InvalidArgumentError(f"importance={self.importance!r} is not available; choose from auto, {', '.join(CRITERIA)}")
         if self.equalization not in EQUALIZATIONS:
             raise InvalidArgumentError(f"equalization={self.equalization!r}; choose from {', '.join(EQUALIZATIONS)}")
         if self.normalizer not in NORMALIZERS:

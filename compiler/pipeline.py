@@ -91,6 +91,10 @@ def plan(
     MACs target (cost-driven selection on measured tables), and the saliency
     policies (``ratio``, ``threshold``, ``target_macs``).
     """
+    if opts.importance == "auto":  # unresolved (no adapter to say what data there is): the data-free default
+        from dataclasses import replace
+
+        opts = replace(opts, importance="l2")
     analysis = steps("analyze", ChannelAnalysis(opts.ignore, {"attention": opts.attention}).call, graph)
     needs = CRITERIA[opts.importance].runs_model or opts.f_nz is not None or opts.propagate_bias or opts.compensates
     data = make_data(analysis) if (needs and make_data is not None) else None
@@ -349,6 +353,9 @@ def compile_with(
     """load -> plan (analyze, saliency, select) -> weight updates -> rewrite -> verify -> measure -> report."""
     steps = Steps(progress)
     adapter.load(steps)
+    from compiler.defaults import calibration_samples, resolve_importance
+
+    opts, choice = resolve_importance(opts, calibration_samples(adapter), adapter.capabilities)  # importance="auto"
     check_capabilities(adapter, opts)
     check_ignored_names(adapter.graph, opts.ignore)
     latency, run_opts = latency_setup(opts, backend_options, adapter.example_inputs(), progress, steps, adapter.latency_model)
@@ -371,6 +378,8 @@ def compile_with(
         verification = steps("verify", adapter.verify, p, rewritten, updates, rtol)
     after = steps("measure", adapter.measure, rewritten)
     settings = {**rewritten.info, **info}
+    if choice is not None:
+        settings["importance_choice"] = choice
     report = build_report(adapter.model_name, adapter.trace_method, p, after, opts, verification, steps.timings, settings)
     return Compiled(rewritten.model, p, report)
 

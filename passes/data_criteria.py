@@ -46,7 +46,30 @@ __all__ = [
     "obs_rows",
     "reduce_except",
     "per_sample_cross_entropy",
+    "holdout_plan",
+    "COMPENSATION_DAMPING",
 ]
+
+#: candidates of guarded OBS compensation, (damping as a multiple of the mean of diag(H), anchored at the current
+#: weights); the held-out split chooses among them and not compensating
+COMPENSATION_DAMPING = ((0.01, False), (0.01, True), (0.1, True), (1.0, True))
+
+
+def holdout_plan(sizes: list[int], split_single: bool = True) -> list[tuple[int, slice | None, bool]]:
+    """How calibration batches are split for the compensation guard: ``(batch, samples, held_out)`` pieces.
+
+    Every 4th batch is held out (with 2 or 3 batches, the last one); a single batch of N >= 2 samples is split
+    along its first dim (the last ``max(1, N // 4)`` samples held out) where ``split_single``; else nothing is
+    held out (``samples`` None: the whole batch)."""
+    n = len(sizes)
+    if n >= 4:
+        return [(i, None, i % 4 == 3) for i in range(n)]
+    if n >= 2:
+        return [(i, None, i == n - 1) for i in range(n)]
+    if n == 1 and split_single and sizes[0] >= 2:
+        k = max(1, sizes[0] // 4)
+        return [(0, slice(0, sizes[0] - k), False), (0, slice(sizes[0] - k, sizes[0]), True)]
+    return [(i, None, False) for i in range(n)]
 
 
 @dataclass
@@ -169,6 +192,7 @@ class ChannelStatistics(ABC):
     analysis: AnalysisResult
     cons: list[Consumer]
     C: int
+    compensation_report: dict | None = None  # what the last obs_compensation decided, per layer
 
     # -- what the adapter supplies -----------------------------------------------------
     @abstractmethod
@@ -182,6 +206,11 @@ class ChannelStatistics(ABC):
     @abstractmethod
     def layers(self) -> list[tuple[ObsLayer, np.ndarray]]:
         """The OBS layers (:meth:`obs_layers`) with their input Hessians: the mean of X̃ᵀX̃ over the rows."""
+
+    def held_out_layers(self) -> list[tuple[ObsLayer, np.ndarray, np.ndarray]]:
+        """Per OBS layer: its input Hessian on the fitting batches and on the held-out ones (:func:`holdout_plan`);
+        empty where the calibration data could not be split (compensation is then not applied)."""
+        return []
 
     def exact_geometry(self, op: Op) -> bool:
         """Whether a conv op's recorded stride, padding and dilation are exactly what it computes."""
@@ -314,26 +343,98 @@ class ChannelStatistics(ABC):
         return np.where(seen, scores, np.nan)
 
     # -- weight updates ----------------------------------------------------------------
-    def obs_compensation(self, pruned: np.ndarray, damp: float = 0.01) -> tuple[dict[str, np.ndarray], set[str]]:
-        """Least-squares re-fit of each consumer's remaining weights (and bias) on the calibration inputs."""
+    @staticmethod
+    def _refit(W: np.ndarray, H: np.ndarray, K: np.ndarray, damp: float, anchored: bool = False) -> np.ndarray:
+        """Least squares of the layer's output on the kept columns ``K`` with ridge λ = ``damp`` · mean diag(H):
+        argmin_A ||(A - W) X||² + λ ||A - A₀||², A₀ = 0 (the classical OBS re-fit), or where ``anchored``, A₀ = W_K
+        (their current weights: directions the data does not span keep their weights; large λ: no change)."""
+        lam = damp * max(float(np.mean(np.diag(H))), 1e-12)
+        HKK = H[np.ix_(K, K)] + lam * np.eye(len(K))
+        rhs = W @ H[:, K] + lam * W[:, K] if anchored else W @ H[:, K]
+        A = np.linalg.solve(HKK, rhs.T).T  # [O, |K|]
+        Wn = np.zeros_like(W)
+        Wn[:, K] = A
+        return Wn
+
+    @staticmethod
+    def _loss(Wn: np.ndarray, W: np.ndarray, H: np.ndarray) -> float:
+        """Mean squared change of the layer's output over the rows H was taken on, relative to the output's."""
+        E = Wn - W
+        return float(np.einsum("oi,ij,oj->", E, H, E)) / max(float(np.einsum("oi,ij,oj->", W, H, W)), 1e-30)
+
+    def obs_compensation(
+        self,
+        pruned: np.ndarray,
+        damp: float | None = None,
+        reduce: Callable[[np.ndarray], np.ndarray] | None = None,
+    ) -> tuple[dict[str, np.ndarray], set[str]]:
+        """Least-squares re-fit of each consumer's remaining weights (and bias) on the calibration inputs, guarded.
+
+        ``damp`` None (the guard): per layer, the re-fit is made on the fitting split of the calibration batches
+        with each candidate of :data:`COMPENSATION_DAMPING` (the classical re-fit, and re-fits anchored at the
+        current weights, which generalise from few samples), and the choice with the lowest reconstruction loss on
+        the held-out split wins, not re-fitting at all included; the chosen damping is then re-fitted on all the
+        data. A layer whose compensation does not lower its held-out loss keeps its weights, so compensation
+        never makes a layer's held-out reconstruction worse. Without a held-out split nothing is re-fitted.
+        ``reduce`` (an all-reduce under torch.distributed) is applied to the held-out losses, so that every rank
+        decides alike. A number ``damp`` makes the classical re-fit of every layer with that damping on all the data, unguarded.
+        What was decided is in :attr:`compensation_report`.
+        """
         updates: dict[str, np.ndarray] = {}
         done: set[str] = set()
+        todo: list[tuple[ObsLayer, np.ndarray, np.ndarray, np.ndarray]] = []  # layer, H, W̃, kept columns
         for lay, H in self.layers():
             cols = self._columns(lay)
             removed = np.zeros(len(cols), dtype=bool)
             removed[:-1] = pruned[cols[:-1]]
             if not removed.any():
                 continue
-            has_bias = lay.bias is not None or lay.bias_attr is not None
             keep = ~removed
-            if not has_bias:
+            if lay.bias is None and lay.bias_attr is None:
                 keep[-1] = False
-            W = self._wtilde(lay)
-            K = np.flatnonzero(keep)
-            HKK = self._damped(H[np.ix_(K, K)], damp)
-            A = np.linalg.solve(HKK, (W @ H[:, K]).T).T  # [O, |K|]
-            Wn = np.zeros_like(W)
-            Wn[:, K] = A
+            todo.append((lay, H, self._wtilde(lay), np.flatnonzero(keep)))
+        chosen: dict[str, tuple[float, bool] | None] = {}
+        rows: list[dict] = []
+        if damp is not None:
+            chosen = {lay.consumer.node: (damp, False) for lay, *_ in todo}
+            note = f"unguarded, damping {damp}"
+        else:
+            split = {lay.consumer.node: (Hf, Hh) for lay, Hf, Hh in self.held_out_layers()}
+            note = "held-out split of the calibration batches" if split else "no held-out split: not applied"
+            cands = (None, *COMPENSATION_DAMPING)
+            losses = np.zeros((len(todo), len(cands)))
+            avail = np.zeros((len(todo), 1))
+            for r, (lay, _H, W, K) in enumerate(todo):
+                if lay.consumer.node not in split:
+                    continue
+                avail[r] = 1.0
+                Hf, Hh = split[lay.consumer.node]
+                base = W.copy()
+                base[:, np.setdiff1d(np.arange(W.shape[1]), K)] = 0.0
+                losses[r, 0] = self._loss(base, W, Hh)
+                for c, (d, anchored) in enumerate(COMPENSATION_DAMPING, 1):
+                    losses[r, c] = self._loss(self._refit(W, Hf, K, d, anchored), W, Hh)
+            if reduce is not None and len(todo):  # every rank decides on the same (summed) losses
+                losses, avail = np.asarray(reduce(losses)), np.asarray(reduce(avail))
+            for r, (lay, *_rest) in enumerate(todo):
+                if avail[r, 0] <= 0:
+                    continue
+                best = int(np.argmin(losses[r]))
+                pick = cands[best]
+                chosen[lay.consumer.node] = pick
+                op = self.analysis.graph.ops[lay.consumer.op]
+                rows.append({
+                    "layer": op.label or op.name,
+                    "damping": None if pick is None else pick[0],
+                    "anchored": None if pick is None else pick[1],
+                    "held_out_loss_before": round(float(losses[r, 0]), 6),
+                    "held_out_loss_after": round(float(losses[r, best]), 6),
+                })  # fmt: skip
+        for lay, H, W, K in todo:
+            choice = chosen.get(lay.consumer.node)
+            if choice is None:
+                continue
+            Wn = self._refit(W, H, K, *choice)
             w0 = self._const(lay.weight)
             updates[lay.weight] = Wn[:, :-1].reshape(w0.shape).astype(w0.dtype)
             if lay.bias_attr is not None:
@@ -341,6 +442,17 @@ class ChannelStatistics(ABC):
             elif lay.bias is not None:
                 updates[lay.bias] = Wn[:, -1].astype(self._const(lay.bias).dtype)
             done.add(lay.consumer.node)
+        before = sum(r["held_out_loss_before"] for r in rows)
+        after = sum(r["held_out_loss_after"] for r in rows)
+        self.compensation_report = {
+            "guard": note,
+            "candidates": len(todo),
+            "applied": len(done),
+            "refused": sum(1 for r in rows if r["damping"] is None),
+            "held_out_loss_before": round(before / len(rows), 6) if rows else None,
+            "held_out_loss_after": round(after / len(rows), 6) if rows else None,
+            "layers": rows,
+        }
         return updates, done
 
     def bias_propagation(

@@ -37,6 +37,7 @@ from passes.channel_analysis import AnalysisResult
 from passes.data_criteria import (
     ChannelStatistics,
     ObsLayer,
+    holdout_plan,
     obs_rows,
     per_sample_cross_entropy,
     read_consumers,
@@ -74,6 +75,7 @@ class OnnxDataCriteria(ChannelStatistics):
         self._abs: dict[str, np.ndarray] | None = None
         self._means: dict[str, np.ndarray] | None = None
         self._layers: list[tuple[ObsLayer, np.ndarray]] | None = None
+        self._split: list[tuple[ObsLayer, np.ndarray, np.ndarray]] | None = None
 
     # -- what only the ONNX model knows --------------------------------------------------------
     def _key(self, op: Op, value: str) -> str | None:
@@ -151,12 +153,15 @@ class OnnxDataCriteria(ChannelStatistics):
         sums: dict[str, np.ndarray] = {}
         hess: dict[str, np.ndarray] = {}
         rows: dict[str, int] = {}
+        held_hess: dict[str, np.ndarray] = {}
+        held_rows: dict[str, int] = {}
+        held_out = {i for i, _part, held in holdout_plan([b.size for b in self.data.batches], split_single=False) if held}
         done_local: set[str] = set()
         for chunk in self._chunks(fetch) if fetch else [[]]:
             sess = ort_session(capture_model(self._base(), chunk, self.om.elem_types), arrays=self.om.static)
             local = [v for v in by_value if v not in fetch and v not in done_local]  # inputs and static values: once
             done_local |= set(local)
-            for b in self.data.batches:
+            for bi, b in enumerate(self.data.batches):
                 outs = dict(zip(chunk, sess.run(chunk, b.inputs), strict=True)) if chunk else {}
                 for v in chunk + local:
                     x = self._value(v, outs, b.inputs)
@@ -166,8 +171,12 @@ class OnnxDataCriteria(ChannelStatistics):
                         lay = layers.get(c.node)
                         if lay is not None:
                             X = obs_rows(lay, x)
-                            hess[c.node] = hess.get(c.node, 0) + X.T @ X
+                            XtX = X.T @ X
+                            hess[c.node] = hess.get(c.node, 0) + XtX
                             rows[c.node] = rows.get(c.node, 0) + X.shape[0]
+                            if bi in held_out:
+                                held_hess[c.node] = held_hess.get(c.node, 0) + XtX
+                                held_rows[c.node] = held_rows.get(c.node, 0) + X.shape[0]
                 del outs
         n = sum(b.size for b in self.data.batches)
         nb = len(self.data.batches)
@@ -175,6 +184,11 @@ class OnnxDataCriteria(ChannelStatistics):
         self._means = {node: v / n for node, v in sums.items()}
         if hessians:
             self._layers = [(lay, hess[node] / rows[node]) for node, lay in layers.items() if node in hess]
+            self._split = [
+                (lay, (hess[node] - held_hess[node]) / (rows[node] - held_rows[node]), held_hess[node] / held_rows[node])
+                for node, lay in layers.items()
+                if node in held_hess and rows[node] > held_rows[node]
+            ]
 
     def _mean_abs_activation(self) -> dict[str, np.ndarray]:
         if self._abs is None:
@@ -193,6 +207,14 @@ class OnnxDataCriteria(ChannelStatistics):
             self._collect(hessians=True)
         assert self._layers is not None
         return self._layers
+
+    def held_out_layers(self) -> list[tuple[ObsLayer, np.ndarray, np.ndarray]]:
+        """The Hessians on the fitting and held-out batches (:func:`passes.data_criteria.holdout_plan`; a single
+        batch is not split: an ONNX model's batch size may be fixed)."""
+        if self._split is None:
+            self._collect(hessians=True)
+        assert self._split is not None
+        return self._split
 
     # -- mean-replacement penalty ----------------------------------------------------------------
     def mrp(self, classes: np.ndarray) -> np.ndarray:

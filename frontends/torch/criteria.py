@@ -58,7 +58,7 @@ from frontends.torch.calibration import (
 from frontends.torch.nodes import module_attr
 from frontends.torch.trace import TracedModel
 from passes.channel_analysis import AnalysisResult
-from passes.data_criteria import ChannelStatistics, ObsLayer
+from passes.data_criteria import ChannelStatistics, ObsLayer, holdout_plan
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +88,7 @@ class DataCriteria(ChannelStatistics):
         self.gen = torch.Generator().manual_seed(seed)
         self._means: dict[str, torch.Tensor] | None = None
         self._layers: list[tuple[ObsLayer, np.ndarray]] | None = None
+        self._split: list[tuple[ObsLayer, np.ndarray, np.ndarray]] | None = None
 
     # -- what only the torch graph knows ---------------------------------------------------
     def exact_geometry(self, op: Op) -> bool:
@@ -327,27 +328,53 @@ class DataCriteria(ChannelStatistics):
     def layers(self) -> list[tuple[ObsLayer, np.ndarray]]:
         """Consumers OBS can handle (Linear, ungrouped Conv1d/Conv2d), with their input Hessians
         (the mean of X̃ᵀX̃ over the calibration rows)."""
-        if self._layers is not None:
-            return self._layers
+        if self._layers is None:
+            self._collect_hessians()
+        assert self._layers is not None
+        return self._layers
+
+    def held_out_layers(self) -> list[tuple[ObsLayer, np.ndarray, np.ndarray]]:
+        """The same Hessians on the fitting and the held-out pieces of :func:`passes.data_criteria.holdout_plan`."""
+        if self._split is None:
+            self._collect_hessians()
+        assert self._split is not None
+        return self._split
+
+    def _collect_hessians(self) -> None:
         by_node = self.obs_layers()
         sums: dict[str, np.ndarray] = {}
         rows: dict[str, int] = {}
+        held_sums: dict[str, np.ndarray] = {}
+        held_rows: dict[str, int] = {}
         runner = self._runner()
+        held = [False]  # whether the piece being run is held out
 
         def rec(c: Consumer, x: torch.Tensor) -> None:
             lay = by_node.get(c.node)
             if lay is None:
                 return
             X = self._rows(lay, x.detach().double())
-            sums[c.node] = sums.get(c.node, 0) + (X.T @ X).numpy()
+            XtX = (X.T @ X).numpy()
+            sums[c.node] = sums.get(c.node, 0) + XtX
             rows[c.node] = rows.get(c.node, 0) + X.shape[0]
+            if held[0]:
+                held_sums[c.node] = held_sums.get(c.node, 0) + XtX
+                held_rows[c.node] = held_rows.get(c.node, 0) + X.shape[0]
 
+        batches = self.data.batches
+        sizes = [int(b.inputs[0].shape[0]) for b in batches]
+        one = len(batches) == 1 and all(isinstance(x, torch.Tensor) and x.dim() and x.shape[0] == sizes[0] for x in batches[0].inputs)
         runner.record = rec
         with torch.no_grad():
-            for b in self.data.batches:
-                runner.run(*b.inputs)
+            for i, part, held[0] in holdout_plan(sizes, split_single=one):
+                ins = batches[i].inputs if part is None else tuple(x[part] for x in batches[i].inputs)
+                runner.run(*ins)
         self._layers = [(lay, sums[node] / rows[node]) for node, lay in by_node.items() if node in sums]
-        return self._layers
+        self._split = [
+            (lay, (sums[node] - held_sums[node]) / (rows[node] - held_rows[node]), held_sums[node] / held_rows[node])
+            for node, lay in by_node.items()
+            if node in held_sums and rows[node] > held_rows[node]
+        ]
 
     @staticmethod
     def _rows(lay: ObsLayer, x: torch.Tensor) -> torch.Tensor:
