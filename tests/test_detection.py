@@ -102,6 +102,27 @@ def test_retinanet_prunes_and_verifies():
     assert out[0]["boxes"].shape[1] == 4
 
 
+def test_keypointrcnn_prunes_its_keypoint_head_past_keypointrcnn_inference():
+    from torchvision.models.detection.keypoint_rcnn import KeypointRCNNHeads, KeypointRCNNPredictor
+
+    torch.manual_seed(0)
+    m = detection.KeypointRCNN(
+        _backbone(), num_classes=None, min_size=64, max_size=96, box_score_thresh=0.0, box_detections_per_img=10,
+        rpn_anchor_generator=AnchorGenerator(((16, 32),), ((0.5, 1.0),)), rpn_pre_nms_top_n_test=100,
+        rpn_post_nms_top_n_test=40, box_roi_pool=MultiScaleRoIAlign(["0"], 7, 2), box_head=TwoMLPHead(16 * 49, 64),
+        box_predictor=FastRCNNPredictor(64, 2), keypoint_roi_pool=MultiScaleRoIAlign(["0"], 14, 2),
+        keypoint_head=KeypointRCNNHeads(16, (32, 32)), keypoint_predictor=KeypointRCNNPredictor(32, 3),
+    ).eval()  # fmt: skip
+    r = compiler.compile(m, (_images((64, 80)),), ratio=0.5, granularity=1)
+    assert r.report.verification["passed"]
+    assert r.model.get_submodule("roi_heads.keypoint_head.0").out_channels < 32
+    # keypointrcnn_inference (a module-level function) is one run-time call
+    calls = [n for n in r.model.graph.nodes if n.op == "call_function" and getattr(n.target, "__name__", "") == "keypointrcnn_inference"]
+    assert len(calls) == 1
+    out = r.model(_images((72, 90), seed=4))[0]
+    assert out["keypoints"].shape[1:] == (3, 3) and out["keypoints"].shape[0] == out["boxes"].shape[0]
+
+
 def test_verification_fails_on_a_wrong_head():
     """The head outputs before post-processing are compared: a pruned RPN head scaled by 1.01 fails."""
     m = tiny_fasterrcnn()

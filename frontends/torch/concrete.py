@@ -27,6 +27,7 @@ import contextlib
 import functools
 import logging
 import operator
+import sys
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -167,7 +168,7 @@ class _Tracer(torch.fx.Tracer):
     """Records ops while running them on the example (see the module docstring)."""
 
     def __init__(self, sig: Signature, leaves: list[Any]) -> None:
-        super().__init__(autowrap_functions=tuple(runtime.leaf_functions()))
+        super().__init__()  # run-time functions are patched by :func:`_patch_functions` (their results are containers)
         self.sig, self.example = sig, leaves
 
     def is_leaf_module(self, m: nn.Module, qualified_name: str) -> bool:
@@ -250,6 +251,23 @@ def _patch_methods(model: nn.Module) -> list[tuple[nn.Module, str, str]]:
     return patched
 
 
+def _patch_functions(tracer: _Tracer) -> list[tuple[dict[str, Any], str, Any]]:
+    """Each run-time function, in the globals of its module, records one ``call_function`` node when a proxy is among
+    its arguments. Returns (globals, name, original) to undo."""
+    patched = []
+    for fn in runtime.leaf_functions():
+        scope = sys.modules[fn.__module__].__dict__
+
+        def wrapped(*args: Any, _fn: Any = fn, **kwargs: Any) -> Any:
+            found: list[Any] = []
+            map_aggregate((args, kwargs), lambda a: found.append(a) if isinstance(a, torch.fx.Proxy) else None)
+            return tracer.create_proxy("call_function", _fn, args, kwargs) if found else _fn(*args, **kwargs)
+
+        patched.append((scope, fn.__name__, fn))
+        scope[fn.__name__] = wrapped
+    return patched
+
+
 def _call(leaf: nn.Module, *args: Any, **kwargs: Any) -> Any:
     return leaf(*args, **kwargs)
 
@@ -260,8 +278,9 @@ def concrete_trace(model: nn.Module, sig: Signature | None, inputs: tuple[Any, .
     if sig is None or not runtime.has_runtime_parts(model):
         return None
     patched = _patch_methods(model)
+    tracer = _Tracer(sig, list(inputs))
+    functions = _patch_functions(tracer)
     try:
-        tracer = _Tracer(sig, list(inputs))
         graph = tracer.trace(model)
         graph.eliminate_dead_code(is_impure_node=_impure)
         gm = torch.fx.GraphModule(tracer.root, graph, type(model).__name__)
@@ -271,6 +290,8 @@ def concrete_trace(model: nn.Module, sig: Signature | None, inputs: tuple[Any, .
     finally:
         for m, meth, _child in patched:
             m.__dict__.pop(meth, None)
+        for scope, name, fn in functions:
+            scope[name] = fn
     leaves = sorted({str(n.target) for n in gm.graph.nodes if n.op == "call_module" and runtime.is_leaf_module(gm.get_submodule(str(n.target)))})
     leaves += sorted({getattr(n.target, "__name__", str(n.target)) for n in gm.graph.nodes if n.op == "call_function" and n.target in runtime.leaf_functions()})
     note = "traced with its run-time parts as leaves (kept as they are, their input channels frozen): " + ", ".join(leaves)
