@@ -356,9 +356,10 @@ def write_combined(todo: list[tuple[str, str]], by_exporter: dict[str, dict[str,
         span = f", MACs {min(r['macs'] for r in ok):.2f}x to {max(r['macs'] for r in ok):.2f}x" if ok else ""
         summary.append(f"{e}: {len(ok)} of {len(rows)} run compiled and verified ({len(half)} below half the MACs{span}), "
                        f"{len(exp)} not exported, {len(bad)} failed in prunec")  # fmt: skip
-    both = [(n, by_exporter["torchscript"][n]["macs"], by_exporter["dynamo"][n]["macs"]) for n, _ in todo
+    both = [(n, by_exporter["torchscript"][n], by_exporter["dynamo"][n]) for n, _ in todo
             if all(by_exporter[e].get(n, {}).get("status") == "ok" for e in names)]  # fmt: skip
-    differ = [f"{n} ({a:.3f} / {b:.3f})" for n, a, b in both if abs(a - b) > 0.005]
+    differ = [f"{n} ({a['macs']:.3f} / {b['macs']:.3f}" + (f", groups {a['groups']} / {b['groups']})" if a["groups"] != b["groups"] else ")")
+              for n, a, b in both if abs(a["macs"] - b["macs"]) > 0.005]  # fmt: skip
     skipped = sorted({n for e in names for n, r in by_exporter[e].items() if str(r.get("status", "")).startswith("skipped")})
     lines = [
         "# Coverage: torchvision models exported to ONNX (TorchScript and dynamo exporters) through prunec",
@@ -385,7 +386,7 @@ def write_combined(todo: list[tuple[str, str]], by_exporter: dict[str, dict[str,
         "**" + "; ".join(summary) + ".**" + (f" Skipped for size (`--max-params`): {', '.join(skipped)}." if skipped else ""),
         "",
         f"Both exporters verified on {len(both)} models; the MACs ratio differs between the two exports (torchscript / "
-        f"dynamo, more than 0.005) on {len(differ)}" + (f": {', '.join(differ)}." if differ else "."),
+        f"dynamo, more than 0.005; the number of channel groups where it differs too) on {len(differ)}" + (f": {', '.join(differ)}." if differ else "."),
         "",
         "| model | family | input | "
         + " | ".join(f"{e} status | MACs | params | nodes | node err | time" for e in names)

@@ -53,7 +53,7 @@ def test_export_reason_names_the_innermost_cause():
 
 
 def test_combined_table_shows_only_rows_that_ran():
-    ok = dict(model="a", family="classification", input="3x64x64", status="ok", macs=0.3, params=0.35, nodes=12,
+    ok = dict(model="a", family="classification", input="3x64x64", status="ok", macs=0.3, params=0.35, nodes=12, groups=5,
               node_error=2e-7, worst_node="v", seconds=1.5)  # fmt: skip
     failed = dict(model="a", family="classification", status="export failed", error="X: no | way")
     todo = [("a", "classification"), ("b", "classification"), ("c", "video")]
@@ -68,5 +68,7 @@ def test_combined_table_shows_only_rows_that_ran():
     assert "Both exporters verified on 0 models" in text
     both = coverage.write_combined(todo, {"torchscript": {"a": ok}, "dynamo": {"a": dict(ok, macs=0.4)}})
     assert "on 1: a (0.300 / 0.400)." in both
+    both = coverage.write_combined(todo, {"torchscript": {"a": ok}, "dynamo": {"a": dict(ok, macs=0.4, groups=3)}})
+    assert "on 1: a (0.300 / 0.400, groups 5 / 3)." in both
     header = next(line for line in text.splitlines() if line.startswith("| model"))
     assert all(line.count("|") == header.count("|") for line in rows.values())
