@@ -119,15 +119,26 @@ def _tp(name: str) -> dict:
     return row
 
 
-def _one(name: str) -> dict:
+def _one(name: str, part: str) -> dict:
     row: dict = {"model": name}
-    for part in (_prunec, _tp):
-        try:
-            row.update(part(name))
-        except Exception as exc:  # noqa: BLE001 - a failure is a row
-            key = "prunec_error" if part is _prunec else "tp_error"
-            row[key] = f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:160]}"
+    try:
+        row.update(_prunec(name) if part == "prunec" else _tp(name))
+    except Exception as exc:  # noqa: BLE001 - a failure is a row
+        row[f"{part}_error"] = f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:160]}"
     return row
+
+
+def _run_part(name: str, part: str, timeout: int) -> dict:
+    """One tool on one model in its own process (a hang or a crash of one tool keeps the other's result)."""
+    env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    try:
+        p = subprocess.run([sys.executable, __file__, "--one", name, "--part", part], capture_output=True, text=True, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:
+        return {"model": name, f"{part}_error": f"timeout after {timeout} s"}
+    line = (p.stdout.strip().splitlines() or [""])[-1]
+    if line.startswith("{"):
+        return json.loads(line)
+    return {"model": name, f"{part}_error": (p.stderr.strip().splitlines() or ["crashed"])[-1][:160]}
 
 
 def _fmt(v: float | None) -> str:
@@ -177,21 +188,18 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--one", help=argparse.SUPPRESS)
-    ap.add_argument("--timeout", type=int, default=1500)
+    ap.add_argument("--part", default="prunec", help=argparse.SUPPRESS)
+    ap.add_argument("--timeout", type=int, default=1500, help="seconds per model and tool")
     a = ap.parse_args()
     if a.one:
-        print(json.dumps(_one(a.one)))
+        print(json.dumps(_one(a.one, a.part)))
         return
     rows = []
     for name in a.models.split(","):
-        env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
-        try:
-            p = subprocess.run([sys.executable, __file__, "--one", name], capture_output=True, text=True, timeout=a.timeout, env=env)
-            line = (p.stdout.strip().splitlines() or [""])[-1]
-            rows.append(json.loads(line) if line.startswith("{") else {"model": name, "prunec_error": (p.stderr.strip().splitlines() or ["crashed"])[-1][:160]})
-        except subprocess.TimeoutExpired:
-            rows.append({"model": name, "prunec_error": f"timeout after {a.timeout} s"})
-        print(json.dumps(rows[-1]), flush=True)
+        row = _run_part(name, "prunec", a.timeout)
+        row.update({k: v for k, v in _run_part(name, "tp", a.timeout).items() if k != "model"})
+        rows.append(row)
+        print(json.dumps(row), flush=True)
     rows = _merge(rows)
     md = (
         "# Detection coverage (ratio 0.5, random weights, one 3x320x320 image)\n\n"

@@ -282,6 +282,8 @@ def _export(work: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], note
         with contextlib.redirect_stderr(io.StringIO()):
             ep = torch.export.export(work, args, kwargs, strict=False, dynamic_shapes=dyn)
     except Exception as exc:  # noqa: BLE001 - a model that rejects dynamic dims: the static export decides
+        if "DataDependent" in type(exc).__name__:  # sizes that depend on the data: static shapes do not help
+            raise
         log.info("torch.export with dynamic batch/sequence dims failed (%s); exporting static shapes", exc)
         with contextlib.redirect_stderr(io.StringIO()):
             ep = torch.export.export(work, args, kwargs, strict=False)
