@@ -120,15 +120,17 @@ def _config_plan(model: nn.Module, pruned: torch.fx.GraphModule, inputs: tuple) 
     old_cfg = _config(model)
     cfg = copy.deepcopy(old_cfg)
     sd = pruned.state_dict()
-    attention = _attention_sizes(model, _head_shapes(pruned, inputs))
-    rescale = _set_attention_sizes(cfg, old_cfg, attention) if attention.n_q else {}
-    inter = getattr(cfg, "intermediate_size", None)
     hidden = getattr(cfg, "hidden_size", None)
-    ffn, norm = _layer_widths(model, sd, inter, hidden)
-    if ffn:
-        cfg.intermediate_size = _uniform("FFN widths (intermediate_size)", ffn)
+    _, norm = _layer_widths(model, sd, None, hidden)
+    rescale: dict[str, float] = {}
     if norm and hidden is not None:  # (norm is only filled when the config has a hidden_size)
-        rescale.update(_set_hidden_size(cfg, model, norm, hidden))
+        rescale.update(_set_hidden_size(cfg, model, norm, hidden))  # (first: a head size derived from it follows)
+    attention = _attention_sizes(model, _head_shapes(pruned, inputs))
+    if attention.n_q:
+        rescale.update(_set_attention_sizes(cfg, old_cfg, attention))
+    for fld, layers in ffn_layers(model, old_cfg).items():
+        widths = {name: _pruned_rows(sd, f"{name}.weight", axis) for name, axis in layers}
+        setattr(cfg, fld, _uniform(f"FFN widths ({fld})", widths))
     return cfg, rescale
 
 
@@ -157,11 +159,20 @@ def _attention_sizes(model: nn.Module, heads: dict[str, tuple[int, int]]) -> _At
                 raise UnsupportedModelError(f"{prefix}{child}: cannot find its reshape into heads in the pruned model")
             if role == "q":
                 sizes.n_q[name] = hd[0]
-                sizes.queries.append(f"{prefix}{child}")
+                if _scales_by_head_size(mod):  # (T5 attention has no softmax scale: nothing to keep)
+                    sizes.queries.append(f"{prefix}{child}")
             elif role == "k":
                 sizes.n_kv[name] = hd[0]
             sizes.d_head[f"{name} ({role})"] = hd[1]
     return sizes
+
+
+def _scales_by_head_size(attention: nn.Module) -> bool:
+    """The attention module scales its scores by a head size (BERT, LLaMA, ViT, ...: it keeps one); T5's has none
+    (its ``scaling`` is 1.0)."""
+    if getattr(attention, "scaling", None) == 1.0:
+        return False
+    return any(hasattr(attention, a) for a in ("scaling", "scale", "head_dim", "attention_head_size", "dim_per_head", "head_size"))
 
 
 def _set_attention_sizes(cfg: Any, old_cfg: Any, sizes: _AttentionSizes) -> dict[str, float]:
@@ -171,18 +182,57 @@ def _set_attention_sizes(cfg: Any, old_cfg: Any, sizes: _AttentionSizes) -> dict
     if hasattr(cfg, "num_key_value_heads") and cfg.num_key_value_heads is not None:
         cfg.num_key_value_heads = _uniform("numbers of key/value heads", sizes.n_kv)
     d = _uniform("head sizes", sizes.d_head, "query, key and value need one head size (attention='heads' keeps it)")
-    if getattr(cfg, "head_dim", None) is not None or d * cfg.num_attention_heads != getattr(cfg, "hidden_size", -1):
+    heads_x_d = d * cfg.num_attention_heads
+    if getattr(cfg, "head_dim", None) is not None or heads_x_d != getattr(cfg, "hidden_size", -1) or heads_x_d != old_cfg.hidden_size:
         cfg.head_dim = d
     if d != old_d:  # the pruned model keeps the original softmax scale; the rebuilt class uses head_dim ** -0.5
         return {q: (d / old_d) ** 0.5 for q in sizes.queries}
     return {}
 
 
-def _pruned_rows(sd: dict[str, torch.Tensor], key: str) -> int:
-    """The first dim of a pruned weight; a typed error where the pruned model has no such weight."""
+def _pruned_rows(sd: dict[str, torch.Tensor], key: str, axis: int = 0) -> int:
+    """The output dim of a pruned weight; a typed error where the pruned model has no such weight."""
     if key not in sd:
         raise UnsupportedModelError(f"{key}: not in the pruned model; keep the pruned GraphModule")
-    return int(sd[key].shape[0])
+    return int(sd[key].shape[axis])
+
+
+# config fields that hold an FFN width, and where a layer's path says which of two equal ones it is
+_FFN_FIELDS = ("intermediate_size", "ffn_dim", "encoder_ffn_dim", "decoder_ffn_dim", "hidden_dim", "d_ff", "n_inner",
+               "shared_expert_intermediate_size")  # fmt: skip
+_FFN_WHERE = {"encoder_ffn_dim": "encoder", "decoder_ffn_dim": "decoder", "shared_expert_intermediate_size": "shared_expert"}
+
+
+def ffn_layers(model: nn.Module, cfg: Any) -> dict[str, list[tuple[str, int]]]:
+    """Per config field that holds an FFN width (``intermediate_size``, ``ffn_dim``, ``d_ff``, ``n_inner`` (None:
+    4 x hidden), ...): the FFN up-projections whose output width it is (module path, output axis of the weight:
+    0 for ``nn.Linear``, 1 for GPT-2's ``Conv1D``). A layer whose width two fields hold goes to the one its path
+    names (``encoder``, ``decoder``, ``shared_expert``), else the first."""
+    hidden = getattr(cfg, "hidden_size", None)
+    values: dict[str, int] = {}
+    for fld in _FFN_FIELDS:
+        v = getattr(cfg, fld, None) if fld in vars(cfg) or hasattr(type(cfg), fld) else None
+        if fld == "n_inner" and fld in vars(cfg) and v is None and hidden is not None:
+            v = 4 * hidden
+        if isinstance(v, int) and not isinstance(v, bool) and v != hidden:
+            values[fld] = v
+    out: dict[str, list[tuple[str, int]]] = {}
+    for name, mod in model.named_modules():
+        w = getattr(mod, "weight", None)
+        if isinstance(mod, nn.Linear):
+            width, axis = mod.out_features, 0
+        elif type(mod).__name__ == "Conv1D" and isinstance(w, torch.Tensor) and w.dim() == 2:
+            width, axis = int(w.shape[1]), 1
+        else:
+            continue
+        fields = [f for f, v in values.items() if v == width]
+        if not fields:
+            continue
+        named = [f for f in fields if _FFN_WHERE.get(f, "\0") in name]
+        plain = [f for f in fields if f not in _FFN_WHERE]
+        fld = (named or plain or fields)[0]
+        out.setdefault(fld, []).append((name, axis))
+    return out
 
 
 def _layer_widths(
@@ -211,16 +261,24 @@ def _set_hidden_size(cfg: Any, model: nn.Module, norm: dict[str, int], hidden: i
     norms to rescale."""
     cfg.hidden_size = _uniform("hidden sizes", norm)
     rescale: dict[str, float] = {}
-    if cfg.hidden_size != hidden and getattr(cfg, "rms_norm_eps", None) is not None:
+    modules = dict(model.named_modules())
+    rms = [name for name in norm if _rms_style(modules[name])]
+    eps = next((f for f in ("rms_norm_eps", "layer_norm_epsilon") if getattr(cfg, f, None) is not None), None)
+    if cfg.hidden_size != hidden and rms and eps is not None:
         # The pruned RMSNorm keeps the original mean (sum of squares / old width: the removed channels count as
         # zeros); the rebuilt one divides by the new width. Equal with weight * sqrt(old / new), eps * old / new.
+        # (T5's T5LayerNorm is an RMS norm too; its eps is layer_norm_epsilon.)
         ratio = hidden / cfg.hidden_size
-        cfg.rms_norm_eps = cfg.rms_norm_eps * ratio
-        modules = dict(model.named_modules())
-        for name in norm:
-            if "rms" in type(modules[name]).__name__.lower():
-                rescale[name] = ratio**0.5
+        setattr(cfg, eps, getattr(cfg, eps) * ratio)
+        for name in rms:
+            rescale[name] = ratio**0.5
     return rescale
+
+
+def _rms_style(mod: nn.Module) -> bool:
+    """An RMS norm: named so, or a weight-only norm with a ``variance_epsilon`` (T5LayerNorm and its copies)."""
+    name = type(mod).__name__.lower()
+    return "rms" in name or (hasattr(mod, "variance_epsilon") and getattr(mod, "bias", None) is None)
 
 
 def _first_tensor(out: Any) -> torch.Tensor:
@@ -236,6 +294,12 @@ def _first_tensor(out: Any) -> torch.Tensor:
 
 
 _PERIODIC = re.compile(r"(pattern|_step|_interval|_every|_period)$")  # per-layer behaviour derived from the layer index
+
+
+def _kept_key(key: str, keys: set[str]) -> bool:
+    """``key`` of the original model is in the pruned one (an experts module's 3-D parameter: as per-expert FFNs)."""
+    base, _, leaf = key.rpartition(".")
+    return key in keys or (leaf in ("gate_up_proj", "down_proj") and f"{base}.experts.0.gate_proj.weight" in keys)
 
 
 def fewer_layers(model: nn.Module, pruned: torch.fx.GraphModule) -> tuple[nn.Module, torch.fx.GraphModule]:
@@ -259,7 +323,7 @@ def fewer_layers(model: nn.Module, pruned: torch.fx.GraphModule) -> tuple[nn.Mod
     if len(kept) == n:
         partial = [
             i for i in range(n)
-            if any(k.startswith(f"{prefix}.{i}.") and k not in keys for k in model.state_dict())  # (width keeps every key)
+            if any(k.startswith(f"{prefix}.{i}.") and not _kept_key(k, keys) for k in model.state_dict())  # (width keeps every key)
         ]  # fmt: skip
         if partial:
             left = sorted({k.split(".")[-2] for k in model.state_dict() if k.startswith(f"{prefix}.{partial[0]}.") and k in keys})
@@ -319,11 +383,12 @@ def to_hf(model: nn.Module, pruned: nn.Module, inputs: tuple, rtol: float = 1e-4
                 "use attention='heads', or keep the pruned GraphModule"
             )
     cfg, rescale = _config_plan(model, _graph_module(pruned), inputs)
+    sd = pruned.state_dict()
+    sd.update(pack_experts(model, sd, cfg))  # mixtures of experts: per-expert FFNs back into the 3-D parameters
     try:
         new: Any = type(model)(cfg).to(dtype=next(model.parameters()).dtype).eval()  # a transformers PreTrainedModel
     except (ValueError, AssertionError) as exc:  # the class's own checks of the config
         raise UnsupportedModelError(f"{type(cfg).__name__} cannot express the pruned sizes: {exc}") from exc
-    sd = pruned.state_dict()
     orig = model.state_dict()
     state = {}
     for key, ref in new.state_dict().items():
@@ -352,6 +417,44 @@ def to_hf(model: nn.Module, pruned: nn.Module, inputs: tuple, rtol: float = 1e-4
         raise VerificationError(f"{type(model).__name__} rebuilt from the pruned config differs from the pruned model by {err:.3g}")
     log.info("rebuilt %s from the pruned config (max difference %.3g)", type(model).__name__, err)
     return new
+
+
+def expert_width_field(cfg: Any, width: int) -> str | None:
+    """The config field that holds the experts' FFN width (``width``, unpruned): Qwen2-MoE's
+    ``moe_intermediate_size``, else Mixtral's ``intermediate_size``."""
+    for name in ("moe_intermediate_size", "intermediate_size"):
+        if getattr(cfg, name, None) == width:
+            return name
+    return None
+
+
+def pack_experts(model: nn.Module, sd: dict[str, torch.Tensor], cfg: Any) -> dict[str, torch.Tensor]:
+    """The 3-D ``gate_up_proj`` / ``down_proj`` of each experts module of ``model``, from the per-expert FFNs of the
+    pruned model (:mod:`frontends.torch.moe`), with the experts' width written into ``cfg``; a typed error where
+    the experts or layers have different widths (one config field holds them all)."""
+    from frontends.torch.moe import _supported
+
+    out: dict[str, torch.Tensor] = {}
+    widths: dict[str, int] = {}
+    field_name = None
+    for name, mod in model.named_modules():
+        if not (type(mod).__name__.endswith("Experts") and _supported(mod)) or f"{name}.experts.0.gate_proj.weight" not in sd:
+            continue
+        n = mod.gate_up_proj.shape[0]
+        field_name = field_name or expert_width_field(_config(model), mod.down_proj.shape[2])
+        gates = [sd[f"{name}.experts.{e}.gate_proj.weight"] for e in range(n)]
+        for e, g in enumerate(gates):
+            widths[f"{name}.experts.{e}"] = int(g.shape[0])
+        if len({int(g.shape[0]) for g in gates}) != 1:
+            continue  # (reported by _uniform below)
+        ups = [sd[f"{name}.experts.{e}.up_proj.weight"] for e in range(n)]
+        out[f"{name}.gate_up_proj"] = torch.stack([torch.cat([g, u]) for g, u in zip(gates, ups, strict=True)])
+        out[f"{name}.down_proj"] = torch.stack([sd[f"{name}.experts.{e}.down_proj.weight"] for e in range(n)])
+    if widths:
+        if field_name is None:
+            raise UnsupportedModelError(f"{type(cfg).__name__}: no config field holds the experts' FFN width")
+        setattr(cfg, field_name, _uniform("expert FFN widths", widths))
+    return out
 
 
 def save_pretrained(model: nn.Module, pruned: nn.Module, inputs: tuple, directory: str, **kwargs: Any) -> nn.Module:

@@ -69,9 +69,9 @@ class HfConstraint:
     """``repair(analysis, scores, pruned) -> pruned``: the closest plan the model's config can express
     (keeping channels, never removing more). ``freeze(analysis)`` marks the roles it had to keep whole."""
 
-    def __init__(self, model: nn.Module, analysis: AnalysisResult, attention: str) -> None:
+    def __init__(self, model: Any, analysis: AnalysisResult, attention: str) -> None:
         self.model = model
-        self.cfg = model.config  # type: ignore[union-attr]
+        self.cfg: Any = model.config
         self.cfg_name = type(self.cfg).__name__
         self.attention = attention
         self.analysis = analysis
@@ -81,16 +81,25 @@ class HfConstraint:
         self.reasons: dict[str, str] = {}  # role key -> why it keeps every channel
         self._cache: dict[tuple, str | None] = {}
         self._blocks = self._attention_blocks()
-        inter = getattr(self.cfg, "intermediate_size", None)
+        from compiler.hf import ffn_layers
+
         hidden = getattr(self.cfg, "hidden_size", None)
-        self._ffn = [
-            f"{n}.weight" for n, m in model.named_modules()
-            if isinstance(m, nn.Linear) and inter is not None and m.out_features == inter and m.out_features != hidden
-        ]  # fmt: skip
-        self._embed = next(
-            (f"{n}.weight" for n, m in model.named_modules() if isinstance(m, nn.Embedding) and m.embedding_dim == hidden),
+        self._ffn = {fld: (f"{layers[0][0]}.weight", layers[0][1]) for fld, layers in ffn_layers(model, self.cfg).items()}
+        self._norm = next(  # the hidden size: read where hf.py reads it, on a norm over the residual stream
+            (
+                f"{n}.weight" for n, m in model.named_modules()
+                if "norm" in type(m).__name__.lower() and isinstance(getattr(m, "weight", None), torch.Tensor)
+                and m.weight.dim() == 1 and m.weight.shape[0] == hidden
+            ),
             None,
-        )
+        )  # fmt: skip
+        from compiler.hf import expert_width_field
+        from frontends.torch.moe import _supported
+
+        self._experts = [  # mixtures of experts: (module path, experts, the config field of their FFN width)
+            (n, int(m.gate_up_proj.shape[0]), expert_width_field(self.cfg, int(m.down_proj.shape[2])))
+            for n, m in model.named_modules() if type(m).__name__.endswith("Experts") and _supported(m)
+        ]  # fmt: skip
         self._state = {k: tuple(v.shape) for k, v in model.state_dict().items()}
         self._buffers = {k: tuple(b.shape) for k, b in model.named_buffers()}
         self._persistent = set(self._state)
@@ -98,8 +107,11 @@ class HfConstraint:
     # -- roles ---------------------------------------------------------------------------------
 
     def _roles(self, analysis: AnalysisResult) -> list[_Role]:
+        """Groups by role; the groups of one attention block (q/k and v head dims: the config has one head_dim)
+        with the same channel count are one role."""
         graph = analysis.graph
         roles: dict[str, _Role] = {}
+        blocks = {w: w.rsplit(".", 2)[0] for b in self._attention_blocks() for w in b}
         for g in analysis.groups:
             if not g.prunable:
                 continue
@@ -108,9 +120,14 @@ class HfConstraint:
                 op = graph.ops[name]
                 consts = [v for v in op.inputs if v is not None and v in graph.values and graph.values[v].is_const]
                 paths.append(_INDEX.sub(".N", consts[0]) if consts else _INDEX.sub(".N", op.label or name))
-            key = " + ".join(sorted(set(paths))) + f" [{len(g.classes)}]"
+            attn = sorted({_INDEX.sub(".N", blocks[p]) for p in self._consts(g) if p in blocks})
+            key = (f"attention {attn[0]}" if len(attn) == 1 else " + ".join(sorted(set(paths)))) + f" [{len(g.classes)}]"
             roles.setdefault(key, _Role(key)).groups.append(g)
         return list(roles.values())
+
+    def _consts(self, g: Group) -> list[str]:
+        graph = self.analysis.graph
+        return [v for name in g.producers for v in graph.ops[name].inputs if v is not None and v in graph.values and graph.values[v].is_const]
 
     def _attention_blocks(self) -> list[tuple[str, str, str]]:
         out = []
@@ -131,6 +148,14 @@ class HfConstraint:
     def _changes(self, pruned: np.ndarray) -> dict[str, int]:
         """The config fields that the pruned shapes imply (from the first layer that has them)."""
         cfg, ch = self.cfg, {}
+        for name, _, fld in self._experts[:1]:
+            s = self._shape(f"{name}.experts.0.gate_proj.weight", pruned)
+            if s is not None and fld is not None and s[0] != getattr(cfg, fld):
+                ch[fld] = s[0]
+        if self._norm is not None:
+            s = self._shape(self._norm, pruned)
+            if s is not None and s[0] != cfg.hidden_size:
+                ch["hidden_size"] = s[0]
         heads = getattr(cfg, "num_attention_heads", None)
         if self._blocks and heads:
             q, k, v = (self._shape(w, pruned) for w in self._blocks[0])
@@ -141,22 +166,28 @@ class HfConstraint:
                     ch["num_attention_heads"] = q[0] // d0
                     if getattr(cfg, "num_key_value_heads", None) is not None:
                         ch["num_key_value_heads"] = k[0] // d0
-                else:
+                    if getattr(cfg, "head_dim", None) is not None or not q[0] == ch.get("hidden_size", cfg.hidden_size) == cfg.hidden_size:
+                        ch["head_dim"] = d0  # as compiler.hf writes it: a class that reads head_dim keeps the head size
+                elif getattr(cfg, "head_dim", None) is not None or not q[0] == ch.get("hidden_size", cfg.hidden_size) == cfg.hidden_size:
                     ch["head_dim"] = q[0] // heads
-        if self._ffn and getattr(cfg, "intermediate_size", None) is not None:
-            s = self._shape(self._ffn[0], pruned)
-            if s is not None and s[0] != cfg.intermediate_size:
-                ch["intermediate_size"] = s[0]
-        if self._embed is not None:
-            s = self._shape(self._embed, pruned)
-            if s is not None and s[1] != cfg.hidden_size:
-                ch["hidden_size"] = s[1]
+        for fld, (weight, axis) in self._ffn.items():
+            s = self._shape(weight, pruned)
+            if s is not None and s[axis] != self.weights[weight][axis]:
+                ch[fld] = s[axis]
         return ch
 
     def check(self, pruned: np.ndarray) -> str | None:
         """``None`` where the model's class, built from the pruned config, has every pruned shape; else why not."""
         ch = self._changes(pruned)
         want = {name: self._shape(name, pruned) for name in self._state if name in self.weights}
+        for name, n, fld in self._experts:  # the per-expert FFNs (frontends.torch.moe) as the class's 3-D parameters
+            gates = [self._shape(f"{name}.experts.{e}.gate_proj.weight", pruned) for e in range(n)]
+            if any(g is None for g in gates):
+                continue
+            if len({g[0] for g in gates if g is not None}) != 1 or fld is None:
+                return f"{self.cfg_name} holds one FFN width for all experts ({name}: {[g[0] for g in gates if g is not None]})"
+            w, h = gates[0][0], gates[0][1]  # type: ignore[index]
+            want[f"{name}.gate_up_proj"], want[f"{name}.down_proj"] = (n, 2 * w, h), (n, h, w)
         key = (tuple(sorted(ch.items())), tuple(sorted((k, v) for k, v in want.items() if v != self._state[k])))
         if key not in self._cache:
             self._cache[key] = self._build(ch, want)
@@ -210,16 +241,13 @@ class HfConstraint:
         order = sorted(self.roles, key=lambda r: -sum(int(g.widths.sum()) for g in r.groups))
         settled = dict(full)
         for role in order:
-            why = None
             for k in range(kept[role.key], role.size + 1):
-                trial = {**settled, role.key: k}
-                why_k = self.check(self._apply(scores, pruned, trial))
-                if why_k is None:
+                if self.check(self._apply(scores, pruned, {**settled, role.key: k})) is None:
                     settled[role.key] = k
                     break
-                why = why if why is not None else why_k
-            if settled[role.key] == role.size and kept[role.key] < role.size and why is not None:
-                self.reasons.setdefault(role.key, why)
+            if settled[role.key] == role.size and kept[role.key] < role.size:
+                alone = self.check(self._apply(scores, pruned, {**full, role.key: kept[role.key]}))
+                self.reasons.setdefault(role.key, alone or "expressible alone, not with the other pruned widths")
         return self._apply(scores, pruned, settled)
 
     def freeze(self, analysis: AnalysisResult, pruned: np.ndarray) -> list[dict[str, Any]]:

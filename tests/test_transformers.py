@@ -93,7 +93,7 @@ def test_llama_gqa_prunes_a_kv_head_with_its_query_heads(tmp_path):
 
 def test_llama_head_dim_is_verified_but_not_expressible_in_the_config():
     model, x = _llama()
-    r = compiler.compile(model, x, ratio=0.5, attention="head_dim", granularity=1)
+    r = compiler.compile(model, x, ratio=0.5, attention="head_dim", granularity=1, hf_compatible=False)  # (on, they stay)
     _verified(r)  # q/k head dims prune in rotate_half's pairs (i, i + d/2), with the rotary frequencies; v's through repeat_kv
     sd = r.model.state_dict()
     assert sd["model.layers.0.self_attn.v_proj.weight"].shape[0] < 32

@@ -34,6 +34,7 @@ from frontends.errors import TraceError, UnsupportedModelError
 from frontends.graph import ChannelGraph
 from frontends.torch import runtime
 from frontends.torch.attention import decompose_attention
+from frontends.torch.moe import decompose_experts
 from frontends.torch.concrete import concrete_trace
 from frontends.torch.inline import inline_wrapped
 from frontends.torch.lower import lower
@@ -346,6 +347,9 @@ def trace(model: nn.Module, example_inputs: Any) -> _Trace:
     n_mha = decompose_attention(work)
     if n_mha:
         log.info("decomposed %d nn.MultiheadAttention module(s) so their heads can be pruned", n_mha)
+    n_moe = decompose_experts(work)  # mixture-of-experts layers: one FFN per expert (frontends/torch/moe.py)
+    if n_moe:
+        log.info("decomposed %d experts module(s) into per-expert FFNs, densely routed", n_moe)
     try:
         gm = _symbolic_trace(work, sig)
         method = "symbolic_trace"
