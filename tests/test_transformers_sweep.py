@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import compiler
-from frontends.errors import UnsupportedModelError
+from frontends.errors import UnsupportedModelError, VerificationError
 
 transformers = pytest.importorskip("transformers")
 
@@ -41,10 +41,11 @@ MODELS = {
 NOT_HALF = {"t5_encoder"}  # no head: the output is the 512-wide residual stream
 OUTPUTS_ONLY = {"opt", "llama", "qwen2", "mistral", "t5_encoder"}  # verified on their outputs, not intermediates
 ROTARY = {"llama", "qwen2", "mistral"}  # whole heads: a pruned head size's rotary frequencies are not in the config
-# to_hf refuses, typed: DistilBertConfig and T5Config name their FFN width hidden_dim / d_ff, which compiler/hf.py
-# does not map; OPT's pruned attention has no reshape into heads that hf.py finds; the masked-LM head's hidden
-# transform (768 -> 768, LayerNorm, then the decoder tied to the embeddings) prunes, and the config has one hidden_size
-NO_HF_CONFIG = {"distilbert", "t5_encoder", "opt", "roberta_mlm"}
+# to_hf refuses, typed: OPT's pruned attention has no reshape into heads that hf.py finds; the masked-LM head's hidden
+# transform (768 -> 768, LayerNorm, then the decoder tied to the embeddings) prunes, and the config has one hidden_size;
+# DistilBERT rebuilds (hidden_dim is mapped) but its own check finds it 5.5e-4 off the pruned model at this width
+# (VerificationError; open: at 64 wide, benchmarks/coverage_hf.py, it reloads and matches)
+NO_HF_CONFIG = {"distilbert", "opt", "roberta_mlm"}
 
 
 def _first(out):
@@ -66,7 +67,9 @@ def _inputs(name: str, seed: int) -> tuple[torch.Tensor, ...]:
 def test_transformers_sweep(name):
     torch.manual_seed(0)
     model = MODELS[name]().eval()
-    result = compiler.compile(model, _inputs(name, 0), ratio=0.5, **({"attention": "heads"} if name in ROTARY else {}))
+    attention = {"attention": "heads"} if name in ROTARY else {}
+    # the plan without the config constraint (hf_compatible=False): what prunes, and where to_hf refuses it typed
+    result = compiler.compile(model, _inputs(name, 0), ratio=0.5, hf_compatible=False, **attention)
     rep = result.report
     assert rep.verification["passed"] is True, rep.verification
     if name not in OUTPUTS_ONLY:
@@ -81,7 +84,7 @@ def test_transformers_sweep(name):
         want = _first(result.model(*x2))
         assert want.shape == _first(model(*x2)).shape
         if name in NO_HF_CONFIG:
-            with pytest.raises(UnsupportedModelError):
+            with pytest.raises((UnsupportedModelError, VerificationError) if name == "distilbert" else UnsupportedModelError):
                 result.to_hf()
             return
         rebuilt = result.to_hf()
