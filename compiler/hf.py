@@ -125,8 +125,9 @@ def _config_plan(model: nn.Module, pruned: torch.fx.GraphModule, inputs: tuple) 
     rescale: dict[str, float] = {}
     if norm and hidden is not None:  # (norm is only filled when the config has a hidden_size)
         rescale.update(_set_hidden_size(cfg, model, norm, hidden))  # (first: a head size derived from it follows)
-    attention = _attention_sizes(model, _head_shapes(pruned, inputs))
-    if attention.n_q:
+    one_size = all(isinstance(getattr(old_cfg, f, None), int) for f in ("hidden_size", "num_attention_heads"))
+    attention = _attention_sizes(model, _head_shapes(pruned, inputs)) if one_size else _AttentionSizes()
+    if attention.n_q:  # (a composite or per-stage config (CLIP, Swin) has no one head count: its shapes are checked below)
         rescale.update(_set_attention_sizes(cfg, old_cfg, attention))
     for fld, layers in ffn_layers(model, old_cfg).items():
         widths = {name: _pruned_rows(sd, f"{name}.weight", axis) for name, axis in layers}

@@ -157,7 +157,8 @@ class HfConstraint:
             if s is not None and s[0] != cfg.hidden_size:
                 ch["hidden_size"] = s[0]
         heads = getattr(cfg, "num_attention_heads", None)
-        if self._blocks and heads:
+        one_size = isinstance(heads, int) and isinstance(getattr(cfg, "hidden_size", None), int)  # (not per stage: Swin)
+        if self._blocks and heads and one_size:
             q, k, v = (self._shape(w, pruned) for w in self._blocks[0])
             oq, ok = self.weights.get(self._blocks[0][0]), self.weights.get(self._blocks[0][1])
             d0 = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
