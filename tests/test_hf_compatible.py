@@ -113,3 +113,23 @@ def test_hf_compatible_true_refuses_what_it_cannot_serve():
         compiler.compile(torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2)), (torch.randn(2, 4),), hf_compatible=True)
     with pytest.raises(InvalidArgumentError, match="hf_compatible"):
         compiler.compile(_bert(), (torch.randint(0, 100, (2, 8)),), f_nz=0.0, hf_compatible=True)
+
+
+def test_a_per_stage_config_keeps_its_widths_and_reloads(tmp_path):
+    """Swin's num_heads is a list per stage: the constraint finds no field for a pruned width, keeps them (it
+    crashed on ``hidden_size // num_attention_heads`` before), and the model reloads."""
+    from transformers import SwinConfig, SwinForImageClassification
+
+    torch.manual_seed(0)
+    cfg = SwinConfig(image_size=32, patch_size=4, embed_dim=32, depths=[1, 1], num_heads=[2, 4], window_size=4)
+    model = SwinForImageClassification(cfg).eval()
+    x = torch.randn(2, 3, 32, 32)
+    r = compiler.compile(model, (x,), ratio=0.5)
+    assert r.report.verification["passed"]
+    assert r.report.settings["hf_constraint"]["frozen"]
+    r.save_pretrained(str(tmp_path))
+    back = SwinForImageClassification.from_pretrained(str(tmp_path)).eval()
+    with torch.no_grad():
+        want = r.model(x)
+        want = want[0] if isinstance(want, (tuple, list)) else next(iter(want.values())) if isinstance(want, dict) else want
+        torch.testing.assert_close(back(x).logits, want, rtol=1e-4, atol=1e-4)
