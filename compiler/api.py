@@ -129,7 +129,8 @@ def compile(  # noqa: A001 - the public contract's name
 
     ``importance`` names the saliency criterion (:data:`passes.importance.CRITERIA`); the default ``"auto"``
     chooses one from the data (:mod:`compiler.defaults`): ``l2`` without calibration data, ``obs`` with
-    held-out-guarded compensation given enough calibration samples, else ``taylor`` (``activation`` for ONNX);
+    held-out-guarded compensation where the calibration can be split for the guard, else ``taylor``
+    (``activation`` for ONNX);
     ``report.settings["importance_choice"]`` says which and why.
 
     Data-driven criteria read ``calibration`` (an iterable of batches: a tensor,

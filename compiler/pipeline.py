@@ -353,9 +353,10 @@ def compile_with(
     """load -> plan (analyze, saliency, select) -> weight updates -> rewrite -> verify -> measure -> report."""
     steps = Steps(progress)
     adapter.load(steps)
-    from compiler.defaults import calibration_samples, resolve_importance
+    from compiler.defaults import calibration_samples, resolve_importance, splittable
 
-    opts, choice = resolve_importance(opts, calibration_samples(adapter), adapter.capabilities)  # importance="auto"
+    n_cal = calibration_samples(adapter)
+    opts, choice = resolve_importance(opts, n_cal, adapter.capabilities, splittable(adapter, n_cal))  # importance="auto"
     check_capabilities(adapter, opts)
     check_ignored_names(adapter.graph, opts.ignore)
     latency, run_opts = latency_setup(opts, backend_options, adapter.example_inputs(), progress, steps, adapter.latency_model)

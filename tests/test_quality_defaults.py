@@ -13,7 +13,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import compiler
-from compiler.defaults import OBS_MIN_SAMPLES
 
 
 def _digits():
@@ -72,9 +71,8 @@ def test_auto_picks_a_data_criterion_with_data(digits_mlp):
     choice = r.report.settings["importance_choice"]
     assert choice == {**choice, "criterion": "obs", "calibration_samples": 512}
     assert r.report.settings["importance"] == "obs" and "compensation" in r.report.settings
-    few = compiler.compile(m, (X[:4],), ratio=0.5, calibration=[X[:8], X[8:16]])
+    few = compiler.compile(m, (X[:4],), ratio=0.5, calibration=[X[:1]])  # one sample: no held-out split
     assert few.report.settings["importance_choice"]["criterion"] == "taylor"
-    assert 16 < OBS_MIN_SAMPLES <= 512
     # the choice keeps more held-out quality than the data-free default at the same ratio
     held = X[1200:]
     plain = compiler.compile(m, (X[:4],), ratio=0.5, importance="l2")
@@ -139,4 +137,6 @@ def test_guard_on_onnx(digits_mlp, tmp_path):
     assert one.report.settings["compensation"]["guard"].startswith("no held-out split")  # one batch: not split, not applied
     assert one.report.settings["compensated_layers"] == 0
     auto = compiler.compile(str(path), (X[:4].numpy(),), ratio=0.5, calibration=tiny)
-    assert auto.report.settings["importance_choice"]["criterion"] == "activation"  # no gradients in ONNX Runtime
+    assert auto.report.settings["importance_choice"]["criterion"] == "obs"
+    auto1 = compiler.compile(str(path), (X[:4].numpy(),), ratio=0.5, calibration=[X[:8].numpy()])
+    assert auto1.report.settings["importance_choice"]["criterion"] == "activation"  # one batch, no gradients in ONNX Runtime
