@@ -134,6 +134,7 @@ PLAN = {  # name -> (calibration sentences, compile options, distill afterwards)
     "default-8": (8, {}, False),
     "l2-128": (128, {"importance": "l2"}, False),
     "obs-8": (8, {"importance": "obs"}, False),
+    "taylor-8": (8, {"importance": "taylor"}, False),
 }
 
 
@@ -163,7 +164,9 @@ def write_table() -> str:
             "config can express); `params` is the pruned model's parameter fraction. `distill`: AdamW steps (lr 1e-4,",
             "hidden-state MSE, batches of 16) on the 128 calibration sentences only, starting from the row above it.",
             "Compensation: layers re-fitted / refused by the held-out guard, and their mean held-out reconstruction loss",
-            "without → with the chosen re-fit.",
+            "without → with the chosen re-fit. The `criterion used` column is what ran: rows labelled `default` before",
+            "commit e7fde2f chose `taylor` under 32 samples; since then the default on 8 sentences is the guarded `obs`",
+            "(the `obs` rows), and the reason text reads differently.",
             "",
             "| ratio | setting | calibration sentences | criterion used (why) | params (fraction) | compensation | held-out cosine | seconds |",
             "|---|---|---|---|---|---|---|---|",
