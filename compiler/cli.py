@@ -377,7 +377,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
     """Latency and throughput of a model and its pruned version, side by side on one runtime."""
     from compiler.backend import export_onnx
     from compiler.bench import bench as run_bench
-    from compiler.bench import check_finite, default_batches, format_table, onnx_bench_model, parse_batches, torch_bench_model
+    from compiler.bench import (
+        check_finite,
+        default_batches,
+        format_table,
+        onnx_bench_model,
+        parse_batches,
+        torch_bench_model,
+    )
 
     batches = parse_batches(args.batch) if args.batch is not None else None
     runs = _number("--runs", args.runs, int)

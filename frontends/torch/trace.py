@@ -34,10 +34,10 @@ from frontends.errors import TraceError, UnsupportedModelError
 from frontends.graph import ChannelGraph
 from frontends.torch import runtime
 from frontends.torch.attention import decompose_attention
-from frontends.torch.moe import decompose_experts
 from frontends.torch.concrete import concrete_trace
 from frontends.torch.inline import inline_wrapped
 from frontends.torch.lower import lower
+from frontends.torch.moe import decompose_experts
 from frontends.torch.structured import (
     Signature,
     describe_leaf,
