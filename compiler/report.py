@@ -100,8 +100,8 @@ class Report:
     verification: dict[str, Any] | None = None
     timings: dict[str, float] = field(default_factory=dict)
     graph: GraphView | None = None
-    depth: dict[str, Any] | None = None  # depth pruning (compiler.depth): blocks, scores, what was removed, its check
     channel_free_ops: list[FrozenOp] = field(default_factory=list)  # not in the registry, but touched no channel
+    depth: dict[str, Any] | None = None  # depth pruning (compiler.depth): blocks, scores, what was removed, its check
 
     @property
     def macs_ratio(self) -> float:
