@@ -27,7 +27,9 @@ def test_gpt2_conv1d_layers_prune_and_verify(attention):
     ids = torch.randint(0, 100, (2, 16), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         before = model(ids).logits
-    r = compiler.compile(model, (ids,), ratio=0.5, attention=attention)
+    # the plan without the config's constraint (hf_compatible=False): GPT2Config derives the head size from
+    # n_embd / n_head, so the default plan keeps attention whole (tested below)
+    r = compiler.compile(model, (ids,), ratio=0.5, attention=attention, hf_compatible=False)
     rep = r.report
     v = rep.verification  # torch.export graph, checked node by node in float64 (its float32 dtype asserts dropped)
     assert v["passed"] and v["dtype"] == "float64" and v["nodes_checked"] > 40
@@ -45,6 +47,27 @@ def test_gpt2_conv1d_layers_prune_and_verify(attention):
     assert out.shape == before.shape
     with torch.no_grad():
         torch.testing.assert_close(model(ids).logits, before)  # the input model is untouched
+
+
+def test_gpt2_default_plan_is_one_gpt2config_holds(tmp_path):
+    """hf_compatible (the default for a PreTrainedModel): the MLP's Conv1D layers prune, attention stays whole
+    with the config's reason in the report, and save_pretrained -> from_pretrained gives the pruned model."""
+    model = _gpt2()
+    ids = torch.randint(0, 100, (2, 16), generator=torch.Generator().manual_seed(1))
+    r = compiler.compile(model, (ids,), ratio=0.5)
+    rep = r.report
+    assert rep.verification["passed"] and rep.macs_after < 0.75 * rep.macs_before
+    sd = r.model.state_dict()
+    assert next(v for k, v in sd.items() if k.endswith("h.0.attn.c_attn.weight")).shape[1] == 192
+    assert next(v for k, v in sd.items() if k.endswith("h.0.mlp.c_fc.weight")).shape[1] < 256
+    reasons = " ".join(f["reason"] for f in rep.settings["hf_constraint"]["frozen"])
+    assert "GPT2Config" in reasons and "c_attn" in reasons
+    r.save_pretrained(tmp_path)
+    again = transformers.GPT2LMHeadModel.from_pretrained(tmp_path).eval()
+    with torch.no_grad():
+        out = r.model(ids)
+        out = out["logits"] if isinstance(out, dict) else out[0] if isinstance(out, (tuple, list)) else out
+        torch.testing.assert_close(again(ids).logits, out)
 
 
 class Conv1DMLP(nn.Module):
