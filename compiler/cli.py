@@ -350,7 +350,14 @@ def _bench_load(spec: str, args: argparse.Namespace) -> Any:
         return load_proto(spec)[0], None
     import torch
 
-    model = load_model_spec(spec).eval()
+    from compiler import model_inputs
+
+    model, given = model_inputs.split_factory_result(load_model_spec(spec), spec)  # a model, or (model, inputs)
+    if not callable(getattr(model, "eval", None)):
+        raise InvalidArgumentError(f"{spec}: the factory returned a {type(model).__name__}, not a torch.nn.Module")
+    model = model.eval()
+    if given is not None and not args.input_shape:
+        return model, given
     shape = _parse_shape(args.input_shape[0]) if args.input_shape else _default_shape(spec)
     return model, (torch.randn(*shape),)
 

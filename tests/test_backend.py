@@ -322,3 +322,26 @@ def test_bench_cli_bad_input(tmp_path):
     if not gpu_present():
         assert_one_line_error(prunec("bench", "torchvision:resnet18", "--input-shape", "1,3,32,32", "--provider", "cuda",
                                      "--batch", "1", "--runs", "3"), "cuda")
+
+
+def test_bench_cli_takes_a_factory_returning_model_and_inputs(tmp_path, monkeypatch, capsys):
+    """A factory may return (model, example_inputs), as `prunec inspect` accepts; the inputs given are used."""
+    from compiler import cli
+
+    (tmp_path / "benchmods.py").write_text(
+        "import torch\n"
+        "def build():\n"
+        "    torch.manual_seed(0)\n"
+        "    m = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3), torch.nn.ReLU(), torch.nn.Conv2d(16, 8, 3))\n"
+        "    return m, (torch.randn(1, 3, 20, 20),)\n"
+        "def nothing():\n"
+        "    return 3, (torch.randn(1, 3, 20, 20),)\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "b.json"
+    assert cli.main(["bench", "benchmods:build", "--batch", "1", "--runs", "3", "--budget", "0", "--no-memory",
+                     "--provider", "cpu", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["model"] for r in rows] == ["original", "pruned"] and rows[1]["macs_reduction"] > 1.5
+    assert cli.main(["bench", "benchmods:nothing", "--batch", "1"]) == 2
+    assert "not a torch.nn.Module" in capsys.readouterr().err
