@@ -471,15 +471,19 @@ def _check_onnx_importance(name: str) -> None:
     from frontends.onnx.adapter import OnnxAdapter
     from passes.importance import CRITERIA, require
 
+    if name == "auto":  # chosen from the data as the API does (compiler.defaults): l2 without --calibration
+        return
     if name not in CRITERIA:
-        raise InvalidArgumentError(f"--importance {name!r} is not a criterion; criteria for ONNX models: {', '.join(_onnx_criteria())}")
+        raise InvalidArgumentError(
+            f"--importance {name!r} is not a criterion; criteria for ONNX models: auto, {', '.join(_onnx_criteria())}"
+        )
     require(name, OnnxAdapter.capabilities, OnnxAdapter.name)
 
 
 def _runs_model(name: str) -> bool:
     from passes.importance import CRITERIA
 
-    return CRITERIA[name].runs_model
+    return name in CRITERIA and CRITERIA[name].runs_model
 
 
 CALIBRATION_BATCH = 64  # samples per calibration batch where the model's batch size is dynamic
@@ -558,7 +562,9 @@ def _add_prune_parser(sub: Any) -> None:
     r.add_argument("--ratio", help="fraction of each group's prunable channels to remove (default 0.5)")
     r.add_argument("--threshold", help="remove channels whose normalized saliency is below this instead")
     r.add_argument("--target-macs", help="prune until the MACs are this fraction of the original's (<= 1) or this count")
-    r.add_argument("--importance", default="l2", help=f"saliency criterion for ONNX models: {', '.join(_onnx_criteria())} (default l2)")
+    r.add_argument("--importance", default="auto",
+                   help=f"saliency criterion for ONNX models: {', '.join(_onnx_criteria())}; default auto: l2 without "
+                        "--calibration, with it the best data criterion for its size (the report says which)")
     r.add_argument(
         "--calibration", metavar="FILE.npz",
         help="calibration data for data-driven criteria: numpy.savez(FILE, INPUT_NAME=array, ...), one array per "

@@ -434,3 +434,32 @@ def test_obs_on_a_model_over_the_2gb_limit(tmp_path, capsys):
 
     rep = json.loads((tmp_path / "r.json").read_text())
     assert rep["settings"]["compensated_layers"] == 2 and rep["verification"]["passed"]
+
+
+def test_cli_default_importance_is_auto_and_uses_the_calibration(tmp_path):
+    """`prunec prune` without --importance picks the criterion from the data as the API does: l2 without
+    --calibration, a data criterion with it (the report says which)."""
+    import json
+
+    import numpy as np
+    import onnx
+    import torch
+
+    from compiler import cli
+    from compiler.backend import export_onnx
+
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Conv2d(1, 16, 3), torch.nn.ReLU(), torch.nn.Conv2d(16, 8, 3)).eval()
+    src = tmp_path / "m.onnx"
+    src.write_bytes(export_onnx(m, (torch.randn(1, 1, 10, 10),)).SerializeToString())
+    name = onnx.load(str(src)).graph.input[0].name
+    images = np.random.default_rng(0).standard_normal((64, 1, 10, 10)).astype(np.float32)
+    np.savez(tmp_path / "cal.npz", **{name: images})
+    chosen = {}
+    for tag, extra in (("none", []), ("cal", ["--calibration", str(tmp_path / "cal.npz")])):
+        out, rep = tmp_path / f"{tag}.onnx", tmp_path / f"{tag}.json"
+        argv = ["prune", str(src), "-o", str(out), "--ratio", "0.5", "--input-shape", "1,1,10,10", "--json", str(rep)]
+        assert cli.main([*argv, *extra]) == 0
+        chosen[tag] = json.loads(rep.read_text())["settings"]["importance_choice"]["criterion"]
+    assert chosen["none"] == "l2", chosen
+    assert chosen["cal"] in ("obs", "activation", "n2ps", "mrp"), chosen
