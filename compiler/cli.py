@@ -503,23 +503,13 @@ def _calibration_batches(path: str, model: str, inputs: dict[str, Any] | None) -
     each), every other axis as the input declares it (or as ``--input-shape`` gives it); in batches of
     :data:`CALIBRATION_BATCH` samples (the model's own batch size where it is fixed). Also the example inputs
     made of its first samples (:data:`EXAMPLE_SAMPLES`; one batch where the batch size is fixed)."""
-    import zipfile
 
-    import numpy as np
 
+    from compiler.model_inputs import load_npz
     from frontends.onnx import load_proto, numpy_dtype, real_inputs
 
     where = f"--calibration {path}"
-    if not os.path.isfile(path):
-        raise InvalidArgumentError(f"{where}: no such file")
-    if not zipfile.is_zipfile(path):
-        raise InvalidArgumentError(f"{where}: is not an .npz file (write it with numpy.savez(FILE, input_name=array))")
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            data = {k: npz[k] for k in npz.files}
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
-        what = "holds an object array (not loaded: no pickles)" if "pickle" in str(exc) else "is not an .npz file"
-        raise InvalidArgumentError(f"{where}: {what} (write it with numpy.savez(FILE, input_name=array))") from None
+    data = load_npz(path, where, "write it with numpy.savez(FILE, input_name=array)")
     ins = real_inputs(load_proto(model)[0])
     names = [vi.name for vi in ins]
     unknown = [k for k in data if k not in names]

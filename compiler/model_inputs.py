@@ -79,21 +79,27 @@ def positional_inputs(model: Any, named: Mapping[str, Any], where: str) -> tuple
     return tuple(named[a] for a in taken)
 
 
-def read_inputs_file(path: str, names: Sequence[str]) -> tuple[list[str] | None, list[Any]]:
-    """The arrays of an ``.npz`` file: ``(None, arrays)`` when saved positionally (``arr_0``, ``arr_1``, ...),
-    else ``(their names, arrays)`` with every name one of ``names`` (the model's inputs), in that order."""
+def load_npz(path: str, where: str, hint: str) -> dict[str, Any]:
+    """The arrays of an ``.npz`` file by name, read without pickles; a missing file, another format or an
+    object array is an :class:`InvalidArgumentError` starting with ``where`` and ending with ``(hint)``."""
     import numpy as np
 
     if not os.path.isfile(path):
-        raise InvalidArgumentError(f"--inputs {path}: no such file")
+        raise InvalidArgumentError(f"{where}: no such file")
     if not zipfile.is_zipfile(path):
-        raise InvalidArgumentError(f"--inputs {path}: is not an .npz file (write it with numpy.savez)")
+        raise InvalidArgumentError(f"{where}: is not an .npz file ({hint})")
     try:
         with np.load(path, allow_pickle=False) as npz:
-            data = {k: npz[k] for k in npz.files}
+            return {k: npz[k] for k in npz.files}
     except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
         what = "holds an object array (not loaded: no pickles)" if "pickle" in str(exc) else "is not an .npz file"
-        raise InvalidArgumentError(f"--inputs {path}: {what} (write it with numpy.savez)") from None
+        raise InvalidArgumentError(f"{where}: {what} ({hint})") from None
+
+
+def read_inputs_file(path: str, names: Sequence[str]) -> tuple[list[str] | None, list[Any]]:
+    """The arrays of an ``.npz`` file: ``(None, arrays)`` when saved positionally (``arr_0``, ``arr_1``, ...),
+    else ``(their names, arrays)`` with every name one of ``names`` (the model's inputs), in that order."""
+    data = load_npz(path, f"--inputs {path}", "write it with numpy.savez")
     if not isinstance(data, dict) or not data:
         raise InvalidArgumentError(f"--inputs {path}: holds no arrays (write it with numpy.savez)")
     for k, arr in data.items():

@@ -41,7 +41,7 @@ from torch.fx.node import map_aggregate
 
 from frontends.torch import runtime
 from frontends.torch.nodes import module_attr
-from frontends.torch.structured import Signature, flatten_output
+from frontends.torch.structured import Signature, leaf_root_args
 
 log = logging.getLogger(__name__)
 
@@ -214,15 +214,7 @@ class _Tracer(torch.fx.Tracer):
         return list(_val(obj))
 
     def create_args_for_root(self, root_fn: Any, is_module: bool, concrete_args: Any = None) -> tuple[Any, list[Any]]:
-        sig = self.sig
-        flat = [self.create_proxy("placeholder", name, (), {}) for name in sig.leaf_names]
-
-        def flat_fn(root: nn.Module, *leaves: Any) -> tuple[Any, ...]:
-            args, kwargs = sig.unflatten(leaves)
-            out_leaves, sig.out_spec = flatten_output(root_fn(root, *args, **kwargs))
-            return tuple(out_leaves)
-
-        return flat_fn, [self.root, *flat]
+        return leaf_root_args(self, self.sig, root_fn)
 
 
 @dataclass

@@ -210,3 +210,17 @@ def flat_module(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
     gm.graph._codegen = CodeGen()
     gm.recompile()
     return gm
+
+
+def leaf_root_args(tracer: torch.fx.Tracer, sig: Signature, root_fn: Any) -> tuple[Any, list[Any]]:
+    """``Tracer.create_args_for_root`` over the leaves of structured arguments: one placeholder per leaf, the
+    model called with the arguments rebuilt from them, a flat tuple of output leaves (their structure goes to
+    ``sig.out_spec``). Shared by the symbolic and the concrete tracer."""
+    flat = [tracer.create_proxy("placeholder", name, (), {}) for name in sig.leaf_names]
+
+    def flat_fn(root: nn.Module, *leaves: Any) -> tuple[Any, ...]:
+        args, kwargs = sig.unflatten(leaves)
+        out_leaves, sig.out_spec = flatten_output(root_fn(root, *args, **kwargs))
+        return tuple(out_leaves)
+
+    return flat_fn, [tracer.root, *flat]

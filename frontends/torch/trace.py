@@ -42,8 +42,8 @@ from frontends.torch.structured import (
     Signature,
     describe_leaf,
     flat_module,
-    flatten_output,
     is_plain,
+    leaf_root_args,
     positional_names,
     split_inputs,
 )
@@ -238,15 +238,7 @@ class _StructuredTracer(_Tracer):
         self.sig = sig
 
     def create_args_for_root(self, root_fn: Any, is_module: bool, concrete_args: Any = None) -> tuple[Any, list[Any]]:
-        sig = self.sig
-        flat = [self.create_proxy("placeholder", name, (), {}) for name in sig.leaf_names]
-
-        def flat_fn(root: nn.Module, *leaves: Any) -> tuple[Any, ...]:
-            args, kwargs = sig.unflatten(leaves)
-            out_leaves, sig.out_spec = flatten_output(root_fn(root, *args, **kwargs))
-            return tuple(out_leaves)
-
-        return flat_fn, [self.root, *flat]
+        return leaf_root_args(self, self.sig, root_fn)
 
 
 def _symbolic_trace(model: nn.Module, sig: Signature | None = None) -> torch.fx.GraphModule:
