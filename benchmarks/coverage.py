@@ -115,7 +115,11 @@ def _export_onnx(m, x, path: str, exporter: str | None = None):
     import torch
 
     def run(which: str):
-        with warnings.catch_warnings(), torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
+        # The TorchScript exporter traces with autograd on, as torch.onnx.export is documented to be called: under
+        # no_grad an eval-mode nn.MultiheadAttention takes its fused fast path, a single
+        # aten::_native_multi_head_attention op that exporter cannot write (every torchvision ViT failed that way).
+        grad = torch.enable_grad() if which == "torchscript" else torch.no_grad()
+        with warnings.catch_warnings(), grad, contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
             if which == "torchscript":
                 torch.onnx.export(m, (x,), path, dynamo=False, opset_version=17, input_names=["x"])

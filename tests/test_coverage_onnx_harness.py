@@ -72,3 +72,17 @@ def test_combined_table_shows_only_rows_that_ran():
     assert "on 1: a (0.300 / 0.400, groups 5 / 3)." in both
     header = next(line for line in text.splitlines() if line.startswith("| model"))
     assert all(line.count("|") == header.count("|") for line in rows.values())
+
+
+def test_torchscript_export_of_a_vit_does_not_hit_the_fused_attention_op(tmp_path):
+    # Under no_grad an eval nn.MultiheadAttention runs aten::_native_multi_head_attention, which the TorchScript
+    # exporter cannot write: the harness exported every torchvision ViT that way and recorded "export failed".
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    m = VisionTransformer(image_size=16, patch_size=8, num_layers=1, num_heads=2, hidden_dim=8, mlp_dim=16, num_classes=3)
+    m = m.eval()
+    x = torch.randn(1, 3, 16, 16)
+    proto, used = coverage._export_onnx(m, x, str(tmp_path / "vit.onnx"), "torchscript")
+    assert used == "torchscript"
+    assert {"MatMul", "Softmax"} <= {n.op_type for n in proto.graph.node}
+    assert torch.is_grad_enabled()
