@@ -165,8 +165,10 @@ def compile(  # noqa: A001 - the public contract's name
     ``depth_importance`` (``cosine``, ``loss``, ``norm``; ``auto``: cosine with
     calibration, else norm), verified against the original with those branches
     zeroed; any width policy then runs on what is left (``target_macs`` stays a
-    budget of the original's MACs). ``depth="auto"`` with ``target_macs``
-    chooses how many blocks to remove by held-out quality (:mod:`compiler.depth`).
+    budget of the original's MACs, ``target_latency`` of the original's measured
+    latency). ``depth="auto"`` with ``target_macs`` or ``target_latency`` chooses
+    how many blocks to remove by held-out quality under that budget, measured on
+    the backend for a latency budget (:mod:`compiler.depth`).
 
     ``hf_compatible`` (default: on for a transformers ``PreTrainedModel``) restricts
     the plan to what the model's config can express, so that
@@ -220,7 +222,7 @@ def compile(  # noqa: A001 - the public contract's name
             factory = adapter_for if cal is None else _adapter_factory(model, example_inputs, cal, loss_fn, o, backend, seed)
             return _run(factory(m), o, progress, backend_options)
 
-        result = compile_depth(model, opts, adapter_for, run, progress)
+        result = compile_depth(model, opts, adapter_for, run, progress, backend_options)
     elif opts.attention == "both":  # two verified passes: whole heads, then head dims (compiler.attention_both)
         from compiler.attention_both import compile_both
 

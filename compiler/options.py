@@ -36,7 +36,7 @@ class Options:
     attention: str = "head_dim"  # or "heads": what a reshape into attention heads prunes
     target_latency: float | None = None  # milliseconds (> 1) or a fraction of the original's latency (<= 1)
     allocation: str = "uniform"  # target_macs: "uniform" ratio per group, or "latency": saliency per measured ms saved
-    depth: float | str | None = None  # fraction of removable residual blocks to remove, or "auto" (with target_macs)
+    depth: float | str | None = None  # fraction of removable residual blocks to remove, or "auto" (with target_macs or target_latency)
     depth_importance: str = "auto"  # block criterion (passes.depth.DEPTH_CRITERIA); auto: cosine with calibration, else norm
     hf_compatible: bool | None = None  # plans a transformers config can hold (compiler.hf_constraints); None: on for a PreTrainedModel
     # raw criterion statistics and weight updates pass through this (an all-reduce under torch.distributed)
@@ -111,8 +111,10 @@ class Options:
         if self.depth is None:
             return
         if self.depth == "auto":
-            if self.target_macs is None:
-                raise InvalidArgumentError("depth='auto' splits a target_macs= budget between depth and width: give target_macs")
+            if self.target_macs is None and self.target_latency is None:
+                raise InvalidArgumentError(
+                    "depth='auto' splits a budget between depth and width: give target_macs= or target_latency="
+                )
         elif isinstance(self.depth, bool) or not isinstance(self.depth, (int, float)) or not 0.0 <= self.depth < 1.0:
             raise InvalidArgumentError(f"depth must be a fraction of the removable blocks in [0, 1), or 'auto'; got {self.depth!r}")
         if self.attention == "both":

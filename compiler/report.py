@@ -242,4 +242,11 @@ def _depth_line(d: dict[str, Any]) -> str:
         if v
         else ""
     )
-    return f"depth        removed {len(d['removed'])} of {d['candidates']} blocks by {d['criterion']}: {gone or 'none'}{check}"
+    lat = d.get("latency")
+    budget = (
+        f"; {lat['measured_ms']:.4g} ms next to the original's {lat['original_ms']:.4g} ms on {lat['runtime']}: "
+        f"target_latency {lat['target_ms']:.4g} ms {'met' if lat['met'] else 'NOT met'}"
+        if lat
+        else ""
+    )
+    return f"depth        removed {len(d['removed'])} of {d['candidates']} blocks by {d['criterion']}: {gone or 'none'}{check}{budget}"
