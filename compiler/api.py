@@ -109,6 +109,7 @@ def compile(  # noqa: A001 - the public contract's name
     depth: float | str | None = None,
     depth_importance: str = "auto",
     hf_compatible: bool | None = None,
+    experts: float | None = None,
     backend: str = "auto",
     provider: str = "auto",
     fp16: bool = False,
@@ -178,12 +179,21 @@ def compile(  # noqa: A001 - the public contract's name
     reason). ``report.settings["hf_constraint"]`` gives the MACs with and
     without the constraint (:mod:`compiler.hf_constraints`).
 
+    ``experts`` removes whole experts of mixture-of-experts layers (transformers
+    Mixtral, Qwen2-MoE): this fraction of each layer's experts, the lowest by
+    routed load x saliency on the calibration data (else the example inputs),
+    the router's rows sliced and the config's expert count updated; verified
+    against the original with the removed experts' router logits at ``-inf``.
+    ``ratio=`` or ``threshold=`` then prunes the kept experts' widths (none
+    given: no width pruning). ``report.experts`` lists every expert's load and
+    score (:mod:`compiler.experts`).
+
     ``statistics_reducer(array) -> array`` is applied to raw criterion statistics
     and weight updates (``compiler.workflows.distributed_compile`` passes an
     all-reduce so that every rank prunes identically).
     """
     if ratio is None and threshold is None and target_macs is None and f_nz is None and target_latency is None and depth is None:
-        ratio = 0.5
+        ratio = 0.5 if experts is None else None
     opts = Options(
         ratio=ratio,
         threshold=threshold,
@@ -207,15 +217,23 @@ def compile(  # noqa: A001 - the public contract's name
         depth=depth,
         depth_importance=depth_importance,
         hf_compatible=hf_compatible,
+        experts=experts,
         statistics_reducer=statistics_reducer,
     )
     opts.validate()
     _check_backend(backend, provider, fp16)
     backend_options = {"backend": backend, "provider": provider, "fp16": bool(fp16)}
-    if opts.depth is not None and calibration is not None:
+    if (opts.depth is not None or opts.experts is not None) and calibration is not None:
         calibration = list(calibration)  # read by the depth ranking and again by the width pass
     adapter_for = _adapter_factory(model, example_inputs, calibration, loss_fn, opts, backend, seed)
-    if opts.depth is not None:  # residual blocks removed and verified, then width (compiler.depth)
+    if opts.experts is not None:  # whole experts of mixture-of-experts layers removed and verified, then width (compiler.experts)
+        from compiler.experts import compile_experts
+
+        def run_small(m: Any, o: Options, cal: Any = None) -> CompileResult:
+            return _run(_adapter_factory(model, example_inputs, cal, loss_fn, o, backend, seed)(m), o, progress, backend_options)
+
+        result = compile_experts(model, opts, adapter_for, run_small, progress, example_inputs, calibration)
+    elif opts.depth is not None:  # residual blocks removed and verified, then width (compiler.depth)
         from compiler.depth import compile_depth
 
         def run(m: Any, o: Options, cal: Any = None) -> CompileResult:

@@ -39,6 +39,7 @@ class Options:
     depth: float | str | None = None  # fraction of removable residual blocks to remove, or "auto" (with target_macs or target_latency)
     depth_importance: str = "auto"  # block criterion (passes.depth.DEPTH_CRITERIA); auto: cosine with calibration, else norm
     hf_compatible: bool | None = None  # plans a transformers config can hold (compiler.hf_constraints); None: on for a PreTrainedModel
+    experts: float | None = None  # fraction of each mixture-of-experts layer's experts to remove (compiler.experts)
     # raw criterion statistics and weight updates pass through this (an all-reduce under torch.distributed)
     statistics_reducer: Callable[[np.ndarray], np.ndarray] | None = field(default=None, repr=False)
 
@@ -98,10 +99,21 @@ class Options:
         if self.attention not in ("head_dim", "heads", "both"):
             raise InvalidArgumentError(f"attention must be 'head_dim', 'heads' or 'both', got {self.attention!r}")
         self._validate_depth()
+        self._validate_experts()
         if self.scope not in ("local", "global"):
             raise InvalidArgumentError(f"scope must be 'local' or 'global', got {self.scope!r}")
         if isinstance(self.ignore, str):
             self.ignore = [self.ignore]
+
+    def _validate_experts(self) -> None:
+        if self.experts is None:
+            return
+        if isinstance(self.experts, bool) or not isinstance(self.experts, (int, float)) or not 0.0 <= self.experts < 1.0:
+            raise InvalidArgumentError(f"experts must be a fraction of each layer's experts in [0, 1), got {self.experts!r}")
+        if self.depth is not None or self.attention == "both":
+            raise InvalidArgumentError("experts= does not combine with depth= or attention='both'")
+        if self.target_macs is not None or self.target_latency is not None or self.f_nz is not None:
+            raise InvalidArgumentError("experts= goes with ratio= or threshold= (or no width policy) for the kept experts")
 
     def _validate_depth(self) -> None:
         from passes.depth import DEPTH_CRITERIA

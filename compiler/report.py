@@ -102,6 +102,7 @@ class Report:
     graph: GraphView | None = None
     channel_free_ops: list[FrozenOp] = field(default_factory=list)  # not in the registry, but touched no channel
     depth: dict[str, Any] | None = None  # depth pruning (compiler.depth): blocks, scores, what was removed, its check
+    experts: dict[str, Any] | None = None  # expert removal (compiler.experts): per layer each expert's load and score, its check
 
     @property
     def macs_ratio(self) -> float:
@@ -141,6 +142,8 @@ class Report:
             lines.append(f"side ops     {len(self.channel_free_ops)} not in the registry touched no channel, froze nothing: {names}{more}")
         if self.depth is not None:
             lines.append(_depth_line(self.depth))
+        if self.experts is not None:
+            lines.append(_experts_line(self.experts))
         if self.verification is not None:
             v = self.verification
             state = "passed" if v["passed"] else "FAILED"
@@ -230,6 +233,13 @@ def text_table(rows: Sequence[Sequence[str]]) -> str:
         if k == 0:
             out.append("  ".join("-" * w for w in widths))
     return "\n".join(out)
+
+
+def _experts_line(d: dict[str, Any]) -> str:
+    """The summary line of expert removal: how many experts went, on what data, and its verification."""
+    v = d.get("verification")
+    check = f"; verified {'passed' if v['passed'] else 'FAILED'} (max abs error {v['max_abs_error']:.2e}) against the original with their router logits at -inf" if v else ""
+    return f"experts      removed {d['removed']} of {d['candidates']} by routed load x saliency on the {d['data']}; {d['config']}{check}"
 
 
 def _depth_line(d: dict[str, Any]) -> str:

@@ -31,7 +31,7 @@ from torch.nn.utils import skip_init
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DecomposedExperts", "decompose_experts"]
+__all__ = ["DecomposedExperts", "decompose_experts", "supported_experts"]
 
 
 class ExpertFFN(nn.Module):
@@ -85,6 +85,11 @@ def _supported(mod: nn.Module) -> bool:
         and not getattr(mod, "has_bias", False) and getattr(mod, "has_gate", True)
         and not getattr(mod, "has_post_expert_norm", False) and isinstance(getattr(mod, "act_fn", None), nn.Module)
     )  # fmt: skip
+
+
+def supported_experts(mod: nn.Module) -> bool:
+    """Whether ``mod`` is an experts module in the layout :class:`DecomposedExperts` (and expert removal) reads."""
+    return _supported(mod)
 
 
 def decompose_experts(model: nn.Module) -> int:
