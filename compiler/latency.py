@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from compiler.latency_cache import CachedTimer
 from frontends.graph import Op
 from passes.channel_analysis import AnalysisResult
 from passes.ops import lookup
@@ -129,14 +130,15 @@ class OrtLayerTimer:
         return self._run(node, (s.m, cin), [w])
 
 
-def layer_timer(runner: Any) -> TorchLayerTimer | OrtLayerTimer:
-    """The layer timer that matches a backend runner (same runtime, same device)."""
+def layer_timer(runner: Any) -> CachedTimer:
+    """The layer timer that matches a backend runner (same runtime, same device), its timings kept on disk
+    (:mod:`compiler.latency_cache`)."""
     from compiler.backend import OrtRunner
 
     if isinstance(runner, OrtRunner):
         provider = {"CPUExecutionProvider": "cpu", "CUDAExecutionProvider": "cuda"}.get(runner.providers[0], "cuda")
-        return OrtLayerTimer(provider)
-    return TorchLayerTimer(runner.device)
+        return CachedTimer(OrtLayerTimer(provider))
+    return CachedTimer(TorchLayerTimer(runner.device))
 
 
 class _Table:
@@ -183,7 +185,7 @@ class LatencyModel:
     def __init__(
         self,
         analysis: AnalysisResult,
-        timer: TorchLayerTimer | OrtLayerTimer,
+        timer: TorchLayerTimer | OrtLayerTimer | CachedTimer,
         whole_ms: float,
         granularity: int = 8,
         progress: Callable[[str], None] | None = None,
@@ -207,6 +209,10 @@ class LatencyModel:
             if progress and (k + 1) % 20 == 0:
                 progress(f"  latency tables: {k + 1}/{len(ops)} layers, {len(tables)} distinct, {time.perf_counter() - t0:.1f}s")
         self.n_tables = len(tables)
+        self.cache: dict[str, Any] | None = None  # where the timings came from (compiler.latency_cache)
+        if isinstance(timer, CachedTimer):
+            timer.save()
+            self.cache = timer.info()
         full = np.zeros(analysis.n_classes, dtype=bool)
         self.layer_full_ms = self._layers_ms(full)
         self.rest_ms = max(whole_ms - self.layer_full_ms, 0.0)
@@ -291,7 +297,7 @@ class LatencyTarget:
         self.options = dict(backend_options)
         self.inputs = tuple(example_inputs)
         self.progress = progress
-        self.timer: TorchLayerTimer | OrtLayerTimer | None = None
+        self.timer: CachedTimer | None = None
         self.runtime = ""
         shape = getattr(self.inputs[0], "shape", None) if self.inputs else None
         self.batch = int(shape[0]) if shape is not None and len(shape) else 1
@@ -361,6 +367,7 @@ class LatencyTarget:
             "runtime": self.runtime,
             "batch": self.batch,
             "tables": p.latency.n_tables,
+            "tables_cache": p.latency.cache,
             "rounds": history,
         }
         if not info["met"]:
