@@ -36,6 +36,8 @@ __all__ = [
     "group_weight_decay",
     "bn_l1",
     "distributed_compile",
+    "compile_pretrained",
+    "verify_pretrained",
 ]
 __version__ = "0.1.0"
 
@@ -52,7 +54,9 @@ _WORKFLOWS = (
     "bn_l1",
     "distributed_compile",
 )
+_PRETRAINED = ("compile_pretrained", "verify_pretrained")  # checkpoint folders disk to disk (compiler.pretrained)
 if TYPE_CHECKING:
+    from compiler.pretrained import compile_pretrained, verify_pretrained
     from compiler.workflows import (
         MagnitudePruner,
         SparsityRegularizer,
@@ -71,4 +75,8 @@ def __getattr__(name: str) -> Any:
         from compiler import workflows
 
         return getattr(workflows, name)
+    if name in _PRETRAINED:
+        from compiler import pretrained
+
+        return getattr(pretrained, name)
     raise AttributeError(f"module 'compiler' has no attribute {name!r}")
