@@ -32,6 +32,7 @@ from frontends.onnx.calibration import GatedRead, OnnxCalibration, capture_model
 from frontends.onnx.large import is_large, light_copy
 from frontends.onnx.model import OnnxModel
 from frontends.onnx.proto import UniqueNames, implicit_inputs, node_attrs
+from frontends.onnx.quantized import dequantized_weight
 from frontends.onnx.runtime import ort_session
 from passes.channel_analysis import AnalysisResult
 from passes.data_criteria import (
@@ -61,6 +62,7 @@ class OnnxDataCriteria(ChannelStatistics):
         self.nodes = list(om.model.graph.node)
         g = om.model.graph
         self.constants = {t.name for t in g.initializer} | {n.output[0] for n in self.nodes if n.op_type == "Constant"}
+        self._dequantized = {n.output[0]: n for n in self.nodes if dequantized_weight(n, om.static)}
         self.reads: dict[str, int] = {}  # how often each value is read (by nodes, their subgraphs, as an output)
         for n in self.nodes:
             for x in list(n.input) + implicit_inputs(n):
@@ -92,8 +94,13 @@ class OnnxDataCriteria(ChannelStatistics):
 
     def updatable(self, value: str) -> bool:
         """An initializer or a ``Constant`` node's output that only one node input reads (exporters share equal
-        constants between layers: an update in place would change the others too)."""
-        return value in self.constants and self.reads.get(value, 0) == 1
+        constants between layers: an update in place would change the others too); or a quantized weight (the
+        output of a ``DequantizeLinear`` of constant codes) that one node input reads, of codes only it reads
+        (the update quantizes the new value again on the existing scales, :func:`frontends.onnx.updates.with_updates`)."""
+        if value in self.constants:
+            return self.reads.get(value, 0) == 1
+        n = self._dequantized.get(value)
+        return n is not None and self.reads.get(value, 0) == 1 and n.input[0] in self.constants and self.reads.get(n.input[0], 0) == 1
 
     def new_bias_name(self, op: Op) -> str | None:
         """A Conv, or a Gemm lowered as a linear layer with ``beta`` 1, that has no bias input, or one other nodes

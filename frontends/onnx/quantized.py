@@ -7,6 +7,8 @@ A QDQ model keeps float ops and marks quantization with ``QuantizeLinear`` / ``D
   (scalar) or per-axis (1-D, ``axis``) scale and zero point. The dequantized weight is a static value
   the analysis scores like any weight; the rewrite slices the *codes* as the weight is sliced and the
   per-axis scale and zero point with them (:func:`slice_dequantized`), so the pruned model stays quantized;
+  a weight update (OBS compensation, bias propagation) of such a weight is quantized again on its own scales
+  and zero points (:func:`requantize`, from :func:`frontends.onnx.updates.with_updates`);
 * **activations** go through ``QuantizeLinear`` -> ``DequantizeLinear``: element-wise, channels pass through
   (``op_spec("quantize")``); per-axis parameters are sliced with their channels.
 
@@ -49,6 +51,8 @@ __all__ = [
     "bypass_activation_quantizers",
     "check_quantization",
     "compare_codes",
+    "dequantized_weight",
+    "requantize",
     "slice_dequantized",
 ]
 
@@ -137,6 +141,33 @@ def slice_dequantized(rw: OnnxRewrite, name: str, want: np.ndarray) -> bool:
         rw.set_arg(p, k, v)
     rw.env[name] = np.asarray(want)
     return True
+
+
+def dequantized_weight(n: onnx.NodeProto, static: dict[str, np.ndarray]) -> bool:
+    """Whether ``n`` is a default-domain ``DequantizeLinear`` of constant integer codes with constant parameters
+    (a quantized weight or bias, whose value a weight update can change by quantizing it again)."""
+    if n.op_type != "DequantizeLinear" or n.domain not in DEFAULT_DOMAINS:
+        return False
+    ins = [x for x in n.input if x]
+    if not ins or any(x not in static for x in ins) or int(node_attrs(n).get("block_size", 0)):
+        return False
+    return static[ins[0]].dtype.kind in "iu"
+
+
+def requantize(n: onnx.NodeProto, static: dict[str, np.ndarray], new: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """``new`` (the full-size new value of the weight ``n`` dequantizes) as codes on ``n``'s own scales and zero
+    points (round half to even, saturating), the value those codes dequantize to, and how many saturated."""
+    codes0 = static[n.input[0]]
+    scale = static[n.input[1]]
+    zp = static[n.input[2]] if len(n.input) > 2 and n.input[2] else None
+    axis = int(node_attrs(n).get("axis", 1)) % max(codes0.ndim, 1)
+    new = np.asarray(new, dtype=np.float32).reshape(codes0.shape)
+    codes = _quantize(new, scale, zp, axis, codes0.dtype)
+    value = _dequantize(codes, scale, zp, axis).astype(np.float32)
+    size = codes0.shape[axis] if codes0.ndim else 1
+    step = np.abs(_per_axis(scale, codes0.ndim, axis, size)).astype(np.float32)
+    saturated = int(np.count_nonzero(np.abs(value - new) > step / 2 + 1e-6 * np.abs(new)))
+    return codes, value, saturated
 
 
 def _take(arr: np.ndarray, keep: list[np.ndarray | None]) -> np.ndarray:

@@ -2,7 +2,9 @@
 
 ``updates`` maps constant names to new full-size values (the pipeline's weight-updates step). An initializer
 or a ``Constant`` node's tensor gets the new value in the copy (and in its ``static`` values, which the rewrite
-slices from); a name in ``new_biases`` is a bias of its own a Conv or Gemm is given (it had none, or shared one
+slices from); a quantized weight or bias (QDQ: the output of a ``DequantizeLinear`` of integer codes) gets its
+new value quantized again on its own scales and zero points: new codes, and in ``static`` the value they dequantize
+to (what the pruned model computes; the rewrite then slices the codes as they are); a name in ``new_biases`` is a bias of its own a Conv or Gemm is given (it had none, or shared one
 with other nodes): a new initializer, its node's third input. For the rewrite the new bias is cut to the layer's kept output channels (the channel graph
 does not know it, so the rewrite would not slice it); for the verification's reference it stays full size.
 """
@@ -20,6 +22,7 @@ from onnx import helper, numpy_helper
 from frontends.errors import InternalError
 from frontends.onnx.model import OnnxModel
 from frontends.onnx.opsets import list_initializers_as_inputs
+from frontends.onnx.quantized import dequantized_weight, requantize
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +46,8 @@ def with_updates(
     inits = {t.name: t for t in g.initializer}
     const_nodes = {n.output[0]: n for n in g.node if n.op_type == "Constant"}
     static = dict(om.static)
+    dq_nodes = {n.output[0]: n for n in g.node if dequantized_weight(n, static)}
+    requantized: list[str] = []
     for name, arr in updates.items():
         if name in new_biases:
             _add_bias(g, new_biases[name], name, np.asarray(arr), kept_outputs)
@@ -60,11 +65,20 @@ def with_updates(
             del n.attribute[:]
             n.attribute.append(helper.make_attribute("value", numpy_helper.from_array(np.ascontiguousarray(new))))
             static[name] = new
+        elif name in dq_nodes and dq_nodes[name].input[0] in inits:  # a quantized (QDQ) weight or bias
+            n = dq_nodes[name]
+            codes, value, saturated = requantize(n, static, arr)
+            inits[n.input[0]].CopyFrom(numpy_helper.from_array(np.ascontiguousarray(codes), n.input[0]))
+            static[n.input[0]], static[name] = codes, value
+            requantized.append(f"{name} ({saturated} saturated)" if saturated else name)
         else:
-            raise InternalError(f"weight update of {name!r}, which is no initializer or Constant of the model")
+            raise InternalError(f"weight update of {name!r}, which is no initializer, Constant or quantized weight of the model")
     if m.ir_version < 4:
         list_initializers_as_inputs(m)
-    return replace(om, model=m, static=static)
+    notes = list(om.notes)
+    if requantized:
+        notes.append(f"updated quantized weights quantized again on their own scales and zero points: {', '.join(requantized)}")
+    return replace(om, model=m, static=static, notes=notes)
 
 
 def _add_bias(
