@@ -101,7 +101,7 @@ def compile(  # noqa: A001 - the public contract's name
     calibration: Iterable[Any] | None = None,
     loss_fn: Callable[[Any, Any], Any] | None = None,
     bias_propagation: bool | None = None,
-    compensate: bool | None = None,
+    compensate: bool | str | None = None,
     f_nz: float | None = None,
     attention: str = "head_dim",
     target_latency: float | None = None,
@@ -140,7 +140,9 @@ def compile(  # noqa: A001 - the public contract's name
     labels)``; without, the change of the original model's outputs.
     ``bias_propagation`` folds removed channels' mean inputs into the consuming
     layers' biases (default on for ``mrs``); ``compensate`` re-fits the consuming
-    layers' remaining weights by least squares (default on for ``obs``). ``f_nz``
+    layers' remaining weights by least squares (default on for ``obs``;
+    ``"sequential"``: each layer on the inputs of the model pruned and compensated
+    up to it, torch only). ``f_nz``
     is a policy of its own: remove channels whose fan-in or fan-out has at most
     this fraction of non-zero weights (0.0: dead units).
 

@@ -31,7 +31,7 @@ class Options:
     seed: int = 0
     f_nz: float | None = None
     bias_propagation: bool | None = None  # None: on for mrs and f_nz
-    compensate: bool | None = None  # None: on for obs
+    compensate: bool | str | None = None  # None: on for obs; "sequential": each layer on the pruned model's inputs (torch)
     probes: int = 4
     attention: str = "head_dim"  # or "heads": what a reshape into attention heads prunes
     target_latency: float | None = None  # milliseconds (> 1) or a fraction of the original's latency (<= 1)
@@ -54,7 +54,7 @@ class Options:
 
     @property
     def compensates(self) -> bool:
-        return self.compensate if self.compensate is not None else self.importance == "obs"
+        return bool(self.compensate) if self.compensate is not None else self.importance == "obs"
 
     def settings(self) -> dict[str, Any]:
         d = dict(self.__dict__)
@@ -76,6 +76,8 @@ class Options:
         given = [x is not None for x in (self.ratio, self.threshold, self.target_macs, self.f_nz, self.target_latency)]
         if sum(given) > 1:
             raise InvalidArgumentError("give only one of ratio=, threshold=, target_macs=, target_latency=, f_nz=")
+        if not (self.compensate is None or isinstance(self.compensate, bool) or self.compensate == "sequential"):
+            raise InvalidArgumentError(f"compensate must be True, False, None or 'sequential', got {self.compensate!r}")
         if self.allocation not in ("auto", "uniform", "latency"):
             raise InvalidArgumentError(f"allocation must be 'auto', 'uniform' or 'latency', got {self.allocation!r}")
         if self.allocation == "latency" and self.target_macs is None:

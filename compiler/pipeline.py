@@ -177,7 +177,12 @@ def weight_updates(p: Plan, opts: Options, steps: Steps) -> tuple[dict[str, np.n
     info: dict[str, Any] = {}
     done: set[str] = set()
     if opts.compensates and p.data is not None:
-        u, done = steps("compensate", p.data.obs_compensation, p.selection.pruned, None, opts.statistics_reducer)
+        if opts.compensate == "sequential":  # each layer on the inputs of the model pruned and compensated up to it
+            if not hasattr(p.data, "sequential_compensation"):
+                raise InvalidArgumentError("compensate='sequential' needs the torch adapter (it re-runs the pruned model layer by layer)")
+            u, done = steps("compensate", p.data.sequential_compensation, p.selection.pruned, opts.statistics_reducer)
+        else:
+            u, done = steps("compensate", p.data.obs_compensation, p.selection.pruned, None, opts.statistics_reducer)
         updates.update(u)
         info["compensated_layers"] = len(done)
         if getattr(p.data, "compensation_report", None) is not None:  # the held-out guard's decisions

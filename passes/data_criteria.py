@@ -48,10 +48,16 @@ __all__ = [
     "per_sample_cross_entropy",
     "holdout_plan",
     "COMPENSATION_DAMPING",
+    "Candidate",
+    "guard_candidates",
+    "LayerStats",
+    "compensated",
+    "reconstruction_loss",
 ]
 
-#: candidates of guarded OBS compensation, (damping as a multiple of the mean of diag(H), anchored at the current
-#: weights); the held-out split chooses among them and not compensating
+#: the re-fits among the candidates of guarded compensation, (damping as a multiple of the mean of diag(H), anchored
+#: at the current weights); the held-out split chooses among them, a bias shift and not compensating
+#: (:func:`guard_candidates`)
 COMPENSATION_DAMPING = ((0.01, False), (0.01, True), (0.1, True), (1.0, True))
 
 
@@ -180,6 +186,65 @@ def per_sample_cross_entropy(logits: np.ndarray, labels: np.ndarray) -> np.ndarr
     lse = np.log(np.exp(z - top).sum(1)) + top[:, 0]
     picked = np.take_along_axis(z, np.asarray(labels, dtype=np.int64)[:, None], 1)[:, 0]
     return (lse - picked).reshape(z.shape[0], -1).sum(1)
+
+
+#: a compensation candidate: None (no change), "bias" (a bias shift), or (damping, anchored) (a least-squares re-fit)
+Candidate = None | str | tuple[float, bool]
+
+
+def guard_candidates() -> tuple[Candidate, ...]:
+    """What the compensation guard chooses among, per layer: no change first (it wins ties), the bias shift, then
+    the re-fits of :data:`COMPENSATION_DAMPING`."""
+    return (None, "bias", *COMPENSATION_DAMPING)
+
+
+@dataclass(frozen=True)
+class LayerStats:
+    """Second moments of one layer's input rows (a column of ones last, for the bias).
+
+    ``Hp`` = E[x' x'ᵀ] over the inputs the layer will read (the pruned model's), ``Cx`` = E[x' xᵀ] between those
+    and the original model's inputs, ``Ho`` = E[x xᵀ] of the original model's inputs. Where a layer is fitted on
+    the original model's inputs (independent compensation) all three are one H (:meth:`of`)."""
+
+    Hp: np.ndarray
+    Cx: np.ndarray
+    Ho: np.ndarray
+
+    @staticmethod
+    def of(H: np.ndarray) -> LayerStats:
+        return LayerStats(H, H, H)
+
+
+def compensated(W: np.ndarray, K: np.ndarray, s: LayerStats, cand: Candidate) -> np.ndarray:
+    """W̃ (weights and bias column) of a layer that reads only the columns ``K``, after the candidate ``cand``.
+
+    ``None``: the kept weights as they are. ``"bias"``: the kept weights as they are and the bias shifted by the
+    mean change of the output, E[W̃ x] - E[W̃_K x'_K] (where x' = x, the removed columns' mean contribution
+    W_R E[x_R]: seed 002's bias propagation; on the pruned model's inputs it also absorbs the mean drift from
+    upstream). ``(damp, anchored)``: least squares of the original output on the kept inputs,
+    argmin_A E||A x'_K - W̃ x||² + λ ||A - A₀||², λ = damp · mean diag(Hp), A₀ = 0, or W̃_K where ``anchored``."""
+    Wn = np.zeros_like(W)
+    Wn[:, K] = W[:, K]
+    if cand is None:
+        return Wn
+    if cand == "bias":
+        Wn[:, -1] += W @ s.Ho[:, -1] - Wn @ s.Hp[:, -1]
+        return Wn
+    assert isinstance(cand, tuple)
+    damp, anchored = cand
+    lam = damp * max(float(np.mean(np.diag(s.Hp))), 1e-12)
+    HKK = s.Hp[np.ix_(K, K)] + lam * np.eye(len(K))
+    rhs = W @ s.Cx[K, :].T  # W̃ E[x x'_Kᵀ]
+    if anchored:
+        rhs = rhs + lam * W[:, K]
+    Wn[:, K] = np.linalg.solve(HKK, rhs.T).T
+    return Wn
+
+
+def reconstruction_loss(Wn: np.ndarray, W: np.ndarray, s: LayerStats) -> float:
+    """E||Wn x' - W̃ x||² relative to E||W̃ x||²: the layer's output error over the rows ``s`` was taken on."""
+    err = np.einsum("oi,ij,oj->", Wn, s.Hp, Wn) - 2 * np.einsum("oi,ij,oj->", Wn, s.Cx, W) + np.einsum("oi,ij,oj->", W, s.Ho, W)
+    return max(float(err), 0.0) / max(float(np.einsum("oi,ij,oj->", W, s.Ho, W)), 1e-30)
 
 
 class ChannelStatistics(ABC):
@@ -348,19 +413,77 @@ class ChannelStatistics(ABC):
         """Least squares of the layer's output on the kept columns ``K`` with ridge λ = ``damp`` · mean diag(H):
         argmin_A ||(A - W) X||² + λ ||A - A₀||², A₀ = 0 (the classical OBS re-fit), or where ``anchored``, A₀ = W_K
         (their current weights: directions the data does not span keep their weights; large λ: no change)."""
-        lam = damp * max(float(np.mean(np.diag(H))), 1e-12)
-        HKK = H[np.ix_(K, K)] + lam * np.eye(len(K))
-        rhs = W @ H[:, K] + lam * W[:, K] if anchored else W @ H[:, K]
-        A = np.linalg.solve(HKK, rhs.T).T  # [O, |K|]
-        Wn = np.zeros_like(W)
-        Wn[:, K] = A
-        return Wn
+        return compensated(W, K, LayerStats.of(H), (damp, anchored))
 
     @staticmethod
     def _loss(Wn: np.ndarray, W: np.ndarray, H: np.ndarray) -> float:
         """Mean squared change of the layer's output over the rows H was taken on, relative to the output's."""
-        E = Wn - W
-        return float(np.einsum("oi,ij,oj->", E, H, E)) / max(float(np.einsum("oi,ij,oj->", W, H, W)), 1e-30)
+        return reconstruction_loss(Wn, W, LayerStats.of(H))
+
+    def _todo(self, pruned: np.ndarray) -> list[tuple[ObsLayer, np.ndarray, np.ndarray]]:
+        """The OBS layers reading a removed class: (layer, W̃, kept columns of W̃; the bias column where it can have one)."""
+        out = []
+        for lay in self.obs_layers().values():
+            cols = self._columns(lay)
+            removed = np.zeros(len(cols), dtype=bool)
+            removed[:-1] = pruned[cols[:-1]]
+            if not removed.any():
+                continue
+            keep = ~removed
+            if lay.bias is None and lay.bias_attr is None:
+                keep[-1] = False
+            out.append((lay, self._wtilde(lay), np.flatnonzero(keep)))
+        return out
+
+    def _layer_updates(self, lay: ObsLayer, Wn: np.ndarray) -> dict[str, np.ndarray]:
+        """The new values of a layer's weight and bias from its re-fitted W̃ (full, unpruned shapes)."""
+        w0 = self._const(lay.weight)
+        out = {lay.weight: Wn[:, :-1].reshape(w0.shape).astype(w0.dtype)}
+        if lay.bias_attr is not None:
+            out[lay.bias_attr] = Wn[:, -1].astype(w0.dtype)
+        elif lay.bias is not None:
+            out[lay.bias] = Wn[:, -1].astype(self._const(lay.bias).dtype)
+        return out
+
+    def _guard_row(self, lay: ObsLayer, losses: np.ndarray, cands: tuple) -> tuple[Candidate, dict]:
+        """The candidate with the lowest held-out loss (the first, no change, on ties) and its report row."""
+        best = int(np.argmin(losses))
+        pick = cands[best]
+        op = self.analysis.graph.ops[lay.consumer.op]
+        row = {
+            "layer": op.label or op.name,
+            "method": "none" if pick is None else "bias" if pick == "bias" else "refit",
+            "damping": pick[0] if isinstance(pick, tuple) else None,
+            "anchored": pick[1] if isinstance(pick, tuple) else None,
+            "held_out_loss_before": round(float(losses[0]), 6),
+            "held_out_loss_after": round(float(losses[best]), 6),
+        }
+        return pick, row
+
+    @staticmethod
+    def _held_out_losses(W: np.ndarray, K: np.ndarray, fit: LayerStats, held: LayerStats, cands: tuple) -> np.ndarray:
+        """Held-out loss of each candidate fitted on ``fit`` (inf for a bias shift where the layer can have no bias)."""
+        out = np.zeros(len(cands))
+        for c, cand in enumerate(cands):
+            if cand == "bias" and W.shape[1] - 1 not in K:
+                out[c] = np.inf
+            else:
+                out[c] = reconstruction_loss(compensated(W, K, fit, cand), W, held)
+        return out
+
+    @staticmethod
+    def _summary(note: str, candidates: int, done: int, rows: list[dict]) -> dict:
+        before = sum(r["held_out_loss_before"] for r in rows)
+        after = sum(r["held_out_loss_after"] for r in rows)
+        return {
+            "guard": note,
+            "candidates": candidates,
+            "applied": done,
+            "refused": sum(1 for r in rows if r["method"] == "none"),
+            "held_out_loss_before": round(before / len(rows), 6) if rows else None,
+            "held_out_loss_after": round(after / len(rows), 6) if rows else None,
+            "layers": rows,
+        }
 
     def obs_compensation(
         self,
@@ -370,30 +493,23 @@ class ChannelStatistics(ABC):
     ) -> tuple[dict[str, np.ndarray], set[str]]:
         """Least-squares re-fit of each consumer's remaining weights (and bias) on the calibration inputs, guarded.
 
-        ``damp`` None (the guard): per layer, the re-fit is made on the fitting split of the calibration batches
-        with each candidate of :data:`COMPENSATION_DAMPING` (the classical re-fit, and re-fits anchored at the
-        current weights, which generalise from few samples), and the choice with the lowest reconstruction loss on
-        the held-out split wins, not re-fitting at all included; the chosen damping is then re-fitted on all the
-        data. A layer whose compensation does not lower its held-out loss keeps its weights, so compensation
-        never makes a layer's held-out reconstruction worse. Without a held-out split nothing is re-fitted.
-        ``reduce`` (an all-reduce under torch.distributed) is applied to the held-out losses, so that every rank
-        decides alike. A number ``damp`` makes the classical re-fit of every layer with that damping on all the data, unguarded.
-        What was decided is in :attr:`compensation_report`.
+        ``damp`` None (the guard): per layer, each candidate of :data:`GUARD_CANDIDATES` (not compensating; a bias
+        shift by the removed columns' mean contribution, seed 002's bias propagation; the classical re-fit and
+        re-fits anchored at the current weights with each damping of :data:`COMPENSATION_DAMPING`) is made on the
+        fitting split of the calibration batches, and the one with the lowest reconstruction loss on the held-out
+        split wins; the chosen candidate is then made on all the data. A layer whose compensation does not lower
+        its held-out loss keeps its weights, so compensation never makes a layer's held-out reconstruction worse.
+        Without a held-out split nothing is re-fitted. ``reduce`` (an all-reduce under torch.distributed) is
+        applied to the held-out losses, so that every rank decides alike. A number ``damp`` makes the classical
+        re-fit of every layer with that damping on all the data, unguarded. Each layer is fitted on the original
+        model's inputs (independently of the others; the torch adapter's ``compensate="sequential"`` fits each on
+        the inputs of the model pruned and compensated up to it). What was decided is in :attr:`compensation_report`.
         """
         updates: dict[str, np.ndarray] = {}
         done: set[str] = set()
-        todo: list[tuple[ObsLayer, np.ndarray, np.ndarray, np.ndarray]] = []  # layer, H, W̃, kept columns
-        for lay, H in self.layers():
-            cols = self._columns(lay)
-            removed = np.zeros(len(cols), dtype=bool)
-            removed[:-1] = pruned[cols[:-1]]
-            if not removed.any():
-                continue
-            keep = ~removed
-            if lay.bias is None and lay.bias_attr is None:
-                keep[-1] = False
-            todo.append((lay, H, self._wtilde(lay), np.flatnonzero(keep)))
-        chosen: dict[str, tuple[float, bool] | None] = {}
+        full = {lay.consumer.node: H for lay, H in self.layers()}
+        todo = [(lay, W, K) for lay, W, K in self._todo(pruned) if lay.consumer.node in full]
+        chosen: dict[str, Candidate] = {}
         rows: list[dict] = []
         if damp is not None:
             chosen = {lay.consumer.node: (damp, False) for lay, *_ in todo}
@@ -401,58 +517,29 @@ class ChannelStatistics(ABC):
         else:
             split = {lay.consumer.node: (Hf, Hh) for lay, Hf, Hh in self.held_out_layers()}
             note = "held-out split of the calibration batches" if split else "no held-out split: not applied"
-            cands = (None, *COMPENSATION_DAMPING)
+            cands = guard_candidates()
             losses = np.zeros((len(todo), len(cands)))
             avail = np.zeros((len(todo), 1))
-            for r, (lay, _H, W, K) in enumerate(todo):
+            for r, (lay, W, K) in enumerate(todo):
                 if lay.consumer.node not in split:
                     continue
                 avail[r] = 1.0
                 Hf, Hh = split[lay.consumer.node]
-                base = W.copy()
-                base[:, np.setdiff1d(np.arange(W.shape[1]), K)] = 0.0
-                losses[r, 0] = self._loss(base, W, Hh)
-                for c, (d, anchored) in enumerate(COMPENSATION_DAMPING, 1):
-                    losses[r, c] = self._loss(self._refit(W, Hf, K, d, anchored), W, Hh)
+                losses[r] = self._held_out_losses(W, K, LayerStats.of(Hf), LayerStats.of(Hh), cands)
             if reduce is not None and len(todo):  # every rank decides on the same (summed) losses
                 losses, avail = np.asarray(reduce(losses)), np.asarray(reduce(avail))
             for r, (lay, *_rest) in enumerate(todo):
                 if avail[r, 0] <= 0:
                     continue
-                best = int(np.argmin(losses[r]))
-                pick = cands[best]
-                chosen[lay.consumer.node] = pick
-                op = self.analysis.graph.ops[lay.consumer.op]
-                rows.append({
-                    "layer": op.label or op.name,
-                    "damping": None if pick is None else pick[0],
-                    "anchored": None if pick is None else pick[1],
-                    "held_out_loss_before": round(float(losses[r, 0]), 6),
-                    "held_out_loss_after": round(float(losses[r, best]), 6),
-                })  # fmt: skip
-        for lay, H, W, K in todo:
+                chosen[lay.consumer.node], row = self._guard_row(lay, losses[r], cands)
+                rows.append(row)
+        for lay, W, K in todo:
             choice = chosen.get(lay.consumer.node)
             if choice is None:
                 continue
-            Wn = self._refit(W, H, K, *choice)
-            w0 = self._const(lay.weight)
-            updates[lay.weight] = Wn[:, :-1].reshape(w0.shape).astype(w0.dtype)
-            if lay.bias_attr is not None:
-                updates[lay.bias_attr] = Wn[:, -1].astype(w0.dtype)
-            elif lay.bias is not None:
-                updates[lay.bias] = Wn[:, -1].astype(self._const(lay.bias).dtype)
+            updates.update(self._layer_updates(lay, compensated(W, K, LayerStats.of(full[lay.consumer.node]), choice)))
             done.add(lay.consumer.node)
-        before = sum(r["held_out_loss_before"] for r in rows)
-        after = sum(r["held_out_loss_after"] for r in rows)
-        self.compensation_report = {
-            "guard": note,
-            "candidates": len(todo),
-            "applied": len(done),
-            "refused": sum(1 for r in rows if r["damping"] is None),
-            "held_out_loss_before": round(before / len(rows), 6) if rows else None,
-            "held_out_loss_after": round(after / len(rows), 6) if rows else None,
-            "layers": rows,
-        }
+        self.compensation_report = self._summary(note, len(todo), len(done), rows)
         return updates, done
 
     def bias_propagation(

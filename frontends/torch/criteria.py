@@ -333,6 +333,13 @@ class DataCriteria(ChannelStatistics):
         assert self._layers is not None
         return self._layers
 
+    def sequential_compensation(self, pruned: np.ndarray, reduce: Any = None) -> tuple[dict[str, np.ndarray], set[str]]:
+        """``compensate="sequential"``: each layer re-fitted on the pruned, compensated model's inputs, guarded
+        (:func:`frontends.torch.refit.sequential_compensation`)."""
+        from frontends.torch.refit import sequential_compensation
+
+        return sequential_compensation(self, pruned, reduce)
+
     def held_out_layers(self) -> list[tuple[ObsLayer, np.ndarray, np.ndarray]]:
         """The same Hessians on the fitting and the held-out pieces of :func:`passes.data_criteria.holdout_plan`."""
         if self._split is None:
