@@ -28,11 +28,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from frontends.errors import VerificationError
 from frontends.graph import ChannelGraph
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Adapter", "Rewritten", "VerifyResult", "PlannedShapes", "CAPABILITIES"]
+__all__ = ["Adapter", "Rewritten", "VerifyResult", "verify_wide_then_narrow", "PlannedShapes", "CAPABILITIES"]
 
 CAPABILITIES: dict[str, str] = {
     "weights": "read constant weights",
@@ -86,6 +87,39 @@ class VerifyResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {**self.__dict__, "basis": self.basis}
+
+    def failure(self, subject: str, reference: str) -> VerificationError:
+        """The error of a failed check, worded in this one place: ``subject`` (the pruned model) differs from
+        ``reference`` (what it must equal), by how much at the outputs, and where inside."""
+        where = f"; worst intermediate tensor {self.worst_node}: relative error {self.max_node_error:.3g}" if self.worst_node else ""
+        return VerificationError(
+            f"{subject} differs from {reference}: max abs error {self.max_abs_error:.3g} at the outputs "
+            f"(tolerance {self.tolerance:.3g}, {self.dtype}){where}",
+            self.max_abs_error,
+        )
+
+
+def verify_wide_then_narrow(compare: Callable[[bool], VerifyResult], subject: str, reference: str) -> VerifyResult:
+    """The flow of a check that runs both models: ``compare(True)`` in the wide dtype (float64); where that
+    cannot run (an op without float64 support), ``compare(False)`` (float32). Raises
+    :class:`VerificationError` where neither can run (the pruned model or the reference does not run:
+    prunec's failure) or where the comparison fails (:meth:`VerifyResult.failure`)."""
+    try:
+        res = compare(True)
+    except VerificationError:
+        raise
+    except Exception as exc:  # an op without float64 support: compare in float32
+        log.info("float64 verification of the %s failed (%s); comparing in float32", subject, exc)
+        try:
+            res = compare(False)
+        except VerificationError:
+            raise
+        except Exception as exc32:
+            first = (str(exc32).strip().splitlines() or [""])[0]
+            raise VerificationError(f"the {subject} cannot be compared with {reference}: {type(exc32).__name__}: {first}") from exc32
+    if not res.passed:
+        raise res.failure(subject, reference)
+    return res
 
 
 @dataclass

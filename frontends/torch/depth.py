@@ -27,7 +27,7 @@ import torch
 import torch.fx
 import torch.nn as nn
 
-from frontends.adapter import VerifyResult
+from frontends.adapter import VerifyResult, verify_wide_then_narrow
 from frontends.errors import InternalError, InvalidArgumentError, UnsupportedModelError, VerificationError
 from frontends.torch.calibration import Batch, CalibrationData, all_outputs, task_loss
 from frontends.torch.trace import TracedModel
@@ -185,27 +185,11 @@ class TorchDepth:
 
     def verify(self, blocks: Sequence[Block], module: nn.Module, rtol: float) -> VerifyResult:
         """Raise :class:`VerificationError` unless ``module`` equals the original with ``blocks`` zeroed."""
-        try:
-            res = self._compare(blocks, module, torch.float64, rtol)
-        except VerificationError:
-            raise
-        except Exception as exc:  # an op without float64 support: compare in float32
-            log.info("float64 depth verification failed (%s); comparing in float32", exc)
-            try:
-                res = self._compare(blocks, module, torch.float32, max(rtol, 1e-4))
-            except VerificationError:
-                raise
-            except Exception as exc32:
-                first = (str(exc32).strip().splitlines() or [""])[0]
-                raise VerificationError(f"the depth-pruned model cannot be compared with the original: {type(exc32).__name__}: {first}") from exc32
-        if not res.passed:
-            where = f"; worst intermediate tensor {res.worst_node}: relative error {res.max_node_error:.3g}" if res.worst_node else ""
-            raise VerificationError(
-                f"depth-pruned model differs from the original with the removed branches zeroed: max abs error "
-                f"{res.max_abs_error:.3g} at the outputs (tolerance {res.tolerance:.3g}, {res.dtype}){where}",
-                res.max_abs_error,
-            )
-        return res
+        return verify_wide_then_narrow(
+            lambda wide: self._compare(blocks, module, torch.float64, rtol) if wide else self._compare(blocks, module, torch.float32, max(rtol, 1e-4)),
+            "depth-pruned model",
+            "the original with the removed branches zeroed",
+        )
 
     def _compare(self, blocks: Sequence[Block], module: nn.Module, dtype: torch.dtype, rtol: float) -> VerifyResult:
         ins = [x.to(dtype) if isinstance(x, torch.Tensor) and x.is_floating_point() else x for x in self.inputs]

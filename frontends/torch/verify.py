@@ -30,7 +30,7 @@ import torch.fx
 import torch.nn as nn
 import torch.utils._pytree as pytree
 
-from frontends.adapter import VerifyResult
+from frontends.adapter import VerifyResult, verify_wide_then_narrow
 from frontends.errors import VerificationError
 from frontends.graph import Op
 from frontends.torch.nodes import call_name
@@ -256,29 +256,11 @@ class VerifyFX:
         updates: dict[str, np.ndarray] | None = None,
     ) -> VerifyResult:
         """``updates``: new constant values (bias propagation, compensation) the reference uses too."""
-        try:
-            res = self._compare(traced, analysis, pruned, module, inputs, torch.float64, updates)
-        except VerificationError:
-            raise
-        except Exception as exc:  # an op without float64 support: compare in float32
-            log.info("float64 verification failed (%s); comparing in float32", exc)
-            try:
-                res = self._compare(traced, analysis, pruned, module, inputs, torch.float32, updates)
-            except VerificationError:
-                raise
-            except Exception as exc32:  # the pruned model (or the masked original) does not run: prunec's failure
-                first = (str(exc32).strip().splitlines() or [""])[0]
-                raise VerificationError(
-                    f"the pruned model cannot be compared with the masked original: {type(exc32).__name__}: {first}"
-                ) from exc32
-        if not res.passed:
-            where = f"; worst intermediate tensor {res.worst_node}: relative error {res.max_node_error:.3g}" if res.worst_node else ""
-            raise VerificationError(
-                f"pruned model differs from the original with removed channels zeroed: max abs error "
-                f"{res.max_abs_error:.3g} at the outputs (tolerance {res.tolerance:.3g}, {res.dtype}){where}",
-                res.max_abs_error,
-            )
-        return res
+        return verify_wide_then_narrow(
+            lambda wide: self._compare(traced, analysis, pruned, module, inputs, torch.float64 if wide else torch.float32, updates),
+            "pruned model",
+            "the original with removed channels zeroed",
+        )
 
     def _compare(self, traced, analysis, pruned, module, inputs, dtype, updates=None) -> VerifyResult:
         """Both models in ``dtype``: the outputs, and in float64 a GraphModule's intermediate tensors too."""
