@@ -243,8 +243,13 @@ def compensated(W: np.ndarray, K: np.ndarray, s: LayerStats, cand: Candidate) ->
 
 def reconstruction_loss(Wn: np.ndarray, W: np.ndarray, s: LayerStats) -> float:
     """E||Wn x' - W̃ x||² relative to E||W̃ x||²: the layer's output error over the rows ``s`` was taken on."""
-    err = np.einsum("oi,ij,oj->", Wn, s.Hp, Wn) - 2 * np.einsum("oi,ij,oj->", Wn, s.Cx, W) + np.einsum("oi,ij,oj->", W, s.Ho, W)
-    return max(float(err), 0.0) / max(float(np.einsum("oi,ij,oj->", W, s.Ho, W)), 1e-30)
+    ref = float(np.sum((W @ s.Ho) * W))  # matrix products, not a three-operand einsum: this runs per candidate
+    if s.Hp is s.Cx and s.Cx is s.Ho:
+        E = Wn - W
+        err = float(np.sum((E @ s.Hp) * E))
+    else:
+        err = float(np.sum((Wn @ s.Hp) * Wn)) - 2 * float(np.sum((Wn @ s.Cx) * W)) + ref
+    return max(err, 0.0) / max(ref, 1e-30)
 
 
 class ChannelStatistics(ABC):
