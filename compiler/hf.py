@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 __all__ = ["is_hf_model", "pruned_config", "to_hf", "save_pretrained"]
 
-_Q, _K, _V = ("q_proj", "query", "q"), ("k_proj", "key", "k"), ("v_proj", "value", "v")
+_Q, _K, _V = ("q_proj", "query", "q", "q_lin"), ("k_proj", "key", "k", "k_lin"), ("v_proj", "value", "v", "v_lin")  # (q_lin: DistilBERT)
 
 
 def is_hf_model(model: Any) -> bool:
@@ -98,14 +98,34 @@ def _head_shapes(gm: torch.fx.GraphModule, inputs: tuple) -> dict[str, tuple[int
                 weight = str(w.target)
         if weight is None:
             continue
-        for user in node.users:
+        in_shape = tuple(node.meta["tensor_meta"].shape)
+        for user in _through_scalar_ops(node):
             name = str(getattr(user.target, "__name__", user.target))
             meta = user.meta.get("tensor_meta")
             if ("view" in name or "reshape" in name) and meta is not None and hasattr(meta, "shape"):
                 shape = tuple(meta.shape)
-                in_shape = tuple(node.meta["tensor_meta"].shape)
                 if len(shape) == len(in_shape) + 1 and shape[-2] * shape[-1] == in_shape[-1]:
                     out[weight] = (int(shape[-2]), int(shape[-1]))
+    return out
+
+
+_SCALAR_OPS = ("mul", "div", "truediv", "add", "sub", "contiguous", "clone", "to", "_to_copy", "type_as")
+
+
+def _through_scalar_ops(node: torch.fx.Node, depth: int = 3) -> list[torch.fx.Node]:
+    """The users of ``node``, and of the ops that keep its shape by scaling it with a number or copying it on the
+    way to its reshape into heads (OPT, Whisper: ``(q_proj(x) * scaling).view(...)``)."""
+    out, frontier = [], [node]
+    for _ in range(depth):
+        nxt = []
+        for n in frontier:
+            for user in n.users:
+                out.append(user)
+                name = str(getattr(user.target, "__name__", user.target)).split(".")[0]
+                others = [a for a in (*user.args[1:], *user.kwargs.values()) if isinstance(a, torch.fx.Node)]
+                if name.lstrip("_").rstrip("_") in _SCALAR_OPS and user.args and user.args[0] is n and not others:
+                    nxt.append(user)
+        frontier = nxt
     return out
 
 
@@ -386,6 +406,7 @@ def to_hf(model: nn.Module, pruned: nn.Module, inputs: tuple, rtol: float = 1e-4
     cfg, rescale = _config_plan(model, _graph_module(pruned), inputs)
     sd = pruned.state_dict()
     sd.update(pack_experts(model, sd, cfg))  # mixtures of experts: per-expert FFNs back into the 3-D parameters
+    sd.update(pack_multihead_attention(model, sd))  # nn.MultiheadAttention: q/k/v back into in_proj
     try:
         new: Any = type(model)(cfg).to(dtype=next(model.parameters()).dtype).eval()  # a transformers PreTrainedModel
     except (ValueError, AssertionError) as exc:  # the class's own checks of the config
@@ -411,13 +432,55 @@ def to_hf(model: nn.Module, pruned: nn.Module, inputs: tuple, rtol: float = 1e-4
         new.tie_weights()
     with torch.no_grad():
         want = _first_tensor(pruned(*inputs)).double()
-        got = _first_tensor(new(*inputs)).double()
+        got = _first_tensor(_call_as_pruned(new, pruned, inputs)).double()
     err = (got - want).abs().max().item() if got.shape == want.shape else float("inf")
     tol = rtol * max(1.0, want.abs().max().item())
     if not err <= tol:
         raise VerificationError(f"{type(model).__name__} rebuilt from the pruned config differs from the pruned model by {err:.3g}")
     log.info("rebuilt %s from the pruned config (max difference %.3g)", type(model).__name__, err)
     return new
+
+
+def _call_as_pruned(model: nn.Module, pruned: torch.fx.GraphModule, inputs: tuple) -> Any:
+    """``model`` called with ``inputs`` as the pruned module takes them: by the names of its arguments where it
+    takes one tensor per argument (an example given as keyword arguments, ``model(**batch)``, need not follow
+    the class's positional order: Whisper's second parameter is ``attention_mask``), else by position."""
+    import inspect
+
+    names = list(inspect.signature(pruned.forward).parameters)
+    accepted = inspect.signature(model.forward).parameters
+    if len(names) == len(inputs) and all(n in accepted for n in names):
+        return model(**dict(zip(names, inputs, strict=True)))
+    return model(*inputs)
+
+
+def multihead_attention_parts(model: nn.Module) -> dict[str, list[str]]:
+    """Each ``nn.MultiheadAttention`` parameter of ``model`` (by state-dict key) and the parameters of its
+    decomposed form (:mod:`frontends.torch.attention`: ``q_proj``/``k_proj``/``v_proj`` linears) that it packs,
+    in order: ``in_proj_weight`` is the rows of the three weights, ``in_proj_bias`` of the three biases."""
+    out: dict[str, list[str]] = {}
+    for name, mod in model.named_modules():
+        if not isinstance(mod, nn.MultiheadAttention):
+            continue
+        p = f"{name}." if name else ""
+        if mod.in_proj_weight is not None:
+            out[f"{p}in_proj_weight"] = [f"{p}{r}_proj.weight" for r in "qkv"]
+        else:
+            for r in "qkv":
+                out[f"{p}{r}_proj_weight"] = [f"{p}{r}_proj.weight"]
+        if mod.in_proj_bias is not None:
+            out[f"{p}in_proj_bias"] = [f"{p}{r}_proj.bias" for r in "qkv"]
+    return out
+
+
+def pack_multihead_attention(model: nn.Module, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The packed ``nn.MultiheadAttention`` parameters of ``model`` from the pruned decomposed projections in
+    ``sd`` (SigLIP's pooling head): without them the rebuilt class would keep the original, unpruned weights."""
+    return {
+        key: torch.cat([sd[p] for p in parts])
+        for key, parts in multihead_attention_parts(model).items()
+        if all(p in sd for p in parts)
+    }
 
 
 def expert_width_field(cfg: Any, width: int) -> str | None:

@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 
 __all__ = ["HfConstraint"]
 
-_Q, _K, _V = ("q_proj", "query", "q"), ("k_proj", "key", "k"), ("v_proj", "value", "v")
+_Q, _K, _V = ("q_proj", "query", "q", "q_lin"), ("k_proj", "key", "k", "k_lin"), ("v_proj", "value", "v", "v_lin")  # (q_lin: DistilBERT)
 _INDEX = re.compile(r"\.\d+(?=\.|$)")
 
 
@@ -100,6 +100,9 @@ class HfConstraint:
             (n, int(m.gate_up_proj.shape[0]), expert_width_field(self.cfg, int(m.down_proj.shape[2])))
             for n, m in model.named_modules() if type(m).__name__.endswith("Experts") and _supported(m)
         ]  # fmt: skip
+        from compiler.hf import multihead_attention_parts
+
+        self._mha = multihead_attention_parts(model)
         self._state = {k: tuple(v.shape) for k, v in model.state_dict().items()}
         self._buffers = {k: tuple(b.shape) for k, b in model.named_buffers()}
         self._persistent = set(self._state)
@@ -189,6 +192,10 @@ class HfConstraint:
                 return f"{self.cfg_name} holds one FFN width for all experts ({name}: {[g[0] for g in gates if g is not None]})"
             w, h = gates[0][0], gates[0][1]  # type: ignore[index]
             want[f"{name}.gate_up_proj"], want[f"{name}.down_proj"] = (n, 2 * w, h), (n, h, w)
+        for key, parts in self._mha.items():  # nn.MultiheadAttention: its packed q/k/v, decomposed in the graph
+            shapes = [self._shape(p, pruned) for p in parts]
+            if all(s is not None for s in shapes):
+                want[key] = (sum(s[0] for s in shapes if s is not None), *shapes[0][1:])  # type: ignore[index]
         key = (tuple(sorted(ch.items())), tuple(sorted((k, v) for k, v in want.items() if v != self._state[k])))
         if key not in self._cache:
             self._cache[key] = self._build(ch, want)

@@ -333,9 +333,10 @@ def trace(model: nn.Module, example_inputs: Any) -> _Trace:
     inputs = tuple(args) if sig is None else tuple(sig.leaves)
     notes: list[str] = []
     work = _module_copy(model).eval()
-    cfg = getattr(work, "config", None)
-    if cfg is not None and getattr(cfg, "use_cache", False):  # Hugging Face: a KV cache in the outputs is not a tensor output
-        cfg.use_cache = False
+    for mod in work.modules():  # Hugging Face: a KV cache in the outputs is not a tensor output
+        cfg = getattr(mod, "config", None)  # (every config: T5's decoder stack holds a copy of the model's)
+        if cfg is not None and getattr(cfg, "use_cache", False):
+            cfg.use_cache = False
     n_mha = decompose_attention(work)
     if n_mha:
         log.info("decomposed %d nn.MultiheadAttention module(s) so their heads can be pruned", n_mha)
