@@ -105,7 +105,7 @@ def compile(  # noqa: A001 - the public contract's name
     f_nz: float | None = None,
     attention: str = "head_dim",
     target_latency: float | None = None,
-    allocation: str = "auto",
+    allocation: str = "uniform",
     depth: float | str | None = None,
     depth_importance: str = "auto",
     hf_compatible: bool | None = None,
@@ -154,11 +154,9 @@ def compile(  # noqa: A001 - the public contract's name
     most; the report gives the estimate and the measurements).
     ``allocation="latency"`` with ``target_macs`` measures the same tables and
     spends the MACs budget where removing a channel saves the most time per
-    saliency; ``"uniform"`` spends it as the same ratio in every group. The
-    default ``"auto"`` is ``"latency"`` for ``target_macs`` where ``backend``
-    names the runtime, else ``"uniform"`` (:func:`compiler.defaults.resolve_allocation`;
-    ``report.settings["allocation_choice"]``). Layer timings are kept on disk
-    per runtime (``$PRUNEC_CACHE``, default ``~/.cache/prunec``).
+    saliency (default ``"uniform"``: the same ratio in every group). Layer
+    timings are kept on disk per runtime (``$PRUNEC_CACHE``, default
+    ``~/.cache/prunec``): a second compile on the same runtime times no layer again.
 
     ``backend`` runs the result: ``auto`` (ONNX models: ONNX Runtime; PyTorch
     models: ``torch.compile`` with CUDA, eager without), ``eager``,

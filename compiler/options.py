@@ -35,7 +35,7 @@ class Options:
     probes: int = 4
     attention: str = "head_dim"  # or "heads": what a reshape into attention heads prunes
     target_latency: float | None = None  # milliseconds (> 1) or a fraction of the original's latency (<= 1)
-    allocation: str = "auto"  # "auto": latency for target_macs on a named backend, else uniform (compiler.defaults.resolve_allocation); target_macs: "uniform" ratio per group, or "latency": saliency per measured ms saved
+    allocation: str = "uniform"  # target_macs: "uniform" ratio per group, or "latency": saliency per measured ms saved
     depth: float | str | None = None  # fraction of removable residual blocks to remove, or "auto" (with target_macs or target_latency)
     depth_importance: str = "auto"  # block criterion (passes.depth.DEPTH_CRITERIA); auto: cosine with calibration, else norm
     hf_compatible: bool | None = None  # plans a transformers config can hold (compiler.hf_constraints); None: on for a PreTrainedModel
@@ -78,8 +78,8 @@ class Options:
             raise InvalidArgumentError("give only one of ratio=, threshold=, target_macs=, target_latency=, f_nz=")
         if not (self.compensate is None or isinstance(self.compensate, bool) or self.compensate == "sequential"):
             raise InvalidArgumentError(f"compensate must be True, False, None or 'sequential', got {self.compensate!r}")
-        if self.allocation not in ("auto", "uniform", "latency"):
-            raise InvalidArgumentError(f"allocation must be 'auto', 'uniform' or 'latency', got {self.allocation!r}")
+        if self.allocation not in ("uniform", "latency"):
+            raise InvalidArgumentError(f"allocation must be 'uniform' or 'latency', got {self.allocation!r}")
         if self.allocation == "latency" and self.target_macs is None:
             raise InvalidArgumentError("allocation='latency' goes with target_macs= (target_latency= allocates by latency already)")
         if self.target_latency is not None and not (

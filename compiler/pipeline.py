@@ -358,16 +358,12 @@ def compile_with(
     """load -> plan (analyze, saliency, select) -> weight updates -> rewrite -> verify -> measure -> report."""
     steps = Steps(progress)
     adapter.load(steps)
-    from compiler.defaults import calibration_samples, resolve_allocation, resolve_importance, splittable
+    from compiler.defaults import calibration_samples, resolve_importance, splittable
 
     n_cal = calibration_samples(adapter)
     opts, choice = resolve_importance(opts, n_cal, adapter.capabilities, splittable(adapter, n_cal))  # importance="auto"
     check_capabilities(adapter, opts)
     check_ignored_names(adapter.graph, opts.ignore)
-    from dataclasses import replace
-
-    constrained = opts.allocation == "auto" and _hf_constraint(adapter, replace(opts, allocation="uniform")) is not None
-    opts, allocation_choice = resolve_allocation(opts, (backend_options or {}).get("backend", "auto"), constrained)
     latency, run_opts = latency_setup(opts, backend_options, adapter.example_inputs(), progress, steps, adapter.latency_model)
     make_data = lambda analysis: adapter.criteria_data(analysis, opts)  # noqa: E731
     constraint_for = _hf_constraint(adapter, opts)
@@ -390,9 +386,6 @@ def compile_with(
     settings = {**rewritten.info, **info}
     if choice is not None:
         settings["importance_choice"] = choice
-    if allocation_choice is not None:  # allocation="auto": what it chose, why, and where the latency tables came from
-        tables = getattr(p.latency, "cache", None)
-        settings["allocation_choice"] = {**allocation_choice, **({"tables_cache": tables} if tables is not None else {})}
     report = build_report(adapter.model_name, adapter.trace_method, p, after, opts, verification, steps.timings, settings)
     return Compiled(rewritten.model, p, report)
 
