@@ -1,15 +1,11 @@
 """Latency that follows the MACs: prunec vs Torch-Pruning at the same MACs, on ONNX Runtime.
 
-For each model (random weights, 3x224x224): prunec prunes it to half the MACs
-(``target_macs=0.5``, l2, verified) twice: with its default allocation
-(``allocation="auto"``, told the runtime it is for with ``backend=``/``provider=``
-and given example inputs of each row's batch size: one model per batch) and with
-``allocation="uniform"`` (the same ratio in every group, the default before
-"auto"; one model for all batches). Torch-Pruning's ``MagnitudePruner`` (its
+For each model (random weights, 1x3x224x224): prunec prunes it to half the MACs
+(``target_macs=0.5``, l2, verified), Torch-Pruning's ``MagnitudePruner`` (its
 defaults, L2 magnitude, classifier ignored, ViT heads declared) is bisected over
-its ``pruning_ratio`` to the uniform model's MACs (counted by one counter for
-all). All models are exported to ONNX (dynamic batch) and timed in ONNX Runtime
-on one provider, interleaved round by round in one process, at each batch size.
+its ``pruning_ratio`` to the same MACs (counted by one counter for all). All
+three models are exported to ONNX (dynamic batch) and timed in ONNX Runtime on
+one provider, interleaved round by round in one process, at each batch size.
 
 The number that matters is speedup / MACs reduction: 1.0 means every removed
 multiply-accumulate became time saved. Prints a table and writes
@@ -133,14 +129,13 @@ def one(name: str, batches: list[int], provider: str, seed: int, runs: int, runt
     x = torch.randn(1, 3, 224, 224)
     model = build(name, seed)
     base = macs_of(model, x)
-    log(f"{name}: prunec-uniform: target_macs=0.5, allocation='uniform'")
+    log(f"{name}: prunec: target_macs=0.5")
     t0 = time.perf_counter()
-    r = compiler.compile(model, (x,), target_macs=0.5, importance="l2", allocation="uniform")
-    pruned: dict[str, tuple[nn.Module, float]] = {"prunec-uniform": (r.model, r.report.macs_after / base)}
-    log(f"{name}: prunec-uniform {pruned['prunec-uniform'][1]:.3f}x MACs in {time.perf_counter() - t0:.1f}s "
-        f"(verified: {r.report.verification['passed']})")
+    r = compiler.compile(model, (x,), target_macs=0.5, importance="l2")
+    pruned: dict[str, tuple[nn.Module, float]] = {"prunec": (r.model, r.report.macs_after / base)}
+    log(f"{name}: prunec {pruned['prunec'][1]:.3f}x MACs in {time.perf_counter() - t0:.1f}s (verified: {r.report.verification['passed']})")
     log(f"{name}: Torch-Pruning, bisecting its ratio to the same MACs")
-    pruned["torch-pruning"] = tp_to_macs(name, x, pruned["prunec-uniform"][1], base, seed)
+    pruned["torch-pruning"] = tp_to_macs(name, x, pruned["prunec"][1], base, seed)
     log(f"{name}: Torch-Pruning {pruned['torch-pruning'][1]:.3f}x MACs")
     if runtime == "onnxruntime":  # exported once, timed at every batch (dynamic batch)
         protos: dict[str, Any] = {"original": export_onnx(model, (x,))}
@@ -149,19 +144,17 @@ def one(name: str, batches: list[int], provider: str, seed: int, runs: int, runt
         protos = {"original": model, **{k: m for k, (m, _) in pruned.items()}}
     backend = "onnxruntime" if runtime == "onnxruntime" else "auto"
     rows = []
-    choices: dict[int, Any] = {}
     for b in batches:
-        # the default, told the runtime and the batch it is for: one model per batch size
+        # latency-aware allocation is specific to the batch it is measured at: one model per batch size
         xb_t = torch.randn(b, 3, 224, 224)
-        log(f"{name}: prunec (default allocation): target_macs=0.5, backend={backend!r}, example inputs at batch {b}")
+        log(f"{name}: prunec-latency: target_macs=0.5, allocation='latency', tables at batch {b}")
         t0 = time.perf_counter()
-        rl = compiler.compile(model, (xb_t,), target_macs=0.5, importance="l2", backend=backend, provider=provider)
+        rl = compiler.compile(model, (xb_t,), target_macs=0.5, importance="l2", allocation="latency",
+                              backend=backend, provider=provider)
         lat = (rl.model, rl.report.macs_after / rl.report.macs_before)
-        choice = rl.report.settings.get("allocation_choice", {})
-        choices[b] = choice
-        log(f"{name}: prunec {lat[1]:.3f}x MACs in {time.perf_counter() - t0:.1f}s (verified: {rl.report.verification['passed']}; "
-            f"allocation {choice.get('allocation')}, tables cache {choice.get('tables_cache')})")
-        cell_models = {**protos, "prunec": export_onnx(lat[0], (x,)) if runtime == "onnxruntime" else lat[0]}
+        log(f"{name}: prunec-latency {lat[1]:.3f}x MACs in {time.perf_counter() - t0:.1f}s (verified: {rl.report.verification['passed']}; "
+            f"layer timings: {getattr(getattr(rl.plan, 'latency', None), 'cache', None)})")
+        cell_models = {**protos, "prunec-latency": export_onnx(lat[0], (x,)) if runtime == "onnxruntime" else lat[0]}
         opsets = {}
         if runtime == "onnxruntime":
             opsets = {k: next(o.version for o in v.opset_import if o.domain in ("", "ai.onnx")) for k, v in cell_models.items()}
@@ -176,16 +169,15 @@ def one(name: str, batches: list[int], provider: str, seed: int, runs: int, runt
         for i in range(repeats):
             reps.append(time_interleaved(fns, b, warmup=3 if i == 0 else 1, runs=n, min_seconds=3.0))
             log(f"{name}: batch {b}, repeat {i + 1}/{repeats}: " + ", ".join(f"{k} {v.median_ms:.1f} ms" for k, v in reps[-1].items()))
-        row = cell(name, b, device, opsets, reps, {**pruned, "prunec": lat})
-        row["allocation_choice"] = choices[b]
+        row = cell(name, b, device, opsets, reps, {**pruned, "prunec-latency": lat})
         rows.append(row)
         log(f"{name} b{b}: original {row['original_ms']:.1f} ms; " + "; ".join(
             f"{k} {row[k]['ms']:.1f} ms ({row[k]['speedup']:.2f}x, {row[k]['speedup_per_macs']:.2f} of MACs)"
-            for k in TOOLS))
+            for k in ("prunec", "prunec-latency", "torch-pruning")))
     return rows
 
 
-TOOLS = ("prunec", "prunec-uniform", "torch-pruning")
+TOOLS = ("prunec", "prunec-latency", "torch-pruning")
 
 
 def cell(name: str, batch: int, device: str, opsets: dict, reps: list[dict[str, Any]],
@@ -239,16 +231,13 @@ def write(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
         "their ranges do not overlap; overlapping ranges are a tie.",
         "",
         "**speedup / MACs reduction** (s/M): 1.00 means every removed multiply-accumulate became saved time. "
-        "prunec: the default allocation (`allocation=\"auto\"`), compiled with `backend=`/`provider=` naming this "
-        "runtime and example inputs of the row's batch size (one pruned model per batch size); the allocation it chose "
-        "is in the last column (with a named runtime and `target_macs` it is `latency`: per-layer latency tables "
-        "measured on this runtime at that batch, read back from the disk cache when measured before, channels ranked "
-        "by saliency per millisecond saved, same MACs budget). prunec-uniform: `allocation=\"uniform\"` (the same "
-        "ratio in every group: the default before `auto`), one model for all batches.",
+        "prunec: uniform ratio per group (the default). prunec-latency: `allocation=\"latency\"`, per-layer latency "
+        "tables measured on this runtime at the row's batch size (example inputs of that batch; one pruned model per "
+        "batch size), channels ranked by saliency per millisecond saved, same MACs budget.",
         "",
         "| model | batch | original ms | " + " | ".join(f"{t} MACs | {t} ms | **{t} s/M**" for t in TOOLS)
-        + " | prunec vs TP | prunec-uniform vs TP | prunec vs original | default chose |",
-        "|---|---|---|" + "---|---|---|" * len(TOOLS) + "---|---|---|---|",
+        + " | prunec vs TP | prunec-latency vs TP |",
+        "|---|---|---|" + "---|---|---|" * len(TOOLS) + "---|---|",
     ]
 
     def rng(x: dict[str, float], fmt: str) -> str:
@@ -259,10 +248,7 @@ def write(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
         for t in TOOLS:
             c = r[t]
             cells += [f"{c['macs']:.3f}", rng(c["ms_spread"], ".1f"), f"**{rng(c['speedup_per_macs_spread'], '.2f')}**"]
-        choice = r.get("allocation_choice") or {}
-        cache = choice.get("tables_cache") or {}
-        chose = choice.get("allocation", "?") + (f" (tables: {cache['measured']} timed, {cache['read']} from cache)" if cache else "")
-        cells += [r["prunec"]["vs_torch_pruning"], r["prunec-uniform"]["vs_torch_pruning"], r["prunec"]["vs_original"], chose]
+        cells += [r["prunec"]["vs_torch_pruning"], r["prunec-latency"]["vs_torch_pruning"]]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     lines += summary(rows)
@@ -270,7 +256,7 @@ def write(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
     lines += [
         "",
         f"Command: `python benchmarks/latency.py {' '.join(sys.argv[1:])}`. Load average (1, 5, 15 min) at the start: "
-        f"{args.load_start}; at the end: {', '.join(f'{v:.2f}' for v in load) if load else '?'} "
+        f"{getattr(args, 'load_start', '?')}; when this table was written: {', '.join(f'{v:.2f}' for v in load) if load else '?'} "
         f"(the machine is shared: a load above its {os.cpu_count()} cores means other jobs ran alongside).",
     ]
     return "\n".join(lines) + "\n"
@@ -279,7 +265,7 @@ def write(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
 def summary(rows: list[dict[str, Any]]) -> list[str]:
     """One line per prunec model: its verdicts against Torch-Pruning and the original, counted over the cells."""
     out = []
-    for tool in TOOLS[:-1]:
+    for tool in ("prunec", "prunec-latency"):
         vs_tp = [r[tool]["vs_torch_pruning"] for r in rows]
         vs_orig = [r[tool]["vs_original"] for r in rows]
         worst = min((r[tool]["speedup_per_macs"] for r in rows), default=float("nan"))
@@ -315,6 +301,7 @@ def main() -> None:
     rows: list[dict[str, Any]] = []
     if not (args.quick and args.out is None):
         args.out = args.out or os.path.join(RESULTS, "latency.md")
+    text = ""
     for name in args.models.split(","):
         rows += one(name, [int(b) for b in args.batches.split(",")], args.provider, args.seed, args.runs, args.runtime,
                     args.repeats)

@@ -21,7 +21,7 @@ from typing import Any
 
 from compiler.options import Options
 
-__all__ = ["resolve_importance", "resolve_allocation", "calibration_samples", "splittable"]
+__all__ = ["resolve_importance", "calibration_samples", "splittable"]
 
 
 def calibration_samples(adapter: Any) -> int | None:
@@ -67,34 +67,3 @@ def resolve_importance(
         name, why = "l2", "this adapter cannot run the model: the data-free default"
     return replace(opts, importance=name), {"requested": "auto", "criterion": name, "reason": why, "calibration_samples": samples}
 
-
-def resolve_allocation(opts: Options, backend: str, constrained: bool) -> tuple[Options, dict[str, Any] | None]:
-    """``opts`` with ``allocation="auto"`` (the default) replaced by the allocation chosen, and the report's record
-    of the choice (None where an allocation was named).
-
-    ``"latency"`` (saliency per measured millisecond saved, :func:`compiler.pipeline.select_latency`) where a
-    ``target_macs`` budget is spent for a runtime the caller named (``backend`` other than ``"auto"``): the
-    per-layer tables are measured there once and read back from the disk cache afterwards
-    (:mod:`compiler.latency_cache`). Measured on ONNX Runtime CPU (``benchmarks/results/latency.md``): the uniform
-    ratio turns half the MACs of mobilenet_v2 at batch 16 into 0.69 of the speedup they promise, the latency
-    allocation into 0.94. Everything else stays ``"uniform"``: ratio= and threshold= are per-group policies, a
-    plan under a transformers config constraint (``constrained``) needs the same width per role, depth= and
-    attention="both" plan per pass, and without a named runtime there is nothing to measure that the model will
-    run on (and the plan stays a pure function of the weights).
-    """
-    if opts.allocation != "auto":
-        return opts, None
-    if opts.target_macs is None:
-        name, why = "uniform", "ratio=, threshold= and the other policies allocate per group: uniform"
-    elif constrained:
-        name, why = "uniform", "the transformers config constraint (hf_compatible) needs the same width per role: uniform"
-    elif opts.depth is not None or opts.attention == "both":
-        name, why = "uniform", "depth= and attention='both' plan in passes: uniform"
-    elif backend == "auto":
-        name, why = "uniform", (
-            "backend='auto': no runtime named to measure latency tables on, uniform "
-            "(name one, e.g. backend='onnxruntime', for the latency allocation)"
-        )
-    else:
-        name, why = "latency", f"target_macs for backend={backend!r}: channels allocated by saliency per measured ms saved"
-    return replace(opts, allocation=name), {"requested": "auto", "allocation": name, "reason": why}

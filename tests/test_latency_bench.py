@@ -41,24 +41,24 @@ def _reps(ms: dict[str, list[float]]) -> list[dict[str, Timing]]:
 def test_a_cell_within_the_noise_is_a_tie_in_the_row_and_the_summary(latency):
     """vit_b_16 at batch 1 in the table before repeats: prunec 145.3 ms, Torch-Pruning 148.6 ms, one median
     each. With repeats that overlap it is a tie, not a win; a clear gap stays a win."""
-    macs = {"prunec": (None, 0.493), "torch-pruning": (None, 0.500), "prunec-uniform": (None, 0.490)}
+    macs = {"prunec": (None, 0.493), "torch-pruning": (None, 0.500), "prunec-latency": (None, 0.490)}
     close = latency.cell("vit_b_16", 1, "onnxruntime-cpu", {}, _reps({
         "original": [246.1, 251.0, 240.2], "prunec": [145.3, 150.9, 141.0],
-        "torch-pruning": [148.6, 143.9, 152.2], "prunec-uniform": [127.8, 129.0, 126.1],
+        "torch-pruning": [148.6, 143.9, 152.2], "prunec-latency": [127.8, 129.0, 126.1],
     }), macs)  # fmt: skip
     clear = latency.cell("resnet50", 1, "onnxruntime-cpu", {}, _reps({
         "original": [93.7, 95.0, 92.1], "prunec": [50.6, 51.2, 49.9],
-        "torch-pruning": [59.6, 60.3, 58.8], "prunec-uniform": [60.0, 61.0, 62.0],
+        "torch-pruning": [59.6, 60.3, 58.8], "prunec-latency": [60.0, 61.0, 62.0],
     }), macs)  # fmt: skip
     assert close["prunec"]["vs_torch_pruning"] == "tie"
-    assert close["prunec-uniform"]["vs_torch_pruning"] == "faster"
+    assert close["prunec-latency"]["vs_torch_pruning"] == "faster"
     assert clear["prunec"]["vs_torch_pruning"] == "faster"
-    assert clear["prunec-uniform"]["vs_torch_pruning"] == "tie"  # 59.6 vs 60.0 median; ranges overlap
+    assert clear["prunec-latency"]["vs_torch_pruning"] == "tie"  # 59.6 vs 60.0 median; ranges overlap
     assert close["prunec"]["ms"] == 145.3 and close["prunec"]["ms_spread"] == {"min": 141.0, "median": 145.3, "max": 150.9}
     # speedup/MACs paired by repeat: original / prunec of the same repeat, times the MACs fraction
     s = close["prunec"]["speedup_per_macs_spread"]
     assert s["min"] == pytest.approx(251.0 / 150.9 * 0.493) and s["max"] == pytest.approx(240.2 / 141.0 * 0.493)
     lines = latency.summary([close, clear])
     assert lines[0].startswith("- prunec against Torch-Pruning's model: faster in 1, tie in 1, slower in 0 of 2 cells")
-    assert lines[1].startswith("- prunec-uniform against Torch-Pruning's model: faster in 1, tie in 1, slower in 0 of 2")
+    assert lines[1].startswith("- prunec-latency against Torch-Pruning's model: faster in 1, tie in 1, slower in 0 of 2")
     assert "slower in 0, tie in 0" in lines[0]  # never slower than the original here

@@ -1,4 +1,4 @@
-"""The default allocation (``allocation="auto"``) and the on-disk cache of layer timings (``compiler.latency_cache``).
+"""The on-disk cache of layer timings (``compiler.latency_cache``) that latency tables read and write.
 
 Timings are never asserted against a number: a counting fake timer stands in where the test is about what is
 measured and what is read back.
@@ -15,11 +15,8 @@ import torch
 import torch.nn as nn
 
 import compiler
-from compiler.defaults import resolve_allocation
 from compiler.latency import LatencyModel, layer_timer
 from compiler.latency_cache import CachedTimer, cache_dir
-from compiler.options import Options
-from frontends.errors import InvalidArgumentError
 from frontends.torch import load_torch
 from passes.channel_analysis import ChannelAnalysis
 from passes.ops.layers import ConvSpec, LinearSpec
@@ -155,52 +152,21 @@ def test_layer_timer_is_cached(cache):
     assert isinstance(timer, CachedTimer) and timer.name == "torch-cpu"
 
 
-def test_resolve_allocation_cases():
-    macs = Options(target_macs=0.5)
-    assert macs.allocation == "auto"
-    for backend in ("onnxruntime", "eager", "torch.compile"):
-        opts, choice = resolve_allocation(macs, backend, constrained=False)
-        assert opts.allocation == "latency" and choice["allocation"] == "latency" and choice["requested"] == "auto"
-    cases = [
-        (macs, "auto", False, "backend='auto'"),
-        (macs, "onnxruntime", True, "hf_compatible"),
-        (Options(ratio=0.5), "onnxruntime", False, "ratio="),
-        (Options(target_macs=0.5, depth=0.25), "onnxruntime", False, "depth="),
-    ]
-    for o, backend, constrained, why in cases:
-        opts, choice = resolve_allocation(o, backend, constrained)
-        assert opts.allocation == "uniform" and choice["allocation"] == "uniform" and why in choice["reason"]
-    named = Options(target_macs=0.5, allocation="uniform")
-    assert resolve_allocation(named, "onnxruntime", False) == (named, None)  # a named allocation is never replaced
-
-
-def test_default_choice_is_in_the_report_and_the_second_compile_reads_the_cache(cache):
+def test_second_target_latency_compile_reads_every_layer_timing_from_the_cache(cache):
     model, x = _net()
-    r1 = compiler.compile(model, (x,), target_macs=0.5, backend="eager", provider="cpu")
-    c1 = r1.report.to_dict()["settings"]["allocation_choice"]
-    assert c1["requested"] == "auto" and c1["allocation"] == "latency"
-    assert r1.report.settings["allocation"] == "latency"
-    assert c1["tables_cache"]["measured"] > 0 and c1["tables_cache"]["path"].startswith(str(cache))
-    assert r1.report.macs_after <= 0.5 * r1.report.macs_before and r1.report.verification["passed"] is True
-    r2 = compiler.compile(model, (x,), target_macs=0.5, backend="eager", provider="cpu")
-    c2 = r2.report.settings["allocation_choice"]
-    assert c2["tables_cache"]["measured"] == 0 and c2["tables_cache"]["read"] == c1["tables_cache"]["measured"]
-    # the allocation depends on the tables (the same) and on the measured whole-model rest (scaled by activations
-    # kept): both compiles meet the budget
-    assert r2.report.macs_after <= 0.5 * r2.report.macs_before
-    # without a named runtime the default stays uniform and says why
-    r3 = compiler.compile(model, (x,), target_macs=0.5)
-    c3 = r3.report.settings["allocation_choice"]
-    assert c3["allocation"] == "uniform" and "backend='auto'" in c3["reason"] and "tables_cache" not in c3
-    # a named allocation is kept and not reported as a choice
-    r4 = compiler.compile(model, (x,), target_macs=0.5, allocation="uniform", backend="eager", provider="cpu")
-    assert "allocation_choice" not in r4.report.settings and r4.report.settings["allocation"] == "uniform"
-    assert [lay.out_channels for lay in r3.report.layers] == [lay.out_channels for lay in r4.report.layers]
+    r1 = compiler.compile(model, (x,), target_latency=0.9, backend="eager", provider="cpu")
+    c1 = r1.report.to_dict()["settings"]["latency"]["tables_cache"]
+    assert c1["measured"] > 0 and c1["read"] == 0 and c1["path"].startswith(str(cache))
+    r2 = compiler.compile(model, (x,), target_latency=0.9, backend="eager", provider="cpu")
+    c2 = r2.report.settings["latency"]["tables_cache"]
+    assert c2["measured"] == 0 and c2["read"] == c1["measured"] and c2["path"] == c1["path"]
+    assert r2.report.verification["passed"] is True
 
 
-def test_auto_is_accepted_and_nonsense_refused():
+def test_default_allocation_stays_uniform_and_measures_nothing(cache):
+    """allocation="latency" was measured as the default and not made it (benchmarks/results/latency.md): without
+    calibration data it emptied groups of a trained CNN. The default plan is the uniform one and times no layer."""
     model, x = _net()
-    with pytest.raises(InvalidArgumentError, match="allocation must be 'auto'"):
-        compiler.compile(model, (x,), target_macs=0.5, allocation="fastest")
-    r = compiler.compile(model, (x,), ratio=0.25, allocation="auto", backend="eager", provider="cpu")
-    assert r.report.settings["allocation_choice"]["allocation"] == "uniform"
+    r = compiler.compile(model, (x,), target_macs=0.5, backend="eager", provider="cpu")
+    assert r.report.settings["allocation"] == "uniform" and "latency" not in r.report.settings
+    assert not os.path.exists(os.path.join(str(cache), "latency"))
