@@ -93,7 +93,8 @@ def compile_experts(
     calibration = list(calibration) if calibration is not None else None
     calls = calls_from(example_inputs, calibration)
     data = f"calibration ({len(calls)} batches)" if calibration is not None else "example inputs (no calibration given)"
-    stats = steps("rank experts", expert_statistics, model, layers, calls)
+    small = copy.deepcopy(model).eval()  # ranked in eval mode (no dropout, no router jitter), then cut down
+    stats = steps("rank experts", expert_statistics, small, layers, calls)
     kept: dict[str, list[int]] = {}
     rows: list[dict[str, Any]] = []
     for L in layers:
@@ -103,7 +104,6 @@ def compile_experts(
         gone = sorted(order[: counts[L.name]].tolist())
         kept[L.name] = [e for e in range(L.n) if e not in gone]
         rows.append(_layer_row(L.name, L.n, load, saliency, contrib, gone))
-    small = copy.deepcopy(model)
     steps("remove experts", remove_experts, small, layers, kept)
     config_note = _update_config(small, layers, kept)
     verification = None

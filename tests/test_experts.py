@@ -96,9 +96,16 @@ def test_an_expert_that_adds_nothing_is_removed_first():
     stats = expert_statistics(model, layers, calls_from(_ids(), None))
     load0, contrib0 = stats["model.layers.0.mlp"]
     assert load0[1] > 0 and contrib0[1] == 0.0 and (contrib0[[0, 2, 3]] > 0).all()
+    for layer in model.model.layers:  # in training mode the router's input is jittered: ranked in eval mode
+        layer.mlp.jitter_noise = 0.5
+    model.train()
     r = compiler.compile(model, _ids(), experts=0.25, verify=False)
     removed = {row["name"]: [e["expert"] for e in row["removed"]] for row in r.report.experts["layers"]}
     assert removed == {"model.layers.0.mlp": [1], "model.layers.1.mlp": [2]}
+    assert model.training  # the input model is not touched, its mode included
+    assert [row["all"][e]["load"] for row in r.report.experts["layers"] for e in range(4)] == [
+        int(x) for name in ("model.layers.0.mlp", "model.layers.1.mlp") for x in stats[name][0]
+    ]
 
 
 @pytest.mark.parametrize("make", [_mixtral, _qwen2_moe])
