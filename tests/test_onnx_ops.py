@@ -288,8 +288,13 @@ def test_split(form):
     assert c["w1"].shape[0] == c["wa"].shape[1] + c["wb"].shape[1] < 10
     if form == "sizes_input":
         np.testing.assert_array_equal(c["sp"], [c["wa"].shape[1], c["wb"].shape[1]])
-    else:
-        assert c["wa"].shape[1] == c["wb"].shape[1]  # equal chunks stay equal
+    else:  # an equal split's pieces prune independently (as torch.chunk's Slices from the TorchScript exporter):
+        # the rewrite gives the Split explicit sizes where they differ (and drops num_outputs)
+        sizes = [c["wa"].shape[1], c["wb"].shape[1]]
+        assert sizes[0] != sizes[1]
+        (n,) = [n for n in r.model.graph.node if n.op_type == "Split"]
+        assert len(n.input) == 2 and c[n.input[1]].tolist() == sizes
+        assert all(a.name != "num_outputs" for a in n.attribute)
     _check_independent(m, r)
 
 

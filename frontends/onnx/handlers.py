@@ -316,8 +316,11 @@ def _h_split(lw: Lowering, i: int, n: onnx.NodeProto) -> bool:
     sizes = [s[ax] for s in outs if s is not None]
     if len(sizes) != len(outs):
         return False
-    equal = not (len(n.input) > 1 and n.input[1])
-    lw.emit(i, "split", [x], list(n.output), {"axis": axis, "sizes": sizes, "equal": equal})
+    # not "equal" even without a ``split`` input (an equal split, ``num_outputs`` from opset 18): the rewrite
+    # gives it explicit sizes where its pieces lose different numbers of channels (rewrite_ops._split_sizes), so
+    # the pieces prune independently, as the Slices the TorchScript exporter writes for torch.chunk do; tying
+    # them (position j of every piece together) merged every channel of a ShuffleNet V2 stage into one class
+    lw.emit(i, "split", [x], list(n.output), {"axis": axis, "sizes": sizes, "equal": False})
     return True
 
 

@@ -26,7 +26,8 @@ slice, identity       Slice                    ``starts`` / ``ends``: the kept p
                                                same range (a Slice of whole axes is identity)
 slice                 Gather of constant       ``indices``: the kept positions of the range
                       indices
-split                 Split                    ``split`` sizes
+split                 Split                    ``split`` sizes (an equal split whose pieces
+                                               differ after pruning gets them as a new input)
 spatial               Resize                   ``sizes``
 reduce                ReduceMean               a Mul by kept / original after it: the mean
                                                keeps the original divisor
@@ -39,7 +40,7 @@ import logging
 import math
 
 import numpy as np
-from onnx import helper
+from onnx import TensorProto, helper
 
 from frontends.errors import InternalError
 from frontends.graph import Op
@@ -142,14 +143,30 @@ def _broadcast_shape(a: tuple[int, ...], b: list[int]) -> tuple[int, ...] | None
 
 @op_spec("split").rewriter("onnx")
 def _split_sizes(rw: OnnxRewrite, op: Op, node: int) -> set[int]:
-    """Split's ``split`` sizes are the pruned pieces' (an equal split has none)."""
-    slot = rw.arg(node, "split")
-    if slot is None:
-        return set()
+    """Split's ``split`` sizes are the pruned pieces'. An equal split (no ``split`` input; ``num_outputs`` from
+    opset 18) whose pieces are no longer what it computes for the pruned axis gets them as a new ``split`` input
+    (and loses ``num_outputs``, which must not be given with it)."""
     ax = int(op.attrs["axis"])
     ax = ax + len(rw.original_shape(op.input(0))) if ax < 0 else ax
-    rw.set_arg(node, slot.index, np.array([rw.pruned_shape(o)[ax] for o in op.outputs], dtype=np.int64))
-    return {slot.index}
+    sizes = [rw.pruned_shape(o)[ax] for o in op.outputs]
+    slot = rw.arg(node, "split")
+    if slot is not None:
+        rw.set_arg(node, slot.index, np.array(sizes, dtype=np.int64))
+        return {slot.index}
+    n = rw.nodes[node]
+    if len(n.input) > 1 and n.input[1]:
+        return set()  # sizes that are not static: the channel rule kept the pieces as they were
+    total, k = sum(sizes), len(sizes)
+    piece = -(-total // k)  # ONNX: pieces of ceil(total / k), the last one smaller
+    if sizes == [piece] * (k - 1) + [total - piece * (k - 1)]:
+        return set()
+    name = rw.new_initializer(f"{n.name or n.output[0]}_split", np.array(sizes, dtype=np.int64), TensorProto.INT64)
+    del n.input[1:]
+    n.input.append(name)
+    keep = [a for a in n.attribute if a.name != "num_outputs"]
+    del n.attribute[:]
+    n.attribute.extend(keep)
+    return set()
 
 
 @op_spec("spatial").rewriter("onnx")
