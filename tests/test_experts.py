@@ -157,3 +157,28 @@ def test_save_says_so_when_the_config_does_not_follow(tmp_path):
     r.source.config.num_experts = 4  # as if the config had no field for the expert count
     with pytest.raises(UnsupportedModelError, match="cannot express"):
         r.save_pretrained(str(tmp_path))
+
+
+def test_experts_in_other_layouts_are_named_not_guessed():
+    torch.manual_seed(0)
+    oss = T.GptOssForCausalLM(T.GptOssConfig(**LM, num_local_experts=4, num_experts_per_tok=2, head_dim=16, layer_types=["full_attention"] * 2))
+    with pytest.raises(UnsupportedModelError, match=r"model.layers.0.mlp.experts: GptOssExperts is not in the layout"):
+        compiler.compile(oss.eval(), _ids(), experts=0.5)  # biases on the experts
+    ds = T.DeepseekV3ForCausalLM(T.DeepseekV3Config(
+        **LM, n_routed_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, first_k_dense_replace=0, n_group=1, topk_group=1,
+        q_lora_rank=None, kv_lora_rank=16, qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=16))  # fmt: skip
+    with pytest.raises(UnsupportedModelError, match="router with e_score_correction_bias"):
+        compiler.compile(ds.eval(), _ids(), experts=0.5)  # a routing bias of its own
+
+
+def test_other_transformers_moe_classes_remove_experts_and_reload(tmp_path):
+    torch.manual_seed(0)
+    model = T.Qwen3MoeForCausalLM(T.Qwen3MoeConfig(**LM, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=64, head_dim=16)).eval()
+    r = compiler.compile(model, _ids(), experts=0.5)
+    assert r.report.experts["verification"]["passed"]
+    r.save_pretrained(str(tmp_path))
+    back = T.Qwen3MoeForCausalLM.from_pretrained(str(tmp_path)).eval()
+    assert back.config.num_experts == 2
+    x = _ids(4, 2, 9)
+    with torch.no_grad():
+        torch.testing.assert_close(back(**x).logits, _logits(r.model(**x)), rtol=1e-4, atol=1e-4)

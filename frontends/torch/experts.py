@@ -115,6 +115,13 @@ def find_moe_layers(model: nn.Module) -> list[MoeLayer]:
             router = _router(block, n, name or type(model).__name__)
             k = getattr(getattr(block, router), "top_k", getattr(block, "top_k", getattr(cfg, "num_experts_per_tok", None)))
             out.append(MoeLayer(name, router, child_name, n, int(k) if isinstance(k, int) else None))
+    if not out:
+        other = next(((n, m) for n, m in model.named_modules() if type(m).__name__.endswith("Experts")), None)
+        if other is not None:
+            raise UnsupportedModelError(
+                f"{other[0]}: {type(other[1]).__name__} is not in the layout experts= reads (3-D gate_up_proj / down_proj, "
+                "concatenated gate and up, no biases, no post-expert norm)"
+            )
     return out
 
 
