@@ -290,6 +290,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
     if sum(x is not None for x in (ratio, threshold, target_macs)) > 1:
         raise InvalidArgumentError("give only one of --ratio, --threshold and --target-macs")
     depth = None if args.depth is None else args.depth if args.depth == "auto" else _number("--depth", args.depth)
+    if depth == "auto" and target_macs is None:
+        raise InvalidArgumentError("--depth auto splits a --target-macs budget between depth and width: give --target-macs")
     if ratio is None and threshold is None and target_macs is None and depth is None:
         ratio = 0.5
     _check_onnx_importance(args.importance)

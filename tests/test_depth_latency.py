@@ -175,3 +175,19 @@ def test_bad_latency_depth_combinations_are_refused():
         compiler.compile(net, (x,), depth="auto", target_latency=-1.0, calibration=cal)
     with pytest.raises(InvalidArgumentError, match="at least 2 batches"):
         compiler.compile(net, (x,), depth="auto", target_latency=0.8, calibration=cal[:1], provider="cpu")
+
+
+def test_cli_depth_auto_without_target_macs_is_one_line_naming_the_cli_flag(tmp_path, capsys):
+    import onnx
+
+    from compiler import cli
+    from compiler.backend import export_onnx
+
+    net = _net()
+    x, _ = _data()
+    src, out = tmp_path / "n.onnx", tmp_path / "p.onnx"
+    onnx.save(export_onnx(net, (x,), dynamic_batch=False), str(src))
+    code = cli.main(["prune", str(src), "-o", str(out), "--depth", "auto"])
+    _, err = capsys.readouterr()
+    assert code == 2 and not out.exists()
+    assert err.strip().count("\n") == 0 and "--depth auto" in err and "--target-macs" in err
