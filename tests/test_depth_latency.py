@@ -11,14 +11,16 @@ by. One test runs with real timings and checks only that the report is consisten
 from __future__ import annotations
 
 import copy
+import math
 
+import onnx
 import pytest
 import torch
 import torch.nn as nn
 
 import compiler
 import compiler.depth as depth_mod
-from compiler.latency import LatencyTarget, TorchLayerTimer
+from compiler.latency import LatencyTarget, OrtLayerTimer, TorchLayerTimer
 from frontends.errors import InvalidArgumentError
 
 
@@ -60,8 +62,10 @@ def _data(n: int = 4, size: int = 16):
 
 
 def _fake_ms(model) -> float:
-    """The deterministic 'latency' of a model: its parameter count, in thousands."""
-    return sum(p.numel() for p in model.parameters()) / 1000.0
+    """The deterministic 'latency' of a model: its parameter count (ONNX: initializer elements), in thousands."""
+    if isinstance(model, onnx.ModelProto):
+        return sum(math.prod(t.dims) for t in model.graph.initializer if len(t.dims) > 1) / 1000.0
+    return sum(p.numel() for p in model.parameters() if p.dim() > 1) / 1000.0
 
 
 @pytest.fixture
@@ -71,7 +75,8 @@ def fake_latency(monkeypatch):
 
     def measure(self, model):
         if self.timer is None:
-            self.timer, self.runtime = TorchLayerTimer("cpu"), "fake"
+            self.timer = OrtLayerTimer("cpu") if isinstance(model, onnx.ModelProto) else TorchLayerTimer("cpu")
+            self.runtime = "fake"
         return _fake_ms(model)
 
     monkeypatch.setattr(LatencyTarget, "measure", measure)
@@ -130,7 +135,7 @@ def test_a_depth_fraction_with_target_latency_gives_width_the_rest_of_the_origin
     r = compiler.compile(net, (x,), depth=0.25, target_latency=0.5, provider="cpu")
     d = r.report.depth
     assert len(d["removed"]) == 1 and d["verification"]["passed"]
-    depth_ms = original - _fake_ms(net.blocks[0])  # the blocks are alike: one block's parameters less
+    depth_ms = original - _fake_ms(net.blocks[0])  # the blocks are alike: one block's weights less
     # the width pass aims at half the ORIGINAL's latency, as a fraction of the depth-pruned model's own
     inner = r.report.settings["latency"]
     assert inner["original_ms"] == pytest.approx(depth_ms, abs=1e-3)
@@ -175,6 +180,23 @@ def test_bad_latency_depth_combinations_are_refused():
         compiler.compile(net, (x,), depth="auto", target_latency=-1.0, calibration=cal)
     with pytest.raises(InvalidArgumentError, match="at least 2 batches"):
         compiler.compile(net, (x,), depth="auto", target_latency=0.8, calibration=cal[:1], provider="cpu")
+
+
+def test_onnx_depth_auto_under_target_latency(fake_latency):
+    from compiler.backend import export_onnx
+
+    net = _net(dead=1)
+    x, cal = _data()
+    proto = export_onnx(net, (x,), dynamic_batch=False)
+    original = _fake_ms(proto)
+    r = compiler.compile(proto, (x.numpy(),), depth="auto", target_latency=0.8, calibration=[(c.numpy(),) for (c,) in cal],
+                         importance="activation", provider="cpu")  # fmt: skip
+    d = r.report.depth
+    assert [t["blocks_removed"] for t in d["search"]] == [0, 1] and d["search"][1]["chosen"]
+    assert d["removed"] == ["blocks.1"] and d["verification"]["passed"]
+    lat = d["latency"]
+    assert lat["target_ms"] == pytest.approx(0.8 * original, abs=1e-3) and lat["met"]
+    assert lat["measured_ms"] == pytest.approx(_fake_ms(r.model), abs=1e-3)
 
 
 def test_cli_depth_auto_without_target_macs_is_one_line_naming_the_cli_flag(tmp_path, capsys):
