@@ -150,6 +150,8 @@ def test_refused_without_experts_or_when_too_few_stay():
         compiler.compile(_mixtral(), _ids(), experts=0.5, depth=0.5)
     with pytest.raises(InvalidArgumentError, match="goes with ratio"):
         compiler.compile(_mixtral(), _ids(), experts=0.5, target_macs=0.5)
+    with pytest.raises(InvalidArgumentError, match="PyTorch mixture-of-experts"):
+        compiler.compile("model.onnx", None, experts=0.5)
 
 
 def test_save_says_so_when_the_config_does_not_follow(tmp_path):
