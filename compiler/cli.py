@@ -279,6 +279,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
     import compiler
 
     src, out = args.model, args.output
+    if os.path.isdir(src) and os.path.isfile(os.path.join(src, "config.json")):
+        return _prune_checkpoint(args)  # a transformers checkpoint folder, disk to disk (compiler.pretrained)
     if not out:
         raise InvalidArgumentError("prune needs an output file: -o OUT.onnx")
     if not os.path.exists(src):
@@ -341,6 +343,33 @@ def cmd_prune(args: argparse.Namespace) -> int:
     if args.json:
         _write_atomic(args.json, report.to_json())
     print(f"wrote {out}")
+    return 0
+
+
+def _prune_checkpoint(args: argparse.Namespace) -> int:
+    """``prunec prune IN_DIR -o OUT_DIR``: a transformers safetensors checkpoint folder, streamed shard by shard."""
+    from compiler.pretrained import compile_pretrained
+
+    if not args.output:
+        raise InvalidArgumentError("prune needs an output folder for a checkpoint folder: -o OUT_DIR")
+    given = [f for f, v in (("--threshold", args.threshold), ("--calibration", args.calibration), ("--depth", args.depth),
+                            ("--input-shape", args.input_shape), ("--external-data", args.external_data)) if v]  # fmt: skip
+    if given:
+        raise InvalidArgumentError(f"{given[0]} does not apply to a checkpoint folder (it is pruned by --ratio or --target-macs, l2/l1)")
+    ratio, target_macs = _number("--ratio", args.ratio), _number("--target-macs", args.target_macs)
+    if ratio is not None and target_macs is not None:
+        raise InvalidArgumentError("give only one of --ratio and --target-macs")
+    report = compile_pretrained(
+        args.model, args.output, ratio=ratio, target_macs=target_macs,
+        importance="l2" if args.importance == "auto" else args.importance, equalization=args.equalization,
+        granularity=_number("--granularity", args.granularity, int), scope=args.scope, verify=args.verify, progress=_progress,
+    )  # fmt: skip
+    print(report.summary())
+    s = report.settings
+    print(f"checkpoint   {s['bytes_before'] / 1e9:.2f} GB -> {s['bytes_after'] / 1e9:.2f} GB; config: {s['config_changes']}")
+    if args.json:
+        _write_atomic(args.json, report.to_json())
+    print(f"wrote {args.output}")
     return 0
 
 
@@ -548,9 +577,9 @@ def _calibration_batches(path: str, model: str, inputs: dict[str, Any] | None) -
 
 
 def _add_prune_parser(sub: Any) -> None:
-    r = sub.add_parser("prune", help="prune an ONNX model into a smaller, verified ONNX model")
-    r.add_argument("model", help="input .onnx file (never modified)")
-    r.add_argument("-o", "--output", help="output .onnx file (written atomically)")
+    r = sub.add_parser("prune", help="prune an ONNX model (or a transformers checkpoint folder) into a smaller, verified one")
+    r.add_argument("model", help="input .onnx file, or a transformers safetensors checkpoint folder (never modified)")
+    r.add_argument("-o", "--output", help="output .onnx file (written atomically), or a new folder for a checkpoint folder")
     r.add_argument("--ratio", help="fraction of each group's prunable channels to remove (default 0.5)")
     r.add_argument("--threshold", help="remove channels whose normalized saliency is below this instead")
     r.add_argument("--target-macs", help="prune until the MACs are this fraction of the original's (<= 1) or this count")

@@ -23,8 +23,10 @@ The model is never whole in memory. The stages:
    tensors (and the embedding rows, head rows and final norm it needs), the same one-layer skeleton built from the
    *written* config holds the *written* tensors, and :class:`frontends.torch.verify.VerifyFX` compares the two in
    float64 with the removed channels zeroed in the original. The head keeps more rows than the hidden size, so
-   the logits pin down the block's output. Tolerance per checkpoint dtype (:data:`TOLERANCE`): a rescaled norm
-   weight is rounded to the checkpoint's precision.
+   the logits pin down the block's output. Where the hidden size shrinks, an RMS norm's weight is written times
+   ``sqrt(old / new)`` and rounded to the checkpoint's dtype; the reference holds that rounded value divided back
+   (in float32), so the check stays at :data:`RTOL` for bf16 too, and the report gives the rounding
+   (``settings["rescale_rounding"]``: the largest relative change rounding made to a rescaled weight).
 
 The output folder is staged in a temporary folder beside it and renamed into place only when everything is
 written and verified; ``in_dir`` is only read.
@@ -34,6 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import gc
 import json
 import logging
 import math
@@ -60,14 +63,14 @@ from passes.saliency import EQUALIZATIONS, NORMALIZERS, equalize
 
 log = logging.getLogger(__name__)
 
-__all__ = ["compile_pretrained", "verify_pretrained", "PLAN_FILE", "TOLERANCE"]
+__all__ = ["compile_pretrained", "verify_pretrained", "PLAN_FILE", "RTOL"]
 
 PLAN_FILE = "prunec_plan.json"
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
-# relative tolerance of the streamed verification per checkpoint dtype (float64 comparison; a rescaled RMS-norm
-# weight is rounded to the checkpoint's precision: bf16 keeps 8 bits, fp16 11)
-TOLERANCE = {torch.float32: 1e-5, torch.float64: 1e-7, torch.float16: 3e-3, torch.bfloat16: 2e-2}
+# relative tolerance of the streamed verification (a float64 comparison, whatever the checkpoint's dtype: the
+# reference holds the original weights in float32, and a rescaled norm weight as written, divided back)
+RTOL = 1e-5
 _WEIGHT_FILES = re.compile(r"\.(safetensors|bin|pt|pth|ckpt|h5|msgpack|gguf|onnx)$|\.index\.json$")
 _SEQ = 16  # tokens of the verification input
 
@@ -216,6 +219,9 @@ def build(cls: type[nn.Module], config: Any, dtype: torch.dtype) -> nn.Module:
         raise UnsupportedModelError(f"{cls.__name__} cannot be built from this config: {first}") from None
     finally:
         torch.set_default_dtype(old)
+    tie = getattr(model, "tie_weights", None)  # (no_init_weights skips it with the initialization)
+    if callable(tie):
+        tie()
     persistent = set(model.state_dict())
     with torch.no_grad():
         for name, t in [*model.named_parameters(), *model.named_buffers()]:
@@ -335,12 +341,14 @@ class Structure:
 
 
 def _consts(model: nn.Module, analysis: AnalysisResult) -> dict[str, list[np.ndarray | None]]:
-    names = set(model.state_dict())
+    """Per state-dict tensor of ``model`` the graph tracks: the classes of each dim (tied tensors under every name)."""
+    ties = tied_names(model)
     out = {}
     for name, val in analysis.graph.values.items():
         lab = analysis.labels.get(name)
-        if val.is_const and name in names and lab:
-            out[name] = [None if dl is None else analysis.atom_class[dl] for dl in lab]
+        if val.is_const and name in ties and lab:
+            for alias in ties[name]:
+                out[alias] = [None if dl is None else analysis.atom_class[dl] for dl in lab]
     return out
 
 
@@ -445,14 +453,21 @@ def _virtual_groups(st: Structure, analysis: AnalysisResult, prefix: str, differ
 
 def unit_norms(t: torch.Tensor, axis: int, p: int, chunk: int = 1 << 22) -> np.ndarray:
     """L1/L2 norm of each unit (slices along ``axis``) of ``t``, summed in float64 a chunk at a time."""
-    t = t.movedim(axis, -1)
-    n = t.shape[-1]
-    flat = t.reshape(-1, n)
+    axis %= t.dim()
+    n = t.shape[axis]
+    last = axis == t.dim() - 1 and axis > 0
+    flat = t.reshape(-1, n) if last else t.movedim(axis, 0).reshape(n, -1)  # (a view unless a middle axis)
     acc = torch.zeros(n, dtype=torch.float64)
-    rows = max(1, chunk // max(n, 1))
+    rows = max(1, chunk // max(flat.shape[1], 1))
+    # bf16 / fp16 squares are exact in float32 (8 / 11 mantissa bits): square there, sum in float64
+    work = torch.float32 if t.dtype in (torch.bfloat16, torch.float16) else torch.float64
     for a in range(0, flat.shape[0], rows):
-        x = flat[a : a + rows].to(torch.float64)
-        acc += x.abs().sum(0) if p == 1 else (x * x).sum(0)
+        x = flat[a : a + rows].to(work, copy=True)
+        s = x.abs_() if p == 1 else x.square_()
+        if last:
+            acc += s.sum(0, dtype=torch.float64)
+        else:
+            acc[a : a + rows] = s.sum(1, dtype=torch.float64)
     out = acc.numpy()
     return out if p == 1 else np.sqrt(out)
 
@@ -550,13 +565,13 @@ class _Timer:
 class _Skeleton:
     """A skeleton of the checkpoint's class: ``n`` layers, a vocabulary of ``vocab``, traced and analysed."""
 
-    def __init__(self, ckpt: Checkpoint, config: Any, n: int, vocab: int, attention: str, seed: int = 0) -> None:
+    def __init__(self, ckpt: Checkpoint, config: Any, n: int, vocab: int, attention: str, dtype: torch.dtype | None = None) -> None:
         from frontends.torch.trace import load_torch
         from passes.channel_analysis import ChannelAnalysis
 
         self.config = small_config(config, n, vocab)
-        self.model = build(ckpt.cls, self.config, ckpt.dtype)
-        gen = torch.Generator().manual_seed(seed)
+        self.model = build(ckpt.cls, self.config, dtype or ckpt.dtype)
+        gen = torch.Generator().manual_seed(0)
         ids = torch.randint(0, vocab, (1, _SEQ), generator=gen)
         self.traced = load_torch(self.model, (ids,))
         self.analysis = ChannelAnalysis((), {"attention": attention}).call(self.traced.graph)
@@ -577,6 +592,7 @@ class _Plan:
     config: dict[str, Any]  # the output config.json
     rescale: dict[str, float]  # checkpoint module name -> factor on its weight (and bias)
     hf: dict[str, Any]
+    rounding: float = 0.0  # the largest relative change rounding made to a rescaled weight
 
 
 def compile_pretrained(
@@ -609,9 +625,9 @@ def compile_pretrained(
     opts = _Settings(ratio, target_macs, attention, importance, equalization, normalizer, granularity, min_channels, scope, verify)
     opts.validate()
     in_dir, out_dir = os.fspath(in_dir), os.fspath(out_dir)
+    ckpt = Checkpoint(in_dir)
     _check_out_dir(in_dir, out_dir)
     timer = _Timer(progress)
-    ckpt = Checkpoint(in_dir)
     with timer.stage("analysis"):
         skel = _Skeleton(ckpt, ckpt.config, 2, _vocab(ckpt.config), attention)
         st = analyse(skel.model, skel.analysis, int(ckpt.config.num_hidden_layers))
@@ -621,6 +637,7 @@ def compile_pretrained(
     with timer.stage("selection"):
         plan = _select(ckpt, skel, st, scores, opts)
         del skel
+        gc.collect()  # the skeleton's graph holds float32 copies of its weights: gone before the writing pass
     parent = os.path.dirname(os.path.abspath(out_dir))
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(os.path.abspath(out_dir))}.prunec-", suffix=".tmp", dir=parent)
     try:
@@ -629,7 +646,7 @@ def compile_pretrained(
         verification = None
         if verify:
             with timer.stage("verification"):
-                verification = _verify(ckpt, st, plan.pruned, tmp, attention, timer)
+                verification = _verify(ckpt, st, plan.pruned, plan.rescale, tmp, attention, timer)
         if os.path.isdir(out_dir):
             os.rmdir(out_dir)  # empty (checked above)
         os.rename(tmp, out_dir)
@@ -670,9 +687,15 @@ def _check_tensors(ckpt: Checkpoint, skeleton: nn.Module, st: Structure) -> None
             want = got  # (the skeleton keeps the first rows of the vocabulary)
         if got != want:
             raise UnsupportedModelError(f"{name}: shape {got}, but config.json builds {want}")
+    ties = tied_names(skeleton)
     for p in st.producers:
-        if p.weight not in ckpt.where:
-            raise InvalidArgumentError(f"{ckpt.folder}: the checkpoint has no tensor {p.weight}")
+        if p.weight not in ckpt.where:  # a tied tensor, stored under its other name
+            layer, skel = st.skeleton_name(p.weight)
+            names = [n.replace(f"{st.prefix}.0.", f"{st.prefix}.{layer}.") if layer is not None else n for n in ties.get(skel, [])]
+            have = [n for n in names if n in ckpt.where]
+            if not have:
+                raise InvalidArgumentError(f"{ckpt.folder}: the checkpoint has no tensor {p.weight}")
+            p.weight = have[0]
 
 
 def _score(ckpt: Checkpoint, st: Structure, opts: _Settings, timer: _Timer) -> np.ndarray:
@@ -844,6 +867,7 @@ def _out_tensor(st: Structure, plan: _Plan, name: str, t: torch.Tensor) -> torch
         t = t.index_select(d, torch.from_numpy(np.flatnonzero(keep)))
     module, _, kind = name.rpartition(".")
     if module in plan.rescale and kind in ("weight", "bias"):
+        plan.rounding = max(plan.rounding, rescale_rounding(t, plan.rescale[module]))
         t = t * plan.rescale[module]
     return t
 
@@ -935,41 +959,54 @@ def _reader(ckpt: Checkpoint) -> Callable[[str, tuple[int, ...]], torch.Tensor]:
     return read
 
 
-def _names(model: nn.Module, prefix: str, layer: int, available: set[str]) -> dict[str, str]:
-    """The skeleton's persistent tensors -> the checkpoint's names for ``layer``; tied ones (absent) are skipped."""
-    out = {}
-    params = dict(model.named_parameters(remove_duplicate=False))
-    seen: dict[int, str] = {}
-    for name in model.state_dict():
+def tied_names(model: nn.Module) -> dict[str, list[str]]:
+    """Per state-dict name of ``model``: every name of the same tensor (tied embeddings: both)."""
+    by_id: dict[int, list[str]] = defaultdict(list)
+    for name, t in model.state_dict(keep_vars=True).items():
+        by_id[id(t)].append(name)
+    return {n: names for names in by_id.values() for n in names}
+
+
+def _names(model: nn.Module, prefix: str, layer: int, available: set[str], ties: dict[str, list[str]]) -> dict[str, str]:
+    """The skeleton's persistent tensors -> the checkpoint's names for ``layer`` (a tied tensor: from the name the
+    checkpoint has)."""
+
+    def theirs(name: str) -> str:
         s, rest = split_name(name, prefix)
-        theirs = name if s is None else f"{prefix}.{layer}.{rest}"
-        if theirs in available:
-            out[name] = theirs
-            if name in params:
-                seen[id(params[name])] = name
+        return name if s is None else f"{prefix}.{layer}.{rest}"
+
+    out = {}
     for name in model.state_dict():
-        if name not in out and not (name in params and id(params[name]) in seen):
-            raise InvalidArgumentError(f"the checkpoint has no tensor {name if split_name(name, prefix)[0] is None else f'for {name} (layer {layer})'}")
+        have = [theirs(n) for n in ties.get(name, [name]) if theirs(n) in available]
+        if not have:
+            raise InvalidArgumentError(f"the checkpoint has no tensor {theirs(name)}")
+        out[name] = have[0]
     return out
 
 
-def _verify(ckpt: Checkpoint, st: Structure, pruned: np.ndarray, out: str, attention: str, timer: _Timer) -> dict[str, Any]:
+def _verify(
+    ckpt: Checkpoint, st: Structure, pruned: np.ndarray, rescale: dict[str, float], out: str, attention: str, timer: _Timer
+) -> dict[str, Any]:
     """Every decoder layer of the written folder ``out`` against the original with the removed channels zeroed."""
     from frontends.torch.verify import VerifyFX
 
     written = Checkpoint(out)
     vocab = _vocab(ckpt.config)
-    ref = _Skeleton(ckpt, ckpt.config, 1, vocab, attention)
+    wide = torch.float32 if ckpt.dtype in (torch.bfloat16, torch.float16) else ckpt.dtype  # holds the checkpoint's values exactly
+    ref = _Skeleton(ckpt, ckpt.config, 1, vocab, attention, wide)
     consts = set(_consts(ref.model, ref.analysis))
     cmap = st.class_map(ref.analysis, consts)
     new = build(written.cls, small_config(written.config, 1, vocab), ckpt.dtype)
-    rtol = TOLERANCE.get(ckpt.dtype, 1e-5)
+    ties = tied_names(ref.model)  # (the traced module keeps the model's names; torch.export may untie the tensors)
+    rtol = RTOL
     verifier = VerifyFX(rtol=rtol)
     layers: list[dict[str, Any]] = []
     worst: dict[str, Any] = {}
     for i in range(st.n_layers):
-        _load_layer(ref.traced.gm, _names(ref.traced.gm, st.prefix, i, set(ckpt.where)), _reader(ckpt))
-        _load_layer(new, _names(new, st.prefix, i, set(written.where)), _reader(written))
+        names = _names(ref.traced.gm, st.prefix, i, set(ckpt.where), ties)
+        _load_layer(ref.traced.gm, names, _reader(ckpt))
+        _as_written(ref.traced.gm, names, rescale, ckpt.dtype)
+        _load_layer(new, _names(new, st.prefix, i, set(written.where), tied_names(new)), _reader(written))
         tie = getattr(new, "tie_weights", None)
         if callable(tie):
             tie()
@@ -991,9 +1028,28 @@ def _verify(ckpt: Checkpoint, st: Structure, pruned: np.ndarray, out: str, atten
         "rtol": rtol,
         "dtype": worst.get("dtype", "float64"),
         "basis": (f"outputs of a one-layer skeleton per decoder layer ({vocab} head rows > hidden size), the written "
-                  f"tensors against the original's with removed channels zeroed; rtol {rtol:g} for {str(ckpt.dtype).replace('torch.', '')}"),
+                  "tensors against the original's with removed channels zeroed (rescaled norm weights as rounded when written)"),
         "layers": layers,
     }  # fmt: skip
+
+
+def _as_written(gm: nn.Module, names: dict[str, str], rescale: dict[str, float], dtype: torch.dtype) -> None:
+    """The reference's rescaled weights as written (``w * f`` rounded to ``dtype``), divided back by ``f``."""
+    state = gm.state_dict(keep_vars=True)
+    with torch.no_grad():
+        for mine, theirs in names.items():
+            module, _, kind = theirs.rpartition(".")
+            f = rescale.get(module)
+            if f is not None and kind in ("weight", "bias"):
+                t = state[mine]
+                t.copy_((t.to(dtype) * f).to(torch.float64) / f)
+
+
+def rescale_rounding(t: torch.Tensor, f: float) -> float:
+    """The largest relative change rounding ``t * f`` to ``t``'s dtype makes."""
+    exact = t.to(torch.float64) * f
+    got = (t * f).to(torch.float64)
+    return float(((got - exact).abs() / exact.abs().clamp_min(1e-30)).max()) if t.numel() else 0.0
 
 
 def verify_pretrained(
@@ -1017,7 +1073,8 @@ def verify_pretrained(
         raise InvalidArgumentError(f"{plan_path}: the plan is for another model ({saved.get('n_virtual')} channels, this one has {st.n_virtual})")
     pruned = np.zeros(st.n_virtual, bool)
     pruned[np.asarray(saved["removed"], dtype=np.int64)] = True
-    return _verify(ckpt, st, pruned, os.fspath(out_dir), attention, timer)
+    rescale = {str(k): float(v) for k, v in saved.get("rescale", {}).items()}
+    return _verify(ckpt, st, pruned, rescale, os.fspath(out_dir), attention, timer)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -1047,6 +1104,7 @@ def _report(
         **_settings(opts), "hf_compatible": True, "hf_constraint": plan.hf, "checkpoint": ckpt.folder,
         "dtype": str(ckpt.dtype).replace("torch.", ""), "layers": st.n_layers, "shards": len(ckpt.files),
         "macs_basis": "per token, the linear layers (attention scores not counted)", **sizes,
+        "rescaled": len(plan.rescale), "rescale_rounding": plan.rounding,
         "config_changes": {k: v for k, v in plan.config.items() if ckpt.config_dict.get(k, object()) != v},
     }  # fmt: skip
     return Report(ckpt.cls.__name__, "torch", "two-layer skeleton (checkpoint streamed)", params_before, params_after,
