@@ -35,7 +35,7 @@ class Options:
     probes: int = 4
     attention: str = "head_dim"  # or "heads": what a reshape into attention heads prunes
     target_latency: float | None = None  # milliseconds (> 1) or a fraction of the original's latency (<= 1)
-    allocation: str = "uniform"  # target_macs: "uniform" ratio per group, or "latency": saliency per measured ms saved
+    allocation: str = "uniform"  # "uniform" ratio per group; target_macs: "latency" (saliency per measured ms saved); ratio/target_macs: "sensitivity" (passes.allocation)
     depth: float | str | None = None  # fraction of removable residual blocks to remove, or "auto" (with target_macs or target_latency)
     depth_importance: str = "auto"  # block criterion (passes.depth.DEPTH_CRITERIA); auto: cosine with calibration, else norm
     hf_compatible: bool | None = None  # plans a transformers config can hold (compiler.hf_constraints); None: on for a PreTrainedModel
@@ -78,8 +78,10 @@ class Options:
             raise InvalidArgumentError("give only one of ratio=, threshold=, target_macs=, target_latency=, f_nz=")
         if not (self.compensate is None or isinstance(self.compensate, bool) or self.compensate == "sequential"):
             raise InvalidArgumentError(f"compensate must be True, False, None or 'sequential', got {self.compensate!r}")
-        if self.allocation not in ("uniform", "latency"):
-            raise InvalidArgumentError(f"allocation must be 'uniform' or 'latency', got {self.allocation!r}")
+        if self.allocation not in ("uniform", "latency", "sensitivity"):
+            raise InvalidArgumentError(f"allocation must be 'uniform', 'latency' or 'sensitivity', got {self.allocation!r}")
+        if self.allocation == "sensitivity":
+            self._validate_sensitivity()
         if self.allocation == "latency" and self.target_macs is None:
             raise InvalidArgumentError("allocation='latency' goes with target_macs= (target_latency= allocates by latency already)")
         if self.target_latency is not None and not (
@@ -116,6 +118,14 @@ class Options:
             raise InvalidArgumentError("experts= does not combine with depth= or attention='both'")
         if self.target_macs is not None or self.target_latency is not None or self.f_nz is not None:
             raise InvalidArgumentError("experts= goes with ratio= or threshold= (or no width policy) for the kept experts")
+
+    def _validate_sensitivity(self) -> None:
+        if self.ratio is None and self.target_macs is None:
+            raise InvalidArgumentError("allocation='sensitivity' spreads a ratio= or target_macs= budget over the groups: give one of them")
+        if self.scope != "local":
+            raise InvalidArgumentError("allocation='sensitivity' chooses each group's ratio itself: leave scope at 'local'")
+        if self.depth is not None or self.attention == "both":
+            raise InvalidArgumentError("allocation='sensitivity' does not combine with depth= or attention='both'")
 
     def _validate_depth(self) -> None:
         from passes.depth import DEPTH_CRITERIA

@@ -55,6 +55,7 @@ class Plan:
     data: Any = None  # the DataCriteria used, if any
     latency: Any = None  # the LatencyModel used for target_latency, if any
     hf: dict[str, Any] | None = None  # hf_compatible: what the config constraint cost and froze (compiler.hf_constraints)
+    sensitivity: dict[str, Any] | None = None  # allocation="sensitivity": per group the ratio chosen and the damage measured
 
 
 def select_latency(
@@ -97,6 +98,7 @@ def plan(
         opts = replace(opts, importance="l2")
     analysis = steps("analyze", ChannelAnalysis(opts.ignore, {"attention": opts.attention}).call, graph)
     needs = CRITERIA[opts.importance].runs_model or opts.f_nz is not None or opts.propagate_bias or opts.compensates
+    needs = needs or opts.allocation == "sensitivity"
     data = make_data(analysis) if (needs and make_data is not None) else None
     if needs and data is None:
         raise InternalError(f"importance={opts.importance!r} and weight updates need a model that can run here")
@@ -105,6 +107,8 @@ def plan(
         return _plan_dead_units(analysis, data, opts, steps)
     scorer = Saliency(opts.importance, opts.equalization, opts.normalizer, opts.seed, reduce=opts.statistics_reducer)
     saliency = steps("saliency", scorer.call, analysis, data)
+    if opts.allocation == "sensitivity":
+        return _plan_by_sensitivity(analysis, saliency, data, opts, steps)
     if opts.target_latency is not None or (opts.target_macs is not None and opts.allocation == "latency"):
         return _plan_on_latency_tables(analysis, saliency, data, opts, steps, latency)
     selector = Selection(
@@ -171,6 +175,30 @@ def _plan_on_latency_tables(
     return Plan(analysis, saliency, selection, data, model)
 
 
+def _plan_by_sensitivity(analysis: AnalysisResult, saliency: SaliencyResult, data: Any, opts: Options, steps: Steps) -> Plan:
+    """``allocation="sensitivity"``: the ``target_macs`` (MACs) or ``ratio`` (channels the uniform ratio removes)
+    budget spread over the groups by the damage each does alone on the calibration data (passes.allocation)."""
+    from passes.allocation import SensitivityAllocation
+
+    if not hasattr(data, "damage"):
+        raise UnsupportedModelError("allocation='sensitivity' needs an adapter that can run candidate plans on the calibration data")
+    planned = lambda p: float(graph_macs(analysis.graph, lambda v: analysis.pruned_shape(v, p)))  # noqa: E731
+    if opts.target_macs is not None:
+        base = graph_macs(analysis.graph)
+        target = opts.target_macs * base if opts.target_macs <= 1.0 else float(opts.target_macs)
+        cost, budget = planned, f"target_macs={opts.target_macs}: planned MACs at most {int(target)} of {base}"
+    else:
+        assert opts.ratio is not None, "Options.validate leaves ratio or target_macs"
+        groups = [g for g in analysis.groups if g.prunable]
+        cost = lambda p: float(sum(g.widths[~g.frozen & ~p[g.classes]].sum() for g in groups))  # noqa: E731
+        uniform = Selection(ratio=opts.ratio, granularity=opts.granularity, min_channels=opts.min_channels)
+        target = cost(uniform.call(analysis, saliency.scores).pruned)
+        budget = f"ratio={opts.ratio}: at most the {int(target)} prunable channels the uniform ratio keeps"
+    allocator = SensitivityAllocation(opts.granularity, opts.min_channels, mean_replacement=opts.propagate_bias, progress=steps.progress)
+    result = steps("sensitivity", allocator.call, analysis, saliency.scores, data, cost, target, budget)
+    selection = SelectionResult(result.pruned, None, int(planned(result.pruned)))
+    return Plan(analysis, saliency, selection, data, sensitivity=result.to_dict())
+
 def weight_updates(p: Plan, opts: Options, steps: Steps) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """OBS compensation and bias propagation, as new values of constants (full, unpruned shapes)."""
     updates: dict[str, np.ndarray] = {}
@@ -230,6 +258,8 @@ def build_report(
         settings["ratio_used"] = p.selection.ratio
     if p.hf is not None:
         settings["hf_constraint"] = p.hf
+    if p.sensitivity is not None:
+        settings["sensitivity"] = p.sensitivity
     settings.update(extra_settings or {})
     return Report(
         model_name, g.framework, trace_method, params_before, params_after, macs_before, macs_after, settings,
@@ -361,6 +391,8 @@ def compile_with(
     from compiler.defaults import calibration_samples, resolve_importance, splittable
 
     n_cal = calibration_samples(adapter)
+    if opts.allocation == "sensitivity" and n_cal is None:
+        raise InvalidArgumentError("allocation='sensitivity' measures each group's damage on calibration data: pass calibration=")
     opts, choice = resolve_importance(opts, n_cal, adapter.capabilities, splittable(adapter, n_cal))  # importance="auto"
     check_capabilities(adapter, opts)
     check_ignored_names(adapter.graph, opts.ignore)
@@ -394,7 +426,7 @@ def _hf_constraint(adapter: Adapter, opts: Options) -> Callable[[AnalysisResult]
     """``hf_compatible`` (None: on for a transformers ``PreTrainedModel``): the constraint on the plan, or None."""
     if opts.hf_compatible is False:
         return None
-    if opts.f_nz is not None or opts.target_latency is not None or opts.allocation == "latency":
+    if opts.f_nz is not None or opts.target_latency is not None or opts.allocation in ("latency", "sensitivity"):
         if opts.hf_compatible:
             raise InvalidArgumentError("hf_compatible=True goes with ratio=, threshold= or target_macs= (uniform allocation)")
         return None

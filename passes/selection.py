@@ -97,6 +97,13 @@ class GroupPlanner:
             self._remove(g, scores, int((chosen[g.classes] & ~g.frozen).sum()), pruned)
         return pruned
 
+    def removed_classes(self, g: Group, scores: np.ndarray, n_remove: int) -> np.ndarray:
+        """The class ids of ``g`` that removing ``n_remove`` (before rounding) of its lowest-scored prunable classes
+        takes, after the group's rounding (what a per-group plan removes; ``passes.allocation`` probes these)."""
+        pruned = np.zeros(int(g.classes.max()) + 1 if g.classes.size else 0, dtype=bool)
+        self._remove(g, scores, n_remove, pruned)
+        return g.classes[pruned[g.classes]]
+
     def _remove(self, g: Group, scores: np.ndarray, n_remove: int, pruned: np.ndarray) -> None:
         """Mark the ``n_remove`` (before rounding) lowest-scored prunable classes of ``g`` in ``pruned``."""
         n = len(g.classes)

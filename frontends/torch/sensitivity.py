@@ -1,0 +1,142 @@
+"""The damage of candidate plans on the calibration data (torch adapter), for ``allocation="sensitivity"``.
+
+Each plan (bool per channel class) is run as gates on the traced model (:class:`GatedRunner`: a removed class
+reads 0, or its mean with bias propagation) and compared with the unpruned run of the same batch:
+
+* with labels: the increase of the task loss per sample (:func:`frontends.torch.calibration.task_loss`, or the
+  caller's ``loss_fn``);
+* without: the relative squared error of all outputs, ``Σ‖f(g) - f‖² / Σ‖f‖²`` over the calibration batches.
+
+Probes are batched: ``k`` plans run in one forward on the batch repeated ``k`` times, each copy with its own
+gate row (per-sample gates), up to ``max_rows`` rows; a model whose graph does not keep the batch dimension
+apart (a consumer gated on dim 0, an output without the batch rows, a caller's ``loss_fn``) runs one plan per
+forward instead.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from frontends.torch.calibration import Batch, GatedRunner, all_outputs, task_loss
+
+log = logging.getLogger(__name__)
+
+__all__ = ["probe_damage"]
+
+
+def _tiled(inputs: tuple[Any, ...], k: int) -> tuple[Any, ...]:
+    return tuple(torch.cat([x] * k) if isinstance(x, torch.Tensor) else x for x in inputs)
+
+
+def _can_tile(b: Batch) -> bool:
+    """Every tensor input carries the batch rows on dim 0."""
+    n = b.inputs[0].shape[0] if isinstance(b.inputs[0], torch.Tensor) and b.inputs[0].dim() else None
+    return n is not None and all(not isinstance(x, torch.Tensor) or (x.dim() > 0 and x.shape[0] == n) for x in b.inputs)
+
+
+class _Damage:
+    """Accumulates each plan's damage over the batches."""
+
+    def __init__(self, n_plans: int, labelled: bool, loss_fn: Callable[[Any, Any], torch.Tensor] | None) -> None:
+        self.labelled, self.loss_fn = labelled, loss_fn
+        self.num = np.zeros(n_plans)
+        self.den = 0.0
+        self.samples = 0
+
+    def reference(self, out: Any, b: Batch) -> tuple[list[torch.Tensor], float]:
+        outs = [o.detach().double() for o in all_outputs(out)]
+        n = int(b.inputs[0].shape[0])
+        self.samples += n
+        if not self.labelled:
+            self.den += float(sum((o**2).sum() for o in outs))
+            return outs, 0.0
+        assert b.labels is not None
+        return outs, self._loss(out, b.labels, n)
+
+    def _loss(self, out: Any, labels: torch.Tensor, n: int) -> float:
+        if self.loss_fn is not None:  # the caller's reduction: a mean per batch counts once per sample
+            return float(self.loss_fn(out, labels)) * n
+        return float(task_loss(out, labels, None, "sum"))
+
+    def add(self, j: int, out: Any, ref: tuple[list[torch.Tensor], float], b: Batch) -> None:
+        if self.labelled:
+            assert b.labels is not None
+            self.num[j] += self._loss(out, b.labels, int(b.inputs[0].shape[0])) - ref[1]
+        else:
+            self.num[j] += float(sum(((o.double() - r) ** 2).sum() for o, r in zip(all_outputs(out), ref[0], strict=True)))
+
+    def result(self) -> np.ndarray:
+        if self.labelled:
+            return self.num / max(self.samples, 1)
+        return self.num / self.den if self.den > 0 else self.num
+
+
+def probe_damage(
+    gm: torch.fx.GraphModule,
+    cons: list[Any],
+    n_classes: int,
+    batches: list[Batch],
+    loss_fn: Callable[[Any, Any], torch.Tensor] | None,
+    masks: Sequence[np.ndarray],
+    progress: Callable[[str], None] | None = None,
+    means: dict[str, torch.Tensor] | None = None,
+    max_rows: int = 512,
+) -> tuple[np.ndarray, str]:
+    """The damage of each plan in ``masks`` (bool per class) on ``batches``, and what it measures in words."""
+    labelled = all(b.labels is not None for b in batches)
+    acc = _Damage(len(masks), labelled, loss_fn)
+    runner = GatedRunner(gm, cons, n_classes)
+    if means:
+        runner.means = means
+    gates = torch.ones(len(masks), n_classes + 1)
+    if masks:
+        gates[:, :n_classes][torch.as_tensor(np.stack(masks))] = 0.0
+    tile = loss_fn is None and all(c.dim != 0 for c in cons)
+    total, done, shown = len(masks) * len(batches), 0, 0
+    with torch.no_grad():
+        for b in batches:
+            runner.gates = None
+            ref = acc.reference(runner.run(*b.inputs), b)
+            n = int(b.inputs[0].shape[0])
+            k = max(1, max_rows // max(n, 1)) if tile and _can_tile(b) else 1
+            start = 0
+            while start < len(masks):
+                rows = gates[start : start + k]
+                if k > 1 and not _run_tiled(runner, rows, b, n, ref, acc, start):
+                    log.info("sensitivity probes: this graph does not keep the batch rows apart; one plan per forward")
+                    tile, k = False, 1
+                    continue
+                if k == 1:
+                    runner.gates = rows[0]
+                    acc.add(start, runner.run(*b.inputs), ref, b)
+                start += len(rows)
+                done += len(rows)
+                if progress and (done - shown) * 10 >= total:
+                    shown = done
+                    progress(f"sensitivity: {done}/{total} probe runs")
+    runner.gates = None
+    measure = "relative squared error of the outputs" if not labelled else "task loss increase per sample"
+    return acc.result(), measure
+
+
+def _run_tiled(runner: GatedRunner, rows: torch.Tensor, b: Batch, n: int, ref: Any, acc: _Damage, start: int) -> bool:
+    """``len(rows)`` plans in one forward on the batch repeated; False where the outputs do not split by rows."""
+    k = len(rows)
+    runner.gates = rows.repeat_interleave(n, dim=0)
+    try:
+        out = runner.run(*_tiled(b.inputs, k))
+    except RuntimeError as exc:  # a reshape that folds the batch into another dim: gates per sample cannot follow
+        log.debug("tiled probe run failed: %s", exc)
+        return False
+    outs = all_outputs(out)
+    if not outs or any(o.dim() == 0 or o.shape[0] != k * n for o in outs):
+        return False
+    for j in range(k):
+        part = [o[j * n : (j + 1) * n] for o in outs]
+        acc.add(start + j, part if len(part) > 1 else part[0], ref, b)
+    return True
