@@ -64,7 +64,7 @@ class GroupSensitivity:
             "producers": self.producers,
             "channels": self.channels,
             "ratio": round(self.ratio, 4),
-            "sensitivity": {f"{lv:.3g}": float(f"{d:.4g}") for lv, d in zip(self.levels, self.damage, strict=True)},
+            "sensitivity": {f"{lv:.3g}": None if np.isnan(d) else float(f"{d:.4g}") for lv, d in zip(self.levels, self.damage, strict=True)},
             "predicted_damage": float(f"{self.predicted_damage:.4g}"),
         }
 
@@ -146,6 +146,7 @@ class SensitivityAllocation:
         measured, measure = probe.damage(masks, self.progress, self.mean_replacement) if masks else (np.zeros(0), "none")
         measured = np.asarray(measured, dtype=np.float64)
         curves = []
+        notes: list[str] = []
         sens: list[GroupSensitivity] = []
         label = {op.name: op.label or op.name for op in analysis.graph.ops.values()}
         none = np.zeros(analysis.n_classes, dtype=bool)
@@ -155,8 +156,12 @@ class SensitivityAllocation:
             sens.append(
                 GroupSensitivity(g.id, [label.get(p, p) for p in g.producers], int(g.widths[~g.frozen].sum()), [r for r, _ in mine], [d for _, d in mine])
             )
+            if mine and all(np.isnan(d) for _, d in mine):  # no layer the probes gate reads these channels
+                notes.append(f"group {g.id}: no probe could measure it (no gated layer reads its channels); not pruned")
+            mine = [(r, d) for r, d in mine if not np.isnan(d)]
             curves.append(self._curve(planner, analysis, g, ranked, mine, cost, base))
-        pruned, notes = self._choose(analysis, scores, curves, cost, target)
+        pruned, unreachable = self._choose(analysis, scores, curves, cost, target)
+        notes += unreachable
         for s, c in zip(sens, curves, strict=True):
             s.ratio = _fraction(c.group, c.group.classes[pruned[c.group.classes]], analysis)
             s.predicted_damage = float(np.interp(s.ratio, c.ratio, c.damage))
@@ -176,7 +181,7 @@ class SensitivityAllocation:
         cost: Callable[[np.ndarray], float],
         base: float,
     ) -> _Curve:
-        top = max(self.levels)
+        top = max(self.levels) if probes else 0.0  # an unmeasured group stays whole
         removed = [np.zeros(0, dtype=np.int64)]
         for r in np.linspace(0.0, top, _GRID + 1)[1:]:
             rem = self._removed(planner, analysis, g, ranked, float(r))

@@ -197,3 +197,28 @@ def test_onnx_probes_in_onnx_runtime(tmp_path, two_paths):
     for og, tg in zip((a, b), torch_groups, strict=True):  # ONNX Runtime measures what torch measures
         assert og["ratio"] == tg["ratio"]
         np.testing.assert_allclose(list(og["sensitivity"].values()), list(tg["sensitivity"].values()), rtol=1e-3)
+
+
+def test_a_group_no_probe_can_measure_is_not_pruned(two_paths):
+    """A plan whose channels no gated layer reads has no measured damage (NaN): its group stays whole, and says so."""
+    from frontends.torch.adapter import TorchAdapter
+    from passes.allocation import SensitivityAllocation
+    from passes.channel_analysis import ChannelAnalysis
+
+    m, cal, _ = two_paths
+    ad = TorchAdapter(m, (cal[0][:2],), calibration=cal)
+    ad.load(lambda name, fn, *a, **k: fn(*a, **k))
+    analysis = ChannelAnalysis().call(ad.graph)
+    by_name = {g.producers[0]: g for g in analysis.groups if g.prunable}
+    a, b = by_name["a1"], by_name["b1"]
+
+    class Probe:
+        def damage(self, masks, progress=None, mean_replacement=False):
+            return np.array([np.nan if mask[b.classes].any() else float(mask[a.classes].sum()) for mask in masks]), "fake"
+
+    width = lambda p: float(sum(g.widths[~g.frozen & ~p[g.classes]].sum() for g in (a, b)))  # noqa: E731
+    res = SensitivityAllocation(granularity=1).call(analysis, np.ones(analysis.n_classes), Probe(), width, 100.0, "channels")
+    ratios = {g.producers[0]: g.ratio for g in res.groups}
+    assert ratios["b1"] == 0.0 and ratios["a1"] > 0.0 and res.cost <= 100.0
+    assert any("not pruned" in n for n in res.notes)
+    assert all(v is None for v in res.to_dict()["groups"][[g.producers[0] for g in res.groups].index("b1")]["sensitivity"].values())

@@ -4,7 +4,8 @@ A private gated copy of the model (:func:`frontends.onnx.calibration.gated_model
 ``m + g (x - m)``, with ``m`` the channel's mean under bias propagation, else 0) runs once per plan and batch in
 ONNX Runtime with the plan's gates (0 on its removed classes), against the ungated run of the same batch: the
 increase of the per-sample cross-entropy with labels, else the relative squared error of the outputs
-``Σ‖f(g) - f‖² / Σ‖f‖²`` — what the torch adapter measures (:mod:`frontends.torch.sensitivity`).
+``Σ‖f(g) - f‖² / Σ‖f‖²`` — what the torch adapter measures (:mod:`frontends.torch.sensitivity`); NaN for a plan
+none of whose classes a gated read carries.
 """
 
 from __future__ import annotations
@@ -45,7 +46,12 @@ def onnx_damage(
     crit: Any, masks: list[np.ndarray], progress: Callable[[str], None] | None = None, mean_replacement: bool = False
 ) -> tuple[np.ndarray, str]:
     """The damage of each plan in ``masks`` (bool per class) on ``crit``'s calibration batches, and its name."""
-    model, gates = gated_model(crit._base(), _reads(crit, crit._position_means(), mean_replacement), crit.C)
+    reads = _reads(crit, crit._position_means(), mean_replacement)
+    model, gates = gated_model(crit._base(), reads, crit.C)
+    gated = np.zeros(crit.C, dtype=bool)
+    for r in reads:
+        gated[r.classes[r.classes >= 0]] = True
+    unmeasured = np.array([not (m & gated).any() for m in masks], dtype=bool)
     sess = ort_session(model, arrays=crit.om.static)
     outputs = [o.name for o in crit.om.model.graph.output]
     ones = np.ones(crit.C + 1, dtype=np.float32)
@@ -71,5 +77,5 @@ def onnx_damage(
                 shown = done
                 progress(f"sensitivity: {done}/{total} probe runs")
     if labelled:
-        return num / max(samples, 1), "task loss increase per sample"
-    return (num / den if den > 0 else num), "relative squared error of the outputs"
+        return np.where(unmeasured, np.nan, num / max(samples, 1)), "task loss increase per sample"
+    return np.where(unmeasured, np.nan, num / den if den > 0 else num), "relative squared error of the outputs"

@@ -7,6 +7,8 @@ reads 0, or its mean with bias propagation) and compared with the unpruned run o
   caller's ``loss_fn``);
 * without: the relative squared error of all outputs, ``Σ‖f(g) - f‖² / Σ‖f‖²`` over the calibration batches.
 
+A plan none of whose classes a gated layer reads cannot be measured: its damage is NaN.
+
 Probes are batched: ``k`` plans run in one forward on the batch repeated ``k`` times, each copy with its own
 gate row (per-sample gates), up to ``max_rows`` rows; a model whose graph does not keep the batch dimension
 apart (a consumer gated on dim 0, an output without the batch rows, a caller's ``loss_fn``) runs one plan per
@@ -120,8 +122,12 @@ def probe_damage(
                     shown = done
                     progress(f"sensitivity: {done}/{total} probe runs")
     runner.gates = None
+    gated = np.zeros(n_classes, dtype=bool)
+    for c in cons:
+        gated[c.classes[c.classes >= 0]] = True
+    unmeasured = np.array([not (m & gated).any() for m in masks], dtype=bool)
     measure = "relative squared error of the outputs" if not labelled else "task loss increase per sample"
-    return acc.result(), measure
+    return np.where(unmeasured, np.nan, acc.result()), measure
 
 
 def _run_tiled(runner: GatedRunner, rows: torch.Tensor, b: Batch, n: int, ref: Any, acc: _Damage, start: int) -> bool:
