@@ -220,7 +220,7 @@ def _pruned_rows(sd: dict[str, torch.Tensor], key: str, axis: int = 0) -> int:
 
 # config fields that hold an FFN width, and where a layer's path says which of two equal ones it is
 _FFN_FIELDS = ("intermediate_size", "ffn_dim", "encoder_ffn_dim", "decoder_ffn_dim", "hidden_dim", "d_ff", "n_inner",
-               "shared_expert_intermediate_size")  # fmt: skip
+               "ffn_hidden_size", "shared_expert_intermediate_size")  # fmt: skip  (ffn_hidden_size: Falcon)
 _FFN_WHERE = {"encoder_ffn_dim": "encoder", "decoder_ffn_dim": "decoder", "shared_expert_intermediate_size": "shared_expert"}
 
 
@@ -277,10 +277,18 @@ def _layer_widths(
     return ffn, norm
 
 
+# config fields that name a width the class compares with hidden_size to build a projection between them (OPT's
+# project_in/project_out where word_embed_proj_dim != hidden_size): equal before pruning, they follow it
+_FOLLOW_HIDDEN = ("word_embed_proj_dim", "embedding_size")  # (embedding_size: ELECTRA)
+
+
 def _set_hidden_size(cfg: Any, model: nn.Module, norm: dict[str, int], hidden: int) -> dict[str, float]:
     """The pruned hidden size into ``cfg``; where it changed on an RMSNorm model, ``rms_norm_eps`` and the RMS
     norms to rescale."""
     cfg.hidden_size = _uniform("hidden sizes", norm)
+    for fld in _FOLLOW_HIDDEN:  # a width equal to the hidden size means "no projection" to the class (OPT)
+        if getattr(cfg, fld, None) == hidden and cfg.hidden_size != hidden:
+            setattr(cfg, fld, cfg.hidden_size)
     rescale: dict[str, float] = {}
     modules = dict(model.named_modules())
     rms = [name for name in norm if _rms_style(modules[name])]

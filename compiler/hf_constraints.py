@@ -55,6 +55,21 @@ def _child(mod: nn.Module, names: tuple[str, ...]) -> str | None:
     return None
 
 
+def _const_inputs(graph: Any, op_name: str) -> list[str]:
+    """The constant inputs of an op, a transposed constant (Falcon's ``x @ W.T``) as the constant itself."""
+    out = []
+    for v in graph.ops[op_name].inputs:
+        if v is None or v not in graph.values:
+            continue
+        if graph.values[v].is_const:
+            out.append(v)
+            continue
+        src = graph.ops.get(graph.values[v].producer or "")
+        if src is not None and src.kind == "permute" and src.inputs and graph.values[src.inputs[0]].is_const:
+            out.append(src.inputs[0])
+    return out
+
+
 @dataclass
 class _Role:
     key: str  # producers' module paths, layer indices replaced by N
@@ -121,7 +136,7 @@ class HfConstraint:
             paths = []
             for name in g.producers:
                 op = graph.ops[name]
-                consts = [v for v in op.inputs if v is not None and v in graph.values and graph.values[v].is_const]
+                consts = _const_inputs(graph, name)
                 paths.append(_INDEX.sub(".N", consts[0]) if consts else _INDEX.sub(".N", op.label or name))
             attn = sorted({_INDEX.sub(".N", blocks[p]) for p in self._consts(g) if p in blocks})
             key = (f"attention {attn[0]}" if len(attn) == 1 else " + ".join(sorted(set(paths)))) + f" [{len(g.classes)}]"
@@ -129,8 +144,7 @@ class HfConstraint:
         return list(roles.values())
 
     def _consts(self, g: Group) -> list[str]:
-        graph = self.analysis.graph
-        return [v for name in g.producers for v in graph.ops[name].inputs if v is not None and v in graph.values and graph.values[v].is_const]
+        return [v for name in g.producers for v in _const_inputs(self.analysis.graph, name)]
 
     def _attention_blocks(self) -> list[tuple[str, str, str]]:
         out = []
@@ -159,6 +173,9 @@ class HfConstraint:
             s = self._shape(self._norm, pruned)
             if s is not None and s[0] != cfg.hidden_size:
                 ch["hidden_size"] = s[0]
+                from compiler.hf import _FOLLOW_HIDDEN
+
+                ch.update({f: s[0] for f in _FOLLOW_HIDDEN if getattr(cfg, f, None) == cfg.hidden_size})
         heads = getattr(cfg, "num_attention_heads", None)
         one_size = isinstance(heads, int) and isinstance(getattr(cfg, "hidden_size", None), int)  # (not per stage: Swin)
         if self._blocks and heads and one_size:
@@ -192,10 +209,10 @@ class HfConstraint:
                 return f"{self.cfg_name} holds one FFN width for all experts ({name}: {[g[0] for g in gates if g is not None]})"
             w, h = gates[0][0], gates[0][1]  # type: ignore[index]
             want[f"{name}.gate_up_proj"], want[f"{name}.down_proj"] = (n, 2 * w, h), (n, h, w)
-        for key, parts in self._mha.items():  # nn.MultiheadAttention: its packed q/k/v, decomposed in the graph
+        for packed, parts in self._mha.items():  # nn.MultiheadAttention: its packed q/k/v, decomposed in the graph
             shapes = [self._shape(p, pruned) for p in parts]
             if all(s is not None for s in shapes):
-                want[key] = (sum(s[0] for s in shapes if s is not None), *shapes[0][1:])  # type: ignore[index]
+                want[packed] = (sum(s[0] for s in shapes if s is not None), *shapes[0][1:])  # type: ignore[index]
         key = (tuple(sorted(ch.items())), tuple(sorted((k, v) for k, v in want.items() if v != self._state[k])))
         if key not in self._cache:
             self._cache[key] = self._build(ch, want)
@@ -253,6 +270,21 @@ class HfConstraint:
                 if self.check(self._apply(scores, pruned, {**settled, role.key: k})) is None:
                     settled[role.key] = k
                     break
+        # roles one config field holds together (T5's encoder and decoder FFNs: d_ff) move only together: the stuck
+        # roles of one width, tried at one kept count
+        stuck: dict[int, list[_Role]] = {}
+        for role in order:
+            if settled[role.key] == role.size and kept[role.key] < role.size:
+                stuck.setdefault(role.size, []).append(role)
+        for size, roles in stuck.items():
+            if len(roles) < 2:
+                continue
+            for k in range(max(kept[r.key] for r in roles), size):
+                trial = {**settled, **{r.key: k for r in roles}}
+                if self.check(self._apply(scores, pruned, trial)) is None:
+                    settled = trial
+                    break
+        for role in order:
             if settled[role.key] == role.size and kept[role.key] < role.size:
                 alone = self.check(self._apply(scores, pruned, {**full, role.key: kept[role.key]}))
                 self.reasons.setdefault(role.key, alone or "expressible alone, not with the other pruned widths")

@@ -98,3 +98,32 @@ def test_t5_for_conditional_generation_traces(tmp_path):
     assert result.report.trace_method == "torch.export"
     assert result.report.macs_ratio < 0.8
     assert model.decoder.config.use_cache is True  # the input model is not changed
+
+
+def test_falcon_linear_as_matmul_with_a_transposed_weight(tmp_path):
+    """Falcon's FalconLinear is ``x @ self.weight.T + bias`` (torch.export: aten.numpy_T, then matmul): the transposed
+    weight was an unknown op, freezing the whole residual stream and every layer (1.00x MACs). Now a permutation of
+    a constant, scored as a linear layer's weight; with hf_compatible the FFN width goes to ffn_hidden_size."""
+    torch.manual_seed(0)
+    cfg = T.FalconConfig(vocab_size=50, hidden_size=32, num_hidden_layers=1, num_attention_heads=2)
+    model = T.FalconForCausalLM(cfg).eval()
+    free = compiler.compile(model, _ids(0), ratio=0.5, hf_compatible=False)
+    assert free.report.verification["passed"] is True
+    assert free.report.macs_ratio < 0.5, free.report.macs_ratio
+    result = _roundtrip(model, _ids(0), _ids(1), tmp_path)
+    assert result.model.state_dict()["transformer.h.0.mlp.dense_h_to_4h.weight"].shape[0] == 64
+    assert result.to_hf().config.ffn_hidden_size == 64
+
+
+def test_roles_one_config_field_holds_move_together():
+    """T5's encoder and decoder FFNs are two roles and one config field (d_ff): neither could shrink alone, so
+    hf_compatible froze both (T5 at 1.00x MACs with attention='heads'). They are now tried together."""
+    torch.manual_seed(0)
+    cfg = T.T5Config(vocab_size=50, d_model=32, d_ff=64, d_kv=8, num_heads=2, num_layers=1, num_decoder_layers=1)
+    model = T.T5ForConditionalGeneration(cfg).eval()
+    dec = {"decoder_input_ids": lambda g: torch.randint(3, 50, (2, 5), generator=g)}
+    result = compiler.compile(model, _ids(0, **dec), ratio=0.5, attention="heads")
+    sd = result.model.state_dict()
+    widths = {sd[f"{s}.block.0.layer.{i}.DenseReluDense.wi.weight"].shape[0] for s, i in (("encoder", 1), ("decoder", 2))}
+    assert widths == {32}, widths
+    assert result.to_hf().config.d_ff == 32

@@ -612,7 +612,7 @@ def _h_reshape(lw, node, args, kwargs) -> bool:
     return True
 
 
-@_handles("permute", "transpose", "t", "swapaxes", "swapdims", "movedim")
+@_handles("permute", "transpose", "t", "numpy_T", "swapaxes", "swapdims", "movedim")
 def _h_permute(lw, node, args, kwargs) -> bool:
     fn = call_name(node)
     x = lw._val(args[0])
@@ -624,7 +624,7 @@ def _h_permute(lw, node, args, kwargs) -> bool:
         if isinstance(dims, int):
             dims = [dims]
         perm = [int(d) % rank for d in dims]
-    elif fn == "t":
+    elif fn in ("t", "numpy_T"):  # (numpy_T: torch.export's ``x.T``, as in Falcon's FalconLinear ``x @ W.T``)
         perm = list(range(rank))[::-1]
     elif fn == "movedim":
         src, dst = call_arg(args, kwargs, 1, "source"), call_arg(args, kwargs, 2, "destination")

@@ -102,7 +102,18 @@ def _matmul(op: Op, ctx: RuleContext) -> None:
         ctx.producer(b, len(sb) - 1, bl[-1])
     elif ctx.is_const(a) and not squeeze_a and al[-2] is not None:
         ctx.producer(a, len(sa) - 2, al[-2])
+    elif not squeeze_b and bl[-1] is not None and (w := _transposed_const(ctx, b)) is not None:
+        ctx.producer(w[0], w[1][len(sb) - 1], bl[-1])  # x @ W.T (Falcon's FalconLinear): a linear layer
     ctx.set(op.outputs[0], out)
+
+
+def _transposed_const(ctx: RuleContext, value: str) -> tuple[str, list[int]] | None:
+    """(the constant, the permutation) where ``value`` is a permutation of a constant (``W.T``, ``W.transpose``)."""
+    src = ctx.graph.values[value].producer
+    op = ctx.graph.ops.get(src) if src is not None else None
+    if op is None or op.kind != "permute" or not ctx.is_const(op.input(0)):
+        return None
+    return op.input(0), [int(p) for p in op.attrs["perm"]]
 
 
 @register("embedding")
