@@ -157,6 +157,10 @@ def compile(  # noqa: A001 - the public contract's name
     saliency (default ``"uniform"``: the same ratio in every group). Layer
     timings are kept on disk per runtime (``$PRUNEC_CACHE``, default
     ``~/.cache/prunec``): a second compile on the same runtime times no layer again.
+    ``allocation="sensitivity"`` (``ratio`` or ``target_macs``, with calibration
+    data) probes each group alone at a few ratios on the calibration data and
+    spends the budget where it does the least measured damage
+    (``passes.allocation``; the report's ``settings.sensitivity``).
 
     ``backend`` runs the result: ``auto`` (ONNX models: ONNX Runtime; PyTorch
     models: ``torch.compile`` with CUDA, eager without), ``eager``,
