@@ -354,7 +354,12 @@ def _consts(model: nn.Module, analysis: AnalysisResult) -> dict[str, list[np.nda
 
 def analyse(model: nn.Module, analysis: AnalysisResult, n_layers: int) -> Structure:
     """The full model's virtual groups and scored layers from a two-layer skeleton's analysis."""
+    from passes.selection import split_cells
+
     prefix = _layer_list(model, 2)
+    if split_cells(analysis)[0].any():  # the selection here runs without the graph, so without balanced_scores
+        raise UnsupportedModelError(f"{type(model).__name__}: a split cuts a coupled group into pieces (a fused projection); "
+                                    "not supported for checkpoint folders yet")  # fmt: skip
     consts = _consts(model, analysis)
     where: dict[int, set[int]] = defaultdict(set)  # class -> slots of the tensors on it (-1: outside the layers)
     for name, dims in consts.items():
@@ -529,8 +534,8 @@ class _Settings:
             raise InvalidArgumentError(f"ratio must be in [0, 1), got {self.ratio!r}")
         if self.target_macs is not None and not (isinstance(self.target_macs, (int, float)) and self.target_macs > 0):
             raise InvalidArgumentError(f"target_macs must be > 0 (a fraction <= 1, or a count), got {self.target_macs!r}")
-        if self.attention not in ("heads", "head_dim"):
-            raise InvalidArgumentError(f"attention must be 'heads' or 'head_dim', got {self.attention!r}")
+        if self.attention != "heads":  # (a smaller head size changes the rotary tables the class computes: not mapped yet)
+            raise InvalidArgumentError(f"a checkpoint folder is pruned with attention='heads' (whole heads), got {self.attention!r}")
         if self.equalization not in EQUALIZATIONS:
             raise InvalidArgumentError(f"equalization={self.equalization!r}; choose from {', '.join(EQUALIZATIONS)}")
         if self.normalizer not in NORMALIZERS:

@@ -176,6 +176,8 @@ def test_bad_inputs(llama_run, tmp_path):
         compiler.compile_pretrained(in_dir, out, importance="taylor")
     with pytest.raises(InvalidArgumentError, match="ratio"):
         compiler.compile_pretrained(in_dir, out, ratio=1.5)
+    with pytest.raises(InvalidArgumentError, match="attention='heads'"):
+        compiler.compile_pretrained(in_dir, out, attention="head_dim")
     missing = str(tmp_path / "missing")
     shutil.copytree(in_dir, missing)
     shard = sorted(f for f in os.listdir(missing) if f.endswith(".safetensors"))[1]
