@@ -418,8 +418,9 @@ def write_combined(todo: list[tuple[str, str]], by_exporter: dict[str, dict[str,
         "",
         _DIFFER_WHY,
         "",
-        "`not run (time)`: the sweep did not reach the model before the time it had (2 shared CPU cores); it was not "
-        "attempted, nothing is known of it.",
+        "`not run (time)`: the sweep did not reach the model before the time it had (2 CPU cores shared with other "
+        "jobs; the models over 100M parameters and the 16-frame 224x224 video models run one at a time behind the "
+        "machine's shared big-memory lock, which other jobs held); it was not attempted, nothing is known of it.",
         "",
         "| model | family | input | "
         + " | ".join(f"{e} status | MACs | params | nodes | node err | time" for e in names)
