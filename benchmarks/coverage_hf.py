@@ -18,6 +18,7 @@ import argparse
 import collections
 import json
 import os
+import re
 import signal
 import sys
 import tempfile
@@ -196,19 +197,55 @@ def _fmt(x: Any, spec: str = ".2f") -> str:
     return "-" if x is None else format(x, spec)
 
 
+# What holds a model above 0.5x MACs that its froze column does not say (read from the class and its config)
+NOTES = {
+    "bloom": "BloomConfig has no FFN width field (BloomMLP builds 4 x hidden_size)",
+    "swin": "per-stage config: FFN width is mlp_ratio x the stage width (a float), stage widths from embed_dim; hf_compatible maps neither",
+    "convnext": "ConvNextConfig: the block's expansion is 4 x the stage width (no field), stage widths a list hf_compatible does not map",
+    "segformer": "per-stage lists (hidden_sizes, mlp_ratios) hf_compatible does not map",
+    "clip": "composite config: widths live in text_config / vision_config, which hf_compatible does not map (top-level fields only)",
+    "siglip": "composite config: widths live in text_config / vision_config, which hf_compatible does not map (top-level fields only)",
+    "dinov2": "FFN width is mlp_ratio x hidden_size (a float hf_compatible does not map); mask_token (1, hidden) holds the residual width",
+}
+_BUILDS = re.compile(r"builds ([\w.]+)")
+
+
+def why(r: dict[str, Any]) -> str:
+    """Why a row stays at or above 0.5x MACs: the MACs without the config constraint, the parameters the config
+    could not shrink (from the froze reasons), the other top freeze reason, and a note on the class."""
+    if "error" in r or r["macs"] < 0.5:
+        return ""
+    parts = []
+    if r.get("cost", 1.0) > 1.05:
+        held = []
+        for reason in r["froze"].split("; "):
+            m = _BUILDS.search(reason) if reason.startswith("hf_compatible") else None
+            if m:
+                leaf = ".".join(p for p in m.group(1).split(".")[-3:] if not p.isdigit() and p != "weight")
+                if leaf not in held:
+                    held.append(leaf)
+        parts.append(f"hf_compatible: {r['macs'] / r['cost']:.2f}x without it; the config cannot shrink {', '.join(held) or 'them'}")
+    other = [x for x in r["froze"].split("; ") if not x.startswith(("hf_compatible", "<output>", "-"))]
+    if other:
+        parts.append("frozen: " + other[0])
+    if r["model"] in NOTES:
+        parts.append(NOTES[r["model"]])
+    return "; ".join(parts) or "-"
+
+
 def table(rows: list[dict[str, Any]]) -> str:
     lines = [
-        "| model | class | trace | attention | MACs | params | constraint cost | verified | save→reload matches | froze (top reasons, channels) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| model | class | trace | attention | MACs | params | constraint cost | verified | save→reload matches | froze (top reasons, channels) | why not below 0.5x |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['model']} | {r.get('class', '-')} | - | {r['attention']} | - | - | - | no | - | fails: {r['error']} |")
+            lines.append(f"| {r['model']} | {r.get('class', '-')} | - | {r['attention']} | - | - | - | no | - | fails: {r['error']} | |")
             continue
         cost = "-" if "cost" not in r else f"{r['cost']:.2f}x"
         lines.append(
             f"| {r['model']} | {r['class']} | {r['trace']} | {r['attention']} | {_fmt(r['macs'])} | {_fmt(r['params'])} | {cost} | "
-            f"{'yes' if r['verified'] else 'NO'} | {r['reload']} | {r['froze']} |"
+            f"{'yes' if r['verified'] else 'NO'} | {r['reload']} | {r['froze']} | {why(r).replace('|', '/')} |"
         )
     return "\n".join(lines)
 
@@ -264,7 +301,9 @@ def main() -> None:
         "`PreTrainedModel`), verified against the masked original, saved with `save_pretrained`, reloaded with "
         "`from_pretrained` in its own class and compared with the pruned model on other inputs. *constraint cost*: "
         "the planned MACs with `hf_compatible` over those without it. *froze*: why channels were kept, by channels "
-        "(the model output's width is the output). `python benchmarks/coverage_hf.py`\n\n"
+        "(the model output's width is the output). *why not below 0.5x*: for rows at or above 0.5x, the MACs without "
+        "the constraint (MACs / constraint cost), the parameters the config could not shrink, the other top freeze "
+        "reason, and what in the class or config holds the rest. `python benchmarks/coverage_hf.py`\n\n"
         f"**Summary**: {summary(rows)}\n\n{table(rows)}\n"
     )
     print(text)

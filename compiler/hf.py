@@ -150,7 +150,7 @@ def _config_plan(model: nn.Module, pruned: torch.fx.GraphModule, inputs: tuple) 
     if attention.n_q:  # (a composite or per-stage config (CLIP, Swin) has no one head count: its shapes are checked below)
         rescale.update(_set_attention_sizes(cfg, old_cfg, attention))
     for fld, layers in ffn_layers(model, old_cfg).items():
-        widths = {name: _pruned_rows(sd, f"{name}.weight", axis) for name, axis in layers}
+        widths = {name: _pruned_rows(sd, f"{name}.weight", axis) // parts for name, axis, parts in layers}
         setattr(cfg, fld, _uniform(f"FFN widths ({fld})", widths))
     return cfg, rescale
 
@@ -224,11 +224,12 @@ _FFN_FIELDS = ("intermediate_size", "ffn_dim", "encoder_ffn_dim", "decoder_ffn_d
 _FFN_WHERE = {"encoder_ffn_dim": "encoder", "decoder_ffn_dim": "decoder", "shared_expert_intermediate_size": "shared_expert"}
 
 
-def ffn_layers(model: nn.Module, cfg: Any) -> dict[str, list[tuple[str, int]]]:
+def ffn_layers(model: nn.Module, cfg: Any) -> dict[str, list[tuple[str, int, int]]]:
     """Per config field that holds an FFN width (``intermediate_size``, ``ffn_dim``, ``d_ff``, ``n_inner`` (None:
     4 x hidden), ...): the FFN up-projections whose output width it is (module path, output axis of the weight:
-    0 for ``nn.Linear``, 1 for GPT-2's ``Conv1D``). A layer whose width two fields hold goes to the one its path
-    names (``encoder``, ``decoder``, ``shared_expert``), else the first."""
+    0 for ``nn.Linear``, 1 for GPT-2's ``Conv1D``, and how many FFN widths the output holds: 2 for a fused
+    ``gate_up_proj`` (Phi-3), else 1). A layer whose width two fields hold goes to the one its path names
+    (``encoder``, ``decoder``, ``shared_expert``), else the first."""
     hidden = getattr(cfg, "hidden_size", None)
     values: dict[str, int] = {}
     for fld in _FFN_FIELDS:
@@ -237,7 +238,7 @@ def ffn_layers(model: nn.Module, cfg: Any) -> dict[str, list[tuple[str, int]]]:
             v = 4 * hidden
         if isinstance(v, int) and not isinstance(v, bool) and v != hidden:
             values[fld] = v
-    out: dict[str, list[tuple[str, int]]] = {}
+    out: dict[str, list[tuple[str, int, int]]] = {}
     for name, mod in model.named_modules():
         w = getattr(mod, "weight", None)
         if isinstance(mod, nn.Linear):
@@ -246,13 +247,14 @@ def ffn_layers(model: nn.Module, cfg: Any) -> dict[str, list[tuple[str, int]]]:
             width, axis = int(w.shape[1]), 1
         else:
             continue
-        fields = [f for f, v in values.items() if v == width]
-        if not fields:
+        parts = 2 if name.rpartition(".")[2] == "gate_up_proj" else 1  # (gate and up in one linear: Phi-3)
+        fields = [f for f, v in values.items() if v * parts == width]
+        if not fields or "attn" in name or "attention" in name:  # (a fused q/k/v as wide as the FFN is not one)
             continue
         named = [f for f in fields if _FFN_WHERE.get(f, "\0") in name]
         plain = [f for f in fields if f not in _FFN_WHERE]
         fld = (named or plain or fields)[0]
-        out.setdefault(fld, []).append((name, axis))
+        out.setdefault(fld, []).append((name, axis, parts))
     return out
 
 

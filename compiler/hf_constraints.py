@@ -99,7 +99,7 @@ class HfConstraint:
         from compiler.hf import ffn_layers
 
         hidden = getattr(self.cfg, "hidden_size", None)
-        self._ffn = {fld: (f"{layers[0][0]}.weight", layers[0][1]) for fld, layers in ffn_layers(model, self.cfg).items()}
+        self._ffn = {fld: (f"{layers[0][0]}.weight", layers[0][1], layers[0][2]) for fld, layers in ffn_layers(model, self.cfg).items()}
         self._norm = next(  # the hidden size: read where hf.py reads it, on a norm over the residual stream
             (
                 f"{n}.weight" for n, m in model.named_modules()
@@ -191,10 +191,10 @@ class HfConstraint:
                         ch["head_dim"] = d0  # as compiler.hf writes it: a class that reads head_dim keeps the head size
                 elif getattr(cfg, "head_dim", None) is not None or not q[0] == ch.get("hidden_size", cfg.hidden_size) == cfg.hidden_size:
                     ch["head_dim"] = q[0] // heads
-        for fld, (weight, axis) in self._ffn.items():
+        for fld, (weight, axis, parts) in self._ffn.items():
             s = self._shape(weight, pruned)
             if s is not None and s[axis] != self.weights[weight][axis]:
-                ch[fld] = s[axis]
+                ch[fld] = s[axis] // parts
         return ch
 
     def check(self, pruned: np.ndarray) -> str | None:

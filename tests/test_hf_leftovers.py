@@ -127,3 +127,16 @@ def test_roles_one_config_field_holds_move_together():
     widths = {sd[f"{s}.block.0.layer.{i}.DenseReluDense.wi.weight"].shape[0] for s, i in (("encoder", 1), ("decoder", 2))}
     assert widths == {32}, widths
     assert result.to_hf().config.d_ff == 32
+
+
+def test_phi3_fused_gate_up_width(tmp_path):
+    """Phi-3's FFN is one gate_up_proj of 2 x intermediate_size rows (and its fused qkv_proj here as wide as
+    intermediate_size): hf_compatible found no layer of intermediate_size outputs and froze the FFN (1.00x MACs)."""
+    torch.manual_seed(0)
+    cfg = T.Phi3Config(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                       num_key_value_heads=1, max_position_embeddings=16, pad_token_id=0)  # fmt: skip
+    model = T.Phi3ForCausalLM(cfg).eval()
+    result = _roundtrip(model, _ids(0), _ids(1), tmp_path)
+    rows = result.model.state_dict()["model.layers.0.mlp.gate_up_proj.weight"].shape[0]
+    assert rows == 64, rows
+    assert result.to_hf().config.intermediate_size == 32
