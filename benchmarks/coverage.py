@@ -380,10 +380,12 @@ def write_combined(todo: list[tuple[str, str]], by_exporter: dict[str, dict[str,
         ok = [r for r in rows if r.get("status") == "ok"]
         half = [r for r in ok if r["macs"] < 0.5]
         exp = [r for r in rows if r.get("status") == "export failed" or "during build/export" in str(r.get("error", ""))]
-        bad = [r for r in rows if r.get("status") != "ok" and r not in exp]
+        oom = [r for r in rows if r.get("status") == "crashed" and str(r.get("error", "")).startswith("exit code -9")]
+        bad = [r for r in rows if r.get("status") != "ok" and r not in exp and r not in oom]
         span = f", MACs {min(r['macs'] for r in ok):.2f}x to {max(r['macs'] for r in ok):.2f}x" if ok else ""
         summary.append(f"{e}: {len(ok)} of {len(rows)} run compiled and verified ({len(half)} below half the MACs{span}), "
-                       f"{len(exp)} not exported, {len(bad)} failed in prunec")  # fmt: skip
+                       f"{len(exp)} not exported, {len(bad)} failed in prunec"
+                       + (f", {len(oom)} killed by the out-of-memory killer ({', '.join(r['model'] for r in oom)})" if oom else ""))  # fmt: skip
     both = [(n, by_exporter["torchscript"][n], by_exporter["dynamo"][n]) for n, _ in todo
             if all(by_exporter[e].get(n, {}).get("status") == "ok" for e in names)]  # fmt: skip
     differ = [f"{n} ({a['macs']:.3f} / {b['macs']:.3f}" + (f", groups {a['groups']} / {b['groups']})" if a["groups"] != b["groups"] else ")")
@@ -419,8 +421,10 @@ def write_combined(todo: list[tuple[str, str]], by_exporter: dict[str, dict[str,
         _DIFFER_WHY,
         "",
         "`not run (time)`: the sweep did not reach the model before the time it had (2 CPU cores shared with other "
-        "jobs; the models over 100M parameters and the 16-frame 224x224 video models run one at a time behind the "
-        "machine's shared big-memory lock, which other jobs held); it was not attempted, nothing is known of it.",
+        "jobs; the larger models, over about 80M parameters, whose compile takes 3 to 4.5 GB, and the 16-frame "
+        "224x224 video models must run one at a time behind the machine's shared big-memory lock, which other jobs "
+        "held); it was not attempted, nothing is known of it. A `crashed` row with exit code -9 is a compile the "
+        "kernel's out-of-memory killer ended on the shared machine (dmesg), not an error prunec reported.",
         "",
         "| model | family | input | "
         + " | ".join(f"{e} status | MACs | params | nodes | node err | time" for e in names)
