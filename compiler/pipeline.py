@@ -199,6 +199,7 @@ def _plan_by_sensitivity(analysis: AnalysisResult, saliency: SaliencyResult, dat
     selection = SelectionResult(result.pruned, None, int(planned(result.pruned)))
     return Plan(analysis, saliency, selection, data, sensitivity=result.to_dict())
 
+
 def weight_updates(p: Plan, opts: Options, steps: Steps) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """OBS compensation and bias propagation, as new values of constants (full, unpruned shapes)."""
     updates: dict[str, np.ndarray] = {}
@@ -386,6 +387,9 @@ def compile_with(
     adapter: Adapter, opts: Options, progress: Callable[[str], None] | None, backend_options: dict[str, Any]
 ) -> Compiled:
     """load -> plan (analyze, saliency, select) -> weight updates -> rewrite -> verify -> measure -> report."""
+    from compiler.memory import release_large_allocations
+
+    release_large_allocations()  # layer-sized temporaries back to the OS when freed: peak memory near the weights
     steps = Steps(progress)
     adapter.load(steps)
     from compiler.defaults import calibration_samples, resolve_importance, splittable

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -99,24 +99,26 @@ class VerifyResult:
         )
 
 
-def verify_wide_then_narrow(compare: Callable[[bool], VerifyResult], subject: str, reference: str) -> VerifyResult:
-    """The flow of a check that runs both models: ``compare(True)`` in the wide dtype (float64); where that
-    cannot run (an op without float64 support), ``compare(False)`` (float32). Raises
-    :class:`VerificationError` where neither can run (the pruned model or the reference does not run:
-    prunec's failure) or where the comparison fails (:meth:`VerifyResult.failure`)."""
-    try:
-        res = compare(True)
-    except VerificationError:
-        raise
-    except Exception as exc:  # an op without float64 support: compare in float32
-        log.info("float64 verification of the %s failed (%s); comparing in float32", subject, exc)
+def verify_wide_then_narrow(
+    compare: Callable[[Any], VerifyResult], subject: str, reference: str, levels: Sequence[Any] = (True, False)
+) -> VerifyResult:
+    """The flow of a check that runs both models: ``compare(level)`` for each of ``levels`` in turn until one
+    runs — by default ``True``, the wide dtype (float64), then ``False`` (float32); an adapter may name its own
+    (torch: float64, float32, then the model's own half precision). Raises :class:`VerificationError` where
+    none can run (the pruned model or the reference does not run: prunec's failure) or where the comparison
+    fails (:meth:`VerifyResult.failure`)."""
+    for i, level in enumerate(levels):
         try:
-            res = compare(False)
+            res = compare(level)
+            break
         except VerificationError:
             raise
-        except Exception as exc32:
-            first = (str(exc32).strip().splitlines() or [""])[0]
-            raise VerificationError(f"the {subject} cannot be compared with {reference}: {type(exc32).__name__}: {first}") from exc32
+        except Exception as exc:  # an op without support for this precision: the next one
+            if i + 1 < len(levels):
+                log.info("verification of the %s at %s failed (%s); trying %s", subject, level, exc, levels[i + 1])
+                continue
+            first = (str(exc).strip().splitlines() or [""])[0]
+            raise VerificationError(f"the {subject} cannot be compared with {reference}: {type(exc).__name__}: {first}") from exc
     if not res.passed:
         raise res.failure(subject, reference)
     return res

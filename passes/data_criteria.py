@@ -301,7 +301,7 @@ class ChannelStatistics(ABC):
         data = self.analysis.graph.values[name].data
         if data is None:
             raise InternalError(f"value {name!r} is not a constant")
-        return data
+        return data if data.dtype in (np.float32, np.float64) or data.dtype.kind not in "fV" else data.astype(np.float32)
 
     def _scatter_mean(self, per_cons: list[tuple[Consumer, np.ndarray]]) -> np.ndarray:
         total = np.zeros(self.C)

@@ -157,8 +157,17 @@ def require(name: str, capabilities: frozenset[str], adapter_name: str) -> Crite
 
 def unit_norms(weight: np.ndarray, axis: int, p: int) -> np.ndarray:
     """L1 (``p=1``) or L2 norm of each unit's fan-in weights, units along ``axis``."""
-    w = np.moveaxis(np.asarray(weight, dtype=np.float64), axis, 0).reshape(weight.shape[axis], -1)
-    return np.abs(w).sum(1) if p == 1 else np.sqrt((w * w).sum(1))
+    units = np.moveaxis(np.asarray(weight), axis, 0)  # a view: the weight is read in chunks of units, so the
+    n = units.shape[0]  # float64 temporaries stay small however large the layer (an LLM's vocabulary head)
+    step = max(1, _CHUNK // max(1, units[0].size))
+    out = np.empty(n, dtype=np.float64)
+    for s in range(0, n, step):
+        w = units[s : s + step].reshape(min(step, n - s), -1).astype(np.float64)
+        out[s : s + step] = np.abs(w).sum(1) if p == 1 else np.sqrt((w * w).sum(1))
+    return out
+
+
+_CHUNK = 1 << 22  # elements per float64 chunk (32 MB)
 
 
 def _producer_weight(a: AnalysisResult, i: int) -> np.ndarray:

@@ -67,7 +67,10 @@ class TorchAdapter(Adapter):
         sig = self.traced.signature
         # structured arguments: the graph takes and returns leaves; the model handed back takes the arguments as given
         model = r.module if sig is None else structured_module(r.module, sig)
-        info = {"trace_notes": list(self.traced.notes)} if self.traced.notes else {}  # to the report's settings
+        info: dict[str, Any] = {"trace_notes": list(self.traced.notes)} if self.traced.notes else {}  # to the report's settings
+        dtype = model_dtype(self.model)
+        if dtype is not None:
+            info["model_dtype"] = dtype
         return Rewritten(model, info, r)
 
     def verify(self, plan: Any, rewritten: Rewritten, updates: dict[str, Any], rtol: float) -> dict[str, Any]:
@@ -89,3 +92,13 @@ class TorchAdapter(Adapter):
         from frontends.torch.depth import TorchDepth
 
         return TorchDepth(self.traced, self.data, self.inputs, self.calibration is not None)
+
+
+def model_dtype(model: Any) -> str | None:
+    """The floating-point dtype that holds most of the model's parameters (None: no floating parameters)."""
+    count: dict[str, int] = {}
+    for p in getattr(model, "parameters", lambda: [])():
+        if p.is_floating_point():
+            key = str(p.dtype).replace("torch.", "")
+            count[key] = count.get(key, 0) + p.numel()
+    return max(count, key=lambda k: count[k]) if count else None

@@ -25,6 +25,7 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import numpy as np
 import torch
 import torch.fx
 import torch.nn as nn
@@ -116,7 +117,7 @@ class _Lowering:
 
     def _const(self, name: str, tensor: torch.Tensor) -> str:
         if name not in self.graph.values:
-            data = tensor.detach().cpu().float().numpy() if tensor.is_floating_point() else tensor.detach().cpu().numpy()
+            data = const_view(tensor)
             self.graph.add_value(
                 Value(name, tuple(tensor.shape), str(tensor.dtype), data=data, trainable=id(tensor) in self.params)
             )
@@ -1028,3 +1029,17 @@ def module_scope(node: torch.fx.Node, label: str) -> list[tuple[str, str]] | Non
         parts = label.split(".")
         return [(".".join(parts[: i + 1]), "") for i in range(len(parts) - 1)]
     return None
+
+
+def const_view(tensor: torch.Tensor) -> np.ndarray:
+    """A constant's values as a numpy array that shares the tensor's memory where numpy has its dtype
+    (bfloat16 through ``ml_dtypes``): the analysis of a large model holds no second copy of its weights.
+    Readers that compute (criteria) convert to float64 a tensor, or a chunk of one, at a time."""
+    t = tensor.detach().cpu()
+    if t.dtype == torch.bfloat16:
+        import ml_dtypes
+
+        return t.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+    if t.is_floating_point() and t.dtype not in (torch.float16, torch.float32, torch.float64):
+        return t.float().numpy()  # float8 and other types numpy has no name for
+    return t.numpy()

@@ -89,9 +89,9 @@ def _masked_recurrent(run: MaskedInterpreter, op: Op, n: torch.fx.Node) -> Any:
     width = len(run.masks[n.name][0].reshape(-1)) // dirs  # type: ignore[union-attr]
     cols = torch.as_tensor(gone)
     next_cols = torch.as_tensor(np.concatenate([gone + d * width for d in range(dirs)]))
-    args, kwargs = run.fetch_args_kwargs_from_env(n)
+    args, kwargs = run.cast(run.fetch_args_kwargs_from_env(n))
     if n.op == "call_module":
-        module = copy.deepcopy(run.module.get_submodule(str(n.target)))
+        module = copy.deepcopy(run.submodule(str(n.target)))
         weights = {f"{k}{sfx}": getattr(module, f"{k}{sfx}") for sfx in _suffixes(op) for k in ("weight_hh", "weight_ih")}
         _drop_columns(weights, cols, next_cols, op)
         return module(*args, **kwargs)

@@ -16,10 +16,11 @@ stands out from rounding; every intermediate tensor is compared at its kept posi
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import Any
@@ -34,7 +35,6 @@ from frontends.adapter import VerifyResult, verify_wide_then_narrow
 from frontends.errors import VerificationError
 from frontends.graph import Op
 from frontends.torch.nodes import call_name
-from frontends.torch.rewrite import apply_updates
 from frontends.torch.trace import TracedModel
 from passes.channel_analysis import AnalysisResult
 from passes.ops import lookup, op_spec
@@ -56,25 +56,154 @@ def flat_tensors(x: Any) -> list[torch.Tensor]:
     return [t for t in pytree.tree_leaves(x) if isinstance(t, torch.Tensor)]
 
 
-class _Capture(torch.fx.Interpreter):
-    """Runs a graph module and keeps every floating-point tensor a node produces."""
+class CastingInterpreter(torch.fx.Interpreter):
+    """Runs a graph module with its floating-point parameters and buffers in ``dtype`` and ``overrides``
+    (full name -> tensor) in place of some, without copying or changing the module.
 
-    def __init__(self, gm) -> None:
+    A parameter is cast where a node uses it and dropped after that node (a ``call_module`` runs on a copy
+    of that one submodule), so the float64 comparison of a large model holds one layer's float64 weights
+    at a time instead of a float64 copy of the whole model.
+    """
+
+    def __init__(self, gm: torch.fx.GraphModule, dtype: torch.dtype | None = None, overrides: dict[str, torch.Tensor] | None = None) -> None:
         super().__init__(gm)
-        self.values: dict[str, Any] = {}
+        self.dtype = dtype
+        self.overrides = overrides or {}
+        self._owned = {id(t) for t in gm.parameters()} | {id(t) for t in gm.buffers()}
 
-    def run_node(self, n: torch.fx.Node) -> Any:
-        out = super().run_node(n)
-        if n.op not in ("placeholder", "output", "get_attr") and not n.meta.get("prunec_partial"):
-            # clone: a later in-place op (ReLU(inplace=True)) must not change what was captured
+    def cast(self, x: Any) -> Any:
+        """``x`` with the module's own floating-point tensors in it cast to ``dtype``."""
+        if self.dtype is None:
+            return x
+        dtype = self.dtype
+        owned = self._owned
+
+        def one(t: Any) -> Any:
+            if isinstance(t, torch.Tensor) and id(t) in owned and t.is_floating_point() and t.dtype != dtype:
+                return t.detach().to(dtype)
+            return t
+
+        return pytree.tree_map(one, x)
+
+    def fetch_attr(self, target: str) -> Any:
+        if target in self.overrides:
+            return self.overrides[target]
+        return super().fetch_attr(target)  # the module's own tensor: cast where it is used
+
+    def call_function(self, target: Any, args: Any, kwargs: Any) -> Any:
+        if self.dtype is not None and target in _EMBEDDINGS and len(args) > 1 and self._is_owned(args[1 if target is _F_EMBEDDING else 0]):
+            return super().call_function(target, args, kwargs).to(self.dtype)  # a gather: exact in any dtype
+        if self.dtype is not None and target in _LINEARS and len(args) > 1 and self._is_owned(args[1]):
+            bias = args[2] if len(args) > 2 else kwargs.get("bias")
+            return _chunked_linear(args[0], args[1], bias, self.dtype)
+        return super().call_function(target, self.cast(args), self.cast(kwargs))
+
+    def _is_owned(self, t: Any) -> bool:
+        return isinstance(t, torch.Tensor) and id(t) in self._owned and t.is_floating_point() and t.dtype != self.dtype
+
+    def call_method(self, target: Any, args: Any, kwargs: Any) -> Any:
+        return super().call_method(target, self.cast(args), self.cast(kwargs))
+
+    def call_module(self, target: Any, args: Any, kwargs: Any) -> Any:
+        m = super().fetch_attr(str(target))
+        if self.dtype is not None and type(m) is nn.Linear and len(args) == 1 and not kwargs and self._is_owned(m.weight):
+            if not any(k.startswith(f"{target}.") for k in self.overrides):
+                return _chunked_linear(args[0], m.weight, m.bias, self.dtype)
+        if self.dtype is not None and type(m) is nn.Embedding and m.max_norm is None and self._is_owned(m.weight):
+            if not any(k.startswith(f"{target}.") for k in self.overrides):
+                return m(*args, **kwargs).to(self.dtype)  # a gather: exact in any dtype
+        return self.submodule(str(target))(*args, **kwargs)
+
+    def submodule(self, target: str) -> nn.Module:
+        """The submodule at ``target`` with its tensors in ``dtype`` and the overrides under it: a copy of that
+        submodule only, or the submodule itself where nothing changes."""
+        m = super().fetch_attr(target)
+        prefix = f"{target}."
+        mine = {k[len(prefix) :]: v for k, v in self.overrides.items() if k.startswith(prefix)}
+        tensors = [*m.named_parameters(remove_duplicate=False), *m.named_buffers(remove_duplicate=False)]
+        if not mine and (self.dtype is None or all(not t.is_floating_point() or t.dtype == self.dtype for _, t in tensors)):
+            return m
+        memo: dict[int, Any] = {}
+        params = {id(p) for _, p in m.named_parameters(remove_duplicate=False)}
+        for name, t in tensors:
+            new = mine.pop(name, None)
+            if new is None:
+                new = self.cast(t) if id(t) in self._owned else t
+            memo[id(t)] = nn.Parameter(new.detach(), requires_grad=False) if id(t) in params else new.detach()
+        copied = copy.deepcopy(m, memo)
+        for name, value in mine.items():  # a tensor the module does not have yet (a bias bias propagation created)
+            parent, _, attr = name.rpartition(".")
+            setattr(copied.get_submodule(parent) if parent else copied, attr, nn.Parameter(value, requires_grad=False))
+        return copied
+
+
+_F_EMBEDDING = torch.nn.functional.embedding
+_EMBEDDINGS = {_F_EMBEDDING, torch.ops.aten.embedding.default}  # (weight, ids) for aten, (ids, weight) for F
+_LINEARS = {torch.nn.functional.linear, torch.ops.aten.linear.default}
+_CHUNK_BYTES = 64 << 20
+
+
+def _chunked_linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
+    """``F.linear(x, w, b)`` in ``dtype`` with ``w`` cast a block of output features at a time: a large
+    layer (an LLM's vocabulary head) is never held whole in ``dtype``. Each output is computed as in one call."""
+    x = x.to(dtype) if x.is_floating_point() else x
+    rows = max(1, _CHUNK_BYTES // max(1, w.shape[1] * torch.finfo(dtype).bits // 8))
+    if rows >= w.shape[0]:
+        return torch.nn.functional.linear(x, w.to(dtype), None if b is None else b.to(dtype))
+    parts = [
+        torch.nn.functional.linear(x, w[i : i + rows].to(dtype), None if b is None else b[i : i + rows].to(dtype))
+        for i in range(0, w.shape[0], rows)
+    ]
+    return torch.cat(parts, dim=-1)
+
+
+class _PrunedRun(CastingInterpreter):
+    """The pruned graph module run node by node alongside the masked original, so that intermediate tensors
+    are compared as they are made instead of all being kept to the end: ``take(name)`` runs the graph up to
+    the node ``name`` and hands over a copy of its floating-point tensors (None: none, or no such node);
+    ``finish()`` runs the rest and returns the outputs. Only nodes whose names the reference also has
+    (``wanted``) are copied; in the usual case (the rewrite keeps the order) nothing waits."""
+
+    def __init__(self, gm: torch.fx.GraphModule, dtype: torch.dtype | None, wanted: AbstractSet[str], args: Sequence[Any]) -> None:
+        super().__init__(gm, dtype)
+        self.names = {n.name for n in gm.graph.nodes}
+        self.wanted = wanted
+        self.pending: dict[str, Any] = {}
+        self.env = {}
+        self.args_iter = iter(self.graph.process_inputs(*args))
+        self._nodes = iter(self.graph.nodes)
+        self.done, self.result = False, None  # (not self.output: that is the interpreter's op for the output node)
+
+    def _step(self) -> None:
+        node = next(self._nodes)
+        out = self.env[node] = self.run_node(node)
+        if node.name in self.wanted and node.op not in ("placeholder", "output", "get_attr") and not node.meta.get("prunec_partial"):
+            # a copy: a later in-place op (ReLU(inplace=True)) must not change what is compared
             if isinstance(out, torch.Tensor) and out.is_floating_point():
-                self.values[n.name] = out.clone()
+                self.pending[node.name] = out.clone()
             elif isinstance(out, (tuple, list)) and any(isinstance(o, torch.Tensor) for o in out):
-                self.values[n.name] = [o.clone() if isinstance(o, torch.Tensor) else o for o in out]
-        return out
+                self.pending[node.name] = [o.clone() if isinstance(o, torch.Tensor) else o for o in out]
+        if self.garbage_collect_values:
+            for gone in self.user_to_last_uses.get(node, []):
+                del self.env[gone]
+        if node.op == "output":
+            self.done, self.result = True, self.graph.process_outputs(out)
+
+    def take(self, name: str) -> Any:
+        if name not in self.names:
+            return None
+        while name not in self.pending and not self.done:
+            self._step()
+        return self.pending.pop(name, None)
+
+    def finish(self) -> Any:
+        while not self.done:
+            self._step()
+        self.pending.clear()
+        return self.result
 
 
-class MaskedInterpreter(torch.fx.Interpreter):
+class MaskedInterpreter(CastingInterpreter):
     """Runs the original graph with the removed channels zeroed after every node (``masks``: per node, per output).
 
     A node whose op has torch reference semantics (``spec.reference["torch"]``) runs those:
@@ -87,8 +216,10 @@ class MaskedInterpreter(torch.fx.Interpreter):
         masks: dict[str, list[torch.Tensor | None]],
         ops: dict[str, Op],
         on_node: Callable[[torch.fx.Node, Any], None] | None = None,
+        dtype: torch.dtype | None = None,
+        overrides: dict[str, torch.Tensor] | None = None,
     ) -> None:
-        super().__init__(gm)
+        super().__init__(gm, dtype, overrides)
         self.masks = masks
         self.ops = ops  # the channel graph's ops, by the name of the node they came from
         self.on_node = on_node
@@ -112,8 +243,9 @@ class MaskedInterpreter(torch.fx.Interpreter):
         """(input, weight, bias, eps) of a norm module or of F.layer_norm / F.group_norm (input, size, weight, bias, eps)."""
         args, kwargs = self.fetch_args_kwargs_from_env(n)
         if n.op == "call_module":
-            m = self.module.get_submodule(str(n.target))
+            m = self.submodule(str(n.target))
             return args[0], m.weight, m.bias, m.eps
+        args, kwargs = self.cast(args), self.cast(kwargs)
         w = kwargs.get("weight", args[2] if len(args) > 2 else None)
         b = kwargs.get("bias", args[3] if len(args) > 3 else None)
         return args[0], w, b, kwargs.get("eps", args[4] if len(args) > 4 else 1e-5)
@@ -221,11 +353,22 @@ class VerifyFX:
         return out
 
     def reference(
-        self, traced: TracedModel, analysis: AnalysisResult, pruned: np.ndarray, inputs: Sequence[Any], gm=None, on_node=None
+        self,
+        traced: TracedModel,
+        analysis: AnalysisResult,
+        pruned: np.ndarray,
+        inputs: Sequence[Any],
+        gm=None,
+        on_node=None,
+        dtype: torch.dtype | None = None,
+        overrides: dict[str, torch.Tensor] | None = None,
     ) -> Any:
+        """The masked original on ``inputs``: ``gm`` (default: the traced graph module) with its parameters in
+        ``dtype`` and ``overrides`` (full name -> tensor) in place of some, neither copied nor changed."""
         masks = self.masks(traced, analysis, pruned)
-        with torch.no_grad():
-            return MaskedInterpreter(gm if gm is not None else traced.gm, masks, analysis.graph.ops, on_node).run(*inputs)
+        gm = gm if gm is not None else traced.gm
+        with torch.no_grad(), _eval_mode(gm):
+            return MaskedInterpreter(gm, masks, analysis.graph.ops, on_node, dtype, overrides).run(*inputs)
 
     @staticmethod
     def _kept_index(traced: TracedModel, analysis: AnalysisResult, pruned: np.ndarray) -> dict[str, list[list[torch.Tensor | None]]]:
@@ -256,33 +399,47 @@ class VerifyFX:
         updates: dict[str, np.ndarray] | None = None,
     ) -> VerifyResult:
         """``updates``: new constant values (bias propagation, compensation) the reference uses too."""
+        # float64 where every op has it; else float32; else the model's own precision (a half-precision-only op)
+        levels = [torch.float64, torch.float32]
+        own = _own_dtype(module)
+        if own is not None and own not in levels:
+            levels.append(own)
         return verify_wide_then_narrow(
-            lambda wide: self._compare(traced, analysis, pruned, module, inputs, torch.float64 if wide else torch.float32, updates),
+            lambda dtype: self._compare(traced, analysis, pruned, module, inputs, dtype, updates),
             "pruned model",
             "the original with removed channels zeroed",
+            levels,
         )
 
     def _compare(self, traced, analysis, pruned, module, inputs, dtype, updates=None) -> VerifyResult:
         """Both models in ``dtype``: the outputs, and in float64 a GraphModule's intermediate tensors too."""
         ins = [_to_dtype(x, dtype) for x in inputs]
-        ref_gm = _reference_module(traced, updates, dtype)
-        new = copy.deepcopy(module).to(dtype).eval()
-        if dtype != torch.float32:  # torch.export graphs pin float32 (dtype asserts, factories): both copies follow dtype
-            for g in (ref_gm, new):
-                _follow_dtype(g, dtype)
+        # Neither model is copied: their parameters are cast node by node (CastingInterpreter); only a graph
+        # that pins float32 (torch.export's dtype asserts and factories) gets a copy of its graph, not its weights.
+        ref_gm = _follow_dtype(traced.gm, dtype) if dtype != torch.float32 else traced.gm
+        new = _follow_dtype(module, dtype) if dtype != torch.float32 else module
         check_nodes = dtype == torch.float64 and isinstance(new, torch.fx.GraphModule)
-        got_out, captured = _run_pruned(new, ins, check_nodes)
-        got = flat_tensors(got_out)
-        nodes = _NodeCheck(captured, self._kept_index(traced, analysis, pruned) if check_nodes else {})
-        ref = flat_tensors(self.reference(traced, analysis, pruned, ins, gm=ref_gm, on_node=nodes if check_nodes else None))
+        overrides = _overrides(traced.gm, updates, dtype)
+        if not check_nodes:  # the outputs only: the pruned model first, then the reference
+            got = flat_tensors(_run_pruned(new, ins, dtype))
+            nodes = _NodeCheck(lambda name: None, {})
+            ref = flat_tensors(self.reference(traced, analysis, pruned, ins, gm=ref_gm, dtype=dtype, overrides=overrides))
+        else:  # both graphs stepped together: each intermediate tensor compared as soon as both have made it
+            with torch.no_grad(), _eval_mode(new):
+                run = _PrunedRun(new, dtype, {n.name for n in ref_gm.graph.nodes}, ins)
+                nodes = _NodeCheck(run.take, self._kept_index(traced, analysis, pruned))
+                ref = flat_tensors(
+                    self.reference(traced, analysis, pruned, ins, gm=ref_gm, on_node=nodes, dtype=dtype, overrides=overrides)
+                )
+                got = flat_tensors(run.finish())
         _check_output_shapes(ref, got)
         err, scale = _output_error(ref, got)
         return self._result(err, scale, dtype, nodes.stats)
 
     def _result(self, err: float, scale: float, dtype: torch.dtype, node_stats: _NodeStats) -> VerifyResult:
         """Passed when the outputs are within ``atol + rtol * scale`` and every intermediate tensor within ``rtol``
-        (at least 1e-3 below float64)."""
-        rtol = self.rtol if dtype == torch.float64 else max(self.rtol, 1e-3)
+        (at least ``_DTYPE_RTOL`` of the precision compared in: 1e-3 in float32, 1e-2 in float16, 5e-2 in bfloat16)."""
+        rtol = max(self.rtol, _DTYPE_RTOL.get(dtype, 1e-3))
         tol = self.atol + rtol * scale
         nodes_ok = node_stats.err <= rtol
         return VerifyResult(
@@ -302,56 +459,89 @@ def _to_dtype(x: Any, dtype: torch.dtype) -> Any:
     return x.to(dtype) if isinstance(x, torch.Tensor) and x.is_floating_point() else x
 
 
-def _reference_module(traced: TracedModel, updates: dict[str, np.ndarray] | None, dtype: torch.dtype) -> torch.fx.GraphModule:
-    """A copy of the original graph module with the ``updates`` applied, in ``dtype``."""
-    ref_gm = copy.deepcopy(traced.gm)
-    apply_updates(ref_gm, updates)
-    return ref_gm.to(dtype)
+# the least relative tolerance a comparison in each precision can hold (float64: the caller's rtol)
+_DTYPE_RTOL = {torch.float64: 0.0, torch.float32: 1e-3, torch.float16: 1e-2, torch.bfloat16: 5e-2}
+
+
+def _own_dtype(module: nn.Module) -> torch.dtype | None:
+    """The floating-point dtype of the module's first floating parameter (None: none)."""
+    return next((p.dtype for p in module.parameters() if p.is_floating_point()), None)
+
+
+def _overrides(gm: nn.Module, updates: dict[str, np.ndarray] | None, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """The ``updates`` (new full-size constant values) as tensors in ``dtype``, shaped as the constants they replace."""
+    out: dict[str, torch.Tensor] = {}
+    for name, arr in (updates or {}).items():
+        parent, _, attr = name.rpartition(".")
+        old = getattr(gm.get_submodule(parent) if parent else gm, attr, None)
+        t = torch.as_tensor(np.asarray(arr))
+        out[name] = (t.reshape(old.shape) if isinstance(old, torch.Tensor) else t).to(dtype)
+    return out
+
+
+@contextlib.contextmanager
+def _eval_mode(module: nn.Module) -> Iterator[None]:
+    """``module`` in eval mode for the duration; every submodule's own mode restored afterwards."""
+    modes = [(m, m.training) for m in module.modules()]
+    for m, _ in modes:  # not module.eval(): torch.export's unlifted modules refuse it
+        m.training = False
+    try:
+        yield
+    finally:
+        for m, mode in modes:
+            m.training = mode
 
 
 _FACTORIES = {"zeros", "ones", "full", "empty", "new_zeros", "new_ones", "new_full", "new_empty", "zeros_like",
               "ones_like", "full_like", "empty_like"}  # fmt: skip
 
 
-def _follow_dtype(gm: nn.Module, dtype: torch.dtype) -> None:
+def _pins_float32(n: torch.fx.Node) -> bool:
+    return n.op == "call_function" and bool(
+        ("_assert_tensor_metadata" in str(n.target) and not n.users)
+        or (n.kwargs.get("dtype") == torch.float32 and call_name(n) in _FACTORIES)
+    )
+
+
+def _follow_dtype(gm: Any, dtype: torch.dtype) -> Any:
     """A torch.export graph run in ``dtype``: its ``_assert_tensor_metadata`` checks (no users; they pin float32)
     are removed, and tensors it makes as float32 (``zeros(..., dtype=float32)``: an LSTM's initial state) are made
-    in ``dtype``."""
-    if not isinstance(gm, torch.fx.GraphModule):
-        return
-    changed = False
-    for n in list(gm.graph.nodes):
-        if n.op != "call_function":
+    in ``dtype``. Returns ``gm`` itself where nothing pins float32, else a graph module with a changed copy of
+    its graph that shares every submodule and tensor with ``gm``."""
+    if not isinstance(gm, torch.fx.GraphModule) or not any(_pins_float32(n) for n in gm.graph.nodes):
+        return gm
+    graph = copy.deepcopy(gm.graph)
+    for n in list(graph.nodes):
+        if not _pins_float32(n):
             continue
-        if "_assert_tensor_metadata" in str(n.target) and not n.users:
-            gm.graph.erase_node(n)
-            changed = True
-        elif n.kwargs.get("dtype") == torch.float32 and call_name(n) in _FACTORIES:
+        if "_assert_tensor_metadata" in str(n.target):
+            graph.erase_node(n)
+        else:
             n.kwargs = {**n.kwargs, "dtype": dtype}
-            changed = True
-    if changed:
-        gm.recompile()
+    return torch.fx.GraphModule(gm, graph, class_name=type(gm).__name__)
 
 
-def _run_pruned(new: nn.Module, ins: list[Any], capture: bool) -> tuple[Any, dict[str, Any]]:
-    """The pruned model's outputs, and (``capture``: ``new`` is a GraphModule) every node's floating-point tensors."""
+def _run_pruned(new: nn.Module, ins: list[Any], dtype: torch.dtype) -> Any:
+    """The pruned model's outputs in ``dtype``: a graph module with its parameters cast node by node, any other
+    module on a copy in ``dtype``."""
     with torch.no_grad():
-        if capture:
-            cap = _Capture(new)
-            return cap.run(*ins), cap.values
-        return new(*ins), {}
+        if isinstance(new, torch.fx.GraphModule):
+            with _eval_mode(new):
+                return CastingInterpreter(new, dtype).run(*ins)
+        return copy.deepcopy(new).to(dtype).eval()(*ins)
 
 
 class _NodeCheck:
-    """``on_node`` of the masked original: each node's tensors against the pruned model's (``captured``) at the
-    kept positions (``kept``: per node and output, the kept indices of every pruned dim); the worst in ``stats``."""
+    """``on_node`` of the masked original: each node's tensors against the pruned model's (``take(name)``: its
+    tensors of the node of that name, or None) at the kept positions (``kept``: per node and output, the kept
+    indices of every pruned dim); the worst in ``stats``."""
 
-    def __init__(self, captured: dict[str, Any], kept: dict[str, list[list[torch.Tensor | None]]]) -> None:
-        self.captured, self.kept = captured, kept
+    def __init__(self, take: Callable[[str], Any], kept: dict[str, list[list[torch.Tensor | None]]]) -> None:
+        self.take, self.kept = take, kept
         self.stats = _NodeStats()
 
     def __call__(self, n: torch.fx.Node, ref_out: Any) -> None:
-        mine = self.captured.get(n.name)
+        mine = self.take(n.name)
         if mine is None:
             return
         refs = [ref_out] if isinstance(ref_out, torch.Tensor) else list(ref_out) if isinstance(ref_out, (tuple, list)) else []
