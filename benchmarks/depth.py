@@ -15,8 +15,9 @@ removing k of the 6 layers leaves):
 
 Latency: resnet50 (weights=None, 128x128 input) and a small LLaMA config (random weights), each
 original / width / depth / both at one MACs budget, exported to ONNX and timed in ONNX Runtime
-on the CPU at batch 1 and 16 (medians of interleaved rounds). The machine is shared and busy:
-absolute numbers are noisy; compare within a row group.
+on the CPU at batch 1 and 16, every variant and the original (the unpruned model through the same trace,
+``ratio=0``) side by side in interleaved rounds, repeated: median, min-max of the repeats and the load
+average. The machine is shared and busy: absolute numbers are noisy; compare within a row group.
 
     python benchmarks/depth.py            # writes benchmarks/results/depth.md
 """
@@ -223,14 +224,20 @@ def _session(proto: Any) -> Any:
     return ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
 
 
-def _latency_rows(label: str, variants: dict[str, Any], make_input: Any, batches: list[int], runs: int, log: Any) -> list[str]:
+def _load() -> str:
+    return "/".join(f"{x:.1f}" for x in os.getloadavg())
+
+
+def _latency_rows(label: str, variants: dict[str, Any], make_input: Any, batches: list[int], runs: int, repeats: int, log: Any) -> list[str]:
+    """Every variant timed side by side (interleaved rounds), ``repeats`` times: the median of the repeats'
+    medians, their min-max, and the 1/5/15-minute load average before and after."""
     rows = []
     sessions = {}
     for name, (module, example, macs, note) in variants.items():
         try:
             sessions[name] = (_session(export_onnx(module, example)), macs, note)
         except Exception as exc:
-            rows.append(f"| {label} | {name} | export failed: {type(exc).__name__}: {str(exc).splitlines()[0][:100]} | | | |")
+            rows.append(f"| {label} | {name} | export failed: {type(exc).__name__}: {str(exc).splitlines()[0][:100]} | | | | | |")
     for b in batches:
         feeds = {}
         for name, (sess, _, _) in sessions.items():
@@ -238,16 +245,19 @@ def _latency_rows(label: str, variants: dict[str, Any], make_input: Any, batches
             feeds[name] = {i.name: x for i, x in zip(sess.get_inputs(), ins, strict=True)}
         fns = {n: (lambda s=s, f=feeds[n]: s.run(None, f)) for n, (s, _, _) in sessions.items()}
         log(f"latency: {label} batch {b}")
+        load_before = _load()
         try:
-            timing = time_interleaved(fns, b, warmup=3, runs=runs)
+            reps = [time_interleaved(fns, b, warmup=3, runs=runs) for _ in range(repeats)]
         except Exception as exc:  # a model that does not run at this batch is reported, not hidden
-            rows.append(f"| {label} | all | failed at batch {b}: {type(exc).__name__}: {str(exc).splitlines()[0][:120]} | | | | |")
+            rows.append(f"| {label} | all | failed at batch {b}: {type(exc).__name__}: {str(exc).splitlines()[0][:120]} | | | | | |")
             continue
-        base = timing["original"].median_ms if "original" in timing else None
+        load = f"{load_before} -> {_load()}"
+        med = {n: float(np.median([t[n].median_ms for t in reps])) for n in fns}
+        base = med.get("original")
         for n, (_, macs, note) in sessions.items():
-            t = timing[n]
-            speed = f"{base / t.median_ms:.2f}x" if base else ""
-            rows.append(f"| {label} | {n} | {macs:.3f} | {b} | {t.median_ms:.2f} | {speed} | {note} |")
+            lo, hi = min(t[n].median_ms for t in reps), max(t[n].median_ms for t in reps)
+            speed = f"{base / med[n]:.2f}x" if base else ""
+            rows.append(f"| {label} | {n} | {macs:.3f} | {b} | {med[n]:.2f} | {lo:.2f}-{hi:.2f} | {speed} | {load} | {note} |")
     return rows
 
 
@@ -265,22 +275,26 @@ def _variants(model: Any, example: tuple, depth_k: float, both_k: float, log: An
         note = f"{len(dd['removed'])} blocks removed" if dd else ""
         return (r.model, example, r.report.macs_after / r.report.macs_before, note)
 
-    return {"original": (model, example, 1.0, ""), "width only": row(w), "depth only": row(d), "both": row(both)}
+    log("tracing the original (ratio=0: nothing removed, verified)")
+    o = compiler.compile(model, example, ratio=0.0, **kw)  # the same trace as the pruned variants: exports alike
+    assert o.report.macs_after == o.report.macs_before
+    original = (o.model, example, 1.0, "traced, unpruned")
+    return {"original": original, "width only": row(w), "depth only": row(d), "both": row(both)}
 
 
-def latency_table(batches: list[int], runs: int, log: Any) -> list[str]:
+def latency_table(batches: list[int], runs: int, repeats: int, log: Any) -> list[str]:
     import torchvision
     import transformers
 
     rows = [
-        "| model | method | MACs (fraction) | batch | median ms | speedup | note |",
-        "|---|---|---|---|---|---|---|",
+        "| model | method | MACs (fraction) | batch | median ms | min-max of repeats (ms) | speedup | load avg 1/5/15 min (before -> after) | note |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     torch.manual_seed(0)
     resnet = torchvision.models.resnet50(weights=None).eval()
     x = torch.randn(1, 3, 128, 128)
     v = _variants(resnet, (x,), 4 / 12, 2 / 12, log)
-    rows += _latency_rows("resnet50 (128x128)", v, lambda b: [np.random.rand(b, 3, 128, 128).astype(np.float32)], batches, runs, log)
+    rows += _latency_rows("resnet50 (128x128)", v, lambda b: [np.random.rand(b, 3, 128, 128).astype(np.float32)], batches, runs, repeats, log)
     cfg = transformers.LlamaConfig(
         vocab_size=2000, hidden_size=256, num_attention_heads=8, num_key_value_heads=8, num_hidden_layers=8,
         intermediate_size=688, max_position_embeddings=128, initializer_range=0.05,
@@ -289,7 +303,7 @@ def latency_table(batches: list[int], runs: int, log: Any) -> list[str]:
     for b in batches:  # traced at each batch size: the exported graphs of a causal LM keep the traced batch
         ids = torch.randint(0, 2000, (b, 32))
         v = _variants(llama, (ids,), 2 / 8, 1 / 8, log, attention="heads")
-        rows += _latency_rows("LLaMA 8x256 (seq 32)", v, lambda n: [np.random.randint(0, 2000, (n, 32)).astype(np.int64)], [b], runs, log)
+        rows += _latency_rows("LLaMA 8x256 (seq 32)", v, lambda n: [np.random.randint(0, 2000, (n, 32)).astype(np.int64)], [b], runs, repeats, log)
     return rows
 
 
@@ -304,7 +318,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--budgets", default="2,3", help="quality budgets: the MACs left by removing k of 6 layers (default 2,3)")
     ap.add_argument("--batches", default="1,16")
-    ap.add_argument("--runs", type=int, default=15, help="interleaved timing rounds per batch (median)")
+    ap.add_argument("--runs", type=int, default=15, help="interleaved timing rounds per repeat (median)")
+    ap.add_argument("--repeats", type=int, default=3, help="timing repeats per batch: the table gives their spread")
     ap.add_argument("--part", choices=("all", "quality", "latency"), default="all",
                     help="run one part only and write it to depth.md.<part> (then --merge)")  # fmt: skip
     ap.add_argument("--merge", action="store_true", help="write depth.md from depth.md.quality and depth.md.latency")
@@ -338,13 +353,16 @@ def main(argv: list[str] | None = None) -> int:
         parts += [
             "## Latency: ONNX Runtime CPU (random weights)",
             "",
-            f"Medians of {args.runs} interleaved rounds per batch, 2 intra-op threads. **Measured on a shared, busy machine "
-            "(2 cores, up to 8 jobs at once, this benchmark's quality part among them): absolute times are noisy; "
-            "compare rows of one model and batch.** "
+            f"{args.repeats} repeats of {args.runs} interleaved rounds per batch (every variant of a model, the original "
+            "included, timed side by side), 2 intra-op threads: the median of the repeats' medians and their min-max. "
+            "The original is the unpruned model through the same trace as the pruned ones (`ratio=0`, verified). "
+            f"**Measured on a shared machine ({os.cpu_count()} cores, other jobs running; the load average column gives "
+            "the 1/5/15-minute load before and after each batch's timing): absolute times are noisy; compare rows of "
+            "one model and batch, and read differences within the min-max spread as noise.** "
             "width/depth/both are at the MACs that depth-only reaches; 'both' removes half as many blocks and prunes width "
             "for the rest. LLaMA width uses attention='heads'.",
             "",
-            *latency_table([int(b) for b in args.batches.split(",")], args.runs, log),
+            *latency_table([int(b) for b in args.batches.split(",")], args.runs, args.repeats, log),
             "",
         ]
     text = "\n".join(parts)
