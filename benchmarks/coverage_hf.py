@@ -205,6 +205,8 @@ NOTES = {
     "segformer": "per-stage lists (hidden_sizes, mlp_ratios) hf_compatible does not map",
     "clip": "composite config: widths live in text_config / vision_config, which hf_compatible does not map (top-level fields only)",
     "siglip": "composite config: widths live in text_config / vision_config, which hf_compatible does not map (top-level fields only)",
+    "falcon": "attention: multi-query key/value heads are picked with a list index (fused_qkv[..., [-2], :]), a tensor index over the head dim, so q/k/v stay whole",
+    "t5": "heads: relative_attention_bias has one column per head and does not prune with them",
     "dinov2": "FFN width is mlp_ratio x hidden_size (a float hf_compatible does not map); mask_token (1, hidden) holds the residual width",
 }
 _BUILDS = re.compile(r"builds ([\w.]+)")
