@@ -158,6 +158,9 @@ class SensitivityAllocation:
             )
             if mine and all(np.isnan(d) for _, d in mine):  # no layer the probes gate reads these channels
                 notes.append(f"group {g.id}: no probe could measure it (no gated layer reads its channels); not pruned")
+            elif mine and all(d == 0.0 for _, d in mine):  # removing up to 90% changed nothing: the gates did not reach it
+                notes.append(f"group {g.id}: its probes measured no change at all (gates that do not reach it); not pruned")
+                mine = []
             mine = [(r, d) for r, d in mine if not np.isnan(d)]
             curves.append(self._curve(planner, analysis, g, ranked, mine, cost, base))
         pruned, unreachable = self._choose(analysis, scores, curves, cost, target)

@@ -213,8 +213,10 @@ def test_a_group_no_probe_can_measure_is_not_pruned(two_paths):
     a, b = by_name["a1"], by_name["b1"]
 
     class Probe:
+        unseen = np.nan  # what a plan of b measures: NaN (no gated reader), or exactly 0 (gates that do not reach it)
+
         def damage(self, masks, progress=None, mean_replacement=False):
-            return np.array([np.nan if mask[b.classes].any() else float(mask[a.classes].sum()) for mask in masks]), "fake"
+            return np.array([self.unseen if mask[b.classes].any() else float(mask[a.classes].sum()) for mask in masks]), "fake"
 
     width = lambda p: float(sum(g.widths[~g.frozen & ~p[g.classes]].sum() for g in (a, b)))  # noqa: E731
     res = SensitivityAllocation(granularity=1).call(analysis, np.ones(analysis.n_classes), Probe(), width, 100.0, "channels")
@@ -222,3 +224,6 @@ def test_a_group_no_probe_can_measure_is_not_pruned(two_paths):
     assert ratios["b1"] == 0.0 and ratios["a1"] > 0.0 and res.cost <= 100.0
     assert any("not pruned" in n for n in res.notes)
     assert all(v is None for v in res.to_dict()["groups"][[g.producers[0] for g in res.groups].index("b1")]["sensitivity"].values())
+    Probe.unseen = 0.0
+    res = SensitivityAllocation(granularity=1).call(analysis, np.ones(analysis.n_classes), Probe(), width, 100.0, "channels")
+    assert {g.producers[0]: g.ratio for g in res.groups}["b1"] == 0.0 and any("no change" in n for n in res.notes)
