@@ -147,7 +147,33 @@ for _n in (128, 8):
 PLAN["l2+sequential-128"] = (128, {"importance": "l2", "compensate": "sequential"}, False, "recovery")
 RECOVERY = {"none": "no recovery", "bias": "bias shift only (guarded)", "sequential": "sequential re-fit (guarded)",
             "l2+sequential": "l2, sequential re-fit (guarded)"}  # fmt: skip
-DISTILL = ("distill-0", "distill-60", "distill-300", "distill-300-raw", "distill-300-lr3e-5")
+DISTILL = ("distill-0", "distill-60", "distill-300", "distill-300-raw", "distill-300-lr3e-5", "distill-60-raw", "distill-chain",
+           *(f"distill-chain-{k}" for k in (60, 120, 180, 240, 300)))
+
+
+#: what the rows above say, written after the run of 2026-12-03 (numbers quoted from its rows and from a side check
+#: made with this script's model, sentences and default compile; rerun both before trusting them after a change)
+ANALYSIS = [
+    "### Why neither the sequential re-fit nor distillation closes the gap to 0.97 on MiniLM",
+    "",
+    "- The default's re-fit already fits what the calibration shows: at ratio 0.5 the compensated model's embeddings",
+    "  keep cosine 0.997 on the 128 calibration sentences (and 0.997 on the guard's held-out batches) but 0.901 on",
+    "  the evaluation sentences; without compensation 0.822 / 0.813. The 128 calibration sentences are 12 free",
+    "  sentences and 116 from one template with 8x6x6x4 word lists: far narrower than the evaluation set, so the",
+    "  least-squares re-fit (1537 inputs per FFN down projection) is fitted to a subspace the evaluation sentences",
+    "  leave, and a held-out split of the same calibration sentences cannot see it. The guard protects against too",
+    "  few rows, not against calibration data unlike the use; more varied calibration text is what would help.",
+    "- Sequential re-fit (each layer on the pruned model's inputs) changes MiniLM by ±0.002: with 6 FFN layers",
+    "  and attention kept whole the upstream drift is small next to that generalisation gap. On the digits CNN,",
+    "  where every conv and the classifier read pruned channels, it adds 1 point of accuracy at both budgets.",
+    "- Distillation on the same 128 sentences overfits them the same way. With the loss on the pooled embedding",
+    "  (2·(1 - cosine), what is evaluated) the training loss falls from 0.198 to 0.009 in 60 steps and 0.005 by 240,",
+    "  while the held-out cosine falls step by step (0.901 → 0.898 at 60 → 0.893 at 240 → 0.889 at 300); with the",
+    "  default raw-output loss (every position's hidden state, padding included, and the pooler output) it stays flat",
+    "  (0.9008 at 60). The loss is not the cause (neither helps; a lower learning rate was not tried here): the",
+    "  unlabelled data is too narrow, and more steps fit it better and the evaluation sentences worse. The chain",
+    "  rows continue from the previous row's model (AdamW's state restarts every 60 steps).",
+]
 
 
 class Pooled(torch.nn.Module):
@@ -217,7 +243,9 @@ def write_table() -> str:
             "`bias shift only`: the guard chooses per layer between no change and shifting the bias by the removed",
             "neurons' mean contribution W_R·E[x_R] (seed 002's bias propagation). `sequential re-fit`: each reader layer",
             "re-fitted by ridge least squares from the inputs it reads in the model pruned and compensated up to it to",
-            "the original's output of that layer, guarded alike (no change, bias shift, 4 ridge re-fits).",
+            "the original's output of that layer, guarded alike (no change, bias shift, 4 ridge re-fits). The guarded",
+            "independent re-fit (all candidates, each layer on the original's inputs) is the default: its rows are",
+            "`default (auto)` in the table above (0.9009 / 0.9599 with 128 sentences, 0.8678 / 0.9391 with 8).",
             "",
             *block("minilm", "recovery", "held-out cosine"),
             "## MiniLM: distillation from the default at ratio 0.5 (128 calibration sentences)",
@@ -228,6 +256,8 @@ def write_table() -> str:
             "(last_hidden_state at all 24 positions, padding included, and the pooler output).",
             "",
             *block("minilm", "distill", "held-out cosine"),
+            *ANALYSIS,
+            "",
             "## Digits CNN (trained in-process)",
             "",
             "4 conv + 2 linear layers with BatchNorm trained 12 epochs on 1300 of scikit-learn's 8x8 digits; accuracy on",
@@ -309,6 +339,16 @@ def run_minilm(ratios: list[float], runs: list[str], steps: list[str]) -> None:
     train = [{"input_ids": cal_ids[i : i + 16], "attention_mask": cal_mask[i : i + 16]} for i in range(0, 128, 16)]
     held = [{"input_ids": ev_ids[i : i + 32], "attention_mask": ev_mask[i : i + 32]} for i in range(0, len(ev_ids), 32)]
     for key in steps:
+        if key == "distill-chain":  # 5 x 60 steps, a row after each (AdamW's state restarts with each call)
+            student, done_steps = r.model, 0
+            for _ in range(5):
+                t = time.perf_counter()
+                d = distill(Pooled(model), Pooled(student), train, steps=60, eval_data=held, lr=1e-4, logit_weight=0.0, hidden_weight=1.0)
+                student, done_steps = d.model.inner, done_steps + 60
+                _record({**base, "key": f"distill-chain-{done_steps}", "quality": cosine(student), "seconds": time.perf_counter() - t,
+                         "setting": f"default + distill {done_steps} steps (pooled loss, lr 0.0001, {done_steps // 60} calls of 60 steps); "
+                                    f"last train loss {d.history[-1][1]:.4g}"})  # fmt: skip
+            continue
         parts = key.split("-")
         n_steps, raw = int(parts[1]), "raw" in parts
         lr = 3e-5 if "lr3e-5" in parts else 1e-4
@@ -388,7 +428,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     ap.add_argument("--ratios", default="0.5,0.25")
     ap.add_argument("--runs", default=",".join(PLAN), help=f"comma-separated, from {', '.join(PLAN)}; '' for none")
-    ap.add_argument("--distill", default=",".join(DISTILL), help=f"comma-separated, from {', '.join(DISTILL)}; '' for none")
+    ap.add_argument("--distill", default="distill-0,distill-60,distill-300,distill-300-raw", help=f"comma-separated, from {', '.join(DISTILL)}; '' for none")
     ap.add_argument("--digits", action="store_true", help="the digits CNN block")
     args = ap.parse_args()
     runs = [k for k in args.runs.split(",") if k]
