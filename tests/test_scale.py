@@ -197,3 +197,24 @@ def test_compile_memory_stays_near_the_weights() -> None:
     m = json.loads(out.stdout.strip().splitlines()[-1])
     assert m["passed"] and m["nodes"] > 0
     assert m["extra"] <= 0.75 * m["weights"], f"compile added {m['extra'] / m['weights']:.2f}x the weights"
+
+
+def test_verification_widens_every_precision_the_graph_fixes() -> None:
+    """A bfloat16 model's graph rounds to bfloat16 where the trace baked its dtype in (``hidden.to(input_dtype)``)
+    and to float32 in RMS norms: compared in float64, float64 noise would flip those roundings into 1e-2
+    differences (LLaMA 1.1B in bfloat16 failed so). The verification graph computes every value in float64."""
+    from frontends.torch.verify import _follow_dtype
+
+    class M(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = x.to(torch.bfloat16).float() + torch.zeros(x.shape, dtype=torch.float32)
+            return torch.softmax(y.half(), dim=-1, dtype=torch.float32).to(torch.bfloat16)
+
+    gm = torch.fx.symbolic_trace(M())
+    x = torch.randn(3, 5, dtype=torch.float64) * 1e-3 + 1
+    assert gm(x).dtype == torch.bfloat16  # the traced graph narrows
+    wide = _follow_dtype(gm, torch.float64)
+    out = CastingInterpreter(wide, torch.float64).run(x)
+    assert out.dtype == torch.float64
+    assert torch.allclose(out, torch.softmax(x, dim=-1), rtol=1e-12)
+    assert gm(x).dtype == torch.bfloat16  # the original graph is unchanged

@@ -414,10 +414,10 @@ class VerifyFX:
     def _compare(self, traced, analysis, pruned, module, inputs, dtype, updates=None) -> VerifyResult:
         """Both models in ``dtype``: the outputs, and in float64 a GraphModule's intermediate tensors too."""
         ins = [_to_dtype(x, dtype) for x in inputs]
-        # Neither model is copied: their parameters are cast node by node (CastingInterpreter); only a graph
-        # that pins float32 (torch.export's dtype asserts and factories) gets a copy of its graph, not its weights.
-        ref_gm = _follow_dtype(traced.gm, dtype) if dtype != torch.float32 else traced.gm
-        new = _follow_dtype(module, dtype) if dtype != torch.float32 else module
+        # Neither model is copied: their parameters are cast node by node (CastingInterpreter); only a graph that
+        # fixes a narrower precision (_follow_dtype) gets a copy of its graph, never of its weights.
+        ref_gm = _follow_dtype(traced.gm, dtype)
+        new = _follow_dtype(module, dtype)
         check_nodes = dtype == torch.float64 and isinstance(new, torch.fx.GraphModule)
         overrides = _overrides(traced.gm, updates, dtype)
         if not check_nodes:  # the outputs only: the pruned model first, then the reference
@@ -492,33 +492,53 @@ def _eval_mode(module: nn.Module) -> Iterator[None]:
             m.training = mode
 
 
-_FACTORIES = {"zeros", "ones", "full", "empty", "new_zeros", "new_ones", "new_full", "new_empty", "zeros_like",
-              "ones_like", "full_like", "empty_like"}  # fmt: skip
+_NARROWING_METHODS = {"float": torch.float32, "half": torch.float16, "bfloat16": torch.bfloat16}
 
 
-def _pins_float32(n: torch.fx.Node) -> bool:
-    return n.op == "call_function" and bool(
-        ("_assert_tensor_metadata" in str(n.target) and not n.users)
-        or (n.kwargs.get("dtype") == torch.float32 and call_name(n) in _FACTORIES)
-    )
+def _narrower(x: Any, dtype: torch.dtype) -> bool:
+    """``x`` is a floating-point dtype with fewer bits than ``dtype``."""
+    return isinstance(x, torch.dtype) and x.is_floating_point and torch.finfo(x).bits < torch.finfo(dtype).bits
+
+
+def _widen(n: torch.fx.Node, dtype: torch.dtype) -> bool:
+    """Make a node that fixes a narrower floating-point precision work in ``dtype`` instead (in place); whether it
+    changed. Cases: a ``dtype=`` keyword (factories, ``_to_copy``, ``softmax(..., dtype=)``), a dtype argument
+    (``x.to(torch.float32)``, ``aten.to.dtype``; not ``view``, a reinterpretation of bits), and ``.float()``,
+    ``.half()``, ``.bfloat16()``."""
+    changed = False
+    if n.op not in ("call_function", "call_method") or call_name(n) == "view":
+        return False
+    if _narrower(n.kwargs.get("dtype"), dtype):
+        n.kwargs = {**n.kwargs, "dtype": dtype}
+        changed = True
+    if any(_narrower(a, dtype) for a in n.args):
+        n.args = tuple(dtype if _narrower(a, dtype) else a for a in n.args)
+        changed = True
+    if n.op == "call_method" and n.target in _NARROWING_METHODS and _narrower(_NARROWING_METHODS[str(n.target)], dtype):
+        n.target, n.args = "to", (n.args[0], dtype)
+        changed = True
+    return changed
 
 
 def _follow_dtype(gm: Any, dtype: torch.dtype) -> Any:
-    """A torch.export graph run in ``dtype``: its ``_assert_tensor_metadata`` checks (no users; they pin float32)
-    are removed, and tensors it makes as float32 (``zeros(..., dtype=float32)``: an LSTM's initial state) are made
-    in ``dtype``. Returns ``gm`` itself where nothing pins float32, else a graph module with a changed copy of
-    its graph that shares every submodule and tensor with ``gm``."""
-    if not isinstance(gm, torch.fx.GraphModule) or not any(_pins_float32(n) for n in gm.graph.nodes):
+    """A graph run in ``dtype`` for verification: every precision the trace fixed narrower than ``dtype`` — a
+    torch.export graph's ``dtype=`` arguments baked from the model's own (``hidden.to(input_dtype)`` of a
+    bfloat16 model), ``.to(torch.float32)`` in an RMS norm, ``zeros(..., dtype=float32)`` — is ``dtype`` instead,
+    so that both models compute every value in ``dtype`` (a bfloat16 rounding inside would turn float64 noise
+    into differences of 1e-2), and torch.export's ``_assert_tensor_metadata`` checks (no users) are removed.
+    Returns ``gm`` itself where nothing changes, else a graph module with a changed copy of its graph that shares
+    every submodule and tensor with ``gm``."""
+    if not isinstance(gm, torch.fx.GraphModule):
         return gm
     graph = copy.deepcopy(gm.graph)
+    changed = False
     for n in list(graph.nodes):
-        if not _pins_float32(n):
-            continue
-        if "_assert_tensor_metadata" in str(n.target):
+        if n.op == "call_function" and "_assert_tensor_metadata" in str(n.target) and not n.users:
             graph.erase_node(n)
-        else:
-            n.kwargs = {**n.kwargs, "dtype": dtype}
-    return torch.fx.GraphModule(gm, graph, class_name=type(gm).__name__)
+            changed = True
+        elif _widen(n, dtype):
+            changed = True
+    return torch.fx.GraphModule(gm, graph, class_name=type(gm).__name__) if changed else gm
 
 
 def _run_pruned(new: nn.Module, ins: list[Any], dtype: torch.dtype) -> Any:
