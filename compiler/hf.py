@@ -445,7 +445,10 @@ def to_hf(model: nn.Module, pruned: nn.Module, inputs: tuple, rtol: float = 1e-4
         got = _first_tensor(_call_as_pruned(new, pruned, inputs)).double()
     err = (got - want).abs().max().item() if got.shape == want.shape else float("inf")
     # both run in the model's precision along different code (the traced graph, the class): half precision rounds
-    half = {torch.float16: 1e-2, torch.bfloat16: 5e-2}.get(next(model.parameters()).dtype, 0.0)
+    from frontends.torch.verify import DTYPE_RTOL
+
+    dtype = next(model.parameters()).dtype
+    half = DTYPE_RTOL[dtype] if dtype in (torch.float16, torch.bfloat16) else 0.0  # float32 keeps rtol
     tol = max(rtol, half) * max(1.0, want.abs().max().item())
     if not err <= tol:
         raise VerificationError(f"{type(model).__name__} rebuilt from the pruned config differs from the pruned model by {err:.3g}")

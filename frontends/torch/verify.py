@@ -438,8 +438,8 @@ class VerifyFX:
 
     def _result(self, err: float, scale: float, dtype: torch.dtype, node_stats: _NodeStats) -> VerifyResult:
         """Passed when the outputs are within ``atol + rtol * scale`` and every intermediate tensor within ``rtol``
-        (at least ``_DTYPE_RTOL`` of the precision compared in: 1e-3 in float32, 1e-2 in float16, 5e-2 in bfloat16)."""
-        rtol = max(self.rtol, _DTYPE_RTOL.get(dtype, 1e-3))
+        (at least ``DTYPE_RTOL`` of the precision compared in: 1e-3 in float32, 1e-2 in float16, 5e-2 in bfloat16)."""
+        rtol = max(self.rtol, DTYPE_RTOL.get(dtype, 1e-3))
         tol = self.atol + rtol * scale
         nodes_ok = node_stats.err <= rtol
         return VerifyResult(
@@ -460,7 +460,7 @@ def _to_dtype(x: Any, dtype: torch.dtype) -> Any:
 
 
 # the least relative tolerance a comparison in each precision can hold (float64: the caller's rtol)
-_DTYPE_RTOL = {torch.float64: 0.0, torch.float32: 1e-3, torch.float16: 1e-2, torch.bfloat16: 5e-2}
+DTYPE_RTOL = {torch.float64: 0.0, torch.float32: 1e-3, torch.float16: 1e-2, torch.bfloat16: 5e-2}
 
 
 def _own_dtype(module: nn.Module) -> torch.dtype | None:
