@@ -297,6 +297,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     if ratio is None and threshold is None and target_macs is None and depth is None:
         ratio = 0.5
     _check_onnx_importance(args.importance)
+    allocation, compensate = _allocation_flags(args, threshold, target_macs, depth)
     _check_output(out, src)
     inputs = _onnx_inputs(src, args.input_shape)
     calibration = None
@@ -321,6 +322,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
         progress=_progress,
         depth=depth,
         depth_importance=args.depth_importance,
+        allocation=allocation,
+        compensate=compensate,
     )
     external, data = bool(args.external_data), b""
     if not external:
@@ -346,6 +349,39 @@ def cmd_prune(args: argparse.Namespace) -> int:
     return 0
 
 
+ALLOCATIONS = ("uniform", "sensitivity", "latency")  # the API's allocation=
+COMPENSATE = {"auto": None, "on": True, "off": False, "sequential": "sequential"}  # --compensate -> the API's compensate=
+
+
+def _allocation_flags(args: argparse.Namespace, threshold: Any, target_macs: Any, depth: Any) -> tuple[str, bool | str | None]:
+    """``--allocation`` and ``--compensate`` as the API's ``allocation=`` and ``compensate=``; a combination the
+    API would refuse is refused here in the flags' own words, before any file is read or written."""
+    allocation, comp = args.allocation, args.compensate
+    if allocation not in ALLOCATIONS:
+        raise InvalidArgumentError(f"--allocation {allocation!r}: choose from {', '.join(ALLOCATIONS)}")
+    if comp not in COMPENSATE:
+        raise InvalidArgumentError(f"--compensate {comp!r}: choose from {', '.join(COMPENSATE)}")
+    if comp == "sequential":
+        raise InvalidArgumentError(
+            "--compensate sequential needs the torch adapter (it re-runs the pruned model layer by layer); "
+            "ONNX models take --compensate on"
+        )
+    if comp == "on" and not args.calibration:
+        raise InvalidArgumentError("--compensate on re-fits the layers that read pruned channels on calibration data: give --calibration FILE.npz")
+    if allocation == "sensitivity":
+        if not args.calibration:
+            raise InvalidArgumentError("--allocation sensitivity measures each group's damage on calibration data: give --calibration FILE.npz")
+        if threshold is not None:
+            raise InvalidArgumentError("--allocation sensitivity spreads a --ratio or --target-macs budget over the groups, not --threshold")
+        if args.scope != "local":
+            raise InvalidArgumentError("--allocation sensitivity chooses each group's ratio itself: leave --scope local")
+        if depth is not None:
+            raise InvalidArgumentError("--allocation sensitivity does not combine with --depth")
+    if allocation == "latency" and target_macs is None:
+        raise InvalidArgumentError("--allocation latency spends a --target-macs budget where it saves the most measured time: give --target-macs")
+    return allocation, COMPENSATE[comp]
+
+
 def _prune_checkpoint(args: argparse.Namespace) -> int:
     """``prunec prune IN_DIR -o OUT_DIR``: a transformers safetensors checkpoint folder, streamed shard by shard."""
     from compiler.pretrained import compile_pretrained
@@ -353,7 +389,8 @@ def _prune_checkpoint(args: argparse.Namespace) -> int:
     if not args.output:
         raise InvalidArgumentError("prune needs an output folder for a checkpoint folder: -o OUT_DIR")
     given = [f for f, v in (("--threshold", args.threshold), ("--calibration", args.calibration), ("--depth", args.depth),
-                            ("--input-shape", args.input_shape), ("--external-data", args.external_data)) if v]  # fmt: skip
+                            ("--input-shape", args.input_shape), ("--external-data", args.external_data),
+                            ("--allocation", args.allocation != "uniform"), ("--compensate", args.compensate != "auto")) if v]  # fmt: skip
     if given:
         raise InvalidArgumentError(f"{given[0]} does not apply to a checkpoint folder (it is pruned by --ratio or --target-macs, l2/l1)")
     ratio, target_macs = _number("--ratio", args.ratio), _number("--target-macs", args.target_macs)
@@ -597,6 +634,18 @@ def _add_prune_parser(sub: Any) -> None:
         "verified; 'auto' with --target-macs chooses the depth/width split",
     )  # fmt: skip
     r.add_argument("--depth-importance", default="auto", help="block criterion: cosine, loss, norm (default auto)")
+    r.add_argument(
+        "--allocation", default="uniform", metavar="{" + ",".join(ALLOCATIONS) + "}",
+        help="how the budget is spread over the groups: uniform (the same ratio in each; default); sensitivity (by the "
+        "damage each group does alone on the --calibration data; with --ratio or --target-macs, --scope local); "
+        "latency (with --target-macs: where it saves the most measured time)",
+    )  # fmt: skip
+    r.add_argument(
+        "--compensate", default="auto", metavar="{" + ",".join(COMPENSATE) + "}",
+        help="re-fit the layers that read pruned channels on the --calibration data (guarded on a held-out split): "
+        "on, off, or auto (default: as the criterion chooses, on for obs); sequential is for torch models only "
+        "(refused here)",
+    )  # fmt: skip
     r.add_argument("--scope", default="local", help="local: the ratio in every group; global: one ranking across groups")
     r.add_argument("--equalization", default="arithmetic_mean", help="how coupled layers' scores combine")
     r.add_argument("--granularity", default="8", help="kept channel counts are multiples of this (default 8)")
