@@ -227,3 +227,67 @@ def test_a_group_no_probe_can_measure_is_not_pruned(two_paths):
     Probe.unseen = 0.0
     res = SensitivityAllocation(granularity=1).call(analysis, np.ones(analysis.n_classes), Probe(), width, 100.0, "channels")
     assert {g.producers[0]: g.ratio for g in res.groups}["b1"] == 0.0 and any("no change" in n for n in res.notes)
+
+
+def _bert_one_layer():
+    """A one-layer BERT (sdpa attention) whose queries are scaled up so that the softmax is peaked: the query/key
+    head-dim channels matter. Its groups by node name: ``linear``/``linear_1`` query and key, ``linear_2`` value,
+    ``linear_4`` the FFN neurons."""
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.BertConfig(vocab_size=100, max_position_embeddings=32, hidden_size=64, num_attention_heads=4,
+                                  num_hidden_layers=1, intermediate_size=128, attn_implementation="sdpa")  # fmt: skip
+    torch.manual_seed(0)
+    m = transformers.BertModel(cfg).eval()
+    with torch.no_grad():
+        m.encoder.layer[0].attention.self.query.weight.mul_(4.0)
+    ids = torch.randint(0, 100, (16, 8))
+    one = torch.ones(8, 8, dtype=torch.long)
+    return m, [(ids[:8], one), (ids[8:], one)], (ids[:2], one[:2])
+
+
+def test_query_key_groups_are_measured_through_the_attention_product():
+    """No layer with weights reads the query/key head dim (only the attention product does): the probes gate q and
+    k at the attention op, and the damage they measure is the real pruned model's error."""
+    m, cal, ex = _bert_one_layer()
+    r = compiler.compile(m, ex, ratio=0.5, importance="activation", calibration=cal, hf_compatible=False,
+                         ignore=["linear_2", "linear_4"])  # fmt: skip  only the query/key group is pruned
+    assert [g.members for g in r.report.groups if g.channels_after < g.channels_before] == [["linear", "linear_1"]]
+    data, pruned = r.plan.data, r.plan.selection.pruned
+    (probed,), _ = data.damage([pruned])
+    num = den = 0.0
+    with torch.no_grad():
+        for x, mask in cal:
+            want = m(x, mask).last_hidden_state.double()
+            got = r.model(x, mask)
+            got = (got.last_hidden_state if hasattr(got, "last_hidden_state") else got[0]).double()
+            num += float(((got - want) ** 2).sum())
+            den += float((want**2).sum())
+    assert np.isfinite(probed) and probed > 0
+    np.testing.assert_allclose(probed, num / den, rtol=1e-2)
+    # the attention gates follow the per-sample rows of batched probes
+    from frontends.torch.sensitivity import attention_reads, probe_damage
+
+    reads = attention_reads(data.analysis)
+    assert sorted(c.arg for c in reads) == [0, 1]
+    rng = np.random.default_rng(0)
+    masks = [pruned, *(rng.random(data.C) < p for p in (0.2, 0.5))]
+    args = (data.gm, data.cons, data.C, data.data.batches, None, masks)
+    np.testing.assert_allclose(probe_damage(*args, attention=reads)[0], probe_damage(*args, max_rows=1, attention=reads)[0], rtol=1e-5)
+
+
+def test_sensitivity_on_bert_probes_every_group_and_the_guard_keeps_unmeasured_ones(monkeypatch):
+    """With the attention gates every group of the BERT layer is measured (no note); without them (the gates
+    removed here) the query/key group is unmeasurable and the guard keeps it whole instead of pruning it blind."""
+    import frontends.torch.sensitivity as sensitivity
+
+    m, cal, ex = _bert_one_layer()
+    kw = dict(target_macs=0.7, allocation="sensitivity", importance="l2", calibration=cal, hf_compatible=False)
+    s = compiler.compile(m, ex, **kw).report.settings["sensitivity"]
+    qk = next(g for g in s["groups"] if g["producers"] == ["linear", "linear_1"])
+    assert all(d is not None and d > 0 for d in qk["sensitivity"].values()) and "notes" not in s
+    monkeypatch.setattr(sensitivity, "attention_reads", lambda analysis: [])
+    r = compiler.compile(m, ex, **kw)
+    s = r.report.settings["sensitivity"]
+    qk = next(g for g in s["groups"] if g["producers"] == ["linear", "linear_1"])
+    assert qk["ratio"] == 0.0 and all(d is None for d in qk["sensitivity"].values())
+    assert any("not pruned" in n for n in s["notes"]) and r.report.macs_after <= 0.7 * r.report.macs_before

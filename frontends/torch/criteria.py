@@ -255,10 +255,11 @@ class DataCriteria(ChannelStatistics):
     ) -> tuple[np.ndarray, str]:
         """The damage of each plan (bool per class) on the calibration data, and what it measures
         (:func:`frontends.torch.sensitivity.probe_damage`; ``allocation="sensitivity"``)."""
-        from frontends.torch.sensitivity import probe_damage
+        from frontends.torch.sensitivity import attention_reads, probe_damage
 
         means = self.means() if mean_replacement else None
-        return probe_damage(self.gm, self.cons, self.C, self.data.batches, self.data.loss_fn, masks, progress, means)
+        return probe_damage(self.gm, self.cons, self.C, self.data.batches, self.data.loss_fn, masks, progress, means,
+                            attention=attention_reads(self.analysis))  # fmt: skip
 
     def _per_sample_loss(self, out: Any, labels: torch.Tensor) -> torch.Tensor:
         """The loss of each sample: the caller's ``loss_fn`` one sample at a time, else cross-entropy."""

@@ -9,6 +9,11 @@ reads 0, or its mean with bias propagation) and compared with the unpruned run o
 
 A plan none of whose classes a gated layer reads cannot be measured: its damage is NaN.
 
+The query and key of an attention op (``scaled_dot_product_attention``) are read by no layer with weights: only
+the attention product ``q·k`` contracts over their head dim. The probes gate them there too
+(:func:`attention_reads`, always with 0: the rewrite removes a channel's ``q_i k_i`` term, which no mean can stand
+in for), so removing a head-dim channel of the query/key group shows its real damage through the softmax.
+
 Probes are batched: ``k`` plans run in one forward on the batch repeated ``k`` times, each copy with its own
 gate row (per-sample gates), up to ``max_rows`` rows; a model whose graph does not keep the batch dimension
 apart (a consumer gated on dim 0, an output without the batch rows, a caller's ``loss_fn``) runs one plan per
@@ -25,10 +30,67 @@ import numpy as np
 import torch
 
 from frontends.torch.calibration import Batch, GatedRunner, all_outputs, task_loss
+from frontends.torch.nodes import call_arg
+from passes.data_criteria import Consumer
 
 log = logging.getLogger(__name__)
 
-__all__ = ["probe_damage"]
+__all__ = ["probe_damage", "attention_reads"]
+
+
+_QK = ("query", "key")  # scaled_dot_product_attention's first two arguments by keyword
+
+
+def attention_reads(analysis: Any) -> list[Consumer]:
+    """The query (arg 0) and key (arg 1) of every ``attention`` op whose head dim (the last) carries channel
+    classes: what the attention product reads, for the probes to gate (no layer with weights reads them)."""
+    out = []
+    for op in analysis.graph.ops.values():
+        node = op.source
+        if op.kind != "attention" or not isinstance(node, torch.fx.Node):
+            continue
+        for arg, value in enumerate(op.inputs[:2]):
+            lab = analysis.labels.get(value) if value is not None else None
+            if not lab or lab[-1] is None:
+                continue
+            cls = analysis.atom_class[lab[-1]]
+            out.append(Consumer(op.name, node.name, arg, value, len(lab) - 1, cls, op.kind))
+    return out
+
+
+class _ProbeRunner(GatedRunner):
+    """:class:`GatedRunner` that also gates the query and key of attention ops (:func:`attention_reads`) by 0."""
+
+    def __init__(self, gm: torch.fx.GraphModule, cons: list[Any], n_classes: int, attention: Sequence[Consumer]) -> None:
+        super().__init__(gm, cons, n_classes)
+        self.attention: dict[str, list[tuple[Consumer, torch.Tensor]]] = {}
+        for c in attention:
+            idx = torch.as_tensor(np.where(c.classes >= 0, c.classes, n_classes))
+            self.attention.setdefault(c.node, []).append((c, idx))
+
+    def run_node(self, n: torch.fx.Node) -> Any:
+        reads = self.attention.get(n.name)
+        if not reads or self.gates is None:
+            return super().run_node(n)
+        fetched, kw = self.fetch_args_kwargs_from_env(n)
+        pos, kwargs = list(fetched), dict(kw)
+        for c, idx in reads:
+            name = _QK[c.arg]
+            x = call_arg(pos, kwargs, c.arg, name)
+            if not isinstance(x, torch.Tensor):
+                continue
+            shape = [1] * x.dim()
+            shape[c.dim] = len(idx)
+            if self.gates.dim() == 1:
+                g = self.gates[idx].reshape(shape)
+            else:  # per-sample gates: the batch rows on dim 0
+                shape[0] = x.shape[0]
+                g = self.gates[:, idx].reshape(shape)
+            if name in kwargs:
+                kwargs[name] = x * g.to(x.dtype)
+            else:
+                pos[c.arg] = x * g.to(x.dtype)
+        return getattr(self, n.op)(n.target, tuple(pos), kwargs)
 
 
 def _tiled(inputs: tuple[Any, ...], k: int) -> tuple[Any, ...]:
@@ -88,11 +150,13 @@ def probe_damage(
     progress: Callable[[str], None] | None = None,
     means: dict[str, torch.Tensor] | None = None,
     max_rows: int = 512,
+    attention: Sequence[Consumer] = (),
 ) -> tuple[np.ndarray, str]:
-    """The damage of each plan in ``masks`` (bool per class) on ``batches``, and what it measures in words."""
+    """The damage of each plan in ``masks`` (bool per class) on ``batches``, and what it measures in words;
+    ``attention``: the attention reads gated as well (:func:`attention_reads`)."""
     labelled = all(b.labels is not None for b in batches)
     acc = _Damage(len(masks), labelled, loss_fn)
-    runner = GatedRunner(gm, cons, n_classes)
+    runner = _ProbeRunner(gm, cons, n_classes, attention)
     if means:
         runner.means = means
     gates = torch.ones(len(masks), n_classes + 1)
@@ -123,7 +187,7 @@ def probe_damage(
                     progress(f"sensitivity: {done}/{total} probe runs")
     runner.gates = None
     gated = np.zeros(n_classes, dtype=bool)
-    for c in cons:
+    for c in [*cons, *attention]:
         gated[c.classes[c.classes >= 0]] = True
     unmeasured = np.array([not (m & gated).any() for m in masks], dtype=bool)
     measure = "relative squared error of the outputs" if not labelled else "task loss increase per sample"
