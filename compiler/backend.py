@@ -100,6 +100,30 @@ def _model_bytes(model: Any) -> bytes:
     raise UnsupportedModelError(f"cannot run a {type(model).__name__} in ONNX Runtime: expected an ONNX model")
 
 
+def _session_source(model: Any, staging: str) -> bytes | str:
+    """What an ONNX Runtime session is made from: the model's bytes, or, over 2 GB (protobuf cannot serialize it), a
+    path whose external data ONNX Runtime reads itself: the file's own (its locations checked by the loader), or the
+    model written with its data beside it into the folder ``staging`` (removed by the caller once the session holds
+    the weights)."""
+    if isinstance(model, (str, os.PathLike)) or type(model).__name__ == "ModelProto":
+        from frontends.onnx import large
+
+        proto = model
+        if isinstance(model, (str, os.PathLike)):
+            from frontends.onnx import load_proto
+
+            proto = load_proto(model)[0]
+            if large.is_large(proto):
+                return os.fspath(model)
+        if large.is_large(proto):
+            from compiler.onnx_io import save_with_external_data
+
+            path = os.path.join(staging, "model.onnx")
+            save_with_external_data(proto, path)
+            return path
+    return _model_bytes(model)
+
+
 def to_fp16(model: Any) -> Any:
     """The model with float32 weights and compute in float16; inputs and outputs stay float32."""
     import onnx
@@ -123,7 +147,8 @@ class OrtRunner:
 
         if fp16:
             model = to_fp16(model)
-        blob = _model_bytes(model)
+        staging = tempfile.TemporaryDirectory(prefix="prunec-ort-", ignore_cleanup_errors=True)
+        blob = _session_source(model, staging.name)  # over 2 GB: a path, the external data beside it
         so = ort.SessionOptions()
         so.log_severity_level = 3
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -135,6 +160,8 @@ class OrtRunner:
             self.session = ort.InferenceSession(blob, so, providers=providers)
         except Exception as exc:
             raise UnsupportedModelError(f"ONNX Runtime cannot run this model: {str(exc).splitlines()[0]}") from exc
+        finally:
+            staging.cleanup()
         self.providers = self.session.get_providers()
         if provider not in ("auto", "cpu") and self.providers[0] != PROVIDERS[provider]:
             raise UnsupportedModelError(

@@ -7,6 +7,7 @@ updates (OBS compensation, bias propagation) run in ONNX Runtime on calibration 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable, Iterable
 from typing import Any, ClassVar
@@ -16,6 +17,7 @@ import numpy as np
 from frontends.adapter import Adapter, Rewritten
 from frontends.errors import InternalError, InvalidArgumentError, PrunecError
 from frontends.graph import ChannelGraph
+from frontends.onnx import large
 from frontends.onnx.calibration import OnnxCalibration
 from frontends.onnx.criteria import OnnxDataCriteria
 from frontends.onnx.frontend import load_onnx
@@ -92,11 +94,17 @@ class OnnxAdapter(Adapter):
 
     def verify(self, plan: Any, rewritten: Rewritten, updates: dict[str, Any], rtol: float) -> dict[str, Any]:
         reference = self.updated(plan, updates, cut=False)
-        return VerifyONNX(rtol=rtol).call(reference, plan.analysis, plan.selection.pruned, rewritten.model).to_dict()
+        with self._view(rewritten.model) as model:  # a model near 2 GB: never serialized whole for ONNX Runtime
+            return VerifyONNX(rtol=rtol).call(reference, plan.analysis, plan.selection.pruned, model).to_dict()
+
+    def _view(self, model: Any) -> Any:
+        """The pruned model as :func:`frontends.onnx.large.lazy_view` where the input was mapped or it is over 2 GB."""
+        return large.lazy_view(model) if large.is_lazy(self.loaded.model) or large.is_large(model) else contextlib.nullcontext(model)
 
     def measure(self, rewritten: Rewritten) -> ChannelGraph:
         try:
-            return load_onnx(rewritten.model, self.loaded.inputs).graph
+            with self._view(rewritten.model) as model:
+                return load_onnx(model, self.loaded.inputs).graph
         except PrunecError as exc:
             raise InternalError(f"the pruned ONNX model does not load again: {exc}") from exc
 

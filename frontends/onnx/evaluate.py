@@ -17,6 +17,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from frontends.onnx.large import tensor_array
 from frontends.onnx.load import MIN_OPSET
 from frontends.onnx.proto import DEFAULT_DOMAINS, has_subgraph, node_attrs, onnx_opset, real_inputs
 
@@ -96,7 +97,7 @@ def evaluate_static(
     if not all_initializers:
         read = {x for i in nodes for x in g.node[i].input}
         inits = [t for t in inits if t.name in read]
-    env: dict[str, np.ndarray] = {t.name: numpy_helper.to_array(t) for t in inits}
+    env: dict[str, np.ndarray] = {t.name: tensor_array(t) for t in inits}  # a mapped large initializer: no copy
     opsets = {(o.domain or ""): int(o.version) for o in model.opset_import}
     opsets.setdefault("", onnx_opset(model) or MIN_OPSET)
     done: list[int] = []

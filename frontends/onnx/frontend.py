@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import logging
 import os
+import weakref
 from typing import Any
 
 import numpy as np
 import onnx
 
+from frontends.onnx import large
 from frontends.onnx.evaluate import evaluate_static, static_candidates
 from frontends.onnx.inputs import make_example_inputs
 from frontends.onnx.load import MIN_OPSET, load_checked, working_copy
@@ -36,7 +38,11 @@ def load_onnx(model: str | os.PathLike | onnx.ModelProto, example_inputs: Any = 
     if (onnx_opset(work) or MIN_OPSET) < MIN_OPSET:
         work, origin, note = upgrade(work, inputs, where)
         notes.append(note)
-    return lower_onnx(work, inputs, path, origin, notes)
+    om = lower_onnx(work, inputs, path, origin, notes)
+    tokens = large.tokens(proto) if path is not None else []  # a model given in memory: its placeholders are not ours
+    if tokens:  # initializers this load mapped from the data file: the mappings go with the loaded model
+        weakref.finalize(om, large.release, tokens)
+    return om
 
 
 def lower_onnx(

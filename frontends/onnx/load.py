@@ -25,7 +25,8 @@ What prunec then works on is a private copy (:func:`working_copy`; the model giv
   pruned model computes in ONNX Runtime; else at opset 13, with the IR version opset 13 needs. The
   report's ``settings["onnx"]["notes"]`` says which: ``written at opset N ...``.
 * **over 2 GB** (external data beside the file): checked on the file's path and shape-inferred and run on
-  light copies (:mod:`frontends.onnx.large`), never serialized whole;
+  light copies (:mod:`frontends.onnx.large`), never serialized whole; the large initializers are mapped from
+  the data file (copy-on-write), never read into the proto (:func:`frontends.onnx.large.load_lazily`);
 * **IR version 3** (every initializer also a graph input): kept; the pruned model lists every
   initializer it holds (sliced, renamed or new) as a graph input with its shape.
 
@@ -124,7 +125,10 @@ def _read_file(path: str) -> onnx.ModelProto:
         from onnx.external_data_helper import load_external_data_for_model
 
         try:
-            load_external_data_for_model(proto, folder)
+            if large.external_bytes(proto) + os.path.getsize(path) > large.LARGE_BYTES:  # mapped, not read
+                large.load_lazily(proto, folder)
+            else:
+                load_external_data_for_model(proto, folder)
         except Exception as exc:
             raise UnsupportedModelError(f"{path}: cannot read external data ({exc})") from None
     return proto
@@ -148,7 +152,7 @@ def _check_external_data(model: onnx.ModelProto, folder: str | None, where: str)
     found = False
     root = os.path.realpath(folder) if folder is not None else None
     for t in all_tensors(model):
-        if t.data_location != onnx.TensorProto.EXTERNAL:
+        if t.data_location != onnx.TensorProto.EXTERNAL or large.is_registered(t):  # registered: prunec's own mapping
             continue
         found = True
         _check_location(t, root, where)
@@ -203,6 +207,8 @@ def _check_consistent(proto: onnx.ModelProto, where: str) -> ShapeCheck:
             if not isinstance(vi.name, str) or "\x00" in vi.name:
                 raise UnsupportedModelError(f"{where}: a value has a malformed name {vi.name!r}")
     for t in all_tensors(proto):
+        if large.is_registered(t):  # mapped from its file; its size was checked against its dims then
+            continue
         try:
             numpy_helper.to_array(t)
         except Exception as exc:

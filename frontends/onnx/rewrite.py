@@ -225,6 +225,7 @@ class RewriteONNX:
             list_initializers_as_inputs(rw.model)
         _check(rw.model, om)
         _write_back_opset(rw, om)
+        large.materialize(rw.result.model)  # initializers still mapped from the input's data file: into the proto
         return rw.result
 
 
@@ -282,7 +283,7 @@ def _evaluate_static(rw: OnnxRewrite, desired: dict[str, np.ndarray]) -> None:
         _check_lost_static_nodes(rw, set(done), desired)
     for a in om.args:
         if a.value not in env and a.value in rw.init_pos:
-            env[a.value] = numpy_helper.to_array(rw.g.initializer[rw.init_pos[a.value]])
+            env[a.value] = large.tensor_array(rw.g.initializer[rw.init_pos[a.value]])
     rw.env = env
 
 
@@ -447,7 +448,7 @@ def _refresh_shapes(m: onnx.ModelProto, pruned_shapes: dict[str, tuple[int, ...]
     """
     del m.graph.value_info[:]
     try:
-        inferred = large.infer_shapes(m)
+        inferred = large.infer_shapes(m, light=large.is_lazy(om.model))  # a mapped input: never serialized whole
     except Exception as exc:
         first = str(exc).strip().splitlines()[0]
         raise InternalError(f"shape inference fails on the pruned ONNX model: {first}") from exc
@@ -480,7 +481,7 @@ def _write_back_opset(rw: OnnxRewrite, om: OnnxModel) -> None:
 def _check(m: onnx.ModelProto, om: OnnxModel) -> None:
     """The pruned model must pass the full checker; where the input itself does not, the input is refused."""
     try:
-        large.check_model(m, full_check=True)
+        large.check_model(m, full_check=True, light=large.is_lazy(om.model))
     except Exception as exc:
         first = str(exc).strip().splitlines()[0]
         try:  # an input whose declared shapes contradict its ops fails the same check: refuse the input

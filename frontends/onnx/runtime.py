@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from frontends.onnx.large import session_parts
+from frontends.onnx.large import FedSession, session_parts
 
 log = logging.getLogger(__name__)
 
@@ -48,13 +48,9 @@ def ort_session(model: onnx.ModelProto, optimize: bool = True, device: str = "cp
     so.log_severity_level = 3
     if not optimize:
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    blob, names, values = session_parts(model, arrays)  # over 2 GB: the large initializers given apart, as OrtValues
-    if names:
-        so.add_external_initializers(names, values)
-        so.add_session_config_entry("session.disable_prepacking", "1")  # no second copy of the weights
+    blob, fed = session_parts(model, arrays)  # over 2 GB: the large initializers fed as inputs, read in place
     sess = ort.InferenceSession(blob, so, providers=_providers(device))
-    sess.prunec_initializers = values  # ONNX Runtime reads them for as long as the session lives
-    return sess
+    return FedSession(sess, fed) if fed else sess
 
 
 def run_ort(
