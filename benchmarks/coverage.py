@@ -22,8 +22,11 @@ Swin at 112, MaxViT at its required 224, video models at 8 frames.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -138,6 +141,20 @@ def _export_onnx(m, x, path: str, exporter: str | None = None):
             raise first from None
 
 
+def _ort_refuses(proto, x) -> str:
+    """Why ONNX Runtime cannot run the exported (unpruned) model on ``x``, as its first message line cut to 300
+    characters; empty if it runs. Asked only after prunec refused a model ONNX Runtime could not run."""
+    import onnxruntime as ort
+
+    try:
+        sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+        sess.run(None, {sess.get_inputs()[0].name: x.numpy()})
+    except Exception as exc:
+        text = re.sub(r"/onnxruntime_src/.*?\[ONNXRuntimeError\] : \d+ : \w+ : ", "", str(exc).strip().splitlines()[0])
+        return f"{type(exc).__name__}: {text}"[:400]
+    return ""
+
+
 def _export_reason(exc: BaseException) -> str:
     """One line for an export failure: the exception and, where it wraps another (the dynamo exporter wraps
     what ``torch.export`` raised), the innermost cause, each as its type and first non-empty message line."""
@@ -200,6 +217,10 @@ def one(name: str, family: str, max_params: float, via_onnx: bool = False, expor
         r = compiler.compile(proto, ratio=0.5) if via_onnx else compiler.compile(m, (x,), ratio=0.5)
     except compiler.PrunecError as exc:
         row.update(status="refused", error=f"{type(exc).__name__}: {str(exc)[:300]}", seconds=time.perf_counter() - t)
+        if via_onnx and "ONNX Runtime cannot run" in str(exc) and (why := _ort_refuses(proto, x)):
+            # the exporter's own file does not run in ONNX Runtime: an export failure, not prunec's
+            row.update(status="export failed", error=f"the exported model does not run in ONNX Runtime: {why}",
+                       prunec_error=row["error"])  # fmt: skip
         return row
     except Exception as exc:
         tb = traceback.extract_tb(exc.__traceback__)[-1]
@@ -229,31 +250,107 @@ def one(name: str, family: str, max_params: float, via_onnx: bool = False, expor
     return row
 
 
+BIGMEM_LOCK = "/tmp/prunec_bigmem.lock"  # the shared machine's lock for runs over ~3 GB (one such run at a time)
+BIG_PARAMS_M = 80.0  # over this many million parameters a model's export + compile takes 3 GB or more
+
+
+def needs_bigmem(name: str, family: str, params_m: float | None) -> bool:
+    """Whether one model's run takes the shared big-memory lock: over :data:`BIG_PARAMS_M` million parameters
+    (unknown counts: yes), or a video model at 224x224 (MViT, S3D: 16 full-size frames)."""
+    if family == "video" and build_spec(name, family)[1][-1] >= 224:
+        return True
+    return params_m is None or params_m > BIG_PARAMS_M
+
+
+@contextlib.contextmanager
+def bigmem_lock(take: bool, path: str | None = None):
+    """Hold ``path``'s exclusive ``flock`` (waiting for it) while the block runs, if ``take``; yields the seconds
+    waited. Taken per model, never around a sweep."""
+    if not take:
+        yield 0.0
+        return
+    t = time.perf_counter()
+    with open(path or BIGMEM_LOCK, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield time.perf_counter() - t
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def run_isolated(name: str, family: str, max_params: float, timeout: float, via_onnx: bool = False,
-                 exporter: str | None = None) -> dict:  # fmt: skip
+                 exporter: str | None = None, bigmem: bool = False) -> dict:  # fmt: skip
     """``one`` in a child process with a time limit. A timeout or a crash says in which stage it happened
-    (``export`` or ``compile``: the child prints ``STAGE compile`` before it calls ``compiler.compile``)."""
+    (``export`` or ``compile``: the child prints ``STAGE compile`` before it calls ``compiler.compile``).
+    ``bigmem``: the child runs holding :data:`BIGMEM_LOCK` (the time limit starts once it is held)."""
+    with bigmem_lock(bigmem) as waited:
+        row = _run_child(name, family, max_params, timeout, via_onnx, exporter)
+    if bigmem:
+        row["bigmem_wait_s"] = round(waited, 1)
+    return row
+
+
+MEM_CAP_GB = 16.0  # a child over this resident size is ended by the harness before the kernel's OOM killer picks
+# a victim on the shared 24 GB machine (maybe another job)
+
+
+def _rss_gb(pid: int) -> float:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return next((int(ln.split()[1]) / 2**20 for ln in f if ln.startswith("VmRSS:")), 0.0)
+    except OSError:
+        return 0.0
+
+
+def _run_child(name: str, family: str, max_params: float, timeout: float, via_onnx: bool, exporter: str | None,
+               mem_cap_gb: float | None = None) -> dict:  # fmt: skip
+    """The child (``--one``), polled twice a second: ended at ``timeout`` seconds or when its resident size passes
+    ``mem_cap_gb`` (default :data:`MEM_CAP_GB`); the row says which, and in which stage."""
+    import tempfile
+
+    cap = MEM_CAP_GB if mem_cap_gb is None else mem_cap_gb
     cmd = [sys.executable, os.path.abspath(__file__), "--one", name, "--family", family, "--max-params", str(max_params)]
     cmd += ["--onnx"] if via_onnx else []
     cmd += ["--exporter", exporter] if exporter else []
     base = dict(model=name, family=family, **({"exporter": exporter} if exporter else {}))
 
-    def stage(out) -> str:
-        out = out.decode(errors="replace") if isinstance(out, bytes) else (out or "")
+    def stage(out: str) -> str:
         if "STAGE compile" in out:
             return " (during compile)"
         return " (during build/export)" if via_onnx else ""
 
     t = time.perf_counter()
-    try:
-        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired as exc:
-        return dict(base, status="timeout", error=f"no result within {timeout:.0f} s{stage(exc.stdout)}", seconds=timeout)
-    for line in reversed(p.stdout.splitlines()):
+    peak, over = 0.0, False
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        p = subprocess.Popen(cmd, stdout=out, stderr=err, text=True)
+        try:
+            while p.poll() is None:
+                peak = max(peak, _rss_gb(p.pid))
+                if peak > cap or time.perf_counter() - t > timeout:
+                    over = peak > cap
+                    p.kill()
+                    p.wait()
+                    break
+                time.sleep(0.5)
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        elapsed = time.perf_counter() - t
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    if over:
+        return dict(base, status="memory cap", error=f"resident size {peak:.1f} GB passed the harness's {cap:.0f} GB cap"
+                    f"{stage(stdout)}; ended by the harness", seconds=elapsed, peak_rss_gb=round(peak, 2))  # fmt: skip
+    if p.returncode != 0 and elapsed > timeout:
+        return dict(base, status="timeout", error=f"no result within {timeout:.0f} s{stage(stdout)}", seconds=timeout)
+    for line in reversed(stdout.splitlines()):
         if line.startswith("ROW "):
-            return json.loads(line[4:])
-    tail = (p.stderr.strip().splitlines() or [f"exit code {p.returncode}"])[-1][:200]
-    return dict(base, status="crashed", error=f"exit code {p.returncode}{stage(p.stdout)}: {tail}", seconds=time.perf_counter() - t)
+            return dict(json.loads(line[4:]), wall_s=round(elapsed, 1))
+    tail = (stderr.strip().splitlines() or [f"exit code {p.returncode}"])[-1][:200]
+    return dict(base, status="crashed", error=f"exit code {p.returncode}{stage(stdout)}: {tail}", seconds=elapsed,
+                peak_rss_gb=round(peak, 2))  # fmt: skip
 
 
 _EXPORTERS = {
@@ -380,12 +477,13 @@ def write_combined(todo: list[tuple[str, str]], by_exporter: dict[str, dict[str,
         ok = [r for r in rows if r.get("status") == "ok"]
         half = [r for r in ok if r["macs"] < 0.5]
         exp = [r for r in rows if r.get("status") == "export failed" or "during build/export" in str(r.get("error", ""))]
-        oom = [r for r in rows if r.get("status") == "crashed" and str(r.get("error", "")).startswith("exit code -9")]
+        oom = [r for r in rows if r not in exp and (r.get("status") == "memory cap" or (
+            r.get("status") == "crashed" and str(r.get("error", "")).startswith("exit code -9")))]
         bad = [r for r in rows if r.get("status") != "ok" and r not in exp and r not in oom]
         span = f", MACs {min(r['macs'] for r in ok):.2f}x to {max(r['macs'] for r in ok):.2f}x" if ok else ""
         summary.append(f"{e}: {len(ok)} of {len(rows)} run compiled and verified ({len(half)} below half the MACs{span}), "
                        f"{len(exp)} not exported, {len(bad)} failed in prunec"
-                       + (f", {len(oom)} killed by the out-of-memory killer ({', '.join(r['model'] for r in oom)})" if oom else ""))  # fmt: skip
+                       + (f", {len(oom)} ended for memory (the kernel's out-of-memory killer or the harness's cap) ({', '.join(r['model'] for r in oom)})" if oom else ""))  # fmt: skip
     both = [(n, by_exporter["torchscript"][n], by_exporter["dynamo"][n]) for n, _ in todo
             if all(by_exporter[e].get(n, {}).get("status") == "ok" for e in names)]  # fmt: skip
     differ = [f"{n} ({a['macs']:.3f} / {b['macs']:.3f}" + (f", groups {a['groups']} / {b['groups']})" if a["groups"] != b["groups"] else ")")
@@ -480,6 +578,10 @@ def main() -> None:
     ap.add_argument("--resume", action="store_true", help="keep the rows already in the .jsonl; run only the others")
     ap.add_argument("--smallest-first", action="store_true", help="run the models in the order of their parameter "
                     "counts as results/coverage.jsonl records them (unknown last), so a sweep cut short covers the most models")
+    ap.add_argument("--rerun", help="with --resume: comma-separated models to run again although the .jsonl has "
+                    "their rows (the new row is appended and replaces the old one)")
+    ap.add_argument("--exclude", help="comma-separated models not to run now (they stay in the tables, as not run "
+                    "or with their earlier rows)")
     ap.add_argument("--limit", type=int, default=0, help="run at most this many models now (chunks)")
     ap.add_argument("--out", default=None, help="table path (default results/coverage.md, or coverage_timm.md with --timm)")
     ap.add_argument("--table-only", action="store_true", help="rewrite the table from the .jsonl; models not in it are listed as not run")
@@ -487,8 +589,14 @@ def main() -> None:
     ap.add_argument("--family", default="classification", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
-        print("ROW " + json.dumps(one(args.one, args.family, args.max_params, args.onnx, args.exporter)), flush=True)
+        import resource
+
+        row = one(args.one, args.family, args.max_params, args.onnx, args.exporter)
+        row["peak_rss_gb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)  # KiB on Linux
+        print("ROW " + json.dumps(row), flush=True)
         return
+    if args.rerun and not args.resume:
+        ap.error("--rerun needs --resume (without it the .jsonl is started afresh)")
     if args.exporter and not args.onnx:
         ap.error("--exporter needs --onnx")
     combined = args.onnx and not args.timm and args.out is None
@@ -521,16 +629,20 @@ def main() -> None:
             render_combined(args)
         return
     order = list(todo)
+    known_params = {n: r["params_m"] for n, r in _read_jsonl(os.path.join(RESULTS, "coverage.jsonl")).items() if "params_m" in r}
+    known_params.update({n: r["params_m"] for n, r in done.items() if "params_m" in r})
     if args.smallest_first:
-        known = {n: r.get("params_m", float("inf")) for n, r in _read_jsonl(os.path.join(RESULTS, "coverage.jsonl")).items()}
-        order.sort(key=lambda nf: known.get(nf[0], float("inf")))
+        order.sort(key=lambda nf: known_params.get(nf[0], float("inf")))
+    rerun = set(args.rerun.split(",")) if args.rerun else set()
+    exclude = set(args.exclude.split(",")) if args.exclude else set()
     ran = 0
     for i, (name, family) in enumerate(order):
-        if name in done:
+        if (name in done and name not in rerun) or name in exclude:
             continue
         if args.limit and ran >= args.limit:
             break
-        row = run_isolated(name, family, args.max_params, args.timeout, args.onnx, args.exporter)
+        row = run_isolated(name, family, args.max_params, args.timeout, args.onnx, args.exporter,
+                           bigmem=needs_bigmem(name, family, known_params.get(name)))
         ran += 1
         done[name] = row
         with open(jsonl, "a") as f:
