@@ -89,6 +89,7 @@ def _child(argv: list[str]) -> int:
 
     import onnx  # noqa: F401
     import onnxruntime  # noqa: F401
+    import torch  # noqa: F401  (prunec imports it on first use)
 
     import compiler  # noqa: F401
     import frontends.onnx  # noqa: F401
@@ -112,6 +113,7 @@ def prune_measured(src: str, out: str, repo: Path, extra: list[str]) -> dict:
     t0 = time.perf_counter()
     p = subprocess.Popen([sys.executable, __file__, "--child", json.dumps(argv)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=str(repo))
     samples: list[tuple[float, int]] = []
+    anon = [0]  # the highest anonymous (not file-backed) resident memory sampled
     events: list[tuple[float, str]] = []
     done = threading.Event()
 
@@ -120,9 +122,12 @@ def prune_measured(src: str, out: str, repo: Path, extra: list[str]) -> dict:
         while not done.is_set():
             try:
                 with open(path) as f:
-                    m = re.search(r"VmRSS:\s+(\d+) kB", f.read())
+                    text = f.read()
+                m, a = re.search(r"VmRSS:\s+(\d+) kB", text), re.search(r"RssAnon:\s+(\d+) kB", text)
                 if m:
                     samples.append((time.perf_counter() - t0, int(m.group(1)) * 1024))
+                if a:
+                    anon[0] = max(anon[0], int(a.group(1)) * 1024)
             except OSError:
                 break
             time.sleep(0.05)
@@ -160,7 +165,7 @@ def prune_measured(src: str, out: str, repo: Path, extra: list[str]) -> dict:
     for (t, name), end in zip(starts, ends, strict=True):
         in_stage = [r for s, r in samples if t <= s <= end]
         stages.append({"stage": name, "s": round(end - t, 1), "peak_rss": max(in_stage, default=0)})
-    return {"rc": rc, "wall_s": round(wall, 1), "imports": imports, "peak_rss": peak, "stages": stages,
+    return {"rc": rc, "wall_s": round(wall, 1), "imports": imports, "peak_rss": peak, "peak_anon": anon[0], "stages": stages,
             "stdout": stdout[-2000:], "stderr": "\n".join(line for _, line in events[-15:])}  # fmt: skip
 
 
@@ -170,15 +175,18 @@ def _gb(b: float) -> str:
 
 def table(rows: list[dict]) -> str:
     lines = [
-        "| run | weights GB | exit | wall s | peak RSS GB | peak / weights | (peak - imports) / weights | stages: seconds, peak RSS GB |",
-        "|---|---|---|---|---|---|---|---|",
+        "| run | weights GB | exit | wall s | peak RSS GB | peak / weights | (peak - imports) / weights | peak anonymous GB "
+        "| stages: seconds, peak RSS GB |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         w = r["weights"]
-        st = "; ".join(f"{s['stage']} {s['s']:.0f} s {_gb(s['peak_rss'])}" for s in r["stages"] if s["stage"] not in ("imports", "start"))
+        st = "; ".join(
+            f"{s['stage']} {s['s']:.0f} s {_gb(s['peak_rss']) if s['peak_rss'] else '—'}" for s in r["stages"] if s["stage"] not in ("imports", "start")
+        )
         lines.append(
             f"| {r['label']} | {_gb(w)} | {r['rc']} | {r['wall_s']:.0f} | {_gb(r['peak_rss'])} | {r['peak_rss'] / w:.2f}x "
-            f"| {(r['peak_rss'] - r['imports']) / w:.2f}x | {st} |"
+            f"| {(r['peak_rss'] - r['imports']) / w:.2f}x | {_gb(r['peak_anon']) if r.get('peak_anon') else '—'} | {st} |"
         )
     return "\n".join(lines)
 

@@ -116,6 +116,8 @@ def test_result_runs_a_pruned_model_over_the_limit(tmp_path):
     src = _write_mlp(str(tmp_path / "in"), [256, 128, 128, 8])
     r = compiler.compile(src, ratio=0.25, granularity=1)
     assert r.model.ByteSize() > 40_000
+    v = r.report.verification or {}
+    assert v.get("passed") and v.get("nodes_checked", 0) >= 4  # node-level on this path: Gemm and Relu outputs
     x = np.random.default_rng(1).standard_normal((2, 256)).astype(np.float32)
     assert np.allclose(r(x), _mlp(x, consts(r.model)), atol=1e-4)
 
