@@ -193,3 +193,66 @@ class Pooled(torch.nn.Module):
         h = hidden(self.inner(input_ids, attention_mask))
         m = attention_mask.unsqueeze(-1).to(h.dtype)
         return torch.nn.functional.normalize((h * m).sum(1) / m.sum(1).clamp(min=1), dim=-1)
+
+
+# -- broader calibration text that ships locally: the standard library's docstrings ---------------------------------
+_SKIP_STDLIB = ("test", "tests", "idlelib", "tkinter", "turtledemo", "lib2to3", "ensurepip", "site-packages", "__pycache__")
+
+
+def _docstrings(path: str) -> list[str]:
+    import ast
+
+    try:
+        tree = ast.parse(open(path, encoding="utf-8").read())
+    except (SyntaxError, UnicodeDecodeError, ValueError):
+        return []
+    nodes = [tree, *(n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)))]
+    return [d for d in (ast.get_docstring(n) for n in nodes) if d]
+
+
+def _prose_sentences(doc: str) -> list[str]:
+    """Sentences of a docstring's prose paragraphs (code, tables and doctests skipped), 6-40 words each."""
+    import re
+
+    out = []
+    for para in re.split(r"\n\s*\n", doc):
+        lines = para.splitlines()
+        if not lines or any(line.startswith((" ", "\t", ">>>", "...")) for line in lines) or "::" in para:
+            continue  # indented blocks, doctests and literal blocks are code
+        text = " ".join(line.strip() for line in lines)
+        for s in re.split(r"(?<=[.!?])\s+(?=[A-Z])", text):
+            words = s.split()
+            letters = sum(c.isalpha() or c == " " for c in s)
+            if (6 <= len(words) <= 40 and s.endswith(".") and s[0].isupper() and letters >= 0.85 * len(s)
+                    and not any(c in s for c in "{}[]=<>|\\`*_#@$")):  # fmt: skip
+                out.append(s)
+    return out
+
+
+def doc_sentences() -> dict[str, list[str]]:
+    """English sentences from the docstrings of the Python standard library's modules (shipped with every Python,
+    nothing downloaded), split by top-level module into three disjoint sets: ``calibration`` (7 of 10 modules
+    by a hash of the name), ``guard`` (1 of 10) and ``evaluation`` (2 of 10). A sentence found in two modules
+    is kept only in the first set it falls in, so the sets share no sentence and no module."""
+    import zlib
+
+    lib = os.path.dirname(os.__file__)
+    by_module: dict[str, list[str]] = {}
+    for d, dirs, names in os.walk(lib):
+        dirs[:] = sorted(x for x in dirs if x not in _SKIP_STDLIB)
+        for name in sorted(names):
+            if name.endswith(".py"):
+                rel = os.path.relpath(os.path.join(d, name), lib)
+                top = rel.split(os.sep)[0].removesuffix(".py")
+                for doc in _docstrings(os.path.join(d, name)):
+                    by_module.setdefault(top, []).extend(_prose_sentences(doc))
+    sets: dict[str, list[str]] = {"calibration": [], "guard": [], "evaluation": []}
+    seen: set[str] = set()
+    for top in sorted(by_module):
+        h = zlib.crc32(top.encode()) % 10
+        part = "calibration" if h < 7 else "guard" if h == 7 else "evaluation"
+        for s in by_module[top]:
+            if s not in seen:
+                seen.add(s)
+                sets[part].append(s)
+    return sets
