@@ -194,7 +194,12 @@ def _plan_by_sensitivity(analysis: AnalysisResult, saliency: SaliencyResult, dat
         uniform = Selection(ratio=opts.ratio, granularity=opts.granularity, min_channels=opts.min_channels)
         target = cost(uniform.call(analysis, saliency.scores).pruned)
         budget = f"ratio={opts.ratio}: at most the {int(target)} prunable channels the uniform ratio keeps"
-    allocator = SensitivityAllocation(opts.granularity, opts.min_channels, mean_replacement=opts.propagate_bias, progress=steps.progress)
+    updates = None
+    if opts.compensates:  # each probe measured with the weight updates the compile would make for its plan
+        updates = lambda p: weight_updates(Plan(analysis, saliency, SelectionResult(p, None, 0), data), opts, Steps())[0]  # noqa: E731
+    allocator = SensitivityAllocation(
+        opts.granularity, opts.min_channels, mean_replacement=opts.propagate_bias, progress=steps.progress, updates=updates
+    )
     result = steps("sensitivity", allocator.call, analysis, saliency.scores, data, cost, target, budget)
     selection = SelectionResult(result.pruned, None, int(planned(result.pruned)))
     return Plan(analysis, saliency, selection, data, sensitivity=result.to_dict())

@@ -6,7 +6,9 @@
    the final plan would remove at that ratio (lowest saliency first, the per-group rounding of
    :class:`passes.selection.GroupPlanner`), and the adapter's data object measures the damage of each such
    plan on the calibration data (``data.damage(masks)``: the task loss increase with labels, else the
-   relative squared error of the outputs; one forward per probe, batched where the adapter can);
+   relative squared error of the outputs; one forward per probe, batched where the adapter can). Where the compile
+   compensates (``updates``), each probe is measured with the weight updates the compile would make for its plan
+   (the torch adapter; ONNX measures without them and says so in ``measure``);
 2. **predict** a group's damage at any ratio by linear interpolation between its probes (0 at ratio 0), made
    non-decreasing, and take what it saves from the cost model (``cost(pruned)``: the planned MACs, or the kept
    channels for a ``ratio`` budget) on the group's own plans;
@@ -44,6 +46,9 @@ class DamageProbe(Protocol):
     def damage(
         self, masks: list[np.ndarray], progress: Callable[[str], None] | None = None, mean_replacement: bool = False
     ) -> tuple[np.ndarray, str]: ...
+
+
+Updates = Callable[[np.ndarray], dict[str, np.ndarray]]  # a plan (bool per class) -> the weight updates the compile makes for it
 
 
 @dataclass
@@ -115,6 +120,7 @@ class SensitivityAllocation:
     levels: tuple[float, ...] = LEVELS
     mean_replacement: bool = False  # a removed channel reads its mean in the probes (bias propagation), else 0
     progress: Callable[[str], None] | None = None
+    updates: Updates | None = None  # where the compile compensates: each probe measured with its plan's weight updates
 
     def call(
         self,
@@ -143,7 +149,8 @@ class SensitivityAllocation:
             masks.append(m)
         if self.progress:
             self.progress(f"sensitivity: {len(masks)} probes over {len(groups)} groups")
-        measured, measure = probe.damage(masks, self.progress, self.mean_replacement) if masks else (np.zeros(0), "none")
+        with_updates: dict[str, Any] = {"updates": self.updates} if self.updates is not None else {}
+        measured, measure = probe.damage(masks, self.progress, self.mean_replacement, **with_updates) if masks else (np.zeros(0), "none")
         measured = np.asarray(measured, dtype=np.float64)
         curves = []
         notes: list[str] = []

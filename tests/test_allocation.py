@@ -291,3 +291,49 @@ def test_sensitivity_on_bert_probes_every_group_and_the_guard_keeps_unmeasured_o
     qk = next(g for g in s["groups"] if g["producers"] == ["linear", "linear_1"])
     assert qk["ratio"] == 0.0 and all(d is None for d in qk["sensitivity"].values())
     assert any("not pruned" in n for n in s["notes"]) and r.report.macs_after <= 0.7 * r.report.macs_before
+
+
+def test_probes_with_the_compiles_weight_updates_measure_the_compensated_model(two_paths):
+    """Where the compile compensates, a probe is measured with the weight updates the compile makes for its plan:
+    its damage is the compiled (pruned and re-fitted) model's error, below the damage without the updates."""
+    from compiler.options import Options
+    from compiler.pipeline import Plan, Steps, weight_updates
+    from passes.selection import SelectionResult
+
+    m, cal, _ = two_paths
+    r = compiler.compile(m, (cal[0][:2],), ratio=0.5, importance="obs", calibration=cal, granularity=1, ignore=["b1"])
+    assert r.report.settings["compensation"]["applied"] > 0  # the re-fit was taken
+    p, opts = r.plan, Options(ratio=0.5, importance="obs", granularity=1)
+    updates = lambda mask: weight_updates(Plan(p.analysis, p.saliency, SelectionResult(mask, None, 0), p.data), opts, Steps())[0]  # noqa: E731
+    report = p.data.compensation_report
+    (with_updates,), measure = p.data.damage([p.selection.pruned], updates=updates)
+    (plain,), _ = p.data.damage([p.selection.pruned])
+    assert measure.endswith("with the compile's weight updates") and p.data.compensation_report is report
+    with torch.no_grad():
+        x = torch.cat(cal)
+        real = float(((r.model(x) - m(x)) ** 2).sum() / (m(x) ** 2).sum())
+    np.testing.assert_allclose(with_updates, real, rtol=1e-4)
+    assert with_updates < 0.9 * plain
+    # the model the probes ran on is put back: a probe without updates measures what it measured before
+    np.testing.assert_allclose(p.data.damage([p.selection.pruned])[0][0], plain, rtol=1e-12)
+
+
+def test_sensitivity_with_compensation_probes_with_updates(two_paths):
+    m, cal, _ = two_paths
+    r = compiler.compile(m, (cal[0][:2],), target_macs=0.5, allocation="sensitivity", importance="obs", calibration=cal, granularity=1)
+    s = r.report.settings["sensitivity"]
+    assert s["measure"] == "relative squared error of the outputs, with the compile's weight updates"
+    assert r.report.verification["passed"] and r.report.macs_after <= 0.5 * r.report.macs_before
+    plain = compiler.compile(m, (cal[0][:2],), target_macs=0.5, allocation="sensitivity", importance="l2", calibration=cal, granularity=1)
+    assert plain.report.settings["sensitivity"]["measure"] == "relative squared error of the outputs"
+
+
+def test_onnx_probes_say_they_do_not_see_the_weight_updates(tmp_path, two_paths):
+    pytest.importorskip("onnx")
+    m, cal, _ = two_paths
+    path = tmp_path / "two.onnx"
+    torch.onnx.export(m, (cal[0][:2],), str(path), input_names=["x"], dynamic_axes={"x": {0: "n"}}, dynamo=False)
+    r = compiler.compile(str(path), (cal[0][:2].numpy(),), target_macs=0.5, allocation="sensitivity", importance="obs",
+                         calibration=[{"x": c.numpy()} for c in cal], granularity=1)  # fmt: skip
+    assert r.report.settings["sensitivity"]["measure"] == "relative squared error of the outputs, without the compile's weight updates"
+    assert r.report.verification["passed"]

@@ -223,12 +223,14 @@ class OnnxDataCriteria(ChannelStatistics):
         assert self._split is not None
         return self._split
 
-    def damage(self, masks: list[np.ndarray], progress: Any = None, mean_replacement: bool = False) -> tuple[np.ndarray, str]:
+    def damage(
+        self, masks: list[np.ndarray], progress: Any = None, mean_replacement: bool = False, updates: Any = None
+    ) -> tuple[np.ndarray, str]:
         """The damage of each plan (bool per class) on the calibration data, and what it measures
-        (:func:`frontends.onnx.sensitivity.onnx_damage`; ``allocation="sensitivity"``)."""
+        (:func:`frontends.onnx.sensitivity.onnx_damage`; ``allocation="sensitivity"``; ``updates`` not applied)."""
         from frontends.onnx.sensitivity import onnx_damage
 
-        return onnx_damage(self, masks, progress, mean_replacement)
+        return onnx_damage(self, masks, progress, mean_replacement, updates)
 
     # -- mean-replacement penalty ----------------------------------------------------------------
     def mrp(self, classes: np.ndarray) -> np.ndarray:

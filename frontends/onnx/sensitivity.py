@@ -43,9 +43,12 @@ def _reads(crit: Any, means: dict[str, np.ndarray], mean_replacement: bool) -> l
 
 
 def onnx_damage(
-    crit: Any, masks: list[np.ndarray], progress: Callable[[str], None] | None = None, mean_replacement: bool = False
+    crit: Any, masks: list[np.ndarray], progress: Callable[[str], None] | None = None, mean_replacement: bool = False,
+    updates: Any = None,
 ) -> tuple[np.ndarray, str]:
-    """The damage of each plan in ``masks`` (bool per class) on ``crit``'s calibration batches, and its name."""
+    """The damage of each plan in ``masks`` (bool per class) on ``crit``'s calibration batches, and its name.
+    ``updates`` (the weight updates a plan would get) is not applied here: the probes measure the plans without
+    them, as the name returned says."""
     reads = _reads(crit, crit._position_means(), mean_replacement)
     model, gates = gated_model(crit._base(), reads, crit.C)
     gated = np.zeros(crit.C, dtype=bool)
@@ -76,6 +79,7 @@ def onnx_damage(
             if progress and (done - shown) * 10 >= total:
                 shown = done
                 progress(f"sensitivity: {done}/{total} probe runs")
+    without = ", without the compile's weight updates" if updates is not None else ""
     if labelled:
-        return np.where(unmeasured, np.nan, num / max(samples, 1)), "task loss increase per sample"
-    return np.where(unmeasured, np.nan, num / den if den > 0 else num), "relative squared error of the outputs"
+        return np.where(unmeasured, np.nan, num / max(samples, 1)), "task loss increase per sample" + without
+    return np.where(unmeasured, np.nan, num / den if den > 0 else num), "relative squared error of the outputs" + without

@@ -251,15 +251,21 @@ class DataCriteria(ChannelStatistics):
         return scores
 
     def damage(
-        self, masks: list[np.ndarray], progress: Any = None, mean_replacement: bool = False
+        self, masks: list[np.ndarray], progress: Any = None, mean_replacement: bool = False, updates: Any = None
     ) -> tuple[np.ndarray, str]:
         """The damage of each plan (bool per class) on the calibration data, and what it measures
-        (:func:`frontends.torch.sensitivity.probe_damage`; ``allocation="sensitivity"``)."""
+        (:func:`frontends.torch.sensitivity.probe_damage`; ``allocation="sensitivity"``); ``updates(plan)``: the
+        weight updates the compile would make for a plan, applied in its probe."""
         from frontends.torch.sensitivity import attention_reads, probe_damage
 
-        means = self.means() if mean_replacement else None
-        return probe_damage(self.gm, self.cons, self.C, self.data.batches, self.data.loss_fn, masks, progress, means,
-                            attention=attention_reads(self.analysis))  # fmt: skip
+        means = self.means() if mean_replacement and updates is None else None
+        report = getattr(self, "compensation_report", None)  # the probes' re-fits are not the compile's
+        try:
+            return probe_damage(self.gm, self.cons, self.C, self.data.batches, self.data.loss_fn, masks, progress, means,
+                                attention=attention_reads(self.analysis), updates_for=updates)  # fmt: skip
+        finally:
+            if updates is not None:
+                self.compensation_report = report
 
     def _per_sample_loss(self, out: Any, labels: torch.Tensor) -> torch.Tensor:
         """The loss of each sample: the caller's ``loss_fn`` one sample at a time, else cross-entropy."""

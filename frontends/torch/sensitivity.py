@@ -14,6 +14,10 @@ the attention product ``q·k`` contracts over their head dim. The probes gate th
 (:func:`attention_reads`, always with 0: the rewrite removes a channel's ``q_i k_i`` term, which no mean can stand
 in for), so removing a head-dim channel of the query/key group shows its real damage through the softmax.
 
+``updates_for(plan) -> {constant: new value}`` (where the compile compensates): each plan is measured on a copy of
+the model with the weight updates the compile would make for it (the guarded re-fit, bias propagation) and its
+removed channels gated by 0, i.e. the pruned model the compile would build; one plan per forward.
+
 Probes are batched: ``k`` plans run in one forward on the batch repeated ``k`` times, each copy with its own
 gate row (per-sample gates), up to ``max_rows`` rows; a model whose graph does not keep the batch dimension
 apart (a consumer gated on dim 0, an output without the batch rows, a caller's ``loss_fn``) runs one plan per
@@ -22,6 +26,7 @@ forward instead.
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -31,6 +36,7 @@ import torch
 
 from frontends.torch.calibration import Batch, GatedRunner, all_outputs, task_loss
 from frontends.torch.nodes import call_arg
+from frontends.torch.rewrite import apply_updates
 from passes.data_criteria import Consumer
 
 log = logging.getLogger(__name__)
@@ -151,17 +157,23 @@ def probe_damage(
     means: dict[str, torch.Tensor] | None = None,
     max_rows: int = 512,
     attention: Sequence[Consumer] = (),
+    updates_for: Callable[[np.ndarray], dict[str, np.ndarray]] | None = None,
 ) -> tuple[np.ndarray, str]:
     """The damage of each plan in ``masks`` (bool per class) on ``batches``, and what it measures in words;
-    ``attention``: the attention reads gated as well (:func:`attention_reads`)."""
+    ``attention``: the attention reads gated as well (:func:`attention_reads`); ``updates_for``: each plan with
+    the weight updates it would get (then ``means`` is not used: the updates carry any bias propagation)."""
     labelled = all(b.labels is not None for b in batches)
     acc = _Damage(len(masks), labelled, loss_fn)
-    runner = _ProbeRunner(gm, cons, n_classes, attention)
-    if means:
-        runner.means = means
     gates = torch.ones(len(masks), n_classes + 1)
     if masks:
         gates[:, :n_classes][torch.as_tensor(np.stack(masks))] = 0.0
+    measure = "relative squared error of the outputs" if not labelled else "task loss increase per sample"
+    if updates_for is not None:
+        _with_updates(gm, cons, n_classes, batches, acc, masks, gates, attention, updates_for, progress)
+        return _unmeasured(cons, attention, n_classes, masks, acc.result()), measure + ", with the compile's weight updates"
+    runner = _ProbeRunner(gm, cons, n_classes, attention)
+    if means:
+        runner.means = means
     tile = loss_fn is None and all(c.dim != 0 for c in cons)
     total, done, shown = len(masks) * len(batches), 0, 0
     with torch.no_grad():
@@ -186,12 +198,81 @@ def probe_damage(
                     shown = done
                     progress(f"sensitivity: {done}/{total} probe runs")
     runner.gates = None
+    return _unmeasured(cons, attention, n_classes, masks, acc.result()), measure
+
+
+def _unmeasured(cons: list[Any], attention: Sequence[Consumer], n_classes: int, masks: Sequence[np.ndarray], damage: np.ndarray) -> np.ndarray:
+    """``damage`` with NaN for each plan none of whose classes a gated read carries."""
     gated = np.zeros(n_classes, dtype=bool)
     for c in [*cons, *attention]:
         gated[c.classes[c.classes >= 0]] = True
     unmeasured = np.array([not (m & gated).any() for m in masks], dtype=bool)
-    measure = "relative squared error of the outputs" if not labelled else "task loss increase per sample"
-    return np.where(unmeasured, np.nan, acc.result()), measure
+    return np.where(unmeasured, np.nan, damage)
+
+
+def _with_updates(
+    gm: torch.fx.GraphModule,
+    cons: list[Any],
+    n_classes: int,
+    batches: list[Batch],
+    acc: _Damage,
+    masks: Sequence[np.ndarray],
+    gates: torch.Tensor,
+    attention: Sequence[Consumer],
+    updates_for: Callable[[np.ndarray], dict[str, np.ndarray]],
+    progress: Callable[[str], None] | None,
+) -> None:
+    """Each plan on a private copy of ``gm`` holding the plan's weight updates (put back after it), gated by 0."""
+    work = copy.deepcopy(gm)
+    runner = _ProbeRunner(work, cons, n_classes, attention)
+    with torch.no_grad():
+        refs = [acc.reference(runner.run(*b.inputs), b) for b in batches]
+    shown = 0
+    for j, mask in enumerate(masks):
+        saved = _current(work, updates := updates_for(mask))
+        try:
+            apply_updates(work, updates)
+            runner.gates = gates[j]
+            with torch.no_grad():
+                for b, ref in zip(batches, refs, strict=True):
+                    acc.add(j, runner.run(*b.inputs), ref, b)
+        finally:
+            runner.gates = None
+            _put_back(work, saved)
+        if progress and (j + 1 - shown) * 10 >= len(masks):
+            shown = j + 1
+            progress(f"sensitivity: {j + 1}/{len(masks)} probes with their weight updates")
+
+
+def _owner(gm: torch.nn.Module, name: str) -> tuple[torch.nn.Module, str]:
+    parent_path, _, attr = name.rpartition(".")
+    return (gm.get_submodule(parent_path) if parent_path else gm), attr
+
+
+def _current(gm: torch.nn.Module, names: Any) -> dict[str, Any]:
+    """The tensor objects (or None: a bias not there yet) that updates of ``names`` replace."""
+    out = {}
+    for name in names:
+        parent, attr = _owner(gm, name)
+        old = getattr(parent, attr, None)
+        out[name] = old if isinstance(old, torch.Tensor) else None
+    return out
+
+
+def _put_back(gm: torch.nn.Module, saved: dict[str, Any]) -> None:
+    for name, old in saved.items():
+        parent, attr = _owner(gm, name)
+        if old is None:
+            if attr in parent._parameters:
+                parent._parameters[attr] = None
+            elif hasattr(parent, attr):
+                delattr(parent, attr)
+        elif attr in parent._parameters:
+            parent._parameters[attr] = old
+        elif attr in parent._buffers:
+            parent._buffers[attr] = old
+        else:
+            setattr(parent, attr, old)
 
 
 def _run_tiled(runner: GatedRunner, rows: torch.Tensor, b: Batch, n: int, ref: Any, acc: _Damage, start: int) -> bool:
