@@ -128,7 +128,7 @@ def _export_onnx(m, x, path: str, exporter: str | None = None):
                 torch.onnx.export(m, (x,), path, dynamo=False, opset_version=17, input_names=["x"])
             else:
                 torch.onnx.export(m, (x,), path, dynamo=True, opset_version=18, input_names=["x"])
-        return onnx.load(path), which
+        return onnx.load(path, load_external_data=False), which  # the weights of a model over 2 GB stay in its file
 
     if exporter is not None:
         return run(exporter)
@@ -147,7 +147,8 @@ def _ort_refuses(proto, x) -> str:
     import onnxruntime as ort
 
     try:
-        sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+        sess = ort.InferenceSession(proto if isinstance(proto, str) else proto.SerializeToString(),
+                                    providers=["CPUExecutionProvider"])  # fmt: skip
         sess.run(None, {sess.get_inputs()[0].name: x.numpy()})
     except Exception as exc:
         text = re.sub(r"/onnxruntime_src/.*?\[ONNXRuntimeError\] : \d+ : \w+ : ", "", str(exc).strip().splitlines()[0])
@@ -201,16 +202,26 @@ def one(name: str, family: str, max_params: float, via_onnx: bool = False, expor
     if via_onnx:
         import tempfile
 
+        import onnx
+
         if exporter is not None:
             row["exporter"] = exporter
         t = time.perf_counter()
+        tmpdir = tempfile.TemporaryDirectory()  # kept until the process ends: a model over 2 GB is compiled from it
+        path = os.path.join(tmpdir.name, "model.onnx")
         try:
-            with tempfile.TemporaryDirectory() as tmp:
-                proto, exporter = _export_onnx(m, x, os.path.join(tmp, "model.onnx"), exporter)
+            proto, exporter = _export_onnx(m, x, path, exporter)
         except Exception as exc:
             row.update(status="export failed", error=_export_reason(exc), export_s=time.perf_counter() - t)
             return row
         row.update(exporter=exporter, export_s=time.perf_counter() - t)
+        size = sum(os.path.getsize(os.path.join(tmpdir.name, f)) for f in os.listdir(tmpdir.name))
+        row["onnx_gb"] = round(size / 1e9, 3)
+        if any(init.data_location == onnx.TensorProto.EXTERNAL for init in proto.graph.initializer):
+            # the exporter wrote its weights as external data (over protobuf's 2 GB): what a user has is the file,
+            # and prunec is given its path (`prunec compile model.onnx`), the weights mapped from the data file
+            proto, row["compiled_from"] = path, "path (external data)"
+            del m
     print("STAGE compile", flush=True)
     t = time.perf_counter()
     try:
@@ -417,7 +428,8 @@ def write(rows: list[dict], total: int, timm: bool = False, via_onnx: bool = Fal
                 + f"{r['seconds']:.1f} | {why} |"
             )
         else:
-            err = str(r.get("error", "")).replace("|", "/").replace("\n", " ")
+            note = f" [checked by hand: {r['note']}]" if r.get("note") else ""
+            err = (str(r.get("error", "")) + note).replace("|", "/").replace("\n", " ")
             lines.append(f"| {r['model']} | {r['family']} | {inp} | {r['status']} | | | | | |{blank} | {r.get('seconds', 0):.1f} | {err} |")
     return "\n".join(lines) + "\n"
 
@@ -546,7 +558,8 @@ def write_combined(todo: list[tuple[str, str]], by_exporter: dict[str, dict[str,
             else:
                 sec = f"{r['seconds']:.1f}" if "seconds" in r else ""
                 cells.append(f"{st} | | | | | {sec}")
-                reasons.append(f"{e}: " + str(r.get("error", "")).replace("|", "/").replace("\n", " "))
+                note = f" [checked by hand: {r['note']}]" if r.get("note") else ""
+                reasons.append(f"{e}: " + (str(r.get("error", "")) + note).replace("|", "/").replace("\n", " "))
         lines.append(f"| {name} | {fam} | {inp} | " + " | ".join(cells) + " | " + "; ".join(reasons) + " |")
     return "\n".join(lines) + "\n"
 
@@ -582,6 +595,7 @@ def main() -> None:
                     "their rows (the new row is appended and replaces the old one)")
     ap.add_argument("--exclude", help="comma-separated models not to run now (they stay in the tables, as not run "
                     "or with their earlier rows)")
+    ap.add_argument("--until", help="HH:MM (UTC, same day): start no model after this time (the sweep ends there)")
     ap.add_argument("--limit", type=int, default=0, help="run at most this many models now (chunks)")
     ap.add_argument("--out", default=None, help="table path (default results/coverage.md, or coverage_timm.md with --timm)")
     ap.add_argument("--table-only", action="store_true", help="rewrite the table from the .jsonl; models not in it are listed as not run")
@@ -640,6 +654,9 @@ def main() -> None:
         if (name in done and name not in rerun) or name in exclude:
             continue
         if args.limit and ran >= args.limit:
+            break
+        if args.until and time.strftime("%H:%M", time.gmtime()) >= args.until:
+            print(f"--until {args.until} UTC reached: no further model started", flush=True)
             break
         row = run_isolated(name, family, args.max_params, args.timeout, args.onnx, args.exporter,
                            bigmem=needs_bigmem(name, family, known_params.get(name)))

@@ -108,3 +108,24 @@ def test_a_child_over_the_memory_cap_is_ended_and_its_row_says_so():
     assert row["status"] == "memory cap" and "during build/export" in row["error"] and row["peak_rss_gb"] > 0.15
     row = coverage._run_child("resnet18", "classification", 1000.0, 1.0, True, "torchscript", mem_cap_gb=100.0)
     assert row["status"] == "timeout" and row["error"].startswith("no result within 1 s")
+
+
+def test_an_export_with_external_data_is_compiled_from_its_path(monkeypatch):
+    # vit_h_14 / regnet_y_128gf export over 2 GB: the exporter writes the weights as external data, and the harness
+    # must hand prunec the file (as `prunec compile model.onnx` does), not a proto it cannot serialize
+    import onnx
+
+    real = coverage._export_onnx
+
+    def external(m, x, path, exporter=None):
+        proto, used = real(m, x, path, exporter)
+        onnx.save_model(onnx.load(path), path, save_as_external_data=True, location="model.onnx.data", size_threshold=0)
+        return onnx.load(path, load_external_data=False), used
+
+    monkeypatch.setattr(coverage, "_export_onnx", external)
+    row = coverage.one("squeezenet1_0", "classification", 1000.0, True, "torchscript")
+    assert row["status"] == "ok" and row["compiled_from"] == "path (external data)", row
+    assert row["nodes"] > 0 and row["macs"] < 1.0
+    monkeypatch.setattr(coverage, "_export_onnx", real)
+    row = coverage.one("squeezenet1_0", "classification", 1000.0, True, "torchscript")
+    assert row["status"] == "ok" and "compiled_from" not in row
