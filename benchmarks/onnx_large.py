@@ -5,8 +5,8 @@ Builds an MLP of wide ``Gemm`` + ``Relu`` layers (random float32 weights; 8192 -
 (the builder never holds the model in memory). Then prunes it from the CLI (``ratio 0.5``, verification on) in a
 fresh process whose resident memory is sampled from ``/proc/PID/status`` every 50 ms; the CLI's progress lines
 (``load ...``, ``load done in``, ``writing ...``) split the run into stages, and each stage gets its wall time and
-the highest RSS sampled in it. The process's own ``ru_maxrss`` (the exact high-water mark) and its RSS after the
-imports are printed by the child at exit.
+the highest RSS sampled in it. The process's own high-water mark (``VmHWM``: exact; ``ru_maxrss`` would keep the
+parent's from before the exec) and its RSS after the imports are printed by the child at exit.
 
     python benchmarks/onnx_large.py                                # 2.15 GB, writes results/onnx_large.md
     python benchmarks/onnx_large.py --sizes 2048,4096,4096,2048 --label small --append
@@ -102,7 +102,10 @@ def _child(argv: list[str]) -> int:
     imports = rss()
     print(f"@@imports {imports}", file=sys.stderr, flush=True)
     code = cli.main(argv)
-    print(f"@@peak {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}", file=sys.stderr, flush=True)
+    with open("/proc/self/status") as f:  # VmHWM: this process's own high-water mark (ru_maxrss keeps the parent's from before exec)
+        m = re.search(r"VmHWM:\s+(\d+) kB", f.read())
+    peak = int(m.group(1)) * 1024 if m else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(f"@@peak {peak}", file=sys.stderr, flush=True)
     return code
 
 
