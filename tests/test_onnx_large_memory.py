@@ -151,3 +151,17 @@ def test_peak_memory_of_the_large_path_is_near_the_weights(tmp_path):
     assert r["rc"] == 0, r["stderr"]
     print(f"\npeak RSS {r['peak_rss'] / 1e9:.2f} GB, {r['imports'] / 1e9:.2f} GB after the imports, for {weights / 1e9:.2f} GB of weights")
     assert r["peak_rss"] - r["imports"] <= 2.5 * weights  # 5.6x before the weights were mapped
+
+
+@pytest.mark.usefixtures("fake_2gb_limit")
+def test_unpruned_mapped_weights_come_out_in_the_pruned_model(tmp_path):
+    """Weights the rewrite leaves as they are (layers not pruned) are still mapped after it: the pruned model holds
+    their data (no placeholder left), equal to the input's, and saves and runs."""
+    src = _write_mlp(str(tmp_path / "in"), SIZES)
+    r = compiler.compile(src, ratio=0.5, granularity=1, ignore=["fc0"])
+    assert not large.is_lazy(r.model) and all(t.data_location != onnx.TensorProto.EXTERNAL for t in r.model.graph.initializer)
+    got, want = consts(r.model), consts(onnx.load(src))
+    assert got["w0"].shape == want["w0"].shape and np.array_equal(got["w0"], want["w0"])
+    assert got["w1"].shape[0] < want["w1"].shape[0]
+    x = np.random.default_rng(3).standard_normal((2, SIZES[0])).astype(np.float32)
+    assert np.allclose(r(x), _mlp(x, got), atol=1e-4)
