@@ -305,6 +305,17 @@ MEM_CAP_GB = 16.0  # a child over this resident size is ended by the harness bef
 # a victim on the shared 24 GB machine (maybe another job)
 
 
+MIN_AVAILABLE_GB = 0.75  # ...or when the machine's available memory falls below this with the child over 3 GB
+
+
+def _available_gb() -> float:
+    try:
+        with open("/proc/meminfo") as f:
+            return next((int(ln.split()[1]) / 2**20 for ln in f if ln.startswith("MemAvailable:")), float("inf"))
+    except OSError:
+        return float("inf")
+
+
 def _rss_gb(pid: int) -> float:
     try:
         with open(f"/proc/{pid}/status") as f:
@@ -331,14 +342,17 @@ def _run_child(name: str, family: str, max_params: float, timeout: float, via_on
         return " (during build/export)" if via_onnx else ""
 
     t = time.perf_counter()
-    peak, over = 0.0, False
+    peak, over, low = 0.0, False, float("inf")
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         p = subprocess.Popen(cmd, stdout=out, stderr=err, text=True)
         try:
             while p.poll() is None:
-                peak = max(peak, _rss_gb(p.pid))
-                if peak > cap or time.perf_counter() - t > timeout:
-                    over = peak > cap
+                rss = _rss_gb(p.pid)
+                peak = max(peak, rss)
+                if rss > 3.0:
+                    low = min(low, _available_gb())
+                if peak > cap or low < MIN_AVAILABLE_GB or time.perf_counter() - t > timeout:
+                    over = peak > cap or low < MIN_AVAILABLE_GB
                     p.kill()
                     p.wait()
                     break
@@ -352,8 +366,10 @@ def _run_child(name: str, family: str, max_params: float, timeout: float, via_on
         err.seek(0)
         stdout, stderr = out.read(), err.read()
     if over:
-        return dict(base, status="memory cap", error=f"resident size {peak:.1f} GB passed the harness's {cap:.0f} GB cap"
-                    f"{stage(stdout)}; ended by the harness", seconds=elapsed, peak_rss_gb=round(peak, 2))  # fmt: skip
+        why = (f"resident size {peak:.1f} GB passed the harness's {cap:.0f} GB cap" if peak > cap else
+               f"the shared machine's available memory fell to {low:.2f} GB with this run at {peak:.1f} GB")
+        return dict(base, status="memory cap", error=f"{why}{stage(stdout)}; ended by the harness", seconds=elapsed,
+                    peak_rss_gb=round(peak, 2))  # fmt: skip
     if p.returncode != 0 and elapsed > timeout:
         return dict(base, status="timeout", error=f"no result within {timeout:.0f} s{stage(stdout)}", seconds=timeout)
     for line in reversed(stdout.splitlines()):
@@ -534,7 +550,11 @@ def write_combined(todo: list[tuple[str, str]], by_exporter: dict[str, dict[str,
         "jobs; the larger models, over about 80M parameters, whose compile takes 3 to 4.5 GB, and the 16-frame "
         "224x224 video models must run one at a time behind the machine's shared big-memory lock, which other jobs "
         "held); it was not attempted, nothing is known of it. A `crashed` row with exit code -9 is a compile the "
-        "kernel's out-of-memory killer ended on the shared machine (dmesg), not an error prunec reported.",
+        "kernel's out-of-memory killer ended on the shared machine (dmesg), not an error prunec reported; a "
+        f"`memory cap` row is a run the harness ended when its resident size passed {MEM_CAP_GB:.0f} GB (the machine "
+        "has 24 GB, no swap, shared). `[checked by hand: ...]` is what was found by running the failing step alone. "
+        "Models whose export is over 2 GB (external data) are compiled from the exported file's path, as "
+        "`prunec compile model.onnx` is.",
         "",
         "| model | family | input | "
         + " | ".join(f"{e} status | MACs | params | nodes | node err | time" for e in names)

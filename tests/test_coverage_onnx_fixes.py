@@ -129,3 +129,14 @@ def test_an_export_with_external_data_is_compiled_from_its_path(monkeypatch):
     monkeypatch.setattr(coverage, "_export_onnx", real)
     row = coverage.one("squeezenet1_0", "classification", 1000.0, True, "torchscript")
     assert row["status"] == "ok" and "compiled_from" not in row
+
+
+def test_a_big_child_is_ended_when_the_shared_machine_runs_out_of_memory(monkeypatch):
+    # other jobs' memory counts too: a run at 4 GB while the machine has 0.5 GB left is ended before the OOM killer
+    monkeypatch.setattr(coverage, "_rss_gb", lambda pid: 4.0)
+    monkeypatch.setattr(coverage, "_available_gb", lambda: 0.5)
+    row = coverage._run_child("resnet18", "classification", 1000.0, 120.0, True, "torchscript", mem_cap_gb=100.0)
+    assert row["status"] == "memory cap" and "available memory fell to 0.50 GB with this run at 4.0 GB" in row["error"]
+    monkeypatch.setattr(coverage, "_available_gb", lambda: 8.0)  # enough left: the 4 GB run goes on
+    row = coverage._run_child("resnet18", "classification", 1000.0, 1.0, True, "torchscript", mem_cap_gb=100.0)
+    assert row["status"] == "timeout"
