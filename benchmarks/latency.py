@@ -117,15 +117,15 @@ def verdict(a: list[float], b: list[float]) -> str:
     return "tie"
 
 
-def make_runners(models: dict[str, Any], runtime: str, provider: str) -> dict[str, Any]:
+def make_runners(models: dict[str, Any], runtime: str, provider: str, threads: int | None = None) -> dict[str, Any]:
     """ONNX Runtime sessions of the exported models, or the PyTorch modules on torch.compile (CUDA) / eager."""
     if runtime == "onnxruntime":
-        return {k: OrtRunner(m, provider=provider) for k, m in models.items()}
+        return {k: OrtRunner(m, provider=provider, threads=threads) for k, m in models.items()}
     return {k: TorchRunner(m, mode="auto", device="cuda" if provider == "cuda" else "cpu") for k, m in models.items()}
 
 
 def one(name: str, batches: list[int], provider: str, seed: int, runs: int, runtime: str = "onnxruntime",
-        repeats: int = 5) -> list[dict[str, Any]]:
+        repeats: int = 5, clock: str = "wall", threads: int | None = None) -> list[dict[str, Any]]:
     x = torch.randn(1, 3, 224, 224)
     model = build(name, seed)
     base = macs_of(model, x)
@@ -159,7 +159,7 @@ def one(name: str, batches: list[int], provider: str, seed: int, runs: int, runt
         if runtime == "onnxruntime":
             opsets = {k: next(o.version for o in v.opset_import if o.domain in ("", "ai.onnx")) for k, v in cell_models.items()}
             log(f"{name}: ONNX opsets (17: TorchScript exporter, 18: dynamo) {opsets}")
-        runners = make_runners(cell_models, runtime, provider)
+        runners = make_runners(cell_models, runtime, provider, threads)
         device = runners["original"].name
         xb = xb_t.numpy()
         fns = {k: rn.timed_fn(xb) for k, rn in runners.items()}
@@ -167,7 +167,7 @@ def one(name: str, batches: list[int], provider: str, seed: int, runs: int, runt
         log(f"{name}: batch {b}, {repeats} repeats of {n}+ interleaved rounds on {device}")
         reps = []
         for i in range(repeats):
-            reps.append(time_interleaved(fns, b, warmup=3 if i == 0 else 1, runs=n, min_seconds=3.0))
+            reps.append(time_interleaved(fns, b, warmup=3 if i == 0 else 1, runs=n, min_seconds=3.0, clock=clock))
             log(f"{name}: batch {b}, repeat {i + 1}/{repeats}: " + ", ".join(f"{k} {v.median_ms:.1f} ms" for k, v in reps[-1].items()))
         row = cell(name, b, device, opsets, reps, {**pruned, "prunec-latency": lat})
         rows.append(row)
@@ -227,6 +227,11 @@ def write(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
         "`pruning_ratio` bisected to the same MACs. MACs of all models counted by one counter. Timing: interleaved "
         "rounds (original, prunec, Torch-Pruning in one process, order alternating by round), repeated "
         f"{rows[0]['repeats'] if rows else '?'} times; each cell is the median over repeats of each repeat's median, "
+        + ("each run timed by the calling thread's CPU time in a single-threaded session (`--clock cpu`: what one core "
+           "computes, robust to other jobs pre-empting it on a shared machine); "
+           if getattr(args, "clock", "wall") == "cpu" else
+           f"each run timed by the wall clock ({getattr(args, 'threads', None) or 'default'} intra-op threads); ")
+        +
         "with the min-max range over repeats in brackets. A model is called faster or slower than another only where "
         "their ranges do not overlap; overlapping ranges are a tie.",
         "",
@@ -287,11 +292,21 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=30, help="interleaved rounds at batch 1 (a third of it at larger batches)")
     ap.add_argument("--repeats", type=int, default=5, help="repeats of the interleaved timing (the spread and the ties)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--clock", default="wall", choices=["wall", "cpu"],
+                    help="cpu: single-threaded ONNX Runtime sessions timed by the calling thread's CPU time, which "
+                         "other jobs on a shared machine do not inflate; wall: the wall clock (default threads)")
+    ap.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: its own choice)")
     ap.add_argument("--out", default=None, help="default benchmarks/results/latency.md; with --quick, nothing written")
     ap.add_argument("--quick", action="store_true",
                     help="check the script end to end in a few minutes: mobilenet_v2, batch 1, 5 rounds x 3 repeats; "
                          "prints the table and writes nothing unless --out is given")
     args = ap.parse_args()
+    if args.clock == "cpu" and (args.provider != "cpu" or args.runtime != "onnxruntime"):
+        ap.error("--clock cpu times ONNX Runtime's CPU provider only (a GPU's time is not the host thread's)")
+    if args.clock == "cpu" and args.threads not in (None, 1):
+        ap.error("--clock cpu needs --threads 1: the thread CPU time counts the calling thread alone")
+    if args.clock == "cpu":
+        args.threads = 1
     if args.repeats < 2:
         ap.error("--repeats must be at least 2 (a spread needs two)")
     if args.quick:
@@ -304,7 +319,7 @@ def main() -> None:
     text = ""
     for name in args.models.split(","):
         rows += one(name, [int(b) for b in args.batches.split(",")], args.provider, args.seed, args.runs, args.runtime,
-                    args.repeats)
+                    args.repeats, args.clock, args.threads)
         text = write(rows, args)
         if args.out:  # after every model: a run stopped half-way keeps the rows it measured
             save(text, rows, args.out)

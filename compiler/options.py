@@ -24,6 +24,7 @@ class Options:
     normalizer: str = "max"
     granularity: int = 8
     min_channels: int = 1
+    channel_block: int | str = "auto"  # the runtime's channel block (compiler.channel_block): "auto" measures it, 1: off
     scope: str = "local"
     ignore: Sequence[str] = ()
     verify: bool = True
@@ -96,6 +97,9 @@ class Options:
             raise InvalidArgumentError(f"target_macs must be positive, got {self.target_macs!r}")
         if not isinstance(self.granularity, int) or self.granularity < 1:
             raise InvalidArgumentError(f"granularity must be an integer >= 1, got {self.granularity!r}")
+        if not (self.channel_block == "auto" or (isinstance(self.channel_block, int) and not isinstance(self.channel_block, bool)
+                                                 and self.channel_block >= 1)):
+            raise InvalidArgumentError(f"channel_block must be 'auto' or an integer >= 1, got {self.channel_block!r}")
         if not isinstance(self.min_channels, int) or self.min_channels < 1:
             raise InvalidArgumentError(f"min_channels must be an integer >= 1, got {self.min_channels!r}")
         if self.hf_compatible is not None and not isinstance(self.hf_compatible, bool):

@@ -58,13 +58,19 @@ class Plan:
     sensitivity: dict[str, Any] | None = None  # allocation="sensitivity": per group the ratio chosen and the damage measured
 
 
+def _block(opts: Options) -> int:
+    """The channel block the selection rounds to: ``compile_with`` has measured ``"auto"`` by then; a plan made
+    outside it (``plan`` called directly) rounds to none."""
+    return opts.channel_block if isinstance(opts.channel_block, int) else 1
+
+
 def select_latency(
     analysis: AnalysisResult, scores: np.ndarray, model: Any, target: float, opts: Options, measure: str = "latency"
 ) -> SelectionResult:
     """Channels ranked by saliency per millisecond saved (``model``, a ``LatencyModel``), removed until
     the estimated latency meets ``target`` ms (``measure="latency"``) or the MACs meet ``target``
     (``measure="macs"``: a fraction of the original's when <= 1, else a count)."""
-    selector = CostSelection(granularity=opts.granularity, min_channels=opts.min_channels)
+    selector = CostSelection(granularity=opts.granularity, min_channels=opts.min_channels, block=_block(opts))
     cost = model.channel_cost()
     per_ms = np.where(np.isnan(scores), np.nan, scores / (cost / np.nanmean(cost)))
     if measure == "latency":
@@ -118,6 +124,7 @@ def plan(
         scope=opts.scope,
         granularity=opts.granularity,
         min_channels=opts.min_channels,
+        block=_block(opts),
     )
     if constraint_for is not None:  # hf_compatible: every plan the policy considers, repaired (compiler.hf_constraints)
         return _plan_constrained(analysis, saliency, data, selector, constraint_for(analysis), steps)
@@ -150,7 +157,8 @@ def _plan_dead_units(analysis: AnalysisResult, data: Any, opts: Options, steps: 
     for grp in analysis.groups:
         scores[grp.classes] = raw[grp.classes]
     saliency = SaliencyResult(scores, {}, "nz_fraction", opts.equalization)
-    selector = Selection(threshold=opts.f_nz + 1e-9, granularity=opts.granularity, min_channels=opts.min_channels)
+    selector = Selection(threshold=opts.f_nz + 1e-9, granularity=opts.granularity, min_channels=opts.min_channels,
+                         block=_block(opts))
     return Plan(analysis, saliency, steps("select", selector.call, analysis, saliency.scores), data)
 
 
@@ -191,7 +199,8 @@ def _plan_by_sensitivity(analysis: AnalysisResult, saliency: SaliencyResult, dat
         assert opts.ratio is not None, "Options.validate leaves ratio or target_macs"
         groups = [g for g in analysis.groups if g.prunable]
         cost = lambda p: float(sum(g.widths[~g.frozen & ~p[g.classes]].sum() for g in groups))  # noqa: E731
-        uniform = Selection(ratio=opts.ratio, granularity=opts.granularity, min_channels=opts.min_channels)
+        uniform = Selection(ratio=opts.ratio, granularity=opts.granularity, min_channels=opts.min_channels,
+                            block=_block(opts))
         target = cost(uniform.call(analysis, saliency.scores).pruned)
         budget = f"ratio={opts.ratio}: at most the {int(target)} prunable channels the uniform ratio keeps"
     updates = None
@@ -397,12 +406,14 @@ def compile_with(
     release_large_allocations()  # layer-sized temporaries back to the OS when freed: peak memory near the weights
     steps = Steps(progress)
     adapter.load(steps)
+    from compiler.channel_block import resolve_channel_block
     from compiler.defaults import calibration_samples, resolve_importance, splittable
 
     n_cal = calibration_samples(adapter)
     if opts.allocation == "sensitivity" and n_cal is None:
         raise InvalidArgumentError("allocation='sensitivity' measures each group's damage on calibration data: pass calibration=")
     opts, choice = resolve_importance(opts, n_cal, adapter.capabilities, splittable(adapter, n_cal))  # importance="auto"
+    opts, block_info = resolve_channel_block(opts, backend_options, adapter.name == "onnx", progress)
     check_capabilities(adapter, opts)
     check_ignored_names(adapter.graph, opts.ignore)
     latency, run_opts = latency_setup(opts, backend_options, adapter.example_inputs(), progress, steps, adapter.latency_model)
@@ -427,6 +438,8 @@ def compile_with(
     settings = {**rewritten.info, **info}
     if choice is not None:
         settings["importance_choice"] = choice
+    if block_info is not None:
+        settings["channel_block_choice"] = block_info
     report = build_report(adapter.model_name, adapter.trace_method, p, after, opts, verification, steps.timings, settings)
     return Compiled(rewritten.model, p, report)
 

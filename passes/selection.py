@@ -7,7 +7,11 @@ it), ``target_macs`` (the smallest global ratio whose planned MACs meet it) —
 :class:`CostSelection`. Then per group (:class:`GroupPlanner`): kept counts
 round *up* to a multiple of ``granularity`` channels where the group is larger
 than that, and never below ``min_channels``; the lowest-scored prunable classes
-go first. Frozen classes are never selected.
+go first. Frozen classes are never selected. With a runtime channel ``block``
+(``compiler.channel_block``: the channel count the runtime's kernels compute in
+steps of), kept counts round up to a multiple of it too, and a group no wider
+than one block is kept whole: a count between two blocks costs the runtime what
+the next block costs.
 
 A group whose channels a split cuts into pieces (a CSP stage's two halves, an
 uneven ``chunk``, an exported ``Split``) loses the same share of every piece
@@ -54,6 +58,7 @@ class GroupPlanner:
 
     granularity: int = 8
     min_channels: int = 1
+    block: int = 1  # the runtime's channel block (compiler.channel_block); 1: none
 
     def by_ratio(self, analysis: AnalysisResult, scores: np.ndarray, ratio: float, scope: str) -> np.ndarray:
         """``ratio`` of each group's prunable channels (``scope="local"``) or of all of them (``"global"``)."""
@@ -117,6 +122,9 @@ class GroupPlanner:
             gran = 1
         keep = max(n - min(n_remove, prunable.size), math.ceil(self.min_channels / w), n - prunable.size, 1)
         keep = min(n, math.ceil(keep / gran) * gran)
+        if self.block > 1 and uniform:
+            unit = math.lcm(gran, self.block // math.gcd(self.block, w))  # in classes
+            keep = n if n <= unit else min(n, math.ceil(keep / unit) * unit)
         n_remove = n - keep
         if n_remove <= 0:
             return
@@ -140,12 +148,13 @@ class Selection:
     scope: str = "local"
     granularity: int = 8
     min_channels: int = 1
+    block: int = 1  # the runtime's channel block (compiler.channel_block)
     # constraint(analysis, scores, pruned) -> pruned: applied to every plan the policy considers (compiler.hf_constraints)
     constraint: Callable[[AnalysisResult, np.ndarray, np.ndarray], np.ndarray] | None = None
 
     @property
     def planner(self) -> GroupPlanner:
-        return GroupPlanner(self.granularity, self.min_channels)
+        return GroupPlanner(self.granularity, self.min_channels, self.block)
 
     def _by_ratio(self, planner: GroupPlanner, analysis: AnalysisResult, scores: np.ndarray, ratio: float) -> np.ndarray:
         pruned = planner.by_ratio(analysis, scores, ratio, self.scope)
@@ -195,11 +204,12 @@ class CostSelection:
 
     granularity: int = 8
     min_channels: int = 1
+    block: int = 1
 
     def call(
         self, analysis: AnalysisResult, scores: np.ndarray, cost: Callable[[np.ndarray], float], target: float
     ) -> SelectionResult:
-        planner = GroupPlanner(self.granularity, self.min_channels)
+        planner = GroupPlanner(self.granularity, self.min_channels, self.block)
         plan = lambda ratio: planner.by_ratio(analysis, scores, ratio, "global")  # noqa: E731
         lo, hi = 0.0, 0.999
         best = plan(hi)
