@@ -77,13 +77,23 @@ def _rows() -> list[dict[str, Any]]:
 
 
 RUN_NOTES = [
-    "Run notes (2026-12-03, shared CPU at load ~20): the MiniLM rows were measured with the code of commit 84e7e17,",
-    "before ec8b852. Their probes measured exactly 0 damage for the query/key head-dim groups (`linear`, `linear_6`,",
-    "... above: `d50 0`) although removing those channels does change the embeddings, so the allocation pruned them",
-    "88% and the sensitivity plan lost to uniform. Since ec8b852 a group whose probes all measure no change is kept",
-    "whole (with a note) instead; that MiniLM configuration was not re-measured, and MiniLM at MACs 0.5 with",
-    "sensitivity, and MiniLM with `auto`, did not finish in the time the run had. Why the gates do not reach those",
-    "groups (the gated runner's view of the attention op under torch.export) is not yet known.",
+    "Run notes (2026-12-03, shared 2-core CPU at load 8-13): every MiniLM row and the digits `auto` sensitivity rows",
+    "were measured at commit ad44d7e or later (query/key probed through the attention product; probes with the",
+    "compile's weight updates where it compensates); the digits `taylor` rows and the digits `auto` uniform rows at",
+    "84e7e17 (neither change touches them: no attention, no compensation in the probes; the uniform `auto` rows",
+    "re-run in this session gave the same accuracies). Before 3b86136 MiniLM's query/key groups were unmeasured",
+    "and MiniLM at MACs 0.75 with taylor and sensitivity scored 0.538. Digits `auto` with the probes that did not",
+    "see the updates (same code otherwise): 0.9839 at MACs 0.5 and 0.27 (now 0.9920 / 0.9879; 1 image = 0.002).",
+    "",
+    "Why `uniform` with `hf_compatible=False` is likely so far below `uniform_hf`: the data criteria score channels",
+    "at the layers that read them, and no layer with weights reads the query/key head dim (only the attention",
+    "product does), so those groups get no score (seen with `activation` on a BERT layer: saliency None) and a",
+    "uniform plan removes their channels in index order. `uniform_hf` keeps query, key and value at one head size, a",
+    "different plan (how it ranks the query/key channels was not examined here). The",
+    "sensitivity allocation measures those groups' damage and keeps them whole at MACs 0.75 (see the ratios). Against",
+    "the default plan (`uniform_hf`) sensitivity wins at MACs 0.75 (taylor +0.036, auto +0.008) and does not at 0.5",
+    "(taylor +0.0005, auto -0.010). The probes measure each group alone and the allocation adds their damages; at",
+    "half the MACs the groups' damages likely interact (not measured here). Sensitivity is not made a default.",
 ]
 
 
@@ -101,7 +111,9 @@ def write_table() -> str:
         "`sensitivity`: each group probed alone at 25/50/75/90% on the calibration data (relative output error without",
         "labels, loss increase with), ratios chosen greedily by least predicted damage per MAC saved",
         "(`passes/allocation.py`). `unpruned` is the original's quality. `criterion` `auto` is the default (`obs` with",
-        "the held-out-guarded compensation on this data).",
+        "the held-out-guarded compensation on this data). `uniform_hf` (MiniLM): the uniform plan with the default",
+        "`hf_compatible` (on for a transformers model: one width per role, so query, key and value share one head",
+        "size), the plan `compile` makes by default.",
         "",
         "| model | MACs budget | criterion | allocation | MACs after (fraction) | params after (fraction) | quality | unpruned | probes | seconds |",
         "|---|---|---|---|---|---|---|---|---|---|",
@@ -114,22 +126,27 @@ def write_table() -> str:
     pairs = {}
     for r in rows:
         pairs.setdefault((r["model"], r["budget"], r["criterion"]), {})[r["allocation"]] = r["quality"]
-    diffs = [(k, v["sensitivity"] - v["uniform"]) for k, v in pairs.items() if len(v) == 2]
+    diffs = [(k, v["sensitivity"] - v["uniform"], v.get("uniform_hf")) for k, v in pairs.items() if "sensitivity" in v and "uniform" in v]
     if diffs:
         lines += ["", "## Sensitivity minus uniform (held-out quality, same budget and criterion)", ""]
-        lines += [f"- {m}, MACs {b}, {c}: {d:+.4f}" for (m, b, c), d in diffs]
+        lines += [
+            f"- {m}, MACs {b}, {c}: {d:+.4f}" + ("" if hf is None else f" (minus `uniform_hf`: {pairs[m, b, c]['sensitivity'] - hf:+.4f})")
+            for (m, b, c), d, hf in diffs
+        ]
         lines += [
             "",
-            "The probes measure each group's damage *without* weight updates: where the criterion compensates (`auto`",
-            "resolves to `obs` with compensation on this data), the allocation does not see what the re-fit repairs, and",
-            "a plan that is better uncompensated need not stay better compensated. Configurations without a pair were not",
-            "finished in the time the run had (see the issue notes).",
+            "Where the criterion compensates (`auto` resolves to `obs` with the held-out-guarded re-fit on this data),",
+            "each probe is measured with the weight updates the compile would make for its plan (since ad44d7e; before,",
+            "the probes did not see what the re-fit repairs). The query/key head dim of attention is probed through the",
+            "attention product (since 3b86136; before, those groups were unmeasurable). Configurations without a pair",
+            "were not finished in the time the run had (see the run notes).",
         ]
     detail = [r for r in rows if r.get("ratios")]
     if detail:
         lines += ["", "## Ratios chosen by the sensitivity allocation", ""]
         for r in detail:
-            lines.append(f"- {r['model']}, MACs {r['budget']}, {r['criterion']}: " + ", ".join(r["ratios"]))
+            how = f" (probes: {r['measure']})" if r.get("measure") else ""
+            lines.append(f"- {r['model']}, MACs {r['budget']}, {r['criterion']}{how}: " + ", ".join(r["ratios"]))
     lines += ["", *RUN_NOTES]
     text = "\n".join(lines) + "\n"
     with open(OUT, "w") as f:
@@ -166,8 +183,9 @@ def main() -> None:
                     t = time.perf_counter()
                     try:
                         r = compiler.compile(
-                            s["model"], s["example"], target_macs=budget, importance=crit, allocation=alloc,
-                            calibration=s["calibration"], hf_compatible=False,
+                            s["model"], s["example"], target_macs=budget, importance=crit,
+                            allocation="uniform" if alloc == "uniform_hf" else alloc, calibration=s["calibration"],
+                            hf_compatible=None if alloc == "uniform_hf" else False,
                             progress=(lambda m: log(f"  {m}")) if alloc == "sensitivity" else None,
                         )  # fmt: skip
                     except Exception as exc:  # a failing configuration is reported, not hidden
@@ -181,6 +199,7 @@ def main() -> None:
                         "macs": rep.macs_after / rep.macs_before, "params": rep.params_after / rep.params_before,
                         "quality": s["quality"](r.model), "unpruned": unpruned, "seconds": time.perf_counter() - t,
                         "probes": sens["probes"] if sens else None, "ratios": _ratios(sens) if sens else None,
+                        "measure": sens["measure"] if sens else None,
                     }  # fmt: skip
                     with open(JSONL, "a") as f:
                         f.write(json.dumps(row) + "\n")
