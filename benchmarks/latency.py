@@ -131,7 +131,11 @@ def one(name: str, batches: list[int], provider: str, seed: int, runs: int, runt
     base = macs_of(model, x)
     log(f"{name}: prunec: target_macs=0.5")
     t0 = time.perf_counter()
-    r = compiler.compile(model, (x,), target_macs=0.5, importance="l2")
+    # the default allocation, compiled for the runtime it is timed on: the runtime's channel block (channel_block="auto")
+    r = compiler.compile(model, (x,), target_macs=0.5, importance="l2",
+                         backend="onnxruntime" if runtime == "onnxruntime" else "auto", provider=provider)
+    log(f"{name}: prunec channel block {r.report.settings.get('channel_block')} "
+        f"({(r.report.settings.get('channel_block_choice') or {}).get('source', 'given')})")
     pruned: dict[str, tuple[nn.Module, float]] = {"prunec": (r.model, r.report.macs_after / base)}
     log(f"{name}: prunec {pruned['prunec'][1]:.3f}x MACs in {time.perf_counter() - t0:.1f}s (verified: {r.report.verification['passed']})")
     log(f"{name}: Torch-Pruning, bisecting its ratio to the same MACs")
@@ -236,7 +240,8 @@ def write(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
         "their ranges do not overlap; overlapping ranges are a tie.",
         "",
         "**speedup / MACs reduction** (s/M): 1.00 means every removed multiply-accumulate became saved time. "
-        "prunec: uniform ratio per group (the default). prunec-latency: `allocation=\"latency\"`, per-layer latency "
+        "prunec: uniform ratio per group (the default), compiled with `backend=\"onnxruntime\"` so that kept channel counts "
+        "round up to the channel block measured on this runtime (`channel_block=\"auto\"`, the default; 16 here). prunec-latency: `allocation=\"latency\"`, per-layer latency "
         "tables measured on this runtime at the row's batch size (example inputs of that batch; one pruned model per "
         "batch size), channels ranked by saliency per millisecond saved, same MACs budget.",
         "",
