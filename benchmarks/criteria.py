@@ -29,6 +29,7 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import compiler  # noqa: E402
+from benchmarks._common import DigitsCNN  # noqa: E402
 from frontends.torch import load_torch  # noqa: E402
 from passes.cost import graph_macs, graph_params  # noqa: E402
 
@@ -37,19 +38,7 @@ PRUNEC = ["l1", "l2", "random", "bn_scale", "synflow", "activation", "n2ps", "ta
 TP = ["Magnitude", "Taylor", "Hessian"]
 
 
-class CNN(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(1, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
-            nn.Conv2d(32, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(),
-            nn.MaxPool2d(2),
-            nn.Conv2d(64, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(),
-        )  # fmt: skip
-        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(64 * 4 * 4, 128), nn.ReLU(), nn.Linear(128, 10))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x))
+CNN = DigitsCNN  # the digits CNN of benchmarks/_common.py (one definition for every benchmark)
 
 
 def mlp() -> nn.Module:

@@ -38,6 +38,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import compiler  # noqa: E402
+from benchmarks._common import embed as _embed_32  # noqa: E402
+from benchmarks._common import encode  # noqa: E402
 from compiler.backend import export_onnx, time_interleaved  # noqa: E402
 
 OUT = os.path.join(ROOT, "benchmarks", "results", "depth.md")
@@ -138,44 +140,22 @@ def _minilm() -> tuple[Any, Any]:
     return transformers.AutoModel.from_pretrained(path).eval(), tok
 
 
-def _encode(tok: Any, sentences: list[str], length: int = 24) -> tuple[torch.Tensor, torch.Tensor]:
-    enc = tok(sentences, padding="max_length", max_length=length, truncation=True, return_tensors="pt")
-    return enc["input_ids"], enc["attention_mask"]
-
-
-def _hidden(out: Any) -> torch.Tensor:
-    if isinstance(out, torch.Tensor):
-        return out
-    if hasattr(out, "last_hidden_state"):
-        return out.last_hidden_state
-    if isinstance(out, dict):
-        return next(iter(out.values()))
-    return out[0]
-
-
-def _embed(model: Any, ids: torch.Tensor, mask: torch.Tensor, batch: int = 16) -> torch.Tensor:
-    """Mean-pooled (over the attention mask), L2-normalized sentence embeddings."""
-    outs = []
-    with torch.no_grad():
-        for i in range(0, len(ids), batch):
-            h = _hidden(model(ids[i : i + batch], mask[i : i + batch])).double()
-            m = mask[i : i + batch].unsqueeze(-1).double()
-            e = (h * m).sum(1) / m.sum(1).clamp(min=1)
-            outs.append(torch.nn.functional.normalize(e, dim=-1))
-    return torch.cat(outs)
+def embed(model: Any, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """benchmarks/_common.embed at this table's batch of 16 (the numbers in results/depth.md)."""
+    return _embed_32(model, ids, mask, batch=16)
 
 
 def quality_table(budgets: list[int], log: Any) -> list[str]:
     model, tok = _minilm()
     cal_s, ev_s = _sentences()
-    cal_ids, cal_mask = _encode(tok, cal_s)
-    ev_ids, ev_mask = _encode(tok, ev_s)
+    cal_ids, cal_mask = encode(tok, cal_s)
+    ev_ids, ev_mask = encode(tok, ev_s)
     calibration = [(cal_ids[i : i + 8], cal_mask[i : i + 8]) for i in range(0, len(cal_ids), 8)]
     example = (cal_ids[:8], cal_mask[:8])
-    want = _embed(model, ev_ids, ev_mask)
+    want = embed(model, ev_ids, ev_mask)
 
     def score(m: Any) -> float:
-        return float((_embed(m, ev_ids, ev_mask) * want).sum(-1).mean())
+        return float((embed(m, ev_ids, ev_mask) * want).sum(-1).mean())
 
     rows = [
         "| budget (removing k of 6 layers) | method | MACs (fraction) | layers removed | held-out cosine | verified |",

@@ -16,6 +16,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
+from benchmarks.onnx_large import write_mlp
 from compiler import cli
 from frontends.onnx import large
 from tests._onnx_helpers import consts
@@ -24,46 +25,9 @@ FAKE_LIMIT = 40_000  # bytes: the small model is "over 2 GB" under this limit
 
 
 def _write_mlp(folder: str, sizes: list[int], seed: int = 0) -> str:
-    """``folder/mlp.onnx``: Gemm(transB) + Relu layers of ``sizes``, every weight in ``weights.bin`` beside it,
-    written tensor by tensor (the model is never a proto in memory with its data)."""
-    os.makedirs(folder, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    inits, nodes = [], []
-    data = os.path.join(folder, "weights.bin")
-    offset = 0
-    cur = "x"
-    with open(data, "wb") as f:
-        for k, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
-            for name, shape in ((f"w{k}", (n_out, n_in)), (f"b{k}", (n_out,))):
-                t = onnx.TensorProto()
-                t.name, t.data_type = name, TensorProto.FLOAT
-                t.dims.extend(shape)
-                t.data_location = TensorProto.EXTERNAL
-                rows = shape[0]
-                step = max(1, (64 << 20) // (4 * int(np.prod(shape[1:], dtype=np.int64)) or 1))
-                for r in range(0, rows, step):  # in chunks of 64 MB
-                    block = (rng.standard_normal((min(step, rows - r), *shape[1:])) / np.sqrt(n_in)).astype(np.float32)
-                    f.write(block.tobytes())
-                length = 4 * int(np.prod(shape, dtype=np.int64))
-                for key, v in (("location", "weights.bin"), ("offset", str(offset)), ("length", str(length))):
-                    e = t.external_data.add()
-                    e.key, e.value = key, v
-                offset += length
-                inits.append(t)
-            y = "y" if k == len(sizes) - 2 else f"h{k}"
-            nodes.append(helper.make_node("Gemm", [cur, f"w{k}", f"b{k}"], [y if k == len(sizes) - 2 else f"g{k}"], name=f"fc{k}", transB=1))
-            if k < len(sizes) - 2:
-                nodes.append(helper.make_node("Relu", [f"g{k}"], [y], name=f"relu{k}"))
-            cur = y
-    g = helper.make_graph(
-        nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, sizes[0]])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, sizes[-1]])], inits,
-    )  # fmt: skip
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-    path = os.path.join(folder, "mlp.onnx")
-    with open(path, "wb") as f:
-        f.write(m.SerializeToString())
-    return path
+    """``folder/mlp.onnx``: Gemm(transB) + Relu layers of ``sizes``, every weight in ``weights.bin`` beside it, written
+    tensor by tensor (benchmarks/onnx_large.py's writer: the model is never a proto in memory with its data)."""
+    return write_mlp(folder, sizes, seed)[0]
 
 
 @pytest.fixture
